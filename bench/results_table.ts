@@ -1,0 +1,272 @@
+/**
+ * `deno task results`: PerFIT, FedIT, local-only, frozen base and the two ablations on lexicon-instruct
+ * with 8 clients (one per category); writes the table to bench/results/perfit.md.
+ *
+ *   deno task results [--rounds 3] [--local-steps 10] [--seeds 0] [--tiers high,mid,low] [--max-train 400]
+ *                     [--max-test 48] [--backend auto] [--out bench/results/perfit.md] [--methods a,b]
+ */
+import {
+  DEFAULT_SIM,
+  intFlag,
+  type Method,
+  METHODS,
+  numFlag,
+  parseFlags,
+  runFederated,
+  type SimConfig,
+  type SimResult,
+} from "../runtime/federation/mod.ts";
+import { HEADER_BYTES } from "../runtime/perfit/upload.ts";
+
+/** Settings of a results run. */
+export interface ResultsOptions {
+  rounds: number;
+  localSteps: number;
+  seeds: number[];
+  tiers: string[];
+  maxTrain: number;
+  maxTest: number;
+  batchSize: number;
+  maxLen: number;
+  lr: number;
+  rank: number;
+  targets: SimConfig["targets"];
+  backend: "auto" | "node" | "wasm" | "webgpu";
+  methods: Method[];
+  modelDir?: string;
+  log?: (s: string) => void;
+}
+
+/** Defaults: what `deno task results` runs. */
+export const DEFAULT_RESULTS: ResultsOptions = {
+  rounds: 4,
+  localSteps: 20,
+  seeds: [0],
+  tiers: ["high", "mid", "low"],
+  maxTrain: 400,
+  maxTest: 48,
+  batchSize: 8,
+  maxLen: 96,
+  lr: 5e-3,
+  rank: DEFAULT_SIM.rank,
+  targets: ["q", "k", "v", "o", "gate", "up", "down"],
+  backend: "auto",
+  methods: METHODS,
+};
+
+interface MethodSummary {
+  method: Method;
+  runs: SimResult[];
+  meanPpl: number;
+  perClient: Map<string, number>;
+  curve: number[];
+}
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+
+function summarize(method: Method, runs: SimResult[]): MethodSummary {
+  const perClient = new Map<string, number>();
+  for (const c of runs[0].clients) {
+    perClient.set(
+      c.id,
+      mean(
+        runs.map((r) => r.rounds[r.rounds.length - 1].clients.find((x) => x.clientId === c.id)!.perplexity),
+      ),
+    );
+  }
+  const curve = runs[0].rounds.map((_, i) => mean(runs.map((r) => r.rounds[i].meanPerplexity)));
+  return { method, runs, meanPpl: mean([...perClient.values()]), perClient, curve };
+}
+
+function uploadStats(r: SimResult): { first: number; steady: number } {
+  const per = r.rounds.map((rd) => mean(rd.clients.filter((c) => c.trained).map((c) => c.uploadBytes)));
+  return { first: per[0] ?? 0, steady: per.length > 1 ? mean(per.slice(1)) : per[0] ?? 0 };
+}
+
+/** Runs every method and returns the Markdown report. */
+export async function runResults(o: ResultsOptions = DEFAULT_RESULTS): Promise<string> {
+  const log = o.log ?? (() => {});
+  const summaries: MethodSummary[] = [];
+  const t0 = performance.now();
+  for (const method of o.methods) {
+    const runs: SimResult[] = [];
+    for (const seed of o.seeds) {
+      const cfg: SimConfig = {
+        ...DEFAULT_SIM,
+        method,
+        rounds: o.rounds,
+        localSteps: o.localSteps,
+        seed,
+        lr: o.lr,
+        rank: o.rank,
+        alpha: 2 * o.rank,
+        targets: o.targets,
+        clientTiers: o.tiers,
+      };
+      const r = await runFederated(cfg, {
+        modelDir: o.modelDir,
+        partition: { kind: "category", clientsPerCategory: 1 },
+        backend: o.backend,
+        batchSize: o.batchSize,
+        maxLen: o.maxLen,
+        maxTrain: o.maxTrain,
+        maxTest: o.maxTest,
+        progress: true,
+      });
+      log(
+        `${method} seed ${seed}: mean ppl ${r.rounds[r.rounds.length - 1].meanPerplexity.toFixed(3)} (${
+          r.wallSeconds.toFixed(0)
+        } s)`,
+      );
+      runs.push(r);
+    }
+    summaries.push(summarize(method, runs));
+  }
+  const total = (performance.now() - t0) / 1000;
+  return render(o, summaries, total);
+}
+
+function fmtBytes(b: number): string {
+  return b === 0 ? "0" : b >= 1024 ? `${(b / 1024).toFixed(1)} KiB` : `${b.toFixed(0)} B`;
+}
+
+function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): string {
+  const byName = new Map(s.map((x) => [x.method, x]));
+  const fedit = byName.get("fedit");
+  const ref = s[0].runs[0];
+  const B = ref.budget;
+  const lines: string[] = [];
+  lines.push("# PerFIT results on lexicon-instruct (8 clients, one per category)", "");
+  lines.push(
+    `Command: \`deno task results\` (its defaults) — backend **${ref.backend}**, ` +
+      `2-core x86-64 VM shared with other jobs (wall times are noisy). Total ${totalSeconds.toFixed(0)} s.`,
+    "",
+  );
+  lines.push(
+    `Setup: bundled base \`models/perfit-tiny\` (frozen), LoRA r=${ref.config.rank}, alpha=${ref.config.alpha} on ${
+      ref.config.targets.join(",")
+    }; ` +
+      `${o.rounds} rounds × ${o.localSteps} local AdamW steps (lr ${o.lr}, batch ${o.batchSize}, max length ${o.maxLen}); ` +
+      `≤${o.maxTrain} train / ≤${o.maxTest} test examples per client (seeded split); seeds ${
+        o.seeds.join(", ")
+      }. ` +
+      `Client tiers cycle ${o.tiers.join("/")} → e = ${
+        o.tiers.map((t) => DEFAULT_SIM.tiers[t]).join("/")
+      }. ` +
+      `PerFIT search: ${ref.config.pruneStages} cubic pruning stages over the first ${
+        Math.round(ref.config.searchFraction * 100)
+      }% of round 1, ` +
+      `EMA importance (beta ${ref.config.importance.beta}), global allocation. Budget B = ${B} parameters per client.`,
+    "",
+  );
+  lines.push(
+    "Personalized perplexity = exp(mean response-token NLL) of the model each client holds after the last round's aggregation, on its own held-out split (lower is better).",
+    "",
+  );
+  lines.push(
+    "| method | mean ppl | vs FedIT | trainable params / client | search space | upload / client, round 1 | upload / client, later rounds | wall s |",
+  );
+  lines.push("|---|---:|---:|---:|---:|---:|---:|---:|");
+  for (const x of s) {
+    const r = x.runs[0];
+    const up = uploadStats(r);
+    const vs = fedit ? `${(((x.meanPpl - fedit.meanPpl) / fedit.meanPpl) * 100).toFixed(1)}%` : "-";
+    const space = x.method === "base"
+      ? "0"
+      : `${Math.min(...r.clients.map((c) => c.searchSpace))}–${
+        Math.max(...r.clients.map((c) => c.searchSpace))
+      }`;
+    const train = x.method === "base" ? 0 : B;
+    lines.push(
+      `| ${x.method} | ${x.meanPpl.toFixed(3)} | ${vs} | ${train} | ${space} | ${fmtBytes(up.first)} | ${
+        fmtBytes(up.steady)
+      } | ${mean(x.runs.map((q) => q.wallSeconds)).toFixed(0)} |`,
+    );
+  }
+  lines.push(
+    "",
+    `FedIT upload reference: 4·B = ${4 * B} B of values (+${HEADER_BYTES} B header in our codec).`,
+    "",
+  );
+  lines.push("## Per-client personalized perplexity (last round)", "");
+  lines.push(`| client | e (PerFIT) | ${s.map((x) => x.method).join(" | ")} |`);
+  lines.push(`|---|---:|${s.map(() => "---:").join("|")}|`);
+  const perfit = byName.get("perfit") ?? s[0];
+  for (const c of ref.clients) {
+    const e = perfit.runs[0].clients.find((q) => q.id === c.id)?.expansion ?? 1;
+    lines.push(`| ${c.id} | ${e} | ${s.map((x) => x.perClient.get(c.id)!.toFixed(3)).join(" | ")} |`);
+  }
+  const withMasks = s.filter((x) => x.method.startsWith("perfit"));
+  if (withMasks.length) {
+    lines.push(
+      "",
+      "## Final masks: overlap with other clients (Jaccard, global layout) and share of kept positions in A",
+      "",
+    );
+    lines.push(`| client | ${withMasks.map((x) => `${x.method} Jaccard | ${x.method} in A`).join(" | ")} |`);
+    lines.push(`|---|${withMasks.map(() => "---:|---:").join("|")}|`);
+    for (const c of ref.clients) {
+      const cells = withMasks.map((x) => {
+        const m = x.runs[0].maskStats.find((q) => q.id === c.id)!;
+        return `${m.meanJaccard.toFixed(3)} | ${(m.fractionInA * 100).toFixed(0)}%`;
+      });
+      lines.push(`| ${c.id} | ${cells.join(" | ")} |`);
+    }
+  }
+  lines.push("", "## Mean personalized perplexity per round", "");
+  lines.push(`| method | ${ref.rounds.map((r) => `round ${r.round}`).join(" | ")} |`);
+  lines.push(`|---|${ref.rounds.map(() => "---:").join("|")}|`);
+  for (const x of s) lines.push(`| ${x.method} | ${x.curve.map((v) => v.toFixed(3)).join(" | ")} |`);
+  lines.push("");
+  return lines.join("\n");
+}
+
+/** Bench entry point (bench/main.ts convention): a short run of every method. */
+export async function run(): Promise<string> {
+  return await runResults({ ...DEFAULT_RESULTS, rounds: 2, localSteps: 6, maxTrain: 200, maxTest: 24 });
+}
+
+if (import.meta.main) {
+  const f = parseFlags(Deno.args, [
+    "rounds",
+    "local-steps",
+    "seeds",
+    "tiers",
+    "max-train",
+    "max-test",
+    "backend",
+    "out",
+    "methods",
+    "model",
+    "lr",
+    "batch-size",
+    "max-len",
+    "rank",
+    "targets",
+  ]);
+  const methods = (f.methods ? f.methods.split(",") : METHODS) as Method[];
+  for (const m of methods) if (!METHODS.includes(m)) throw new Error(`unknown method ${m}`);
+  const opts: ResultsOptions = {
+    ...DEFAULT_RESULTS,
+    rounds: intFlag(f, "rounds", DEFAULT_RESULTS.rounds),
+    localSteps: intFlag(f, "local-steps", DEFAULT_RESULTS.localSteps),
+    seeds: f.seeds ? f.seeds.split(",").map(Number) : DEFAULT_RESULTS.seeds,
+    tiers: f.tiers ? f.tiers.split(",") : DEFAULT_RESULTS.tiers,
+    maxTrain: intFlag(f, "max-train", DEFAULT_RESULTS.maxTrain),
+    maxTest: intFlag(f, "max-test", DEFAULT_RESULTS.maxTest),
+    batchSize: intFlag(f, "batch-size", DEFAULT_RESULTS.batchSize),
+    maxLen: intFlag(f, "max-len", DEFAULT_RESULTS.maxLen),
+    lr: numFlag(f, "lr", DEFAULT_RESULTS.lr),
+    rank: intFlag(f, "rank", DEFAULT_RESULTS.rank),
+    targets: (f.targets ? f.targets.split(",") : DEFAULT_RESULTS.targets) as SimConfig["targets"],
+    backend: (f.backend ?? "auto") as ResultsOptions["backend"],
+    methods,
+    modelDir: f.model,
+    log: (s) => console.error(s),
+  };
+  const md = await runResults(opts);
+  const out = f.out ?? new URL("./results/perfit.md", import.meta.url).pathname;
+  await Deno.writeTextFile(out, md);
+  console.log(md);
+  console.error(`wrote ${out}`);
+}

@@ -1,0 +1,242 @@
+/**
+ * Coordinator upload throughput: 1000 simulated clients each upload one sparse update of a
+ * 1M-parameter adapter (PerFIT budget N/4, so 262 144 values + a 128 KiB bitmask ≈ 1.15 MB per body)
+ * in one round over loopback. The server runs in a subprocess (its own KV file) so its peak RSS
+ * (VmHWM) is measured alone. Reports uploads/s, p50/p99 latency and peak server memory.
+ *
+ *   deno run -A bench/server_uploads.ts [--clients=1000] [--n=1048576] [--concurrency=32]
+ */
+import { encodeUpdate } from "../runtime/client/wire.ts";
+
+const ADMIN = "bench-admin-token-0123456789";
+
+function arg(name: string, dflt: number): number {
+  const a = Deno.args.find((x) => x.startsWith(`--${name}=`));
+  return a ? Number(a.split("=")[1]) : dflt;
+}
+
+function procStatus(pid: number, field: string): number {
+  try {
+    const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(Deno.readTextFileSync(`/proc/${pid}/status`));
+    return m ? Number(m[1]) * 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+async function startServer(kvPath: string): Promise<{ url: string; proc: Deno.ChildProcess }> {
+  const root = new URL("..", import.meta.url).pathname;
+  const proc = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "--unstable-kv",
+      // e.g. PERFIT_BENCH_DENO_FLAGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the server.
+      ...(Deno.env.get("PERFIT_BENCH_DENO_FLAGS")?.split(" ").filter(Boolean) ?? []),
+      `${root}server/main.ts`,
+      `--kv=${kvPath}`,
+      "--port=0",
+      "--rate-ip=0",
+      "--rate-client=0",
+      `--admin-token=${ADMIN}`,
+      ...Deno.args.filter((a) => a.startsWith("--max-concurrent-uploads=")),
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = proc.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`server exited early: ${buf}`);
+    buf += value;
+    const m = /listening on (http:\/\/[^ \n]+)/.exec(buf);
+    if (m) {
+      (async () => {
+        while (!(await reader.read()).done) { /* drain */ }
+      })();
+      return { url: m[1], proc };
+    }
+  }
+}
+
+async function pool<T>(
+  items: T[],
+  concurrency: number,
+  f: (x: T, i: number) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      await f(items[i], i);
+    }
+  }));
+}
+
+/** utime + stime of a process in seconds (Linux /proc). */
+function cpuSeconds(pid: number): number {
+  try {
+    const f = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+/** CPU seconds per thread name of a process (e.g. "deno" = the JS thread, "tokio-runtime-w", ...). */
+function threadCpu(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  try {
+    for (const t of Deno.readDirSync(`/proc/${pid}/task`)) {
+      const stat = Deno.readTextFileSync(`/proc/${pid}/task/${t.name}/stat`);
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const f = stat.slice(stat.lastIndexOf(") ") + 2).split(" ");
+      const key = t.name === String(pid) ? "main (JS)" : name;
+      out.set(key, (out.get(key) ?? 0) + (Number(f[11]) + Number(f[12])) / 100);
+    }
+  } catch { /* not Linux */ }
+  return out;
+}
+
+function loadAvg(): string {
+  try {
+    return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+  } catch {
+    return "n/a";
+  }
+}
+
+function pct(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+/** Runs the benchmark and returns a Markdown section. */
+export async function run(): Promise<string> {
+  const clients = arg("clients", 1000);
+  const n = arg("n", 1 << 20);
+  const concurrency = arg("concurrency", 32);
+  const budget = n / 4;
+  const dir = await Deno.makeTempDir({ prefix: "perfit-bench-" });
+  const { url, proc } = await startServer(`${dir}/bench.kv`);
+  const admin = { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" };
+  try {
+    const runRes = await fetch(`${url}/v1/runs`, {
+      method: "POST",
+      headers: admin,
+      body: JSON.stringify({
+        baseModel: "bench",
+        lora: { rank: 8, alpha: 16, targets: ["q", "v"] },
+        method: "perfit",
+        rounds: 1,
+        clientsPerRound: clients,
+        quorum: clients,
+        roundDeadlineMs: 3_600_000,
+        adapterSize: n,
+        budget,
+        expansionTiers: { low: 1, high: 4 },
+        maxNorm: 1e9,
+        maxClients: clients,
+      }),
+    });
+    const runId = (await runRes.json()).run.id as string;
+    const joined: { id: string; token: string }[] = [];
+    const idx = Array.from({ length: clients }, (_, i) => i);
+    await pool(idx, concurrency, async () => {
+      const j = await (await fetch(`${url}/v1/runs/${runId}/join`, { method: "POST", body: "{}" })).json();
+      joined.push({ id: j.clientId, token: j.token });
+    });
+    // A few distinct sparse updates, reused: the server hashes client + round + body, so ids stay unique.
+    const bodies: Uint8Array[] = [];
+    for (let b = 0; b < 8; b++) {
+      const mask = new Uint8Array(n);
+      const values = new Float32Array(n);
+      let s = 12345 + b;
+      for (let k = 0; k < budget;) {
+        s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+        const p = s % n;
+        if (!mask[p]) {
+          mask[p] = 1;
+          values[p] = ((s >>> 8) % 2000) / 1000 - 1;
+          k++;
+        }
+      }
+      bodies.push(
+        encodeUpdate({ run: runId, round: 1, samples: 10 + b, values, mask, metrics: { loss: 2 } }),
+      );
+    }
+    const lat: number[] = [];
+    let failures = 0;
+    let peakRss = 0;
+    const sampler = setInterval(() => (peakRss = Math.max(peakRss, procStatus(proc.pid, "VmRSS"))), 50);
+    const cpu0 = cpuSeconds(proc.pid);
+    const threads0 = threadCpu(proc.pid);
+    const load0 = loadAvg();
+    const t0 = performance.now();
+    await pool(joined, concurrency, async (c, i) => {
+      const body = bodies[i % bodies.length];
+      const s = performance.now();
+      const res = await fetch(`${url}/v1/runs/${runId}/clients/${c.id}/rounds/1/update`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${c.token}`, "content-type": "application/octet-stream" },
+        body: body as Uint8Array<ArrayBuffer>,
+      });
+      const txt = res.status !== 201 ? await res.text() : (await res.body?.cancel(), "");
+      if (res.status !== 201) {
+        failures++;
+        if (failures <= 3) console.error(`upload failed: ${res.status} ${txt}`);
+      }
+      lat.push(performance.now() - s);
+    });
+    const wall = (performance.now() - t0) / 1000;
+    const cpu = cpuSeconds(proc.pid) - cpu0;
+    const threads1 = threadCpu(proc.pid);
+    const perThread = [...threads1].map(([k, v]) => [k, v - (threads0.get(k) ?? 0)] as const)
+      .filter(([, v]) => v > 0).sort((a, b) => b[1] - a[1])
+      .map(([k, v]) => `${k} ${((v * 1000) / clients).toFixed(1)}`).join(", ");
+    const load1 = loadAvg();
+    clearInterval(sampler);
+    const hwm = procStatus(proc.pid, "VmHWM");
+    // The round closes at the last seat; wait for it and check every upload was counted.
+    let info: { run: { globalRound: number }; round: unknown } | null = null;
+    for (let t = 0; t < 600; t++) {
+      info = await (await fetch(`${url}/v1/runs/${runId}`, { headers: admin })).json();
+      if (info!.run.globalRound === 1) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const metrics = await (await fetch(`${url}/v1/runs/${runId}/metrics`, { headers: admin })).json();
+    const accepted = metrics.rounds[0].accepted;
+    lat.sort((a, b) => a - b);
+    const mb = (x: number) => (x / 1024 / 1024).toFixed(0);
+    const bodyMb = (bodies[0].byteLength / 1024 / 1024).toFixed(2);
+    return [
+      `### Coordinator uploads (bench/server_uploads.ts)`,
+      ``,
+      `${clients} clients × one sparse update of an N=${n} adapter (budget ${budget}, body ${bodyMb} MiB), ` +
+      `concurrency ${concurrency}, loopback HTTP, server in a subprocess with a KV file.`,
+      ``,
+      `| uploads/s | p50 latency | p99 latency | peak server RSS (VmHWM) | server CPU / upload | accepted | failures | round closed | load avg before → after |`,
+      `|---|---|---|---|---|---|---|---|---|`,
+      [
+        `| ${(clients / wall).toFixed(0)}`,
+        `${pct(lat, 50).toFixed(0)} ms`,
+        `${pct(lat, 99).toFixed(0)} ms`,
+        `${mb(Number.isNaN(hwm) ? peakRss : hwm)} MiB`,
+        `${((cpu * 1000) / clients).toFixed(1)} ms`,
+        `${accepted}`,
+        `${failures}`,
+        `${info?.run.globalRound === 1}`,
+        `${load0} → ${load1} |`,
+      ].join(" | "),
+      ``,
+      `Server CPU ms per upload by thread: ${perThread || "n/a"}.`,
+      ``,
+    ].join("\n");
+  } finally {
+    proc.kill("SIGTERM");
+    await proc.status;
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+if (import.meta.main) console.log(await run());

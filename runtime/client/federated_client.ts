@@ -1,0 +1,334 @@
+/**
+ * `FederatedClient`: one data owner's side of a run. Join, then loop: pull the round task and the
+ * personalized slice, train locally with a pluggable trainer (the ORT engine, or a fake in tests),
+ * push the update. Every network call retries with exponential back-off; the state needed to resume
+ * (token, own adapter, mask, an encoded-but-unacknowledged upload) is saved before each step that
+ * could be lost, so a crashed client picks up where it stopped and a re-sent upload is a replay.
+ */
+import { bitWords, decodeSlice, encodeUpdate, forEachBit } from "./wire.ts";
+import { type ClientStorage, MemoryStorage } from "./storage.ts";
+
+/** The round task as the server sends it (see server/coordinator.ts `TaskInfo`). */
+export interface TaskInfo {
+  run: string;
+  round: number;
+  status: "train" | "wait" | "done";
+  deadline: number | null;
+  method: "perfit" | "fedit" | "local";
+  baseModel: string;
+  lora: { rank: number; alpha: number; targets: string[] };
+  tier: string;
+  expansion: number;
+  rank: number;
+  budget: number;
+  adapterSize: number;
+  seed: number;
+  globalRound: number;
+  train: Record<string, unknown>;
+}
+
+/** What a trainer returns: the whole adapter after training, the mask it trained, and its sample count. */
+export interface TrainResult {
+  values: Float32Array;
+  mask: Uint8Array;
+  samples: number;
+  metrics?: Record<string, number>;
+}
+
+/**
+ * Local training: gets the task, the client's adapter (own values with the personalized slice
+ * merged in) and its current mask (null before its first round), returns the trained adapter.
+ */
+export type Trainer = (
+  task: TaskInfo,
+  adapter: Float32Array,
+  mask: Uint8Array | null,
+) => Promise<TrainResult>;
+
+/** Options of `FederatedClient.create`. */
+export interface FederatedClientOptions {
+  serverUrl: string;
+  runId: string;
+  trainer: Trainer;
+  storage?: ClientStorage;
+  name?: string;
+  /** Requested tier (the server assigns one round-robin otherwise). */
+  tier?: string;
+  /** Initial adapter (the engine's `initAdapter(layout, task.seed)`); default zeros. */
+  initAdapter?: (task: TaskInfo) => Float32Array;
+  fetch?: typeof fetch;
+  retry?: { attempts?: number; baseMs?: number; maxMs?: number };
+  sleep?: (ms: number) => Promise<void>;
+  /** Wait between polls while the round is not ready for this client (default 500 ms). */
+  pollMs?: number;
+}
+
+/** A refusal from the server that retrying will not fix. */
+export class FederatedClientError extends Error {
+  override name = "FederatedClientError";
+  constructor(readonly status: number, readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+interface SavedState {
+  serverUrl: string;
+  runId: string;
+  clientId: string;
+  token: string;
+  tier: string;
+  expansion: number;
+  adapterSize: number;
+  /** Last round whose upload the server acknowledged (0 = none). */
+  lastRound: number;
+  /** Round of an encoded upload not yet acknowledged (saved as "pending.safetensors"). */
+  pendingRound: number | null;
+}
+
+/** What one `step()` did. */
+export interface StepOutcome {
+  kind: "trained" | "resumed" | "waiting" | "done";
+  round: number;
+  status?: "accepted" | "replay" | "late";
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** Client of one run on one coordinator. */
+export class FederatedClient {
+  private state: SavedState | null = null;
+  private adapterBuf: Float32Array | null = null;
+  private maskBuf: Uint8Array | null = null;
+  private readonly storage: ClientStorage;
+  private readonly fetchImpl: typeof fetch;
+  private readonly sleep: (ms: number) => Promise<void>;
+
+  private constructor(private readonly opts: FederatedClientOptions) {
+    this.storage = opts.storage ?? new MemoryStorage();
+    this.fetchImpl = opts.fetch ?? ((i, init) => fetch(i, init));
+    this.sleep = opts.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
+  }
+
+  /** A client, resumed from `storage` when it holds a state for the same server and run. */
+  static async create(opts: FederatedClientOptions): Promise<FederatedClient> {
+    const c = new FederatedClient(opts);
+    const raw = await c.storage.get("state.json");
+    if (raw) {
+      const s = JSON.parse(dec.decode(raw)) as SavedState;
+      if (s.serverUrl === opts.serverUrl && s.runId === opts.runId) {
+        c.state = s;
+        const a = await c.storage.get("adapter.f32");
+        if (a && a.byteLength === s.adapterSize * 4) c.adapterBuf = new Float32Array(a.slice().buffer);
+        const m = await c.storage.get("mask.u8");
+        if (m && m.byteLength === s.adapterSize) c.maskBuf = m;
+      }
+    }
+    return c;
+  }
+
+  /** The client id once joined. */
+  get clientId(): string | null {
+    return this.state?.clientId ?? null;
+  }
+  /** The client's current adapter (own values with the last personalized slice merged). */
+  get adapter(): Float32Array | null {
+    return this.adapterBuf;
+  }
+  /** The client's current mask. */
+  get mask(): Uint8Array | null {
+    return this.maskBuf;
+  }
+  /** Last round acknowledged by the server. */
+  get lastRound(): number {
+    return this.state?.lastRound ?? 0;
+  }
+
+  private async save(): Promise<void> {
+    await this.storage.set("state.json", enc.encode(JSON.stringify(this.state)));
+  }
+
+  /** fetch with retries on network errors, 429 and 5xx; other 4xx throw `FederatedClientError`. */
+  private async request(method: string, path: string, body?: Uint8Array | string): Promise<Response> {
+    const attempts = this.opts.retry?.attempts ?? 6;
+    const base = this.opts.retry?.baseMs ?? 200;
+    const max = this.opts.retry?.maxMs ?? 10_000;
+    let lastErr: unknown;
+    for (let i = 0; i < attempts; i++) {
+      if (i > 0) await this.sleep(Math.min(max, base * 2 ** (i - 1)) * (0.5 + Math.random() / 2));
+      let res: Response;
+      try {
+        const headers: Record<string, string> = {};
+        if (this.state) headers.authorization = `Bearer ${this.state.token}`;
+        if (typeof body === "string") headers["content-type"] = "application/json";
+        else if (body) headers["content-type"] = "application/octet-stream";
+        res = await this.fetchImpl(`${this.opts.serverUrl}${path}`, {
+          method,
+          headers,
+          body: body as BodyInit | undefined,
+        });
+      } catch (e) {
+        lastErr = e;
+        continue;
+      }
+      if (res.ok) return res;
+      let code = "http_error";
+      let message = `${method} ${path}: HTTP ${res.status}`;
+      try {
+        const j = await res.json();
+        code = j?.error?.code ?? code;
+        message = `${message}: ${j?.error?.message ?? ""}`;
+      } catch { /* body was not our JSON error */ }
+      const err = new FederatedClientError(res.status, code, message);
+      if (res.status === 429 || res.status >= 500) {
+        lastErr = err;
+        const ra = Number(res.headers.get("retry-after"));
+        if (ra > 0) await this.sleep(Math.min(max, ra * 1000));
+        continue;
+      }
+      throw err;
+    }
+    throw lastErr instanceof Error ? lastErr : new Error(String(lastErr));
+  }
+
+  /** Joins the run (no-op when resumed from storage). */
+  async join(): Promise<{ clientId: string; tier: string; expansion: number }> {
+    if (!this.state) {
+      const res = await this.request(
+        "POST",
+        `/v1/runs/${this.opts.runId}/join`,
+        JSON.stringify({ name: this.opts.name, tier: this.opts.tier }),
+      );
+      const j = await res.json();
+      this.state = {
+        serverUrl: this.opts.serverUrl,
+        runId: this.opts.runId,
+        clientId: j.clientId,
+        token: j.token,
+        tier: j.tier,
+        expansion: j.expansion,
+        adapterSize: j.adapterSize,
+        lastRound: 0,
+        pendingRound: null,
+      };
+      await this.save();
+    }
+    return { clientId: this.state.clientId, tier: this.state.tier, expansion: this.state.expansion };
+  }
+
+  private base(): string {
+    return `/v1/runs/${this.state!.runId}/clients/${this.state!.clientId}`;
+  }
+
+  /** The current round task. */
+  async task(): Promise<TaskInfo> {
+    if (!this.state) await this.join();
+    return await (await this.request("GET", `${this.base()}/task`)).json();
+  }
+
+  /** Pulls the personalized slice and merges it into the adapter (own values stay where not covered). */
+  async pullSlice(task: TaskInfo): Promise<void> {
+    const n = task.adapterSize;
+    if (!this.adapterBuf) this.adapterBuf = this.opts.initAdapter?.(task) ?? new Float32Array(n);
+    if (this.adapterBuf.length !== n) {
+      throw new Error(`adapter has ${this.adapterBuf.length} values, run needs ${n}`);
+    }
+    let s = decodeSlice(
+      new Uint8Array(await (await this.request("GET", `${this.base()}/slice`)).arrayBuffer()),
+    );
+    // A replica that has not seen the last aggregation yet (several server instances) serves an
+    // older slice: ask again rather than train on it.
+    for (let i = 0; s.round < task.globalRound && i < (this.opts.retry?.attempts ?? 6); i++) {
+      await this.sleep(this.opts.pollMs ?? 500);
+      s = decodeSlice(
+        new Uint8Array(await (await this.request("GET", `${this.base()}/slice`)).arrayBuffer()),
+      );
+    }
+    if (s.round < task.globalRound) {
+      throw new Error(`slice of round ${s.round} is older than the task's ${task.globalRound}`);
+    }
+    if (s.adapterSize !== n || s.coveredBits.length !== bitWords(n)) {
+      throw new Error("slice does not match the run");
+    }
+    const a = this.adapterBuf;
+    forEachBit(s.coveredBits, (p, r) => (a[p] = s.values[r]));
+    await this.storage.set(
+      "adapter.f32",
+      new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength)),
+    );
+  }
+
+  private async push(round: number, body: Uint8Array): Promise<StepOutcome["status"]> {
+    let status: StepOutcome["status"];
+    try {
+      const res = await this.request("POST", `${this.base()}/rounds/${round}/update`, body);
+      status = (await res.json()).status;
+    } catch (e) {
+      // The round closed before the upload landed: drop it and train on the next round.
+      if (e instanceof FederatedClientError && e.status === 410) status = "late";
+      else throw e;
+    }
+    if (status !== "late") this.state!.lastRound = round;
+    this.state!.pendingRound = null;
+    await this.save();
+    await this.storage.delete("pending.safetensors");
+    return status;
+  }
+
+  /** One iteration: resume a pending upload, or train and upload, or wait, or report done. */
+  async step(): Promise<StepOutcome> {
+    if (!this.state) await this.join();
+    const st = this.state!;
+    const task = await this.task();
+    if (st.pendingRound !== null && st.pendingRound <= task.round) {
+      const body = await this.storage.get("pending.safetensors");
+      if (body) {
+        return { kind: "resumed", round: st.pendingRound, status: await this.push(st.pendingRound, body) };
+      }
+    }
+    if (task.status === "done") {
+      await this.pullSlice(task);
+      return { kind: "done", round: task.round };
+    }
+    if (task.status === "wait" || task.round <= st.lastRound) {
+      await this.sleep(this.opts.pollMs ?? 500);
+      return { kind: "waiting", round: task.round };
+    }
+    await this.pullSlice(task);
+    const res = await this.opts.trainer(task, this.adapterBuf!, this.maskBuf);
+    const n = task.adapterSize;
+    if (res.values.length !== n || res.mask.length !== n) {
+      throw new Error(
+        `trainer returned ${res.values.length} values / ${res.mask.length} mask for an adapter of ${n}`,
+      );
+    }
+    this.adapterBuf = res.values.slice();
+    this.maskBuf = res.mask.slice();
+    const body = encodeUpdate({
+      run: task.run,
+      round: task.round,
+      samples: res.samples,
+      metrics: res.metrics,
+      values: res.values,
+      mask: res.mask,
+    });
+    await this.storage.set("adapter.f32", new Uint8Array(this.adapterBuf.buffer));
+    await this.storage.set("mask.u8", this.maskBuf);
+    await this.storage.set("pending.safetensors", body);
+    st.pendingRound = task.round;
+    await this.save();
+    return { kind: "trained", round: task.round, status: await this.push(task.round, body) };
+  }
+
+  /** Steps until the run is done (or `maxSteps`), returning the outcomes. */
+  async run(opts: { maxSteps?: number; onStep?: (o: StepOutcome) => void } = {}): Promise<StepOutcome[]> {
+    const out: StepOutcome[] = [];
+    for (let i = 0; i < (opts.maxSteps ?? 10_000); i++) {
+      const o = await this.step();
+      out.push(o);
+      opts.onStep?.(o);
+      if (o.kind === "done") break;
+    }
+    return out;
+  }
+}

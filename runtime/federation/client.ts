@@ -1,0 +1,173 @@
+/**
+ * A simulated federated client (Flower's NumPyClient role): local masked training, the PerFIT
+ * expand-then-prune search, upload encoding, receiving its personalized slice, and evaluation.
+ */
+import { makeBatches } from "../data/batches.ts";
+import { deriveSeed } from "../data/rng.ts";
+import type { Batch, TextTokenizer } from "../data/types.ts";
+import { AdamW, clipGradNorm } from "../model/optim.ts";
+import { kernels } from "../kernels/mod.ts";
+import { accumulateImportance } from "../perfit/importance.ts";
+import type { AdapterLayout } from "../perfit/layout.ts";
+import { makePrunePlan, type PrunePlan, pruneStage, randomMask } from "../perfit/prune.ts";
+import { encodeUpload, maskHash } from "../perfit/upload.ts";
+import { reviveDeadComponents, stageBoundaries } from "../perfit/reexpand.ts";
+import type { ClientData } from "./partition.ts";
+import type { FitIns, FitRes, SimConfig, TrainEngine } from "./types.ts";
+
+/** Data-loading options of a client. */
+export interface ClientDataOptions {
+  tokenizer: TextTokenizer;
+  batchSize: number;
+  maxLen: number;
+  evalBatchSize?: number;
+}
+
+/** Per-step progress callback (drives progress bars). */
+export type StepHook = (clientId: string, step: number, steps: number) => void;
+
+/** A client holding its data, its adapter in its own rank-(r*e) layout, and its mask. */
+export class FlClient {
+  readonly id: string;
+  readonly samples: number;
+  readonly plan: PrunePlan;
+  /** Dense adapter values over the client layout; zero outside the mask. */
+  adapter: Float32Array;
+  /** Positions this client trains and uploads (all ones before the first search). */
+  mask: Uint8Array;
+  /** Hash of the mask the coordinator acknowledged, so unchanged masks travel by reference. */
+  ackedMaskHash: number | undefined;
+  private trainBatches: Batch[];
+  private readonly testBatches: Batch[];
+  private cursor = 0;
+  private searched = false;
+  private epoch = 0;
+
+  constructor(
+    readonly data: ClientData,
+    readonly tier: string,
+    readonly expansion: number,
+    readonly engine: TrainEngine,
+    readonly baseRank: number,
+    init: Float32Array,
+    private readonly opts: ClientDataOptions,
+    private readonly seed: number,
+  ) {
+    this.id = data.id;
+    this.samples = data.train.length;
+    if (init.length !== engine.layout.size) {
+      throw new RangeError(`client ${this.id}: init ${init.length} != layout ${engine.layout.size}`);
+    }
+    this.adapter = init.slice();
+    this.mask = new Uint8Array(engine.layout.size).fill(1);
+    this.plan = makePrunePlan(engine.layout, baseRank);
+    this.trainBatches = this.batchesForEpoch(0);
+    this.testBatches = makeBatches(data.test, opts.tokenizer, {
+      maxLen: opts.maxLen,
+      batchSize: opts.evalBatchSize ?? opts.batchSize,
+      shuffle: false,
+    });
+  }
+
+  /** The client's own layout (rank r*e). */
+  get layout(): AdapterLayout {
+    return this.engine.layout;
+  }
+
+  private batchesForEpoch(epoch: number): Batch[] {
+    return makeBatches(this.data.train, this.opts.tokenizer, {
+      maxLen: this.opts.maxLen,
+      batchSize: this.opts.batchSize,
+      seed: deriveSeed(this.seed, epoch),
+    });
+  }
+
+  private nextBatch(): Batch {
+    if (this.trainBatches.length === 0) throw new RangeError(`client ${this.id} has no training batches`);
+    if (this.cursor >= this.trainBatches.length) {
+      this.trainBatches = this.batchesForEpoch(++this.epoch);
+      this.cursor = 0;
+    }
+    return this.trainBatches[this.cursor++];
+  }
+
+  /** Installs a new mask; pruned positions become zero so they drop out of the architecture. */
+  setMask(mask: Uint8Array): void {
+    this.mask = mask;
+    for (let i = 0; i < mask.length; i++) if (mask[i] === 0) this.adapter[i] = 0;
+  }
+
+  /**
+   * One local round: `ins.steps` masked AdamW steps. In a search round the first `searchFraction`
+   * of the steps also accumulate importance and prune at T evenly spaced stage boundaries.
+   */
+  async fit(ins: FitIns, cfg: SimConfig, upload: boolean, onStep?: StepHook): Promise<FitRes> {
+    const k = kernels();
+    const adam = new AdamW(this.adapter.length, { lr: cfg.lr, weightDecay: cfg.weightDecay });
+    const T = cfg.pruneStages;
+    let importance: Float32Array | null = null;
+    let boundaries: number[] = [];
+    if (ins.randomMask) {
+      this.setMask(randomMask(this.plan, deriveSeed(cfg.seed, ins.round, this.samples, this.expansion)));
+    } else if (ins.search && this.plan.total > this.plan.budget) {
+      // Re-searches reopen the whole expanded space; fully pruned rank components restart like fresh LoRA.
+      if (this.searched) {
+        reviveDeadComponents(this.layout, this.adapter, deriveSeed(cfg.seed, ins.round, 0x7e));
+      }
+      this.mask = new Uint8Array(this.adapter.length).fill(1);
+      importance = new Float32Array(this.adapter.length);
+      boundaries = stageBoundaries(Math.round(ins.steps * cfg.searchFraction), T);
+      this.searched = true;
+    }
+    let stage = 0;
+    let lossSum = 0;
+    const steps = Math.max(ins.steps, boundaries.length ? boundaries[T - 1] : 0);
+    for (let s = 1; s <= steps; s++) {
+      const res = await this.engine.trainStep(this.nextBatch(), this.adapter, this.mask);
+      if (!Number.isFinite(res.loss)) {
+        throw new RangeError(`client ${this.id}: non-finite loss at round ${ins.round} step ${s}`);
+      }
+      lossSum += res.loss;
+      if (importance && stage < T) accumulateImportance(importance, res.importance, cfg.importance);
+      if (cfg.clipNorm > 0) clipGradNorm(res.grads, cfg.clipNorm);
+      adam.step(this.adapter, res.grads, this.mask);
+      while (importance && stage < T && s === boundaries[stage]) {
+        stage++;
+        this.setMask(pruneStage(importance, this.mask, this.plan, stage, T, cfg.schedule, k));
+      }
+      onStep?.(this.id, s, steps);
+    }
+    const res: FitRes = {
+      clientId: this.id,
+      numExamples: this.samples,
+      upload: null,
+      meanLoss: lossSum / Math.max(1, steps),
+    };
+    if (upload) {
+      res.upload = encodeUpload(this.adapter, this.mask, { storedMaskHash: this.ackedMaskHash, kernels: k });
+    }
+    return res;
+  }
+
+  /** The coordinator decoded our upload: later uploads may name this mask by hash. */
+  acknowledge(): void {
+    this.ackedMaskHash = maskHash(this.mask);
+  }
+
+  /** Installs the personalized values received for our own positions (in index order). */
+  receive(values: Float32Array): void {
+    kernels().scatter(values, this.mask, this.adapter);
+  }
+
+  /** Summed response-token NLL on the client's own test split. */
+  async evaluate(): Promise<{ nllSum: number; tokens: number }> {
+    let nllSum = 0;
+    let tokens = 0;
+    for (const b of this.testBatches) {
+      const r = await this.engine.evalNll(b, this.adapter, this.mask);
+      nllSum += r.nllSum;
+      tokens += r.tokens;
+    }
+    return { nllSum, tokens };
+  }
+}

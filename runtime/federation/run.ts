@@ -1,0 +1,101 @@
+/**
+ * One federated run on a data folder with a model folder: the shared shell behind `deno task demo`,
+ * `deno task simulate` and the results table.
+ */
+import { loadModel } from "../model/engine.ts";
+import { partition, type PartitionSpec } from "./partition.ts";
+import { ProgressBar } from "./progress.ts";
+import { engineFactory, loadFolder, PRETRAIN_STRIDE } from "./setup.ts";
+import { simulate } from "./simulate.ts";
+import type { RoundRecord, SimConfig, SimResult } from "./types.ts";
+
+/** Where the bundled base model and data live, relative to this module. */
+export const BUNDLED_MODEL = new URL("../../models/perfit-tiny", import.meta.url).pathname;
+export const BUNDLED_DATA = new URL("../../datasets/lexicon-instruct", import.meta.url).pathname;
+
+/** Options of a run beyond the simulation config. */
+export interface RunOptions {
+  modelDir?: string;
+  dataDir?: string;
+  partition: PartitionSpec;
+  backend?: "auto" | "node" | "wasm" | "webgpu";
+  batchSize: number;
+  maxLen: number;
+  maxTrain: number;
+  maxTest: number;
+  testFraction?: number;
+  /** Skip the records the bundled base was pre-trained on (default: when using the bundled data). */
+  skipPretrained?: boolean;
+  /** Show a progress bar on stderr. */
+  progress?: boolean;
+  onRound?: (r: RoundRecord) => void;
+}
+
+/** Loads model and data, partitions, and runs the simulation. */
+export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<SimResult> {
+  const modelDir = opts.modelDir ?? BUNDLED_MODEL;
+  let model;
+  try {
+    model = await loadModel(modelDir);
+  } catch (e) {
+    throw new Error(`cannot load the base model from ${modelDir}: ${(e as Error).message}`);
+  }
+  if (!model.tokenizer) throw new Error(`model at ${modelDir} has no tokenizer`);
+  // The bundled base saw every 4th record of the bundled data; other data folders are used whole.
+  const skip = opts.skipPretrained ?? (opts.dataDir === undefined || opts.dataDir === BUNDLED_DATA);
+  const examples = await loadFolder(opts.dataDir ?? BUNDLED_DATA, { skipEvery: skip ? PRETRAIN_STRIDE : 0 });
+  const clients = partition(examples, opts.partition, {
+    seed: cfg.seed,
+    testFraction: opts.testFraction ?? 0.1,
+    maxTrain: opts.maxTrain,
+    maxTest: opts.maxTest,
+  });
+  const factory = engineFactory(model, cfg, opts.backend ?? "auto");
+  const trains = cfg.method !== "base";
+  const perRound = clients.length * ((trains ? cfg.localSteps : 0) + 1);
+  const bar = opts.progress ? new ProgressBar(cfg.rounds * perRound) : undefined;
+  let round = 1;
+  const result = await simulate(cfg, {
+    clients,
+    tokenizer: model.tokenizer,
+    engineFactory: factory,
+    batchSize: opts.batchSize,
+    maxLen: opts.maxLen,
+    evalBatchSize: opts.batchSize * 2,
+    onStep: (id, s, n) => {
+      // Search rounds may run a few extra steps; the bar only counts the nominal ones.
+      if (s <= cfg.localSteps) bar?.tick(`${cfg.method} round ${round}/${cfg.rounds} train ${id} ${s}/${n}`);
+    },
+    onEval: (id) => bar?.tick(`${cfg.method} round ${round}/${cfg.rounds} eval ${id}`),
+    onRound: (r) => {
+      bar?.clear();
+      round = r.round + 1;
+      opts.onRound?.(r);
+    },
+  });
+  bar?.clear();
+  result.backend = factory.backendName();
+  return result;
+}
+
+/** A fixed-width text table of one round (what the demo prints). */
+export function formatRound(r: RoundRecord): string {
+  const lines = [
+    `round ${r.round}  mean personalized perplexity ${r.meanPerplexity.toFixed(3)}  (${
+      r.seconds.toFixed(1)
+    } s)`,
+  ];
+  lines.push(
+    `  ${"client".padEnd(16)} ${"e".padStart(2)} ${"ppl".padStart(9)} ${"loss".padStart(7)} ${
+      "upload B".padStart(9)
+    } mask`,
+  );
+  for (const c of r.clients) {
+    lines.push(
+      `  ${c.clientId.padEnd(16)} ${String(c.expansion).padStart(2)} ${c.perplexity.toFixed(3).padStart(9)} ${
+        (c.meanLoss === null ? "-" : c.meanLoss.toFixed(3)).padStart(7)
+      } ${String(c.uploadBytes).padStart(9)} ${c.maskMode ?? "-"}`,
+    );
+  }
+  return lines.join("\n");
+}

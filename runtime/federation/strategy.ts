@@ -1,0 +1,92 @@
+/**
+ * Coordinator strategies (Flower vocabulary): `configureFit` samples clients and says what they do;
+ * `aggregateFit` decodes uploads, aggregates parameter-wise in the global layout and returns each
+ * client's personalized slice. FedIT, local-only and frozen base are configurations of the same path.
+ */
+import { deriveSeed, shuffled } from "../data/rng.ts";
+import { kernels } from "../kernels/mod.ts";
+import { aggregateParameterWise, type ClientUpdate } from "../perfit/aggregate.ts";
+import { type AdapterLayout, embed, extract } from "../perfit/layout.ts";
+import { decodeUpload } from "../perfit/upload.ts";
+import type { FitIns, FitRes, SimConfig } from "./types.ts";
+
+/** What a coordinator strategy does each round. */
+export interface Strategy {
+  readonly name: string;
+  /** Whether clients upload (false for local-only and frozen base). */
+  readonly aggregates: boolean;
+  /** Whether clients train at all (false for frozen base). */
+  readonly trains: boolean;
+  configureFit(round: number, clientIds: string[]): Map<string, FitIns>;
+  /** Decodes and aggregates uploads; returns per client the values of its own positions, in index order. */
+  aggregateFit(round: number, results: FitRes[]): Map<string, Float32Array>;
+}
+
+/** The one strategy behind every method; the method picks sampling, search and aggregation. */
+export class PersonalizedStrategy implements Strategy {
+  readonly name: string;
+  readonly aggregates: boolean;
+  readonly trains: boolean;
+  /** Masks the coordinator stores per client (client layout), so unchanged masks travel by hash. */
+  readonly masks = new Map<string, Uint8Array>();
+
+  constructor(
+    private readonly cfg: SimConfig,
+    private readonly global: AdapterLayout,
+    private readonly layouts: Map<string, AdapterLayout>,
+  ) {
+    this.name = cfg.method;
+    this.aggregates = cfg.method !== "local" && cfg.method !== "base";
+    this.trains = cfg.method !== "base";
+  }
+
+  configureFit(round: number, clientIds: string[]): Map<string, FitIns> {
+    const out = new Map<string, FitIns>();
+    if (!this.trains) return out;
+    const n = Math.max(1, Math.round(clientIds.length * this.cfg.fractionFit));
+    const chosen = n >= clientIds.length
+      ? clientIds
+      : shuffled(clientIds, deriveSeed(this.cfg.seed, round, 0x5a)).slice(0, n);
+    const perfit = this.cfg.method.startsWith("perfit");
+    const every = this.cfg.researchEvery;
+    for (const id of clientIds.filter((c) => chosen.includes(c))) {
+      // A client searches the first time it is sampled, then every `researchEvery` rounds if set.
+      const first = !this.masks.has(id);
+      const search = perfit && (first || (every > 0 && (round - 1) % every === 0));
+      const random = this.cfg.method === "perfit-random-mask" && first;
+      out.set(id, { round, steps: this.cfg.localSteps, search: search && !random, randomMask: random });
+    }
+    return out;
+  }
+
+  aggregateFit(_round: number, results: FitRes[]): Map<string, Float32Array> {
+    const out = new Map<string, Float32Array>();
+    if (!this.aggregates || results.length === 0) return out;
+    const k = kernels();
+    const updates: ClientUpdate[] = [];
+    const masks: Uint8Array[] = [];
+    for (const r of results) {
+      const layout = this.layouts.get(r.clientId);
+      if (!layout) throw new RangeError(`unknown client "${r.clientId}"`);
+      if (!r.upload) throw new RangeError(`client "${r.clientId}" sent no upload`);
+      const dec = decodeUpload(r.upload, {
+        n: layout.size,
+        storedMask: this.masks.get(r.clientId),
+        kernels: k,
+      });
+      this.masks.set(r.clientId, dec.mask);
+      masks.push(dec.mask);
+      updates.push({
+        values: embed(layout, dec.values, this.global),
+        mask: embed(layout, dec.mask, this.global),
+        samples: r.numExamples,
+      });
+    }
+    const personalized = aggregateParameterWise(updates, k);
+    results.forEach((r, i) => {
+      const layout = this.layouts.get(r.clientId)!;
+      out.set(r.clientId, k.gather(extract(this.global, personalized[i], layout), masks[i]));
+    });
+    return out;
+  }
+}

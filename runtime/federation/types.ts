@@ -1,0 +1,146 @@
+/** Types of the in-process federation (Flower vocabulary: strategy, configure/aggregate fit). */
+import type { Batch } from "../data/types.ts";
+import type { AdapterLayout } from "../perfit/layout.ts";
+import type { Allocation, PruneSchedule } from "../perfit/prune.ts";
+import type { ImportanceOptions } from "../perfit/importance.ts";
+import type { TierTable } from "../perfit/expansion.ts";
+import type { TargetModule } from "../model/lora.ts";
+
+/** Methods compared in the results table; all run through the same code path. */
+export type Method = "perfit" | "fedit" | "local" | "base" | "perfit-random-mask" | "perfit-e1";
+/** Every method name, for CLI validation. */
+export const METHODS: Method[] = ["perfit", "fedit", "local", "base", "perfit-random-mask", "perfit-e1"];
+
+/** The part of the model engine a client needs (structurally the `Engine` of runtime/model/engine.ts). */
+export interface TrainEngine {
+  readonly layout: AdapterLayout;
+  trainStep(
+    batch: Batch,
+    adapter: Float32Array,
+    mask: Float32Array | Uint8Array,
+  ): Promise<{ loss: number; grads: Float32Array; importance: Float32Array }>;
+  evalNll(
+    batch: Batch,
+    adapter: Float32Array,
+    mask?: Float32Array | Uint8Array,
+  ): Promise<{ nllSum: number; tokens: number }>;
+}
+
+/** Creates (or returns a cached) engine for LoRA rank `rank`, with the scale alpha / base rank. */
+export type EngineFactory = (rank: number) => Promise<TrainEngine>;
+
+/** Simulation hyper-parameters. */
+export interface SimConfig {
+  method: Method;
+  rounds: number;
+  /** Optimizer steps per client per round (the same for every method). */
+  localSteps: number;
+  /** LoRA base rank r and alpha; targets are fixed by the engine factory. */
+  rank: number;
+  alpha: number;
+  targets: TargetModule[];
+  lr: number;
+  weightDecay: number;
+  clipNorm: number;
+  /** Fraction of clients sampled per round (Flower's fraction_fit). */
+  fractionFit: number;
+  seed: number;
+  /** PerFIT search: pruning stages T, schedule, allocation, importance accumulation. */
+  pruneStages: number;
+  schedule: PruneSchedule;
+  allocation: Allocation;
+  importance: ImportanceOptions;
+  /** Fraction of a search round's steps over which pruning happens (the rest trains the sparse mask). */
+  searchFraction: number;
+  /** Re-run the search every k rounds (0 = search once, in round 1). */
+  researchEvery: number;
+  /** Tier table and the tier of each client (cycled when shorter than the client list). */
+  tiers: TierTable;
+  clientTiers: string[];
+}
+
+/** Defaults sized for the bundled tiny model on 2 CPU cores. */
+export const DEFAULT_SIM: SimConfig = {
+  method: "perfit",
+  rounds: 4,
+  localSteps: 20,
+  rank: 4,
+  alpha: 8,
+  targets: ["q", "v"],
+  lr: 5e-3,
+  weightDecay: 0,
+  clipNorm: 1,
+  fractionFit: 1,
+  seed: 0,
+  pruneStages: 4,
+  schedule: "cubic",
+  allocation: "global",
+  importance: { mode: "ema", beta: 0.85 },
+  searchFraction: 0.5,
+  researchEvery: 0,
+  tiers: { low: 1, mid: 2, high: 4 },
+  clientTiers: ["high"],
+};
+
+/** Instructions for one client's local round (Flower FitIns). */
+export interface FitIns {
+  round: number;
+  steps: number;
+  /** Run the expand-then-prune search this round. */
+  search: boolean;
+  /** Use a random mask of the budget instead of importance (ablation). */
+  randomMask: boolean;
+}
+
+/** A client's answer (Flower FitRes). */
+export interface FitRes {
+  clientId: string;
+  numExamples: number;
+  /** Encoded upload (values + mask), null when the method uploads nothing. */
+  upload: Uint8Array | null;
+  meanLoss: number;
+}
+
+/** Per-client, per-round record. */
+export interface ClientRound {
+  clientId: string;
+  tier: string;
+  expansion: number;
+  trained: boolean;
+  meanLoss: number | null;
+  testNll: number;
+  testTokens: number;
+  perplexity: number;
+  uploadBytes: number;
+  maskMode: string | null;
+  downloadBytes: number;
+}
+
+/** One round of a simulation. */
+export interface RoundRecord {
+  round: number;
+  clients: ClientRound[];
+  meanPerplexity: number;
+  seconds: number;
+}
+
+/** The full result of a simulation run. */
+export interface SimResult {
+  method: Method;
+  config: SimConfig;
+  backend: string;
+  clients: {
+    id: string;
+    tier: string;
+    expansion: number;
+    train: number;
+    test: number;
+    trainableParams: number;
+    searchSpace: number;
+  }[];
+  budget: number;
+  /** Final masks: share of kept positions in A matrices, and mean Jaccard overlap with the other clients (global layout). */
+  maskStats: { id: string; fractionInA: number; meanJaccard: number }[];
+  rounds: RoundRecord[];
+  wallSeconds: number;
+}

@@ -1,0 +1,306 @@
+/**
+ * The training engine: runs the LoRA train-step and eval graphs on onnxruntime (node, WASM or WebGPU)
+ * over flat adapter arrays. The flat adapter is split into per-tensor inputs by subarray views (no
+ * copies) and the per-tensor outputs are concatenated back into flat arrays of the same layout.
+ */
+import {
+  type Backend,
+  createSession,
+  type Feed,
+  type GraphSession,
+  resolveBackend,
+  type ResolvedBackend,
+} from "../graph/mod.ts";
+import type { ModelConfig } from "./config.ts";
+import type { LoadedModel } from "./load.ts";
+import { type AdapterLayout, adapterLayout, loraScale, type LoraSpec } from "./lora.ts";
+import {
+  buildFullEvalGraph,
+  buildFullTrainGraph,
+  buildLoraEvalGraph,
+  buildLoraTrainGraph,
+  type BuiltGraph,
+  type KernelWeights,
+  toKernelLayout,
+  type WeightMode,
+} from "./train_step.ts";
+
+export { type LoadedModel, loadModel } from "./load.ts";
+
+/** One padded batch. `lossMask` is 1 where position t predicts token t+1 and that token counts. */
+export interface Batch {
+  inputIds: BigInt64Array | Int32Array;
+  attentionMask: Float32Array;
+  lossMask: Float32Array;
+  batch: number;
+  seq: number;
+}
+
+/** Output of one train step; flat arrays share the adapter's layout. */
+export interface StepResult {
+  loss: number;
+  grads: Float32Array;
+  /** |theta * grad| per position (0 where masked). */
+  importance: Float32Array;
+}
+
+/** Engine options. */
+export interface EngineOptions {
+  backend?: Backend;
+  /** LoRA scale; default alpha / rank. */
+  scale?: number;
+  /**
+   * Base weights as initializers or as inputs. Default: inputs on onnxruntime-node (fed zero-copy, one
+   * session per shape), constants on WASM/WebGPU (uploaded once instead of copied every step).
+   */
+  weightMode?: WeightMode;
+  /** Threads for node/WASM sessions. */
+  numThreads?: number;
+}
+
+/** Bad batch or adapter: the message says which field. */
+export class EngineError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "EngineError";
+  }
+}
+
+const kernelCache = new WeakMap<LoadedModel, KernelWeights>();
+/** Kernel-layout weights of a model, computed once per LoadedModel and shared by its engines. */
+export function kernelWeights(model: LoadedModel): KernelWeights {
+  let k = kernelCache.get(model);
+  if (!k) kernelCache.set(model, k = toKernelLayout(model.config, model.weights));
+  return k;
+}
+
+/** Checks a batch and returns the feeds shared by every graph (ids, masks, shifted targets). */
+export function batchFeeds(cfg: ModelConfig, b: Batch): Record<string, Feed> {
+  const { batch, seq } = b;
+  if (!Number.isInteger(batch) || batch <= 0 || !Number.isInteger(seq) || seq <= 0) {
+    throw new EngineError(`batch and seq must be positive integers, got ${batch}x${seq}`);
+  }
+  const n = batch * seq;
+  for (
+    const [k, v] of [["inputIds", b.inputIds], ["attentionMask", b.attentionMask], [
+      "lossMask",
+      b.lossMask,
+    ]] as const
+  ) {
+    if (!v || v.length !== n) {
+      throw new EngineError(`${k} has ${v?.length} values, expected ${batch}x${seq}=${n}`);
+    }
+  }
+  const targets = new BigInt64Array(n);
+  const ids = b.inputIds instanceof BigInt64Array
+    ? b.inputIds
+    : BigInt64Array.from(b.inputIds, (v) => BigInt(v));
+  for (let i = 0; i < n; i++) {
+    const id = Number(ids[i]);
+    if (!Number.isInteger(id) || id < 0 || id >= cfg.vocabSize) {
+      throw new EngineError(`inputIds[${i}] = ${id} is outside the vocabulary [0, ${cfg.vocabSize})`);
+    }
+    const m = b.attentionMask[i], l = b.lossMask[i];
+    if (!(m === 0 || m === 1) || !(l === 0 || l === 1)) {
+      throw new EngineError(`masks must be 0/1 (index ${i})`);
+    }
+    if (i % seq !== seq - 1) targets[i] = ids[i + 1];
+    else if (l !== 0) {
+      throw new EngineError(
+        `lossMask is 1 at the last position of row ${Math.floor(i / seq)} (nothing to predict)`,
+      );
+    }
+  }
+  if (seq > cfg.maxPositionEmbeddings || seq > 4096) {
+    throw new EngineError(`seq ${seq} exceeds the model's maximum`);
+  }
+  return {
+    input_ids: { data: ids, dims: [batch, seq] },
+    attention_mask: { data: b.attentionMask, dims: [batch, seq] },
+    targets: { data: targets, dims: [batch, seq] },
+    loss_mask: { data: b.lossMask, dims: [batch, seq] },
+  };
+}
+
+function num(out: { data: ArrayLike<number | bigint> }): number {
+  return Number(out.data[0]);
+}
+
+/** LoRA training and evaluation over one base model. */
+export class Engine {
+  private evalSession?: Promise<GraphSession>;
+  private maskBuf: Float32Array;
+  private onesMask?: Float32Array;
+
+  private constructor(
+    readonly model: LoadedModel,
+    readonly layout: AdapterLayout,
+    readonly backend: ResolvedBackend,
+    readonly scale: number,
+    readonly weightMode: WeightMode,
+    private readonly trainSession: GraphSession,
+    private readonly weightFeeds: Record<string, Feed>,
+    private readonly numThreads: number | undefined,
+  ) {
+    this.maskBuf = new Float32Array(layout.size);
+  }
+
+  /** Builds the train-step graph and opens its session. */
+  static async create(model: LoadedModel, spec: LoraSpec, opts: EngineOptions = {}): Promise<Engine> {
+    const backend = await resolveBackend(opts.backend ?? "auto");
+    const layout = adapterLayout(model.config, spec);
+    const scale = opts.scale ?? loraScale(spec);
+    const mode: WeightMode = opts.weightMode ?? (backend === "node" ? "inputs" : "constants");
+    const kernel = kernelWeights(model);
+    const built = buildLoraTrainGraph(model.config, layout, scale, mode, kernel);
+    const session = await createSession(built.onnx, { backend, numThreads: opts.numThreads });
+    return new Engine(
+      model,
+      layout,
+      backend,
+      scale,
+      mode,
+      session,
+      weightFeedsOf(built, kernel),
+      opts.numThreads,
+    );
+  }
+
+  private loraFeeds(
+    adapter: Float32Array,
+    mask: Float32Array | Uint8Array | undefined,
+  ): Record<string, Feed> {
+    const L = this.layout;
+    if (!(adapter instanceof Float32Array) || adapter.length !== L.size) {
+      throw new EngineError(`adapter must be a Float32Array of ${L.size} values, got ${adapter?.length}`);
+    }
+    for (let i = 0; i < adapter.length; i++) {
+      if (!Number.isFinite(adapter[i])) throw new EngineError(`adapter holds a non-finite value at ${i}`);
+    }
+    let m: Float32Array;
+    if (mask === undefined) {
+      m = this.onesMask ??= new Float32Array(L.size).fill(1);
+    } else {
+      if (mask.length !== L.size) {
+        throw new EngineError(`mask has ${mask.length} values, adapter has ${L.size}`);
+      }
+      m = this.maskBuf;
+      for (let i = 0; i < m.length; i++) {
+        const v = mask[i];
+        if (v !== 0 && v !== 1) throw new EngineError(`mask must be 0/1, found ${v} at ${i}`);
+        m[i] = v;
+      }
+    }
+    const feeds: Record<string, Feed> = {};
+    for (const e of L.entries) {
+      feeds[`lora.${e.name}`] = { data: adapter.subarray(e.offset, e.offset + e.size), dims: e.shape };
+      feeds[`mask.${e.name}`] = { data: m.subarray(e.offset, e.offset + e.size), dims: e.shape };
+    }
+    return feeds;
+  }
+
+  /** Loss, gradients (zero where masked) and Taylor importance of one batch. */
+  async trainStep(batch: Batch, adapter: Float32Array, mask: Float32Array | Uint8Array): Promise<StepResult> {
+    const feeds = {
+      ...batchFeeds(this.model.config, batch),
+      ...this.loraFeeds(adapter, mask),
+      ...this.weightFeeds,
+    };
+    const out = await this.trainSession.run(feeds);
+    const grads = new Float32Array(this.layout.size), importance = new Float32Array(this.layout.size);
+    for (const e of this.layout.entries) {
+      grads.set(out[`grad.${e.name}`].data as Float32Array, e.offset);
+      importance.set(out[`imp.${e.name}`].data as Float32Array, e.offset);
+    }
+    return { loss: num(out.loss), grads, importance };
+  }
+
+  /** Summed NLL over loss-mask tokens and their count (perplexity = exp(nllSum / tokens)). */
+  async evalNll(
+    batch: Batch,
+    adapter: Float32Array,
+    mask?: Float32Array | Uint8Array,
+  ): Promise<{ nllSum: number; tokens: number }> {
+    this.evalSession ??= (async () => {
+      const built = buildLoraEvalGraph(
+        this.model.config,
+        this.layout,
+        this.scale,
+        this.weightMode,
+        kernelWeights(this.model),
+      );
+      return await createSession(built.onnx, { backend: this.backend, numThreads: this.numThreads });
+    })();
+    const session = await this.evalSession;
+    const feeds = {
+      ...batchFeeds(this.model.config, batch),
+      ...this.loraFeeds(adapter, mask),
+      ...this.weightFeeds,
+    };
+    const out = await session.run(feeds);
+    return { nllSum: num(out.nll_sum), tokens: num(out.tokens) };
+  }
+}
+
+function weightFeedsOf(built: BuiltGraph, kernel: KernelWeights): Record<string, Feed> {
+  const feeds: Record<string, Feed> = {};
+  for (const name of built.weightInputs) {
+    const k = kernel.get(name)!;
+    feeds[`w.${name}`] = { data: k.data, dims: k.shape };
+  }
+  return feeds;
+}
+
+/** Full-parameter training of every base weight (pre-training the demo model). */
+export class FullEngine {
+  private evalSession?: Promise<GraphSession>;
+  private constructor(
+    readonly config: ModelConfig,
+    readonly backend: ResolvedBackend,
+    private readonly session: GraphSession,
+    readonly names: string[],
+    private readonly numThreads?: number,
+  ) {}
+
+  /** Builds the full train graph for a config. */
+  static async create(
+    config: ModelConfig,
+    opts: { backend?: Backend; numThreads?: number } = {},
+  ): Promise<FullEngine> {
+    const backend = await resolveBackend(opts.backend ?? "auto");
+    const built = buildFullTrainGraph(config);
+    const session = await createSession(built.onnx, { backend, numThreads: opts.numThreads });
+    return new FullEngine(config, backend, session, built.weightInputs, opts.numThreads);
+  }
+
+  private feeds(batch: Batch, weights: KernelWeights): Record<string, Feed> {
+    const feeds = batchFeeds(this.config, batch);
+    for (const n of this.names) {
+      const k = weights.get(n);
+      if (!k) throw new EngineError(`weight ${n} is missing`);
+      feeds[`w.${n}`] = { data: k.data, dims: k.shape };
+    }
+    return feeds;
+  }
+
+  /** Loss and gradient of every weight (kernel layout, keyed by HF name). */
+  async step(
+    batch: Batch,
+    weights: KernelWeights,
+  ): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
+    const out = await this.session.run(this.feeds(batch, weights));
+    const grads = new Map<string, Float32Array>();
+    for (const n of this.names) grads.set(n, out[`grad.${n}`].data as Float32Array);
+    return { loss: num(out.loss), grads };
+  }
+
+  /** Summed NLL and token count without LoRA. */
+  async evalNll(batch: Batch, weights: KernelWeights): Promise<{ nllSum: number; tokens: number }> {
+    this.evalSession ??= createSession(buildFullEvalGraph(this.config).onnx, {
+      backend: this.backend,
+      numThreads: this.numThreads,
+    });
+    const out = await (await this.evalSession).run(this.feeds(batch, weights));
+    return { nllSum: num(out.nll_sum), tokens: num(out.tokens) };
+  }
+}

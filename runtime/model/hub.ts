@@ -1,0 +1,120 @@
+/**
+ * Where model files come from: a local folder (Deno), an http(s) base URL (browsers, edge), or a
+ * Hugging Face hub id (where the network allows). One small reader serves config, weights and tokenizer.
+ */
+
+/** A resolved model location. */
+export interface ModelSource {
+  kind: "local" | "url" | "hub";
+  /** Absolute folder path, base URL without trailing slash, or hub id. */
+  location: string;
+}
+
+const HUB_ID = /^[\w\-.]+\/[\w\-.]{1,96}$/;
+
+/** Error for a model file that cannot be read; the message names the file. */
+export class ModelSourceError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ModelSourceError";
+  }
+}
+
+function absolutePath(p: string): string {
+  if (p.startsWith("/")) return p.replace(/\/+$/, "") || "/";
+  const cwd = typeof Deno !== "undefined" ? Deno.cwd() : "/";
+  const parts: string[] = [];
+  for (const seg of `${cwd}/${p}`.split("/")) {
+    if (seg === "" || seg === ".") continue;
+    if (seg === "..") parts.pop();
+    else parts.push(seg);
+  }
+  return "/" + parts.join("/");
+}
+
+function localDirExists(p: string): boolean {
+  if (typeof Deno === "undefined") return false;
+  try {
+    return Deno.statSync(p).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Classifies a path, URL or hub id. A string that names an existing local folder is local even when
+ * it also looks like a hub id ("models/perfit-tiny"), so the bundled model never goes to the network.
+ */
+export function resolveSource(pathOrId: string): ModelSource {
+  if (/^https?:\/\//.test(pathOrId)) return { kind: "url", location: pathOrId.replace(/\/+$/, "") };
+  if (pathOrId.startsWith("file://")) {
+    return { kind: "local", location: absolutePath(new URL(pathOrId).pathname) };
+  }
+  const abs = typeof Deno !== "undefined" ? absolutePath(pathOrId) : pathOrId;
+  if (localDirExists(abs)) return { kind: "local", location: abs };
+  if (HUB_ID.test(pathOrId) && !pathOrId.startsWith(".")) return { kind: "hub", location: pathOrId };
+  throw new ModelSourceError(`model folder not found: ${pathOrId}`);
+}
+
+/** The URL or path of one file of a source. */
+export function fileLocation(src: ModelSource, file: string): string {
+  switch (src.kind) {
+    case "local":
+      return `${src.location}/${file}`;
+    case "url":
+      return `${src.location}/${file}`;
+    case "hub":
+      return `https://huggingface.co/${src.location}/resolve/main/${file}`;
+  }
+}
+
+/** Reads one file's bytes, or null when it does not exist. Other failures throw ModelSourceError. */
+export async function readOptional(src: ModelSource, file: string): Promise<Uint8Array | null> {
+  const loc = fileLocation(src, file);
+  if (src.kind === "local") {
+    try {
+      return await Deno.readFile(loc);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return null;
+      throw new ModelSourceError(`cannot read ${loc}: ${(e as Error).message}`);
+    }
+  }
+  let res: Response;
+  try {
+    res = await fetch(loc);
+  } catch (e) {
+    throw new ModelSourceError(`cannot fetch ${loc}: ${(e as Error).message}`);
+  }
+  if (res.status === 404) {
+    await res.body?.cancel();
+    return null;
+  }
+  if (!res.ok) {
+    await res.body?.cancel();
+    throw new ModelSourceError(`cannot fetch ${loc}: HTTP ${res.status}`);
+  }
+  return new Uint8Array(await res.arrayBuffer());
+}
+
+/** Reads one file's bytes; a missing file throws ModelSourceError naming it. */
+export async function readRequired(src: ModelSource, file: string): Promise<Uint8Array> {
+  const b = await readOptional(src, file);
+  if (b === null) throw new ModelSourceError(`missing model file: ${fileLocation(src, file)}`);
+  return b;
+}
+
+/** Reads and parses a JSON file of a source; null when absent. */
+export async function readJsonOptional(src: ModelSource, file: string): Promise<unknown | null> {
+  const b = await readOptional(src, file);
+  if (b === null) return null;
+  try {
+    return JSON.parse(new TextDecoder().decode(b));
+  } catch (e) {
+    throw new ModelSourceError(`${fileLocation(src, file)}: malformed JSON: ${(e as Error).message}`);
+  }
+}
+
+/** Options for Transformers.js `from_pretrained`: local folders never touch the network. */
+export function transformersOptions(src: ModelSource): { local_files_only: boolean } {
+  return { local_files_only: src.kind === "local" };
+}

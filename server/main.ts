@@ -1,0 +1,92 @@
+/**
+ * `deno task serve`: the coordinator with embedded defaults. Local: KV file under ./data, port
+ * printed at start, admin token generated and printed once (only its hash is kept, in KV). On Deno
+ * Deploy (DENO_DEPLOYMENT_ID set) the same file runs with the project's KV and Deploy's port.
+ */
+import { createApp } from "./app.ts";
+import { parseSettings, USAGE } from "./settings.ts";
+import { randomToken, sha256Hex } from "./tokens.ts";
+import { initKernels } from "../runtime/kernels/mod.ts";
+import { mountUi } from "./ui/mod.ts";
+import { BUNDLED_MODEL } from "../runtime/federation/run.ts";
+
+/** Returns the admin token hash, creating (and printing once) a token if none is configured or stored. */
+async function adminHash(kv: Deno.Kv, configured: string | undefined, reset: boolean): Promise<string> {
+  if (configured) return await sha256Hex(configured);
+  const key = ["server", "adminHash"];
+  const stored = await kv.get<string>(key);
+  if (stored.value && !reset) {
+    console.log(
+      "admin token: generated earlier (only its hash is stored); --reset-admin-token prints a new one",
+    );
+    return stored.value;
+  }
+  const token = randomToken();
+  const hash = await sha256Hex(token);
+  const res = await kv.atomic().check(stored).set(key, hash).commit();
+  if (!res.ok) return (await kv.get<string>(key)).value!;
+  console.log(`admin token (shown once, store it now): ${token}`);
+  return hash;
+}
+
+/** The HMAC secret: configured, or generated once and kept in KV so tokens survive restarts. */
+async function tokenSecret(kv: Deno.Kv, configured: string | undefined): Promise<string> {
+  if (configured) return configured;
+  const key = ["server", "secret"];
+  const stored = await kv.get<string>(key);
+  if (stored.value) return stored.value;
+  const s = randomToken(32);
+  const res = await kv.atomic().check(stored).set(key, s).commit();
+  return res.ok ? s : (await kv.get<string>(key)).value!;
+}
+
+async function main(): Promise<void> {
+  if (Deno.args.includes("--help")) {
+    console.log(USAGE);
+    return;
+  }
+  const s = parseSettings(Deno.args, (k) => Deno.env.get(k));
+  const onDeploy = Deno.env.get("DENO_DEPLOYMENT_ID") !== undefined;
+  const kvPath = onDeploy ? "" : s.kvPath;
+  if (kvPath) await Deno.mkdir(kvPath.replace(/[/\\][^/\\]*$/, "") || ".", { recursive: true });
+  const kv = await Deno.openKv(kvPath || undefined);
+  await initKernels().catch(() => {});
+  const app = createApp({
+    kv,
+    config: {
+      adminTokenHash: await adminHash(kv, s.adminToken, s.resetAdminToken),
+      secret: await tokenSecret(kv, s.secret),
+      corsOrigins: s.corsOrigins,
+      rateLimit: { ip: s.rateIp, client: s.rateClient },
+      maxUploadBytes: s.maxUploadBytes,
+      maxConcurrentUploads: s.maxConcurrentUploads,
+      tickMs: s.tickMs,
+    },
+  });
+  // Deploy has no esbuild at request time: it serves the bundles committed under web/dist.
+  mountUi(app, {
+    kv,
+    modelDir: BUNDLED_MODEL,
+    baseModelName: "perfit-tiny",
+    dashboardToken: s.dashboardToken,
+    bundle: onDeploy ? "prebuilt" : "lazy",
+  });
+  const server = onDeploy ? Deno.serve(app.fetch) : Deno.serve({
+    port: s.port,
+    hostname: s.hostname,
+    onListen: ({ hostname, port }) =>
+      console.log(`perfit coordinator listening on http://${hostname}:${port} (kv: ${kvPath})`),
+  }, app.fetch);
+  const stop = async () => {
+    await server.shutdown();
+    await app.close();
+    kv.close();
+    Deno.exit(0);
+  };
+  if (!onDeploy) {
+    Deno.addSignalListener("SIGINT", stop);
+    Deno.addSignalListener("SIGTERM", stop);
+  }
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,265 @@
+/** The OpenAPI 3.1 description served at `/openapi.json` (hand-written; mirrors app.ts). */
+
+const err = { $ref: "#/components/responses/Error" };
+const bin = {
+  "application/octet-stream": { schema: { type: "string", contentMediaType: "application/octet-stream" } },
+};
+const runId = {
+  name: "run",
+  in: "path",
+  required: true,
+  schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" },
+};
+const clientId = {
+  name: "client",
+  in: "path",
+  required: true,
+  schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" },
+};
+const json = (schema: unknown) => ({ "application/json": { schema } });
+
+/** OpenAPI document. */
+export const openapi = {
+  openapi: "3.1.0",
+  info: {
+    title: "Perfit coordinator",
+    version: "0.1.0",
+    description:
+      "Personalized federated instruction tuning (PerFIT / FedIT / local). Tensors travel as safetensors; " +
+      "see runtime/client/wire.ts for the update and slice layouts. Errors are `{error: {code, message}}`.",
+  },
+  components: {
+    securitySchemes: {
+      admin: {
+        type: "http",
+        scheme: "bearer",
+        description: "Admin token (printed once by `deno task serve`).",
+      },
+      client: { type: "http", scheme: "bearer", description: "Client token returned by join (HMAC-signed)." },
+    },
+    responses: {
+      Error: {
+        description: "Refusal",
+        content: json({
+          type: "object",
+          required: ["error"],
+          properties: {
+            error: {
+              type: "object",
+              required: ["code", "message"],
+              properties: { code: { type: "string" }, message: { type: "string" } },
+            },
+          },
+        }),
+      },
+    },
+    schemas: {
+      RunConfig: {
+        type: "object",
+        required: ["baseModel", "lora", "method", "rounds", "clientsPerRound", "roundDeadlineMs"],
+        properties: {
+          baseModel: { type: "string", maxLength: 200 },
+          lora: {
+            type: "object",
+            required: ["rank", "alpha", "targets"],
+            properties: {
+              rank: { type: "integer", minimum: 1, maximum: 1024 },
+              alpha: { type: "number", exclusiveMinimum: 0 },
+              targets: {
+                type: "array",
+                items: { enum: ["q", "k", "v", "o", "gate", "up", "down"] },
+                minItems: 1,
+              },
+            },
+          },
+          method: { enum: ["perfit", "fedit", "local"] },
+          rounds: { type: "integer", minimum: 1 },
+          clientsPerRound: {
+            type: "integer",
+            minimum: 1,
+            description: "Seats per round; the round closes when all are filled.",
+          },
+          quorum: {
+            type: "integer",
+            minimum: 1,
+            description: "Uploads needed to close at the deadline (default clientsPerRound).",
+          },
+          roundDeadlineMs: { type: "integer", minimum: 1 },
+          expansionTiers: {
+            type: "object",
+            additionalProperties: { type: "integer", minimum: 1, maximum: 64 },
+          },
+          adapterSize: {
+            type: "integer",
+            description: "N of the global layout (rank r * max expansion). Required unless `model`.",
+          },
+          model: {
+            type: "object",
+            description: "Hugging Face config.json; N and budget are computed from it.",
+          },
+          budget: { type: "integer", description: "Max ones per mask (default: rank-r size, or N/max e)." },
+          maxNorm: { type: "number", description: "L2 bound on uploaded values (default 1e4)." },
+          maxClients: { type: "integer" },
+          seed: { type: "integer" },
+          train: { type: "object", description: "Opaque hyper-parameters handed to clients." },
+        },
+      },
+      Run: {
+        type: "object",
+        description: "RunRecord: id, config, createdAt, status, round, globalGen, globalRound.",
+      },
+      Task: {
+        type: "object",
+        properties: {
+          run: { type: "string" },
+          round: { type: "integer" },
+          status: { enum: ["train", "wait", "done"] },
+          deadline: { type: ["integer", "null"] },
+          method: { type: "string" },
+          tier: { type: "string" },
+          expansion: { type: "integer" },
+          rank: { type: "integer" },
+          budget: { type: "integer" },
+          adapterSize: { type: "integer" },
+          seed: { type: "integer" },
+          globalRound: { type: "integer" },
+          train: { type: "object" },
+        },
+      },
+    },
+  },
+  paths: {
+    "/health": {
+      get: {
+        summary: "Liveness",
+        responses: { 200: { description: "ok", content: json({ type: "object" }) } },
+      },
+    },
+    "/openapi.json": {
+      get: { summary: "This document", responses: { 200: { description: "OpenAPI 3.1" } } },
+    },
+    "/v1/runs": {
+      post: {
+        summary: "Create a run",
+        security: [{ admin: [] }],
+        requestBody: { required: true, content: json({ $ref: "#/components/schemas/RunConfig" }) },
+        responses: {
+          201: {
+            description: "created",
+            content: json({ type: "object", properties: { run: { $ref: "#/components/schemas/Run" } } }),
+          },
+          400: err,
+          401: err,
+          413: err,
+          422: err,
+        },
+      },
+      get: {
+        summary: "List runs",
+        security: [{ admin: [] }],
+        responses: { 200: { description: "runs" }, 401: err },
+      },
+    },
+    "/v1/runs/{run}": {
+      get: {
+        summary: "Inspect a run and its open round",
+        security: [{ admin: [] }, { client: [] }],
+        parameters: [runId],
+        responses: { 200: { description: "run" }, 401: err, 403: err, 404: err },
+      },
+    },
+    "/v1/runs/{run}/join": {
+      post: {
+        summary: "Join a run: returns a client token and the client's tier/expansion",
+        parameters: [runId],
+        requestBody: {
+          content: json({
+            type: "object",
+            properties: { name: { type: "string" }, tier: { type: "string" } },
+          }),
+        },
+        responses: {
+          201: {
+            description: "joined: {run, clientId, token, tier, expansion, rank, budget, adapterSize, method}",
+          },
+          400: err,
+          404: err,
+          409: err,
+          410: err,
+          422: err,
+          429: err,
+        },
+      },
+    },
+    "/v1/runs/{run}/clients/{client}/task": {
+      get: {
+        summary: "The round task for this client",
+        security: [{ client: [] }],
+        parameters: [runId, clientId],
+        responses: {
+          200: { description: "task", content: json({ $ref: "#/components/schemas/Task" }) },
+          401: err,
+          403: err,
+        },
+      },
+    },
+    "/v1/runs/{run}/clients/{client}/slice": {
+      get: {
+        summary: "The client's personalized adapter slice (safetensors: mask, covered, values)",
+        security: [{ client: [] }],
+        parameters: [runId, clientId],
+        responses: { 200: { description: "slice", content: bin }, 401: err, 403: err },
+      },
+    },
+    "/v1/runs/{run}/clients/{client}/rounds/{round}/update": {
+      post: {
+        summary:
+          "Upload an update (safetensors: mask, values; metadata run, round, samples, metrics). Idempotent.",
+        security: [{ client: [] }],
+        parameters: [runId, clientId, {
+          name: "round",
+          in: "path",
+          required: true,
+          schema: { type: "integer" },
+        }],
+        requestBody: { required: true, content: bin },
+        responses: {
+          201: { description: "accepted: {status: 'accepted', uploadId, round}" },
+          200: { description: "replay of an accepted upload: {status: 'replay', uploadId, round}" },
+          400: err,
+          401: err,
+          403: err,
+          409: {
+            description: "round not open yet, round full, or a different update already accepted",
+            content: err,
+          },
+          410: { description: "round closed (late upload)", content: err },
+          413: err,
+          422: err,
+          429: err,
+          503: { description: "commit lost a race; retry" },
+        },
+      },
+    },
+    "/v1/runs/{run}/metrics": {
+      get: {
+        summary: "Rounds timeline with per-client metrics (dashboard)",
+        security: [{ admin: [] }, { client: [] }],
+        parameters: [runId],
+        responses: { 200: { description: "metrics" }, 401: err },
+      },
+    },
+    "/v1/runs/{run}/masks": {
+      get: {
+        summary: "Latest mask bitmask per client (safetensors, one U32 tensor per client id), paged",
+        security: [{ admin: [] }],
+        parameters: [runId, { name: "offset", in: "query", schema: { type: "integer" } }, {
+          name: "limit",
+          in: "query",
+          schema: { type: "integer", maximum: 256 },
+        }],
+        responses: { 200: { description: "masks", content: bin }, 401: err },
+      },
+    },
+  },
+} as const;

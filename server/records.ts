@@ -1,0 +1,109 @@
+/**
+ * What the coordinator keeps in Deno KV, and under which keys. Every record is small (≪ 64 KiB);
+ * tensors live in chunked blobs (kv_chunks.ts) that a record points to by generation id, so a blob
+ * becomes visible only when the atomic commit that flips the pointer succeeds.
+ *
+ * Keys:
+ *   ["run", run]                          RunRecord
+ *   ["round", run, r]                     RoundRecord (includes the accumulator pointer `accGen`)
+ *   ["acc", run, r, gen, "s"|"w", i]      accumulator chunks (sum, weight) of an open round
+ *   ["global", run, gen, "v"|"c", i]      aggregated adapter values and covered bitmask
+ *   ["client", run, client]               ClientRecord
+ *   ["clients", run]                      join counter {count}
+ *   ["upload", run, r, client]            UploadRecord (the accepted marker; its id makes replays idempotent)
+ *   ["mask", run, client, r, i]           a client's mask bitmask, stored in the first round it was uploaded
+ *   ["lastmask", run, client]             {round, popcount}: which mask is the client's latest
+ */
+import type { RunConfig } from "./run_config.ts";
+
+/** A federated run. */
+export interface RunRecord {
+  id: string;
+  config: RunConfig;
+  createdAt: number;
+  status: "active" | "done";
+  /** The open round (1-based); after the last round, `config.rounds + 1`. */
+  round: number;
+  /** Generation of the global adapter blob, null before the first aggregation. */
+  globalGen: string | null;
+  /** Last round folded into the global adapter (0 = none). */
+  globalRound: number;
+}
+
+/** Per-round summary computed at close from the accepted uploads' metrics. */
+export interface RoundSummary {
+  clients: number;
+  samples: number;
+  /** Sample-weighted means of each reported metric. */
+  metrics: Record<string, number>;
+  covered: number;
+}
+
+/** One round of a run. */
+export interface RoundRecord {
+  run: string;
+  index: number;
+  status: "open" | "closed";
+  openedAt: number;
+  deadline: number;
+  closedAt: number | null;
+  accepted: number;
+  samples: number;
+  /** Generation of the accumulator blob holding every accepted upload of this round. */
+  accGen: string | null;
+  summary: RoundSummary | null;
+}
+
+/** A joined client. */
+export interface ClientRecord {
+  id: string;
+  run: string;
+  name: string;
+  tier: string;
+  expansion: number;
+  joinedAt: number;
+  seq: number;
+}
+
+/** An accepted upload. */
+export interface UploadRecord {
+  uploadId: string;
+  client: string;
+  round: number;
+  samples: number;
+  metrics: Record<string, number>;
+  popcount: number;
+  norm: number;
+  at: number;
+  /** Round under which this upload's mask blob is stored (an earlier one when the mask is unchanged). */
+  maskRound: number;
+  /** SHA-256 of the mask bitmask ("" for FedIT, whose masks are all ones and never stored). */
+  maskHash: string;
+}
+
+/** Pointer to a client's latest mask. */
+export interface LastMask {
+  /** Round under which the mask blob is stored. */
+  round: number;
+  popcount: number;
+  hash: string;
+}
+
+export const K = {
+  run: (run: string): Deno.KvKey => ["run", run],
+  runs: (): Deno.KvKey => ["run"],
+  round: (run: string, r: number): Deno.KvKey => ["round", run, r],
+  rounds: (run: string): Deno.KvKey => ["round", run],
+  acc: (run: string, r: number, gen: string, part: "s" | "w"): Deno.KvKey => ["acc", run, r, gen, part],
+  accRound: (run: string, r: number): Deno.KvKey => ["acc", run, r],
+  global: (run: string, gen: string, part: "v" | "c"): Deno.KvKey => ["global", run, gen, part],
+  globalGen: (run: string, gen: string): Deno.KvKey => ["global", run, gen],
+  client: (run: string, c: string): Deno.KvKey => ["client", run, c],
+  clientsOf: (run: string): Deno.KvKey => ["client", run],
+  clientCount: (run: string): Deno.KvKey => ["clients", run],
+  upload: (run: string, r: number, c: string): Deno.KvKey => ["upload", run, r, c],
+  uploadsOf: (run: string, r: number): Deno.KvKey => ["upload", run, r],
+  uploadsAll: (run: string): Deno.KvKey => ["upload", run],
+  mask: (run: string, c: string, r: number): Deno.KvKey => ["mask", run, c, r],
+  lastMask: (run: string, c: string): Deno.KvKey => ["lastmask", run, c],
+};

@@ -1,0 +1,222 @@
+/**
+ * Builds the dashboard payload from the coordinator's Deno KV state (keys in server/records.ts):
+ * runs, rounds, clients, the perplexity each client reported with its uploads, and, from the clients'
+ * latest masks, pairwise Jaccard overlap and the budget spread over layers and modules.
+ *
+ * Masks are immutable once uploaded, so they are cached by (run, client, round); each refresh reads
+ * only the small records plus masks it has not seen.
+ */
+import {
+  type ClientRecord,
+  K,
+  type LastMask,
+  type RoundRecord,
+  type RunRecord,
+  type UploadRecord,
+} from "../records.ts";
+import { readChunks } from "../kv_chunks.ts";
+import type {
+  BudgetSpread,
+  ClientInfo,
+  DashboardData,
+  OverlapMatrix,
+  RunInfo,
+} from "../../web/dashboard/types.ts";
+import type { AdapterLayoutLike } from "../../runtime/export/types.ts";
+import { type ModelConfig, readConfigFile } from "../../runtime/model/config.ts";
+import { adapterLayout } from "../../runtime/model/lora.ts";
+
+/** Metric names a client may report its held-out perplexity under, in order of preference. */
+export const PPL_KEYS = ["ppl", "perplexity", "eval_ppl", "evalPpl", "test_ppl"];
+
+/** At most this many clients appear in the overlap heatmap and budget chart (the first joined). */
+export const MAX_MASK_CLIENTS = 32;
+
+/** Options of `kvDashboardSource`. */
+export interface KvDashboardOptions {
+  /** Layout of a run's global adapter (to group mask positions by layer.module); null when unknown. */
+  layoutFor?: (run: RunRecord) => AdapterLayoutLike | null | Promise<AdapterLayoutLike | null>;
+  maxMaskClients?: number;
+}
+
+/** Number of set bits of a & b and of a | b. */
+export function andOrCounts(a: Uint32Array, b: Uint32Array): { and: number; or: number } {
+  let and = 0, or = 0;
+  for (let i = 0; i < a.length; i++) {
+    and += popcount32(a[i] & b[i]);
+    or += popcount32(a[i] | b[i]);
+  }
+  return { and, or };
+}
+
+function popcount32(x: number): number {
+  x = x - ((x >>> 1) & 0x55555555);
+  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
+  return (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+}
+
+/** Pairwise Jaccard of bitmasks (1 where both are empty). */
+export function jaccardMatrix(masks: Uint32Array[]): number[][] {
+  return masks.map((a, i) =>
+    masks.map((b, j) => {
+      if (i === j) return 1;
+      const { and, or } = andOrCounts(a, b);
+      return or === 0 ? 1 : and / or;
+    })
+  );
+}
+
+/** Set bits of `bits` in [start, end). */
+export function countRange(bits: Uint32Array, start: number, end: number): number {
+  let c = 0;
+  for (let p = start; p < end;) {
+    const w = p >>> 5, off = p & 31;
+    if (off === 0 && p + 32 <= end) {
+      c += popcount32(bits[w]);
+      p += 32;
+    } else {
+      c += (bits[w] >>> off) & 1;
+      p++;
+    }
+  }
+  return c;
+}
+
+/** Kept positions per "L{layer}.{module}" group (A and B together), groups in layout order. */
+export function budgetCounts(
+  layout: AdapterLayoutLike,
+  bits: Uint32Array,
+): { groups: string[]; counts: number[] } {
+  const idx = new Map<string, number>();
+  const counts: number[] = [];
+  for (const e of layout.entries) {
+    const g = `L${e.layer}.${e.module}`;
+    if (!idx.has(g)) {
+      idx.set(g, counts.length);
+      counts.push(0);
+    }
+    counts[idx.get(g)!] += countRange(bits, e.offset, e.offset + e.size);
+  }
+  return { groups: [...idx.keys()], counts };
+}
+
+function pplOf(metrics: Record<string, number> | undefined): number | null {
+  if (!metrics) return null;
+  for (const k of PPL_KEYS) {
+    if (typeof metrics[k] === "number" && Number.isFinite(metrics[k])) return metrics[k];
+  }
+  return null;
+}
+
+/** Returns a function that snapshots the dashboard data from `kv`. */
+export function kvDashboardSource(kv: Deno.Kv, opts: KvDashboardOptions = {}): () => Promise<DashboardData> {
+  const maskCache = new Map<string, Uint32Array>();
+  const maxClients = opts.maxMaskClients ?? MAX_MASK_CLIENTS;
+
+  async function maskOf(run: RunRecord, client: string, round: number): Promise<Uint32Array | null> {
+    const key = `${run.id}\u0000${client}\u0000${round}`;
+    const hit = maskCache.get(key);
+    if (hit) return hit;
+    const words = Math.ceil(run.config.adapterSize / 32);
+    try {
+      const bytes = await readChunks(kv, K.mask(run.id, client, round), new Uint8Array(words * 4));
+      const bits = new Uint32Array(bytes.buffer, bytes.byteOffset, words);
+      maskCache.set(key, bits);
+      return bits;
+    } catch {
+      return null; // mask written but its pointer not yet flipped, or pruned: skip this refresh
+    }
+  }
+
+  async function runInfo(run: RunRecord): Promise<RunInfo> {
+    const rounds: RoundRecord[] = [];
+    for await (const e of kv.list<RoundRecord>({ prefix: K.rounds(run.id) })) rounds.push(e.value);
+    rounds.sort((a, b) => a.index - b.index);
+    const clients: ClientRecord[] = [];
+    for await (const e of kv.list<ClientRecord>({ prefix: K.clientsOf(run.id) })) clients.push(e.value);
+    clients.sort((a, b) => a.seq - b.seq);
+    const ppl = new Map<string, { round: number; ppl: number }[]>();
+    for await (const e of kv.list<UploadRecord>({ prefix: K.uploadsAll(run.id) })) {
+      const v = pplOf(e.value.metrics);
+      if (v === null) continue;
+      const list = ppl.get(e.value.client) ?? [];
+      list.push({ round: e.value.round, ppl: v });
+      ppl.set(e.value.client, list);
+    }
+    const clientInfos: ClientInfo[] = clients.map((c) => ({
+      id: c.name || c.id,
+      tier: c.expansion,
+      ppl: (ppl.get(c.id) ?? []).sort((a, b) => a.round - b.round),
+    }));
+    const info: RunInfo = {
+      id: run.id,
+      method: run.config.method,
+      state: run.status,
+      createdAt: run.createdAt,
+      totalRounds: run.config.rounds,
+      rounds: rounds.map((r) => ({
+        round: r.index,
+        state: r.status,
+        startedAt: r.openedAt,
+        closedAt: r.closedAt ?? undefined,
+        uploads: r.accepted,
+      })),
+      clients: clientInfos,
+    };
+    if (run.config.method === "perfit") {
+      const withMasks: { name: string; bits: Uint32Array }[] = [];
+      for (const c of clients.slice(0, maxClients)) {
+        const last = (await kv.get<LastMask>(K.lastMask(run.id, c.id))).value;
+        if (!last) continue;
+        const bits = await maskOf(run, c.id, last.round);
+        if (bits) withMasks.push({ name: c.name || c.id, bits });
+      }
+      if (withMasks.length > 0) {
+        const overlap: OverlapMatrix = {
+          clients: withMasks.map((m) => m.name),
+          jaccard: jaccardMatrix(withMasks.map((m) => m.bits)),
+        };
+        info.overlap = overlap;
+        const layout = (await opts.layoutFor?.(run)) ?? null;
+        if (layout && layout.size === run.config.adapterSize) {
+          const rows = withMasks.map((m) => budgetCounts(layout, m.bits));
+          const budget: BudgetSpread = {
+            clients: overlap.clients,
+            groups: rows[0].groups,
+            counts: rows.map((r) => r.counts),
+          };
+          info.budget = budget;
+        }
+      }
+    }
+    return info;
+  }
+
+  return async () => {
+    const runs: RunRecord[] = [];
+    for await (const e of kv.list<RunRecord>({ prefix: K.runs() })) runs.push(e.value);
+    runs.sort((a, b) => a.createdAt - b.createdAt);
+    return { generatedAt: Date.now(), runs: await Promise.all(runs.map(runInfo)) };
+  };
+}
+
+/**
+ * Layout of a run's global adapter for a base model folder: the layout's size is linear in the rank,
+ * so the global rank is adapterSize / size(rank 1); null when the run does not fit this model.
+ */
+export function layoutFromModelDir(modelDir: string): (run: RunRecord) => Promise<AdapterLayoutLike | null> {
+  let config: Promise<ModelConfig | null> | null = null;
+  return async (run) => {
+    config ??= readConfigFile(modelDir).catch(() => null);
+    const cfg = await config;
+    if (!cfg) return null;
+    const { targets, alpha } = run.config.lora;
+    try {
+      const unit = adapterLayout(cfg, { rank: 1, alpha, targets });
+      const rank = run.config.adapterSize / unit.size;
+      return Number.isInteger(rank) ? adapterLayout(cfg, { rank, alpha, targets }) : null;
+    } catch {
+      return null;
+    }
+  };
+}

@@ -1,0 +1,99 @@
+/** FederatedClient: retries with back-off, and resuming after a crash from its saved state. */
+import assert from "node:assert/strict";
+import { FederatedClient, FederatedClientError, FileStorage, MemoryStorage } from "../runtime/client/mod.ts";
+import { appFetch, createRun, fakeTrainer, makeApp, runBody } from "./server_helpers.ts";
+
+Deno.test("client: network errors, 503 and 429 are retried with exponential back-off; 4xx is not", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const app = makeApp(kv);
+  const runId = await createRun(app, runBody("perfit", { clientsPerRound: 1, quorum: 1, rounds: 1 }));
+  const route = appFetch(() => app);
+  const script = ["net", 503, 429, "net"];
+  const sleeps: number[] = [];
+  const flaky: typeof fetch = (input, init) => {
+    const s = script.shift();
+    if (s === "net") return Promise.reject(new TypeError("connection refused"));
+    if (typeof s === "number") {
+      return Promise.resolve(
+        new Response(JSON.stringify({ error: { code: "x", message: "busy" } }), { status: s }),
+      );
+    }
+    return route(input, init);
+  };
+  const c = await FederatedClient.create({
+    serverUrl: "http://t",
+    runId,
+    trainer: fakeTrainer(0),
+    fetch: flaky,
+    sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
+    retry: { baseMs: 100, maxMs: 1000, attempts: 8 },
+  });
+  await c.join();
+  assert.equal(sleeps.length, 4, "four failures, four back-offs");
+  for (let i = 1; i < 4; i++) {
+    assert.ok(sleeps[i] >= 0.5 * 100 * 2 ** i && sleeps[i] <= 100 * 2 ** i, `backoff ${i}: ${sleeps[i]}`);
+  }
+  const out = await c.run({ maxSteps: 50 });
+  assert.equal(out.at(-1)!.kind, "done");
+  const bad = await FederatedClient.create({
+    serverUrl: "http://t",
+    runId: "run_missing",
+    trainer: fakeTrainer(0),
+    fetch: route,
+    sleep: () => Promise.resolve(),
+  });
+  await assert.rejects(() => bad.join(), (e) => e instanceof FederatedClientError && e.status === 404);
+  await app.close();
+  kv.close();
+});
+
+Deno.test("client: a crash after the server accepted resumes from storage and re-sends as a replay", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const app = makeApp(kv);
+  const runId = await createRun(app, runBody("perfit", { clientsPerRound: 2, quorum: 2, rounds: 2 }));
+  const route = appFetch(() => app);
+  const dir = await Deno.makeTempDir({ prefix: "perfit-client-" });
+  let crash = true;
+  const dying: typeof fetch = async (input, init) => {
+    const res = await route(input, init);
+    if (crash && String(input).endsWith("/update")) throw new Error("process killed"); // not a TypeError: not retried
+    return res;
+  };
+  const calls: number[] = [];
+  const opts = { serverUrl: "http://t", runId, sleep: () => Promise.resolve(), pollMs: 0 };
+  const a1 = await FederatedClient.create({
+    ...opts,
+    trainer: fakeTrainer(0, calls),
+    storage: new FileStorage(dir),
+    fetch: dying,
+    retry: { attempts: 1 },
+  });
+  await assert.rejects(() => a1.step(), /process killed/);
+  crash = false;
+  // A new process: same storage, no memory of the first object.
+  const a2 = await FederatedClient.create({
+    ...opts,
+    trainer: fakeTrainer(0, calls),
+    storage: new FileStorage(dir),
+    fetch: route,
+  });
+  assert.equal(a2.clientId, a1.clientId);
+  const o = await a2.step();
+  assert.deepEqual([o.kind, o.round, o.status], ["resumed", 1, "replay"]);
+  assert.deepEqual(calls, [1], "the trainer did not run again for round 1");
+  const b = await FederatedClient.create({
+    ...opts,
+    trainer: fakeTrainer(1),
+    storage: new MemoryStorage(),
+    fetch: route,
+  });
+  await Promise.all([a2.run({ maxSteps: 500 }), b.run({ maxSteps: 500 })]);
+  assert.deepEqual(calls, [1, 2]);
+  const m = await (await app.request(`/v1/runs/${runId}/metrics`, {
+    headers: { authorization: "Bearer test-admin-token-0123456789" },
+  })).json();
+  assert.deepEqual(m.rounds.map((r: { accepted: number }) => r.accepted), [2, 2]);
+  await app.close();
+  kv.close();
+  await Deno.remove(dir, { recursive: true });
+});

@@ -1,0 +1,151 @@
+import assert from "node:assert/strict";
+import { generateTinyModel } from "../runtime/model/tiny.ts";
+import { Engine, type LoadedModel, loadModel } from "../runtime/model/engine.ts";
+import type { Example } from "../runtime/data/types.ts";
+import { partitionByCategory } from "../runtime/federation/partition.ts";
+import { simulate } from "../runtime/federation/simulate.ts";
+import { DEFAULT_SIM, type Method, type SimConfig } from "../runtime/federation/types.ts";
+import type { FlClient } from "../runtime/federation/client.ts";
+import { feditBytes, HEADER_BYTES } from "../runtime/perfit/upload.ts";
+
+let model: LoadedModel | undefined;
+async function tiny(): Promise<LoadedModel> {
+  if (model) return model;
+  const dir = await Deno.makeTempDir();
+  await generateTinyModel(dir, { seed: 3 });
+  model = await loadModel(dir);
+  await Deno.remove(dir, { recursive: true });
+  return model;
+}
+
+const words = ["tree", "house", "cache", "fox", "dog", "kludge", "memory", "plant", "unit", "data"];
+const data: Example[] = [];
+for (let i = 0; i < 60; i++) {
+  const w = words[i % words.length];
+  data.push({ prompt: `Define the word "${w}".`, response: `a ${w} is a tall ${w}`, category: "define" });
+  data.push({ prompt: `Translate ${w}.`, response: `maison ${w} Haus`, category: "translate" });
+  data.push({ prompt: `Acronym ${w}?`, response: `CPU stands for ${w}`, category: "acronym" });
+}
+
+async function run(
+  method: Method,
+  over: Partial<SimConfig> = {},
+  inspect?: (r: number, c: readonly FlClient[]) => void,
+) {
+  const m = await tiny();
+  const cfg: SimConfig = {
+    ...DEFAULT_SIM,
+    method,
+    rounds: 2,
+    localSteps: 6,
+    rank: 2,
+    alpha: 4,
+    lr: 5e-3,
+    pruneStages: 3,
+    clientTiers: ["high", "mid", "low"],
+    seed: 1,
+    ...over,
+  };
+  const engines = new Map<number, Engine>();
+  return await simulate(cfg, {
+    clients: partitionByCategory(data, 1, { seed: 1, testFraction: 0.15 }),
+    tokenizer: m.tokenizer!,
+    engineFactory: async (rank) => {
+      if (!engines.has(rank)) {
+        engines.set(
+          rank,
+          await Engine.create(m, { rank, alpha: cfg.alpha, targets: cfg.targets }, {
+            scale: cfg.alpha / cfg.rank,
+          }),
+        );
+      }
+      return engines.get(rank)!;
+    },
+    batchSize: 4,
+    maxLen: 48,
+    inspect,
+  });
+}
+
+Deno.test("federation: end-to-end PerFIT on a tiny model: exact budgets, ref uploads, deterministic", async () => {
+  const finalMasks: number[][] = [];
+  const r = await run("perfit", {}, (round, clients) => {
+    if (round === 2) {
+      for (const c of clients) {
+        finalMasks.push([c.mask.reduce((s, v) => s + v, 0), c.plan.budget, c.plan.total]);
+      }
+    }
+  });
+  assert.equal(r.rounds.length, 2);
+  assert.deepEqual(r.clients.map((c) => c.expansion), [4, 2, 1]);
+  for (const [kept, budget, total] of finalMasks) {
+    assert.equal(kept, budget);
+    assert.equal(budget, r.budget);
+    assert.ok(total >= budget);
+  }
+  assert.deepEqual(finalMasks.map((m) => m[2]), [4 * r.budget, 2 * r.budget, r.budget]);
+  for (const c of r.rounds[1].clients) {
+    assert.ok(Number.isFinite(c.perplexity) && c.perplexity > 1);
+    // Steady state: the mask travels by reference, so the upload is values + header only.
+    assert.equal(c.maskMode, c.expansion === 1 ? "ref" : "ref");
+    assert.equal(c.uploadBytes, feditBytes(r.budget) + HEADER_BYTES);
+    assert.ok(c.uploadBytes <= 1.05 * feditBytes(r.budget));
+  }
+  // Search round: the mask is sent once; the e=1 client sends none ("all").
+  assert.equal(r.rounds[0].clients[2].maskMode, "all");
+  assert.ok(r.rounds[0].clients[0].uploadBytes > r.rounds[1].clients[0].uploadBytes);
+  const again = await run("perfit");
+  assert.deepEqual(
+    again.rounds.map((x) => x.clients.map((c) => c.perplexity)),
+    r.rounds.map((x) => x.clients.map((c) => c.perplexity)),
+  );
+});
+
+Deno.test("federation: FedIT gives every client the same adapter; base never changes; local beats base", async () => {
+  const adapters: Float32Array[] = [];
+  const fedit = await run(
+    "fedit",
+    { rounds: 1 },
+    (_, clients) => clients.forEach((c) => adapters.push(c.adapter.slice())),
+  );
+  assert.deepEqual(adapters[0], adapters[1]);
+  assert.deepEqual(adapters[0], adapters[2]);
+  assert.ok(
+    fedit.rounds[0].clients.every((c) =>
+      c.maskMode === "all" && c.uploadBytes === feditBytes(fedit.budget) + HEADER_BYTES
+    ),
+  );
+  const base = await run("base");
+  assert.deepEqual(
+    base.rounds[0].clients.map((c) => c.perplexity),
+    base.rounds[1].clients.map((c) => c.perplexity),
+  );
+  assert.ok(base.rounds[0].clients.every((c) => c.uploadBytes === 0 && !c.trained));
+  const local = await run("local");
+  assert.ok(
+    local.rounds[1].meanPerplexity < base.rounds[1].meanPerplexity,
+    `${local.rounds[1].meanPerplexity} vs ${base.rounds[1].meanPerplexity}`,
+  );
+  assert.ok(local.rounds[1].clients.every((c) => c.uploadBytes === 0 && c.trained));
+});
+
+Deno.test("federation: random-mask ablation keeps the budget; e1 ablation expands nobody", async () => {
+  const masks: Uint8Array[] = [];
+  const rnd = await run(
+    "perfit-random-mask",
+    { rounds: 1 },
+    (_, clients) => clients.forEach((c) => masks.push(c.mask.slice())),
+  );
+  assert.ok(masks.every((m) => m.reduce((s, v) => s + v, 0) === rnd.budget));
+  const e1 = await run("perfit-e1", { rounds: 1 });
+  assert.deepEqual(e1.clients.map((c) => c.expansion), [1, 1, 1]);
+});
+
+Deno.test("federation: re-running the search every round keeps exact budgets and valid uploads", async () => {
+  const kept: number[] = [];
+  const r = await run("perfit", { researchEvery: 1 }, (round, clients) => {
+    if (round === 2) clients.forEach((c) => kept.push(c.mask.reduce((s, v) => s + v, 0)));
+  });
+  assert.deepEqual(kept, [r.budget, r.budget, r.budget]);
+  assert.ok(r.rounds[1].clients.every((c) => c.uploadBytes >= 4 * r.budget && Number.isFinite(c.perplexity)));
+});

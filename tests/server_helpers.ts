@@ -1,0 +1,179 @@
+/** Shared fixtures of the server tests: an app on a fresh KV, a deterministic fake trainer, a reference federation. */
+import { createApp, type PerfitApp, type ServerConfig } from "../server/app.ts";
+import type { TaskInfo, TrainResult } from "../runtime/client/mod.ts";
+
+export const ADMIN = "test-admin-token-0123456789";
+export const SECRET = "test-secret-0123456789abcdef";
+
+/** App on `kv` with rate limits off and no deadline timer (tests drive the clock). */
+export function makeApp(kv: Deno.Kv, over: Partial<ServerConfig> = {}, now?: () => number): PerfitApp {
+  return createApp({
+    kv,
+    now,
+    config: {
+      adminToken: ADMIN,
+      secret: SECRET,
+      rateLimit: { ip: { rate: 0, burst: 0 }, client: { rate: 0, burst: 0 } },
+      tickMs: 0,
+      ...over,
+    },
+  });
+}
+
+/** A fetch that routes to whichever app `get()` returns now (lets a test swap servers under clients). */
+export function appFetch(get: () => PerfitApp): typeof fetch {
+  return ((input: string | URL | Request, init?: RequestInit) =>
+    get().request(input as string, init)) as typeof fetch;
+}
+
+/** Creates a run as admin through the API. */
+export async function createRun(app: PerfitApp, body: Record<string, unknown>): Promise<string> {
+  const res = await app.request("/v1/runs", {
+    method: "POST",
+    headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  if (res.status !== 201) throw new Error(`create run: ${res.status} ${await res.text()}`);
+  return (await res.json()).run.id;
+}
+
+/** Base run config for tests. */
+export function runBody(
+  method: "perfit" | "fedit" | "local",
+  over: Record<string, unknown> = {},
+): Record<string, unknown> {
+  return {
+    baseModel: "tiny-test",
+    lora: { rank: 2, alpha: 4, targets: ["q", "v"] },
+    method,
+    rounds: 3,
+    clientsPerRound: 8,
+    quorum: 8,
+    roundDeadlineMs: 60_000,
+    adapterSize: 1000,
+    expansionTiers: method === "perfit" ? { low: 1, mid: 2, high: 4 } : undefined,
+    budget: method === "perfit" ? 300 : undefined,
+    ...over,
+  };
+}
+
+function mulberry(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Client idx's mask: `budget` distinct seeded positions (PerFIT) or all ones (FedIT/dense). */
+export function fakeMask(idx: number, n: number, budget: number, dense: boolean): Uint8Array {
+  const m = new Uint8Array(n);
+  if (dense) return m.fill(1);
+  const rnd = mulberry(1234 + idx);
+  let k = 0;
+  while (k < budget) {
+    const p = Math.floor(rnd() * n);
+    if (!m[p]) {
+      m[p] = 1;
+      k++;
+    }
+  }
+  return m;
+}
+
+/** Deterministic stand-in for local training: moves masked values towards a client/round-specific target. */
+export function fakeTrain(idx: number, round: number, adapter: Float32Array, mask: Uint8Array): Float32Array {
+  const v = adapter.slice();
+  for (let p = 0; p < v.length; p++) {
+    if (mask[p]) v[p] = Math.fround(0.5 * v[p] + 0.1 * Math.sin(idx * 7 + round * 3 + p * 0.01));
+  }
+  return v;
+}
+
+/** Sample count of client idx. */
+export const fakeSamples = (idx: number): number => 5 + idx;
+
+/** A `Trainer` for client idx. */
+export function fakeTrainer(idx: number, calls?: number[]) {
+  return (task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null): Promise<TrainResult> => {
+    calls?.push(task.round);
+    const m = mask ?? fakeMask(idx, task.adapterSize, task.budget, task.method === "fedit");
+    const loss = 2 / (task.round + idx * 0.1);
+    return Promise.resolve({
+      values: fakeTrain(idx, task.round, adapter, m),
+      mask: m,
+      samples: fakeSamples(idx),
+      metrics: { loss, ppl: Math.exp(loss) },
+    });
+  };
+}
+
+/**
+ * The federation the server should compute, in f64: every client trains every round on its own
+ * values with the aggregated ones merged at its mask; returns each client's final adapter.
+ */
+export function referenceFederation(
+  method: "perfit" | "fedit" | "local",
+  clients: number,
+  rounds: number,
+  n: number,
+  budget: number,
+): Float32Array[] {
+  const own: Float32Array[] = Array.from({ length: clients }, () => new Float32Array(n));
+  const masks: (Uint8Array | null)[] = Array(clients).fill(null);
+  const global = new Float64Array(n);
+  const covered = new Uint8Array(n);
+  const merge = (c: number) => {
+    const m = method === "fedit" ? new Uint8Array(n).fill(1) : masks[c];
+    if (!m || method === "local") return;
+    for (let p = 0; p < n; p++) if (m[p] && covered[p]) own[c][p] = global[p];
+  };
+  for (let r = 1; r <= rounds; r++) {
+    const sum = new Float64Array(n);
+    const w = new Float64Array(n);
+    for (let c = 0; c < clients; c++) {
+      merge(c);
+      const m = masks[c] ?? fakeMask(c, n, budget, method === "fedit");
+      own[c] = fakeTrain(c, r, own[c], m);
+      masks[c] = m;
+      for (let p = 0; p < n; p++) {
+        if (m[p]) {
+          sum[p] += fakeSamples(c) * own[c][p];
+          w[p] += fakeSamples(c);
+        }
+      }
+    }
+    if (method !== "local") {
+      for (let p = 0; p < n; p++) {
+        if (w[p] > 0) {
+          global[p] = sum[p] / w[p];
+          covered[p] = 1;
+        }
+      }
+    }
+  }
+  for (let c = 0; c < clients; c++) merge(c);
+  return own;
+}
+
+/** Largest absolute difference. */
+export function maxDiff(a: Float32Array, b: Float32Array): number {
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
+  return d;
+}
+
+/** Every KV entry, serialized, for before/after equality checks. */
+export async function dumpKv(kv: Deno.Kv): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of kv.list({ prefix: [] })) {
+    const v = e.value instanceof Uint8Array
+      ? `bytes:${Array.from(e.value.subarray(0, 64)).join(",")}:${e.value.length}`
+      : JSON.stringify(e.value);
+    out.push(`${JSON.stringify(e.key)}=${v}@${e.versionstamp}`);
+  }
+  return out;
+}

@@ -1,0 +1,204 @@
+/** Unit tests of the coordinator's pure parts: tokens, buckets, aggregation math, wire codec, chunks, settings. */
+import assert from "node:assert/strict";
+import { adminTokenMatches, sha256Hex, timingSafeEqual, TokenSigner } from "../server/tokens.ts";
+import { TokenBuckets } from "../server/ratelimit.ts";
+import { andBits, finalizeInto, foldSparse, fullBits, gatherBits } from "../server/aggregate.ts";
+import { CHUNK_BYTES, readChunks, writeBlobs, writeChunks } from "../server/kv_chunks.ts";
+import { parseSettings } from "../server/settings.ts";
+import { parseRunConfig } from "../server/run_config.ts";
+import {
+  decodeSlice,
+  decodeUpdate,
+  encodeSlice,
+  encodeUpdate,
+  packMask,
+  popcountBits,
+  unpackMask,
+} from "../runtime/client/wire.ts";
+import { scalarKernels } from "../runtime/kernels/mod.ts";
+import { encodeSafetensors } from "../runtime/io/safetensors.ts";
+import { tinyConfig } from "../runtime/model/tiny.ts";
+import { toHfConfig } from "../runtime/model/config.ts";
+import { adapterLayout } from "../runtime/model/lora.ts";
+import { fakeMask } from "./server_helpers.ts";
+
+Deno.test("server tokens: sign/verify round-trips; forged, tampered and foreign tokens are rejected", async () => {
+  const s = await TokenSigner.create("0123456789abcdef0123");
+  const t = await s.sign({ run: "run_a", client: "c_1", iat: 7 });
+  assert.deepEqual(await s.verify(t), { run: "run_a", client: "c_1", iat: 7 });
+  const other = await TokenSigner.create("fedcba9876543210fedc");
+  assert.equal(await other.verify(t), null);
+  const [p, body, mac] = t.split(".");
+  const evil = btoa(JSON.stringify({ run: "run_a", client: "c_2", iat: 7 })).replace(/=+$/, "");
+  assert.equal(await s.verify(`${p}.${evil}.${mac}`), null);
+  assert.equal(await s.verify(`${p}.${body}.${mac.slice(0, -1)}`), null);
+  assert.equal(await s.verify("pc1..."), null);
+  assert.equal(await s.verify("x".repeat(5000)), null);
+  assert.ok(await adminTokenMatches("hello", await sha256Hex("hello")));
+  assert.ok(!(await adminTokenMatches("hellO", await sha256Hex("hello"))));
+  assert.ok(timingSafeEqual(new Uint8Array([1, 2]), new Uint8Array([1, 2])));
+  assert.ok(!timingSafeEqual(new Uint8Array([1, 2]), new Uint8Array([1, 2, 3])));
+  await assert.rejects(() => TokenSigner.create("short"));
+});
+
+Deno.test("server rate limit: token bucket refills at its rate, rate 0 disables", () => {
+  let t = 0;
+  const b = new TokenBuckets({ rate: 2, burst: 2 }, () => t);
+  assert.equal(b.take("a"), 0);
+  assert.equal(b.take("a"), 0);
+  assert.ok(b.take("a") > 0);
+  assert.equal(b.take("b"), 0, "buckets are per key");
+  t += 500;
+  assert.equal(b.take("a"), 0, "one token back after 1/rate s");
+  assert.ok(b.take("a") > 0);
+  const off = new TokenBuckets({ rate: 0, burst: 0 }, () => t);
+  for (let i = 0; i < 100; i++) assert.equal(off.take("x"), 0);
+});
+
+Deno.test("server aggregate: sparse fold + finalize equal the kernels' dense accumulate/finalize", () => {
+  const n = 777;
+  const k = scalarKernels;
+  const sumA = new Float32Array(n), wA = new Float32Array(n);
+  const sumB = new Float32Array(n), wB = new Float32Array(n);
+  for (let c = 0; c < 5; c++) {
+    const mask = fakeMask(c, n, 200, false);
+    const dense = new Float32Array(n).map((_, i) => Math.sin(i * 0.3 + c));
+    const bits = packMask(mask);
+    foldSparse(sumA, wA, bits, gatherBits(dense, bits, popcountBits(bits)), 3 + c);
+    k.accumulate(sumB, wB, dense, mask, 3 + c);
+  }
+  assert.deepEqual(sumA, sumB);
+  assert.deepEqual(wA, wB);
+  const own = new Float32Array(n).fill(9);
+  const g = own.slice();
+  const cov = new Uint32Array(Math.ceil(n / 32));
+  finalizeInto(k, sumA, wA, g, cov);
+  for (let i = 0; i < n; i++) {
+    const covered = ((cov[i >>> 5] >>> (i & 31)) & 1) === 1;
+    assert.equal(covered, wA[i] > 0);
+    assert.equal(g[i], covered ? Math.fround(sumA[i] / wA[i]) : 9);
+  }
+  assert.equal(popcountBits(fullBits(70)), 70);
+  assert.deepEqual(andBits(new Uint32Array([0b1100]), new Uint32Array([0b1010])), new Uint32Array([0b1000]));
+});
+
+Deno.test("wire: updates round-trip in sparse and dense form; slices round-trip", () => {
+  const n = 100;
+  const mask = fakeMask(1, n, 30, false);
+  const values = new Float32Array(n).map((_, i) => i / 10);
+  const body = encodeUpdate({ run: "r", round: 2, samples: 7, values, mask, metrics: { loss: 1.5 } });
+  const u = decodeUpdate(body, n);
+  assert.equal(u.popcount, 30);
+  assert.deepEqual(unpackMask(u.maskBits, n), mask);
+  assert.deepEqual(Array.from(u.values), Array.from(values).filter((_, i) => mask[i]));
+  assert.deepEqual([u.run, u.round, u.samples, u.metrics.loss], ["r", 2, 7, 1.5]);
+  assert.throws(() => decodeUpdate(body, n + 40), /shape/);
+  const dense = encodeSafetensors(
+    { mask: { dtype: "U8", shape: [n], data: mask }, values: { dtype: "F32", shape: [n], data: values } },
+    { run: "r", round: "2", samples: "7" },
+  );
+  const d = decodeUpdate(dense, n);
+  assert.deepEqual(d.values, u.values);
+  assert.deepEqual(d.maskBits, u.maskBits);
+  const bits = packMask(mask);
+  const s = decodeSlice(
+    encodeSlice({ run: "r", round: 3, adapterSize: n, maskBits: bits, coveredBits: bits, values: u.values }),
+  );
+  assert.deepEqual(s.values, u.values);
+  assert.equal(s.round, 3);
+});
+
+Deno.test("server kv chunks: blobs larger than one KV value round-trip; batched writes too", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const big = new Uint8Array(CHUNK_BYTES * 5 + 123).map((_, i) => (i * 31) & 255);
+  await writeChunks(kv, ["b"], big);
+  assert.deepEqual(await readChunks(kv, ["b"], new Uint8Array(big.length)), big);
+  await writeBlobs(kv, [[["x"], big.subarray(0, 1000)], [["y"], big]]);
+  assert.deepEqual(await readChunks(kv, ["y"], new Uint8Array(big.length)), big);
+  await assert.rejects(() => readChunks(kv, ["b"], new Uint8Array(big.length + CHUNK_BYTES)), /chunks/);
+  kv.close();
+});
+
+Deno.test("server settings: flags override env, defaults, bad values rejected", () => {
+  const env = (k: string) =>
+    ({
+      PERFIT_PORT: "9000",
+      PERFIT_RATE_IP: "5/10",
+      PERFIT_CORS_ORIGINS: "https://a.example, https://b.example",
+    } as Record<string, string>)[k];
+  const s = parseSettings(["--port=0", "--kv=/tmp/x.kv"], env);
+  assert.equal(s.port, 0);
+  assert.equal(s.kvPath, "/tmp/x.kv");
+  assert.deepEqual(s.rateIp, { rate: 5, burst: 10 });
+  assert.deepEqual(s.corsOrigins, ["https://a.example", "https://b.example"]);
+  assert.equal(parseSettings([], () => undefined).kvPath, "./data/perfit.kv");
+  assert.throws(() => parseSettings(["--port=abc"], () => undefined), /port/);
+  assert.throws(() => parseSettings(["--bogus=1"], () => undefined), /unknown flag/);
+});
+
+Deno.test("server run config: sizes computed from a model config match the model's layout", () => {
+  const cfg = tinyConfig();
+  const run = parseRunConfig({
+    baseModel: "tiny",
+    lora: { rank: 2, alpha: 4, targets: ["q", "v"] },
+    method: "perfit",
+    rounds: 1,
+    clientsPerRound: 2,
+    roundDeadlineMs: 1000,
+    expansionTiers: { low: 1, high: 4 },
+    model: toHfConfig(cfg),
+  });
+  assert.equal(run.adapterSize, adapterLayout(cfg, { rank: 8, alpha: 4, targets: ["q", "v"] }).size);
+  assert.equal(run.budget, adapterLayout(cfg, { rank: 2, alpha: 4, targets: ["q", "v"] }).size);
+  const fedit = parseRunConfig({
+    baseModel: "t",
+    lora: { rank: 2, alpha: 4, targets: ["q"] },
+    method: "fedit",
+    rounds: 1,
+    clientsPerRound: 1,
+    roundDeadlineMs: 1,
+    adapterSize: 50,
+  });
+  assert.equal(fedit.budget, 50);
+  assert.equal(fedit.quorum, 1);
+});
+
+Deno.test("server openapi: every documented path is routed and every /v1 route is documented", async () => {
+  const { makeApp } = await import("./server_helpers.ts");
+  const { openapi } = await import("../server/openapi.ts");
+  const kv = await Deno.openKv(":memory:");
+  const app = makeApp(kv);
+  const res = await app.request("/openapi.json");
+  assert.equal(res.status, 200);
+  const doc = await res.json();
+  assert.equal(doc.openapi, "3.1.0");
+  const toHono = (p: string) => p.replace(/\{(\w+)\}/g, ":$1");
+  const routed = new Set(app.routes.filter((r) => r.method !== "ALL").map((r) => `${r.method} ${r.path}`));
+  const documented = new Set<string>();
+  for (const [path, ops] of Object.entries(openapi.paths)) {
+    for (const m of Object.keys(ops)) documented.add(`${m.toUpperCase()} ${toHono(path)}`);
+  }
+  assert.deepEqual([...documented].filter((d) => !routed.has(d)), []);
+  assert.deepEqual([...routed].filter((r) => r.includes("/v1/") && !documented.has(r)), []);
+  await app.close();
+  kv.close();
+});
+
+Deno.test("server cors: allowed origins get CORS headers, others do not; off by default", async () => {
+  const { makeApp } = await import("./server_helpers.ts");
+  const kv = await Deno.openKv(":memory:");
+  const on = makeApp(kv, { corsOrigins: ["https://ok.example"] });
+  const pre = await on.request("/v1/runs", {
+    method: "OPTIONS",
+    headers: { origin: "https://ok.example", "access-control-request-method": "POST" },
+  });
+  assert.equal(pre.headers.get("access-control-allow-origin"), "https://ok.example");
+  const other = await on.request("/health", { headers: { origin: "https://evil.example" } });
+  assert.equal(other.headers.get("access-control-allow-origin"), null);
+  const off = makeApp(kv);
+  const res = await off.request("/health", { headers: { origin: "https://ok.example" } });
+  assert.equal(res.headers.get("access-control-allow-origin"), null);
+  await on.close();
+  await off.close();
+  kv.close();
+});
