@@ -13,16 +13,18 @@ if "$venv/bin/python" -c "import torch, transformers, peft" 2>/dev/null; then
   exit 0
 fi
 mkdir -p "$(dirname "$venv")"
-python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
+# CI links the venv into a cache outside the clone: build it at the link's target.
+if [ -L "$venv" ]; then venv="$(readlink -m "$venv")"; mkdir -p "$venv"; fi
+python3 -m venv --clear "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 torchvenv=tests/.tmp/torchvenv
 if "$torchvenv/bin/python" -c "import torch, transformers, safetensors" 2>/dev/null; then
-  site=$("$torchvenv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-  own=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  site=$("$torchvenv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" | xargs realpath)
+  own=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" | xargs realpath)
   echo "$site" > "$own/perfit_torchvenv.pth"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check peft
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check peft
 else
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     "torch==2.5.1" "transformers==4.46.3" "peft==0.13.2" "safetensors==0.4.5" "numpy<2.2"
 fi
 "$venv/bin/python" -c "import torch, transformers, peft; print('PEFT reference venv ready: torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"

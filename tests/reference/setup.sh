@@ -10,8 +10,9 @@ if "$VENV/bin/python" -c "import torch, transformers, safetensors, numpy" 2>/dev
   exit 0
 fi
 # A half-installed or damaged venv is rebuilt from scratch rather than patched.
-rm -rf "$VENV"
 mkdir -p tests/.tmp
-python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check torch numpy transformers safetensors
+# CI links the venv into a cache outside the clone: rebuild it at the link's target.
+if [ -L "$VENV" ]; then VENV="$(readlink -m "$VENV")"; mkdir -p "$VENV"; else rm -rf "$VENV"; fi
+python3 -m venv --clear "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check torch numpy transformers safetensors
 "$VENV/bin/python" -c "import torch, transformers; print('reference venv ready: torch', torch.__version__, 'transformers', transformers.__version__)"

@@ -1,0 +1,38 @@
+/**
+ * Perfit: personalized federated instruction tuning (PerFIT) of language models on the edge.
+ *
+ * One library for Deno and browsers. Data flows one way:
+ * dataset → tokens → graph → ORT session → update → coordinator → aggregate → personalized slice.
+ *
+ * ```ts
+ * import { Engine, loadModel, FederatedClient } from "./mod.ts";
+ * const model = await loadModel("models/perfit-tiny");
+ * const engine = await Engine.create(model, { rank: 8, alpha: 16, targets: ["q", "v"] });
+ * ```
+ *
+ * Each area is also exported whole as a namespace (`graph`, `model`, `data`, `perfit`,
+ * `federation`, `client`, `exporter`, `io`), because some helper names (an `Rng`, a
+ * `Batch`) exist in more than one area.
+ *
+ * @module
+ */
+
+// The headline API: what a federated client or a simulation needs.
+export { type Batch, Engine, type LoadedModel, loadModel, type LoraSpec, type StepResult } from "./runtime/model/mod.ts";
+export { AdamW, clipGradNorm, cosineSchedule, evaluatePerplexity, trainLora } from "./runtime/model/mod.ts";
+export { type Example, loadJsonl, makeBatches } from "./runtime/data/mod.ts";
+export { FederatedClient, FederatedClientError, type Trainer } from "./runtime/client/mod.ts";
+export { GpuKernels, initKernels, KernelError, type Kernels, kernels, scalarKernels } from "./runtime/kernels/mod.ts";
+export { createSession, grad, Graph, toOnnx } from "./runtime/graph/mod.ts";
+export { decodeSafetensors, encodeSafetensors, SafetensorsError } from "./runtime/io/safetensors.ts";
+export { peftAdapterFiles, writeMergedModel, writePeftAdapter } from "./runtime/export/mod.ts";
+
+// Every area, whole.
+export * as graph from "./runtime/graph/mod.ts";
+export * as model from "./runtime/model/mod.ts";
+export * as data from "./runtime/data/mod.ts";
+export * as perfit from "./runtime/perfit/mod.ts";
+export * as federation from "./runtime/federation/mod.ts";
+export * as client from "./runtime/client/mod.ts";
+export * as exporter from "./runtime/export/mod.ts";
+export * as io from "./runtime/io/safetensors.ts";
