@@ -9,7 +9,7 @@ const cfg: SimConfig = {
   ...DEFAULT_SIM,
   method: "perfit",
   rounds: 4,
-  localSteps: 20,
+  localSteps: 15,
   lr: 5e-3,
   clientTiers: ["high", "mid", "low"],
 };
