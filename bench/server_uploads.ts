@@ -170,6 +170,7 @@ export async function run(): Promise<string> {
     let peakRss = 0;
     const sampler = setInterval(() => (peakRss = Math.max(peakRss, procStatus(proc.pid, "VmRSS"))), 50);
     const cpu0 = cpuSeconds(proc.pid);
+    const self0 = cpuSeconds(Deno.pid);
     const threads0 = threadCpu(proc.pid);
     const load0 = loadAvg();
     const t0 = performance.now();
@@ -190,6 +191,7 @@ export async function run(): Promise<string> {
     });
     const wall = (performance.now() - t0) / 1000;
     const cpu = cpuSeconds(proc.pid) - cpu0;
+    const clientCpu = cpuSeconds(Deno.pid) - self0;
     const threads1 = threadCpu(proc.pid);
     const perThread = [...threads1].map(([k, v]) => [k, v - (threads0.get(k) ?? 0)] as const)
       .filter(([, v]) => v > 0).sort((a, b) => b[1] - a[1])
@@ -229,7 +231,8 @@ export async function run(): Promise<string> {
         `${load0} → ${load1} |`,
       ].join(" | "),
       ``,
-      `Server CPU ms per upload by thread: ${perThread || "n/a"}.`,
+      `Server CPU ms per upload by thread: ${perThread || "n/a"}. The benchmark's own client process ` +
+      `(same machine) used ${((clientCpu * 1000) / clients).toFixed(1)} ms CPU per upload.`,
       ``,
     ].join("\n");
   } finally {

@@ -257,7 +257,7 @@ export function createApp(opts: AppOptions): PerfitApp {
     const { u, uploadId } = await uploadPermits.run(async () => {
       const body = await readBody(c.req.raw, limit);
       const u = decodeUpdate(body, n);
-      return { u, uploadId: await Coordinator.uploadId(run, client, round, body) };
+      return { u, uploadId: Coordinator.uploadId(body) };
     });
     const res = await coord.upload(run, client, round, u, uploadId);
     return c.json(res, res.status === "accepted" ? 201 : 200);

@@ -237,7 +237,7 @@ export const openapi = {
           413: err,
           422: err,
           429: err,
-          503: { description: "commit lost a race; retry" },
+          503: { description: "commit lost a race, or the commit queue is full; retry (Retry-After)" },
         },
       },
     },

@@ -13,8 +13,11 @@ import {
   encodeUpdate,
   packMask,
   popcountBits,
+  sumSquares,
   unpackMask,
 } from "../runtime/client/wire.ts";
+import { checksum128 } from "../server/checksum.ts";
+import { Coordinator } from "../server/coordinator.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
 import { encodeSafetensors } from "../runtime/io/safetensors.ts";
 import { tinyConfig } from "../runtime/model/tiny.ts";
@@ -132,6 +135,11 @@ Deno.test("server settings: flags override env, defaults, bad values rejected", 
   assert.deepEqual(s.rateIp, { rate: 5, burst: 10 });
   assert.deepEqual(s.corsOrigins, ["https://a.example", "https://b.example"]);
   assert.equal(parseSettings([], () => undefined).kvPath, "./data/perfit.kv");
+  // The dashboard is public unless a token is set, by flag or env (the flag wins).
+  assert.equal(s.dashboardToken, undefined);
+  const dashEnv = (k: string) => (k === "PERFIT_DASHBOARD_TOKEN" ? "from-env" : undefined);
+  assert.equal(parseSettings([], dashEnv).dashboardToken, "from-env");
+  assert.equal(parseSettings(["--dashboard-token=from-flag"], dashEnv).dashboardToken, "from-flag");
   assert.throws(() => parseSettings(["--port=abc"], () => undefined), /port/);
   assert.throws(() => parseSettings(["--bogus=1"], () => undefined), /unknown flag/);
 });
@@ -201,4 +209,47 @@ Deno.test("server cors: allowed origins get CORS headers, others do not; off by 
   await on.close();
   await off.close();
   kv.close();
+});
+
+Deno.test("server checksum: upload ids are deterministic, alignment-free, and change with any byte or the length", () => {
+  let s = 99;
+  const body = new Uint8Array(4099).map(() => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) >>> 24);
+  const id = checksum128(body);
+  assert.match(id, /^[0-9a-f]{32}$/);
+  assert.equal(checksum128(body.slice()), id, "same bytes, same id");
+  // The same bytes at an unaligned offset (a view into a larger buffer) give the same id.
+  const shifted = new Uint8Array(body.length + 3);
+  shifted.set(body, 3);
+  assert.equal(checksum128(shifted.subarray(3)), id);
+  // Flipping any single bit (stripes, tail words, tail bytes) changes the id.
+  const seen = new Set([id]);
+  for (const i of [0, 1, 5, 15, 16, 2047, 4092, 4095, 4096, 4098]) {
+    const b = body.slice();
+    b[i] ^= 1 << (i % 8);
+    seen.add(checksum128(b));
+  }
+  assert.equal(seen.size, 11);
+  // Appending a zero byte or swapping two words changes it too.
+  const longer = new Uint8Array(body.length + 1);
+  longer.set(body);
+  assert.notEqual(checksum128(longer), id);
+  const swapped = body.slice();
+  swapped.set(body.subarray(0, 4), 4);
+  swapped.set(body.subarray(4, 8), 0);
+  assert.notEqual(checksum128(swapped), id);
+  assert.notEqual(checksum128(new Uint8Array(0)), checksum128(new Uint8Array(1)));
+  assert.equal(Coordinator.uploadId(body), `u1-${id}`);
+});
+
+Deno.test("wire: sumSquares equals the plain f64 sum of squares and flags NaN/Inf", () => {
+  for (const n of [0, 1, 3, 4, 7, 1001]) {
+    const v = new Float32Array(n).map((_, i) => Math.sin(i + 1) * 3);
+    let ref = 0;
+    for (const x of v) ref += x * x;
+    assert.ok(Math.abs(sumSquares(v) - ref) <= 1e-12 * Math.max(1, ref), `n=${n}`);
+  }
+  const bad = new Float32Array([1, 2, NaN, 4, 5]);
+  assert.ok(!Number.isFinite(sumSquares(bad)));
+  bad[2] = Infinity;
+  assert.ok(!Number.isFinite(sumSquares(bad)));
 });

@@ -1,0 +1,146 @@
+/**
+ * Group commit under a stalled KV: while a commit is blocked, uploads queue up to one atomic operation's
+ * worth; the next one is refused with a retryable error before it is folded, and after the stall every
+ * queued upload is committed exactly once (the durable sum holds exactly the acknowledged uploads).
+ */
+import assert from "node:assert/strict";
+import { Coordinator, RetryableError } from "../server/coordinator.ts";
+import { parseRunConfig } from "../server/run_config.ts";
+import { K, type RoundRecord } from "../server/records.ts";
+import { readChunks } from "../server/kv_chunks.ts";
+import { type DecodedUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
+
+/** A KV whose atomic commits wait while `gate.closed` (joins and reads are unaffected once opened). */
+function gatedKv(kv: Deno.Kv) {
+  const gate = { closed: false, open: () => {}, waiters: [] as (() => void)[] };
+  gate.open = () => {
+    gate.closed = false;
+    for (const w of gate.waiters.splice(0)) w();
+  };
+  const wrapOp = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    const w: Deno.AtomicOperation = new Proxy(op, {
+      get(t, p) {
+        if (p === "commit") {
+          return async () => {
+            if (gate.closed) await new Promise<void>((r) => gate.waiters.push(r));
+            return t.commit();
+          };
+        }
+        const v = Reflect.get(t, p);
+        return typeof v === "function"
+          ? (...a: unknown[]) => {
+            const r = v.apply(t, a);
+            return r === t ? w : r;
+          }
+          : v;
+      },
+    });
+    return w;
+  };
+  const proxy = new Proxy(kv, {
+    get(t, p) {
+      if (p === "atomic") return () => wrapOp(t.atomic());
+      const v = Reflect.get(t, p);
+      return typeof v === "function" ? v.bind(t) : v;
+    },
+  });
+  return { kv: proxy as Deno.Kv, gate };
+}
+
+function update(run: string, n: number, seed: number): DecodedUpdate {
+  const mask = new Uint8Array(n);
+  const dense = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    if ((i * 7 + seed) % 3 === 0) {
+      mask[i] = 1;
+      dense[i] = ((i + seed) % 11) / 10 - 0.5;
+    }
+  }
+  const maskBits = packMask(mask);
+  const values = dense.filter((_, i) => mask[i] === 1);
+  let sumSq = 0;
+  for (const v of values) sumSq += v * v;
+  return {
+    run,
+    round: 1,
+    samples: 1 + (seed % 5),
+    metrics: {},
+    maskBits,
+    values,
+    popcount: popcountBits(maskBits),
+    sumSq,
+  };
+}
+
+Deno.test("server commit queue: a full queue answers retry before folding; the stalled group then commits exactly once", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "perfit-queue-" });
+  const raw = await Deno.openKv(`${dir}/q.kv`);
+  const { kv, gate } = gatedKv(raw);
+  const coord = new Coordinator(kv);
+  try {
+    const n = 64;
+    const run = await coord.createRun(parseRunConfig({
+      baseModel: "m",
+      lora: { rank: 1, alpha: 1, targets: ["q"] },
+      method: "perfit",
+      rounds: 1,
+      clientsPerRound: 1000,
+      roundDeadlineMs: 3_600_000,
+      adapterSize: n,
+      budget: n,
+      expansionTiers: { low: 1 },
+      maxNorm: 1e6,
+    }));
+    const clients: string[] = [];
+    for (let i = 0; i < 402; i++) clients.push((await coord.join(run.id, {})).id);
+
+    gate.closed = true;
+    const results: Promise<unknown>[] = [];
+    const first = coord.upload(run.id, clients[0], 1, update(run.id, n, 0), "id-0");
+    results.push(first);
+    // Let the first upload's commit start (and block on the gate) before the rest queue behind it.
+    await new Promise((r) => setTimeout(r, 50));
+    for (let i = 1; i <= 400; i++) {
+      results.push(coord.upload(run.id, clients[i], 1, update(run.id, n, i), `id-${i}`));
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    // 400 are queued behind the stalled commit: one atomic operation's worth. The next is refused.
+    await assert.rejects(
+      coord.upload(run.id, clients[401], 1, update(run.id, n, 401), "id-401"),
+      (e) => e instanceof RetryableError && /queue is full/.test(e.message),
+    );
+    gate.open();
+    const settled = await Promise.all(results);
+    assert.equal(settled.length, 401);
+    for (const r of settled) assert.equal((r as { status: string }).status, "accepted");
+
+    // The durable sum holds exactly the 401 accepted uploads (not the refused one).
+    const round = (await raw.get<RoundRecord>(K.round(run.id, 1))).value!;
+    assert.equal(round.accepted, 401);
+    const sum = new Float32Array(n);
+    await readChunks(raw, K.acc(run.id, 1, round.accGen!, "s"), new Uint8Array(sum.buffer));
+    const ref = new Float32Array(n);
+    for (let i = 0; i <= 400; i++) {
+      const u = update(run.id, n, i);
+      let r = 0;
+      for (let p = 0; p < n; p++) {
+        if ((u.maskBits[p >>> 5] >>> (p & 31)) & 1) {
+          ref[p] += Math.fround(Math.fround(u.samples) * u.values[r++]);
+        }
+      }
+    }
+    // Folds land in arrival order, which the async hash/KV steps may permute: compare up to f32 rounding.
+    for (let p = 0; p < n; p++) {
+      assert.ok(Math.abs(sum[p] - ref[p]) <= 1e-4 * Math.max(1, Math.abs(ref[p])), `position ${p}`);
+    }
+    assert.ok(ref.some((x) => Math.abs(x) > 1), "the reference is not trivially zero");
+    // Once the queue drained, the refused client's retry is accepted.
+    const retry = await coord.upload(run.id, clients[401], 1, update(run.id, n, 401), "id-401");
+    assert.equal(retry.status, "accepted");
+  } finally {
+    gate.open();
+    await coord.close();
+    raw.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
