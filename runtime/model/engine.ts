@@ -10,6 +10,7 @@ import {
   type GraphSession,
   resolveBackend,
   type ResolvedBackend,
+  type SessionOptions,
 } from "../graph/mod.ts";
 import type { ModelConfig } from "./config.ts";
 import type { LoadedModel } from "./load.ts";
@@ -21,6 +22,7 @@ import {
   buildLoraTrainGraph,
   type BuiltGraph,
   type KernelWeights,
+  type LoraGraphOptions,
   toKernelLayout,
   type WeightMode,
 } from "./train_step.ts";
@@ -56,7 +58,21 @@ export interface EngineOptions {
   weightMode?: WeightMode;
   /** Threads for node/WASM sessions. */
   numThreads?: number;
+  /**
+   * onnxruntime memory and scheduling knobs for the engine's sessions (see `SessionOptions`). The
+   * defaults (CPU arena off on onnxruntime-node, sequential execution, all graph optimizations) are
+   * the ones that keep a 135M LoRA step under 3 GB.
+   */
+  session?: SessionTuningOptions;
+  /** Vocabulary chunk of the LM head and loss (default 8192; smaller = less memory, more nodes). */
+  headChunk?: number;
 }
+
+/** The session options an engine passes through to `createSession`. */
+export type SessionTuningOptions = Pick<
+  SessionOptions,
+  "memArena" | "memPattern" | "executionMode" | "graphOptimizationLevel" | "mallocMmapThreshold"
+>;
 
 /** Bad batch or adapter: the message says which field. */
 export class EngineError extends Error {
@@ -67,6 +83,15 @@ export class EngineError extends Error {
 }
 
 const kernelCache = new WeakMap<LoadedModel, KernelWeights>();
+/**
+ * Hands over kernel-layout weights for a model so engines use them instead of transposing
+ * `model.weights` (lets a caller that builds weights itself, e.g. a benchmark with random weights,
+ * skip the HF-layout copies of the linear weights entirely).
+ */
+export function setKernelWeights(model: LoadedModel, kernel: KernelWeights): void {
+  kernelCache.set(model, kernel);
+}
+
 /** Kernel-layout weights of a model, computed once per LoadedModel and shared by its engines. */
 export function kernelWeights(model: LoadedModel): KernelWeights {
   let k = kernelCache.get(model);
@@ -140,7 +165,8 @@ export class Engine {
     readonly weightMode: WeightMode,
     private readonly trainSession: GraphSession,
     private readonly weightFeeds: Record<string, Feed>,
-    private readonly numThreads: number | undefined,
+    private readonly sessionOpts: SessionOptions,
+    private readonly graphOpts: LoraGraphOptions,
   ) {
     this.maskBuf = new Float32Array(layout.size);
   }
@@ -152,8 +178,13 @@ export class Engine {
     const scale = opts.scale ?? loraScale(spec);
     const mode: WeightMode = opts.weightMode ?? (backend === "node" ? "inputs" : "constants");
     const kernel = kernelWeights(model);
-    const built = buildLoraTrainGraph(model.config, layout, scale, mode, kernel);
-    const session = await createSession(built.onnx, { backend, numThreads: opts.numThreads });
+    if (opts.headChunk !== undefined && (!Number.isInteger(opts.headChunk) || opts.headChunk < 1)) {
+      throw new EngineError(`headChunk must be a positive integer, got ${opts.headChunk}`);
+    }
+    const graphOpts = { headChunk: opts.headChunk };
+    const built = buildLoraTrainGraph(model.config, layout, scale, mode, kernel, graphOpts);
+    const sessionOpts: SessionOptions = { ...opts.session, backend, numThreads: opts.numThreads };
+    const session = await createSession(built.onnx, sessionOpts);
     return new Engine(
       model,
       layout,
@@ -162,7 +193,8 @@ export class Engine {
       mode,
       session,
       weightFeedsOf(built, kernel),
-      opts.numThreads,
+      sessionOpts,
+      graphOpts,
     );
   }
 
@@ -228,8 +260,9 @@ export class Engine {
         this.scale,
         this.weightMode,
         kernelWeights(this.model),
+        this.graphOpts,
       );
-      return await createSession(built.onnx, { backend: this.backend, numThreads: this.numThreads });
+      return await createSession(built.onnx, this.sessionOpts);
     })();
     const session = await this.evalSession;
     const feeds = {
@@ -259,18 +292,19 @@ export class FullEngine {
     readonly backend: ResolvedBackend,
     private readonly session: GraphSession,
     readonly names: string[],
-    private readonly numThreads?: number,
+    private readonly sessionOpts: SessionOptions,
   ) {}
 
   /** Builds the full train graph for a config. */
   static async create(
     config: ModelConfig,
-    opts: { backend?: Backend; numThreads?: number } = {},
+    opts: { backend?: Backend; numThreads?: number; session?: SessionTuningOptions } = {},
   ): Promise<FullEngine> {
     const backend = await resolveBackend(opts.backend ?? "auto");
     const built = buildFullTrainGraph(config);
-    const session = await createSession(built.onnx, { backend, numThreads: opts.numThreads });
-    return new FullEngine(config, backend, session, built.weightInputs, opts.numThreads);
+    const sessionOpts: SessionOptions = { ...opts.session, backend, numThreads: opts.numThreads };
+    const session = await createSession(built.onnx, sessionOpts);
+    return new FullEngine(config, backend, session, built.weightInputs, sessionOpts);
   }
 
   private feeds(batch: Batch, weights: KernelWeights): Record<string, Feed> {
@@ -296,10 +330,7 @@ export class FullEngine {
 
   /** Summed NLL and token count without LoRA. */
   async evalNll(batch: Batch, weights: KernelWeights): Promise<{ nllSum: number; tokens: number }> {
-    this.evalSession ??= createSession(buildFullEvalGraph(this.config).onnx, {
-      backend: this.backend,
-      numThreads: this.numThreads,
-    });
+    this.evalSession ??= createSession(buildFullEvalGraph(this.config).onnx, this.sessionOpts);
     const out = await (await this.evalSession).run(this.feeds(batch, weights));
     return { nllSum: num(out.nll_sum), tokens: num(out.tokens) };
   }

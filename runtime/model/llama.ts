@@ -96,6 +96,8 @@ export interface DecoderOut {
   hidden: Tensor;
   /** Output embedding rows [vocab, hidden] (the tied embedding, or lm_head transposed back). */
   headRows: Tensor;
+  /** The head weight as stored: the tied embedding [vocab, hidden] or lm_head in kernel layout [hidden, vocab]. */
+  head: { weight: Tensor; layout: "rows" | "cols" };
 }
 
 /** Builds the decoder; returns logits [batch, seq, vocab] and the final hidden states. */
@@ -171,10 +173,20 @@ export function buildDecoder(
   const xn = g.rmsNorm(x, w("model.norm.weight", [H]), cfg.rmsNormEps);
   if (cfg.tieWordEmbeddings) {
     const emb = w("model.embed_tokens.weight", [cfg.vocabSize, H]);
-    return { logits: g.matmul(xn, g.transposeLast(emb)), hidden: xn, headRows: emb };
+    return {
+      logits: g.matmul(xn, g.transposeLast(emb)),
+      hidden: xn,
+      headRows: emb,
+      head: { weight: emb, layout: "rows" },
+    };
   }
   const head = w("lm_head.weight", [H, cfg.vocabSize]);
-  return { logits: g.matmul(xn, head), hidden: xn, headRows: g.transposeLast(head) };
+  return {
+    logits: g.matmul(xn, head),
+    hidden: xn,
+    headRows: g.transposeLast(head),
+    head: { weight: head, layout: "cols" },
+  };
 }
 
 /**
@@ -191,4 +203,82 @@ export function tokenNll(g: Graph, out: DecoderOut, targets: Tensor): Tensor {
   const lse = g.add(g.log(g.reduceSum(g.exp(g.sub(out.logits, shift)), [-1], false)), g.squeeze(shift, [-1]));
   const target = g.reduceSum(g.mul(out.hidden, g.gather(out.headRows, targets, 0)), [-1], false);
   return g.sub(lse, target);
+}
+
+/** Default vocabulary chunk of `chunkedHeadLoss`: [1024 tokens, 8192] f32 logits are 32 MiB. */
+export const HEAD_CHUNK = 8192;
+
+/** What `chunkedHeadLoss` yields. */
+export interface HeadLoss {
+  /** Per-token NLL [batch, seq] (same value as `tokenNll`). */
+  nll: Tensor;
+  /** Masked mean NLL (scalar) and its parts. */
+  loss: Tensor;
+  sum: Tensor;
+  count: Tensor;
+  /** d loss / d hidden [batch, seq, hidden], when asked for. */
+  dHidden?: Tensor;
+}
+
+/**
+ * The LM head, per-token NLL, masked mean loss and (optionally) the loss gradient with respect to the
+ * final hidden states, computed over vocabulary chunks so no [batch, seq, vocab] tensor ever exists.
+ *
+ * Per chunk c: logits_c = hidden @ W_c, lse_c = logsumexp(logits_c), and
+ * d_c = softmax(logits_c) * w @ W_c^T with w = lossMask / max(count, 1). Then lse = logsumexp_c(lse_c)
+ * and dHidden = sum_c exp(lse_c - lse) * d_c - w * W[target]. Each chunk's logits are dead once its
+ * d_c is formed, so the head's working set is a few [batch, seq, chunk] tensors instead of the three
+ * to four vocab-wide copies that autodiff of the same loss keeps alive into the backward pass. The
+ * caller seeds autodiff with dHidden (`grad(hidden, params, dHidden)`); no node here is differentiated.
+ */
+export function chunkedHeadLoss(
+  g: Graph,
+  out: DecoderOut,
+  targets: Tensor,
+  lossMask: Tensor,
+  opts: { chunk?: number; withGrad?: boolean } = {},
+): HeadLoss {
+  const { weight, layout } = out.head;
+  const V = (layout === "rows" ? weight.shape[0] : weight.shape[1]) as number;
+  const chunk = Math.max(1, Math.min(V, opts.chunk ?? HEAD_CHUNK));
+  const xn = out.hidden;
+  const count = g.reduceSum(lossMask, [0, 1]);
+  const denom = g.max(count, 1); // an all-padding batch gives loss 0 instead of NaN
+  const w3 = g.unsqueeze(g.div(lossMask, denom), [-1]); // [B, S, 1]
+  const lses: Tensor[] = [], ds: Tensor[] = [];
+  for (let v0 = 0; v0 < V; v0 += chunk) {
+    const v1 = Math.min(V, v0 + chunk);
+    // rows: [Vc, H] slice of the embedding; cols: [H, Vc] slice of lm_head.
+    const wc = layout === "rows" ? g.slice(weight, [v0], [v1], [0]) : g.slice(weight, [v0], [v1], [1]);
+    const logits = g.matmul(xn, layout === "rows" ? g.transposeLast(wc) : wc); // [B, S, Vc]
+    const m = g.reduceMax(logits, [-1], true);
+    const e = g.exp(g.sub(logits, m));
+    const s = g.reduceSum(e, [-1], true);
+    lses.push(g.add(m, g.log(s)));
+    if (opts.withGrad) {
+      const pw = g.mul(e, g.div(w3, s));
+      ds.push(g.matmul(pw, layout === "rows" ? wc : g.transposeLast(wc))); // [B, S, H]
+    }
+  }
+  let lse: Tensor, ratios: Tensor | undefined;
+  if (lses.length === 1) lse = lses[0];
+  else {
+    const all = g.concat(lses, -1); // [B, S, chunks]
+    const m = g.reduceMax(all, [-1], true);
+    lse = g.add(m, g.log(g.reduceSum(g.exp(g.sub(all, m)), [-1], true)));
+    if (opts.withGrad) ratios = g.exp(g.sub(all, lse));
+  }
+  const rowsAt = layout === "rows"
+    ? g.gather(weight, targets, 0) // [B, S, H]
+    : g.transpose(g.gather(weight, targets, 1), [1, 2, 0]); // [H, B, S] -> [B, S, H]
+  const target = g.reduceSum(g.mul(xn, rowsAt), [-1], true);
+  const nll = g.squeeze(g.sub(lse, target), [-1]);
+  const sum = g.reduceSum(g.mul(nll, lossMask), [0, 1]);
+  const res: HeadLoss = { nll, loss: g.div(sum, denom), sum, count };
+  if (opts.withGrad) {
+    let d = ds.length === 1 ? ds[0] : g.mul(ds[0], g.slice(ratios!, [0], [1], [2]));
+    for (let c = 1; c < ds.length; c++) d = g.add(d, g.mul(ds[c], g.slice(ratios!, [c], [c + 1], [2])));
+    res.dHidden = g.sub(d, g.mul(rowsAt, w3));
+  }
+  return res;
 }

@@ -12,6 +12,7 @@ import { grad, Graph, type Tensor, toOnnx } from "../graph/mod.ts";
 import type { ModelConfig } from "./config.ts";
 import {
   buildDecoder,
+  chunkedHeadLoss,
   type DecoderOut,
   isLinearWeight,
   type LoraFn,
@@ -105,19 +106,33 @@ function maskedMean(g: Graph, nll: Tensor, lossMask: Tensor): { loss: Tensor; su
   return { loss: g.div(sum, g.max(count, 1)), sum, count };
 }
 
-/** LoRA train-step graph: outputs `loss`, `grad.<entry>`, `imp.<entry>` (= |value * grad|). */
+/** Options of the LoRA graph builders. */
+export interface LoraGraphOptions {
+  /** Vocabulary chunk of the LM head and loss (default HEAD_CHUNK; see `chunkedHeadLoss`). */
+  headChunk?: number;
+}
+
+/**
+ * LoRA train-step graph: outputs `loss`, `grad.<entry>`, `imp.<entry>` (= |value * grad|).
+ *
+ * The head and loss are differentiated by hand, over vocabulary chunks (`chunkedHeadLoss`), and
+ * autodiff starts from the final hidden states: this keeps every [batch, seq, vocab] tensor out of the
+ * step (the LM head's gradient is never needed, as base weights are frozen).
+ */
 export function buildLoraTrainGraph(
   cfg: ModelConfig,
   layout: AdapterLayout,
   scale: number,
   mode: WeightMode,
   kernel?: KernelWeights,
+  opts: LoraGraphOptions = {},
 ): BuiltGraph {
   const g = new Graph();
   const lora = declareLora(g, layout);
   const c = decoderGraph(cfg, mode, kernel, lora.fn, scale, g);
-  const { loss } = maskedMean(g, tokenNll(g, c.out, c.targets), c.lossMask);
-  const grads = grad(loss, lora.params.map((p) => p.t));
+  const head = chunkedHeadLoss(g, c.out, c.targets, c.lossMask, { chunk: opts.headChunk, withGrad: true });
+  const loss = head.loss;
+  const grads = grad(c.out.hidden, lora.params.map((p) => p.t), head.dHidden);
   g.output("loss", loss);
   lora.params.forEach((p, i) => {
     g.output(`grad.${p.name}`, grads[i]);
@@ -133,11 +148,12 @@ export function buildLoraEvalGraph(
   scale: number,
   mode: WeightMode,
   kernel?: KernelWeights,
+  opts: LoraGraphOptions = {},
 ): BuiltGraph {
   const g = new Graph();
   const lora = declareLora(g, layout);
   const c = decoderGraph(cfg, mode, kernel, lora.fn, scale, g);
-  const { sum, count } = maskedMean(g, tokenNll(g, c.out, c.targets), c.lossMask);
+  const { sum, count } = chunkedHeadLoss(g, c.out, c.targets, c.lossMask, { chunk: opts.headChunk });
   g.output("nll_sum", sum);
   g.output("tokens", count);
   return { onnx: toOnnx(g, { name: "perfit_lora_eval" }), weightInputs: [...c.weightInputs.keys()] };
