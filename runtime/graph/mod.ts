@@ -39,4 +39,7 @@ export {
   resolveBackend,
   type ResolvedBackend,
   type SessionOptions,
+  sessionTuning,
+  type SessionTuning,
+  tuneNativeMalloc,
 } from "./session.ts";

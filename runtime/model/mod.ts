@@ -45,6 +45,8 @@ export {
   type EngineOptions,
   FullEngine,
   kernelWeights,
+  type SessionTuningOptions,
+  setKernelWeights,
   type StepResult,
 } from "./engine.ts";
 export {
