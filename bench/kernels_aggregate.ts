@@ -8,18 +8,9 @@
  *   deno run -A bench/kernels_aggregate.ts [params] [uploads]
  */
 import { initKernels, type Kernels, scalarKernels } from "../runtime/kernels/mod.ts";
+import { mulberry32 as rng } from "../runtime/data/rng.ts";
 
 const DISTINCT_UPLOADS = 4; // cycled, so memory stays bounded; each is far larger than any cache
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Runs every case once per upload, interleaved; returns total seconds per case. */
 function interleaved(cases: Record<string, (i: number) => void>, uploads: number): Record<string, number> {

@@ -1,13 +1,17 @@
 /**
  * Parameter-wise aggregation math on compact (sparse) updates. Pure functions over flat arrays; the
- * coordinator owns the buffers. The dense equivalents are the kernels' `accumulate`/`finalize`
- * (tests check they agree); folding straight from the bitmask skips the N-length scatter that the
- * dense kernel would need for every upload.
+ * coordinator owns the buffers. The math itself is the kernels' (`accumulateSparse`, `finalize`);
+ * folding straight from the bitmask skips the N-length scatter that the dense `accumulate` would need
+ * for every upload.
  */
 import { forEachBit } from "../runtime/client/wire.ts";
-import type { Kernels } from "../runtime/kernels/mod.ts";
+import { type Kernels, scalarKernels } from "../runtime/kernels/mod.ts";
 
-/** `sum[p] += n*v; weight[p] += n` for every set bit p of `bits`, with values in bit order. */
+/**
+ * `sum[p] += n*v; weight[p] += n` for every set bit p of `bits`, with values in bit order: the scalar
+ * kernels' `accumulateSparse`, so the fold has one implementation (and its argument checks); it
+ * throws `KernelError` on inconsistent arrays before touching `sum` or `weight`.
+ */
 export function foldSparse(
   sum: Float32Array,
   weight: Float32Array,
@@ -15,19 +19,7 @@ export function foldSparse(
   values: Float32Array,
   n: number,
 ): void {
-  const w = Math.fround(n);
-  let r = 0;
-  for (let wi = 0; wi < bits.length; wi++) {
-    let x = bits[wi];
-    const base = wi << 5;
-    while (x !== 0) {
-      const t = x & -x;
-      const p = base + (31 - Math.clz32(t));
-      sum[p] += Math.fround(w * values[r++]);
-      weight[p] += w;
-      x ^= t;
-    }
-  }
+  scalarKernels.accumulateSparse(sum, weight, bits, values, n);
 }
 
 /** L2 norm of a vector (in f64). */

@@ -22,6 +22,7 @@ import {
   writeBlobs,
   writeChunks,
 } from "./kv_chunks.ts";
+import type { TaskInfo as ClientTaskInfo } from "../runtime/client/federated_client.ts";
 import { andBits, finalizeInto, foldSparse, fullBits, gatherBits } from "./aggregate.ts";
 import {
   type ClientRecord,
@@ -51,24 +52,10 @@ const MAX_GROUP = 400;
 /** Longest a group waits to gather after a commit (see `gather`). */
 const MAX_GATHER_MS = 500;
 
-/** What a client is told to do next. */
-export interface TaskInfo {
-  run: string;
-  round: number;
-  status: "train" | "wait" | "done";
-  deadline: number | null;
+/** What a client is told to do next: the client's `TaskInfo`, typed as precisely as the run config. */
+export interface TaskInfo extends ClientTaskInfo {
   method: RunConfig["method"];
-  baseModel: string;
   lora: RunConfig["lora"];
-  tier: string;
-  expansion: number;
-  /** LoRA rank this client trains at: r * expansion. */
-  rank: number;
-  budget: number;
-  adapterSize: number;
-  seed: number;
-  globalRound: number;
-  train: Record<string, unknown>;
 }
 
 /** Outcome of an upload. */

@@ -10,18 +10,10 @@ import {
   toOnnx,
 } from "../runtime/graph/mod.ts";
 import { interpret, type RefFeed } from "../runtime/graph/interpret.ts";
+import { mulberry32 } from "../runtime/data/rng.ts";
 
-/** Deterministic PRNG (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic PRNG: the runtime's mulberry32, so tests draw the same streams as the code under test. */
+export const rng: (seed: number) => () => number = mulberry32;
 
 /** Uniform f32 values in [lo, hi). */
 export function uniform(r: () => number, n: number, lo = -1, hi = 1): Float32Array {

@@ -3,6 +3,7 @@
 // with naive oracles written from the definitions.
 import assert from "node:assert/strict";
 import { initKernels, KernelError, type Kernels, scalarKernels } from "../runtime/kernels/mod.ts";
+import { mulberry32 as rng } from "../runtime/data/rng.ts";
 
 const wasm = await initKernels({ backend: "wasm" });
 const S = scalarKernels;
@@ -33,17 +34,6 @@ const SIZES = [
   70001,
 ];
 const SEEDS = [1, 2, 3];
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Scores with many ties, both zeros, infinities and subnormals, so the radix select meets every edge. */
 function scores(n: number, r: () => number): Float32Array {

@@ -4,20 +4,11 @@
 import assert from "node:assert/strict";
 import { KernelError, scalarKernels as S } from "../runtime/kernels/mod.ts";
 import { GpuKernels } from "../runtime/kernels/webgpu.ts";
+import { mulberry32 as rng } from "../runtime/data/rng.ts";
 
 const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
 const required = Deno.env.get("PERFIT_REQUIRE_WEBGPU") === "1";
 const ignore = !adapter && !required;
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SIZES = [0, 1, 3, 4, 5, 16, 17, 255, 256, 257, 4099, 70001];
 

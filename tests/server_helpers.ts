@@ -1,6 +1,13 @@
 /** Shared fixtures of the server tests: an app on a fresh KV, a deterministic fake trainer, a reference federation. */
 import { createApp, type PerfitApp, type ServerConfig } from "../server/app.ts";
-import type { TaskInfo, TrainResult } from "../runtime/client/mod.ts";
+import assert from "node:assert/strict";
+import {
+  FederatedClient,
+  type FederatedClientOptions,
+  type TaskInfo,
+  type TrainResult,
+} from "../runtime/client/mod.ts";
+import { mulberry32 as mulberry } from "../runtime/data/rng.ts";
 
 export const ADMIN = "test-admin-token-0123456789";
 export const SECRET = "test-secret-0123456789abcdef";
@@ -54,17 +61,6 @@ export function runBody(
     expansionTiers: method === "perfit" ? { low: 1, mid: 2, high: 4 } : undefined,
     budget: method === "perfit" ? 300 : undefined,
     ...over,
-  };
-}
-
-function mulberry(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
 
@@ -157,6 +153,38 @@ export function referenceFederation(
   }
   for (let c = 0; c < clients; c++) merge(c);
   return own;
+}
+
+/** `count` FederatedClients of the `runBody` federation; client i trains with `fakeTrainer(i)`. */
+export function fakeClients(
+  opts: (i: number) => Omit<FederatedClientOptions, "trainer">,
+  count = 8,
+): Promise<FederatedClient[]> {
+  return Promise.all(
+    Array.from({ length: count }, (_, i) => FederatedClient.create({ ...opts(i), trainer: fakeTrainer(i) })),
+  );
+}
+
+/** Asserts every client finished the 3-round `runBody(method)` run with the reference federation's adapter. */
+export function assertMatchesReference(
+  method: "perfit" | "fedit" | "local",
+  clients: FederatedClient[],
+): void {
+  const ref = referenceFederation(method, clients.length, 3, 1000, method === "perfit" ? 300 : 1000);
+  for (let i = 0; i < clients.length; i++) {
+    const d = maxDiff(clients[i].adapter!, ref[i]);
+    assert.ok(d < 1e-5, `client ${i} adapter differs from the reference by ${d}`);
+  }
+}
+
+/** The run's admin metrics, through `request` (an app's `request`, or `fetch` on a server's URL). */
+export async function runMetrics(
+  request: (path: string, init: RequestInit) => Response | Promise<Response>,
+  runId: string,
+  // deno-lint-ignore no-explicit-any
+): Promise<any> {
+  return await (await request(`/v1/runs/${runId}/metrics`, { headers: { authorization: `Bearer ${ADMIN}` } }))
+    .json();
 }
 
 /** Largest absolute difference. */

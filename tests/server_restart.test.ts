@@ -3,18 +3,18 @@
  * built on the reopened file, and the run finishes with every accepted upload counted exactly once.
  */
 import assert from "node:assert/strict";
-import { FederatedClient } from "../runtime/client/mod.ts";
+import type { FederatedClient } from "../runtime/client/mod.ts";
 import type { PerfitApp } from "../server/app.ts";
 import {
   ADMIN,
   appFetch,
+  assertMatchesReference,
   createRun,
   dumpKv,
-  fakeTrainer,
+  fakeClients,
   makeApp,
-  maxDiff,
-  referenceFederation,
   runBody,
+  runMetrics,
 } from "./server_helpers.ts";
 
 const URL_ = "http://perfit.test";
@@ -41,18 +41,14 @@ Deno.test("server restart: crash mid-round, reopen the KV file, the run finishes
   try {
     const runId = await createRun(app, runBody("perfit"));
     const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.min(ms, 25)));
-    const clients = await Promise.all(
-      Array.from({ length: 8 }, (_, i) =>
-        FederatedClient.create({
-          serverUrl: URL_,
-          runId,
-          trainer: fakeTrainer(i),
-          fetch: fetchVia,
-          sleep,
-          pollMs: 1,
-          retry: { attempts: 12, baseMs: 5, maxMs: 40 },
-        })),
-    );
+    const clients = await fakeClients(() => ({
+      serverUrl: URL_,
+      runId,
+      fetch: fetchVia,
+      sleep,
+      pollMs: 1,
+      retry: { attempts: 12, baseMs: 5, maxMs: 40 },
+    }));
     for (const c of clients) await c.join();
 
     const r1 = await Promise.all(clients.map((c) => c.step()));
@@ -93,14 +89,8 @@ Deno.test("server restart: crash mid-round, reopen the KV file, the run finishes
     assert.equal(mid.round.accepted, 7);
 
     await Promise.all(clients.map((c) => c.run({ maxSteps: 3000 })));
-    const ref = referenceFederation("perfit", 8, 3, 1000, 300);
-    for (let i = 0; i < 8; i++) {
-      const d = maxDiff(clients[i].adapter!, ref[i]);
-      assert.ok(d < 1e-5, `client ${i} differs from the reference by ${d}`);
-    }
-    const metrics = await (await app.request(`/v1/runs/${runId}/metrics`, {
-      headers: { authorization: `Bearer ${ADMIN}` },
-    })).json();
+    assertMatchesReference("perfit", clients);
+    const metrics = await runMetrics((path, init) => app.request(path, init), runId);
     assert.equal(metrics.run.status, "done");
     for (const r of metrics.rounds) {
       assert.equal(r.accepted, 8, `round ${r.index} accepted ${r.accepted}`);

@@ -8,7 +8,7 @@
 import { bitWords, decodeSlice, encodeUpdate, forEachBit } from "./wire.ts";
 import { type ClientStorage, MemoryStorage } from "./storage.ts";
 
-/** The round task as the server sends it (see server/coordinator.ts `TaskInfo`). */
+/** The round task as the server sends it (server/coordinator.ts narrows `method` and `lora`). */
 export interface TaskInfo {
   run: string;
   round: number;
@@ -19,6 +19,7 @@ export interface TaskInfo {
   lora: { rank: number; alpha: number; targets: string[] };
   tier: string;
   expansion: number;
+  /** LoRA rank this client trains at: r * expansion. */
   rank: number;
   budget: number;
   adapterSize: number;

@@ -1,4 +1,5 @@
 /** Shared types of the instruction-data pipeline. */
+import type { TextTokenizer as ModelTextTokenizer } from "../model/tokenizer.ts";
 
 /** One instruction example after loading: the rendered prompt and the target response. */
 export interface Example {
@@ -7,27 +8,15 @@ export interface Example {
   category?: string;
 }
 
-/** Minimal tokenizer surface the data pipeline needs (Transformers.js tokenizers adapt to it). */
-export interface TextTokenizer {
-  encode(text: string): number[];
-  decode(ids: number[]): string;
-  eosTokenId: number;
-  padTokenId: number;
-  bosTokenId?: number;
-}
-
 /**
- * A padded training/eval batch, structurally identical to the engine's `Batch`.
- * `lossMask[b*seq+t] = 1` iff token t+1 of row b is a real response (or EOS) token,
- * i.e. the mask is already shifted to the position that predicts it.
+ * Minimal tokenizer surface the data pipeline needs (Transformers.js tokenizers adapt to it). It is
+ * the model area's tokenizer minus `vocabSize`, which only graph building needs, so toy tokenizers
+ * in data code and tests may leave it out.
  */
-export interface Batch {
-  inputIds: BigInt64Array | Int32Array;
-  attentionMask: Float32Array;
-  lossMask: Float32Array;
-  batch: number;
-  seq: number;
-}
+export type TextTokenizer = Omit<ModelTextTokenizer, "vocabSize">;
+
+/** A padded training/eval batch: the engine's own `Batch`, which the data pipeline produces. */
+export type { Batch } from "../model/engine.ts";
 
 /** Error raised for malformed data; the message names the source and line. */
 export class DataError extends Error {

@@ -11,26 +11,13 @@
 import onnxProto from "onnx-proto";
 import { ExportError } from "./types.ts";
 import type { F32Tensor } from "./merge.ts";
+import type { ModelConfig } from "../model/config.ts";
 
 // deno-lint-ignore no-explicit-any
 const onnx: any = (onnxProto as any).onnx ?? onnxProto;
 
-/** The decoder shape the graph needs (a subset of runtime/model's ModelConfig). */
-export interface DecoderShape {
-  vocabSize: number;
-  hiddenSize: number;
-  intermediateSize: number;
-  numLayers: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  rmsNormEps: number;
-  ropeTheta: number;
-  tieWordEmbeddings: boolean;
-  qkvBias: boolean;
-  oBias: boolean;
-  mlpBias: boolean;
-}
+/** The decoder shape the graph needs: runtime/model's ModelConfig minus the fields it never reads. */
+export type DecoderShape = Omit<ModelConfig, "modelType" | "maxPositionEmbeddings">;
 
 const FLOAT = 1, INT64 = 7, BOOL = 9;
 const ATTR_FLOAT = 1, ATTR_INT = 2, ATTR_INTS = 7;

@@ -8,17 +8,10 @@
 import { encodeSafetensors } from "../io/safetensors.ts";
 import type { AdapterLayoutLike, TargetModuleName } from "./types.ts";
 import { ExportError } from "./types.ts";
+import { TARGET_WEIGHT } from "../model/lora.ts";
 
-/** HF module path of each of our target names inside a LLaMA decoder layer. */
-export const HF_MODULE: Record<TargetModuleName, string> = {
-  q: "self_attn.q_proj",
-  k: "self_attn.k_proj",
-  v: "self_attn.v_proj",
-  o: "self_attn.o_proj",
-  gate: "mlp.gate_proj",
-  up: "mlp.up_proj",
-  down: "mlp.down_proj",
-};
+/** HF module path of each of our target names inside a LLaMA decoder layer (the model's own table). */
+export const HF_MODULE: Readonly<Record<TargetModuleName, string>> = TARGET_WEIGHT;
 
 /** The PEFT tensor name of one adapter matrix (as PEFT saves it: no adapter name inside). */
 export function peftTensorName(layer: number, module: TargetModuleName, kind: "A" | "B"): string {

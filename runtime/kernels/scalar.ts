@@ -279,14 +279,7 @@ export const scalarKernels: Kernels = {
     mask: Uint8Array,
     n: number,
   ): void {
-    checkType("sum", sum, Float32Array);
-    checkType("weight", weight, Float32Array);
-    checkType("values", values, Float32Array);
-    checkType("mask", mask, Uint8Array);
-    checkSameLength("weight", weight.length, "sum", sum.length);
-    checkSameLength("values", values.length, "sum", sum.length);
-    checkSameLength("mask", mask.length, "sum", sum.length);
-    checkWeight(n);
+    checkAccumulateArgs(sum, weight, values, mask, n);
     const w = Math.fround(n);
     for (let i = 0; i < sum.length; i++) {
       if (mask[i] !== 0) {
@@ -320,13 +313,7 @@ export const scalarKernels: Kernels = {
   },
 
   finalize(sum: Float32Array, weight: Float32Array, own: Float32Array, out: Float32Array): void {
-    checkType("sum", sum, Float32Array);
-    checkType("weight", weight, Float32Array);
-    checkType("own", own, Float32Array);
-    checkType("out", out, Float32Array);
-    checkSameLength("weight", weight.length, "sum", sum.length);
-    checkSameLength("own", own.length, "sum", sum.length);
-    checkSameLength("out", out.length, "sum", sum.length);
+    checkFinalizeArgs(sum, weight, own, out);
     for (let i = 0; i < sum.length; i++) {
       const w = weight[i];
       out[i] = w > 0 ? sum[i] / w : own[i];
@@ -432,6 +419,40 @@ export function adamWConstants(o: AdamWStep): {
     bc2: f(1 / bc2),
     eps: f(o.eps),
   };
+}
+
+/** Validates the arguments of `accumulate` (shared with the WASM binding). */
+export function checkAccumulateArgs(
+  sum: Float32Array,
+  weight: Float32Array,
+  values: Float32Array,
+  mask: Uint8Array,
+  n: number,
+): void {
+  checkType("sum", sum, Float32Array);
+  checkType("weight", weight, Float32Array);
+  checkType("values", values, Float32Array);
+  checkType("mask", mask, Uint8Array);
+  checkSameLength("weight", weight.length, "sum", sum.length);
+  checkSameLength("values", values.length, "sum", sum.length);
+  checkSameLength("mask", mask.length, "sum", sum.length);
+  checkWeight(n);
+}
+
+/** Validates the arguments of `finalize` (shared with the WASM binding). */
+export function checkFinalizeArgs(
+  sum: Float32Array,
+  weight: Float32Array,
+  own: Float32Array,
+  out: Float32Array,
+): void {
+  checkType("sum", sum, Float32Array);
+  checkType("weight", weight, Float32Array);
+  checkType("own", own, Float32Array);
+  checkType("out", out, Float32Array);
+  checkSameLength("weight", weight.length, "sum", sum.length);
+  checkSameLength("own", own.length, "sum", sum.length);
+  checkSameLength("out", out.length, "sum", sum.length);
 }
 
 /** Validates the arguments of `accumulateSparse` (shared with the WASM binding). */

@@ -7,16 +7,15 @@
  * staging area that never grows memory; the others use one reused scratch block that grows as needed.
  */
 import { type AdamWStep, KernelError, type Kernels } from "./types.ts";
-import { adamWConstants, checkAdamWArgs, checkSparseArgs, keyToBits } from "./scalar.ts";
 import {
-  checkBits,
-  checkK,
-  checkLength,
-  checkSameLength,
-  checkType,
-  checkWeight,
-  deltaBound,
-} from "./validate.ts";
+  adamWConstants,
+  checkAccumulateArgs,
+  checkAdamWArgs,
+  checkFinalizeArgs,
+  checkSparseArgs,
+  keyToBits,
+} from "./scalar.ts";
+import { checkBits, checkK, checkLength, checkSameLength, checkType, deltaBound } from "./validate.ts";
 import { LinearArena } from "./memory.ts";
 
 /** Where to load the module from: bytes, a compiled module, or a URL (string or URL object). */
@@ -385,14 +384,7 @@ class WasmKernels implements Kernels {
     mask: Uint8Array,
     n: number,
   ): void {
-    checkType("sum", sum, Float32Array);
-    checkType("weight", weight, Float32Array);
-    checkType("values", values, Float32Array);
-    checkType("mask", mask, Uint8Array);
-    checkSameLength("weight", weight.length, "sum", sum.length);
-    checkSameLength("values", values.length, "sum", sum.length);
-    checkSameLength("mask", mask.length, "sum", sum.length);
-    checkWeight(n);
+    checkAccumulateArgs(sum, weight, values, mask, n);
     this.streamed(
       [[sum, INOUT], [weight, INOUT], [values, IN], [mask, IN]],
       sum.length,
@@ -452,13 +444,7 @@ class WasmKernels implements Kernels {
   }
 
   finalize(sum: Float32Array, weight: Float32Array, own: Float32Array, out: Float32Array): void {
-    checkType("sum", sum, Float32Array);
-    checkType("weight", weight, Float32Array);
-    checkType("own", own, Float32Array);
-    checkType("out", out, Float32Array);
-    checkSameLength("weight", weight.length, "sum", sum.length);
-    checkSameLength("own", own.length, "sum", sum.length);
-    checkSameLength("out", out.length, "sum", sum.length);
+    checkFinalizeArgs(sum, weight, own, out);
     this.streamed(
       [[sum, IN], [weight, IN], [own, IN], [out, OUT]],
       sum.length,

@@ -29,7 +29,11 @@ import {
 
 export { type LoadedModel, loadModel } from "./load.ts";
 
-/** One padded batch. `lossMask` is 1 where position t predicts token t+1 and that token counts. */
+/**
+ * One padded batch (the data pipeline's `makeBatches` produces it). `lossMask[b*seq+t] = 1` iff
+ * token t+1 of row b is a real response (or EOS) token, i.e. the mask is already shifted to the
+ * position that predicts it.
+ */
 export interface Batch {
   inputIds: BigInt64Array | Int32Array;
   attentionMask: Float32Array;

@@ -5,7 +5,7 @@
  */
 import { type ModelSource, readJsonOptional, resolveSource, transformersOptions } from "./hub.ts";
 
-/** The interface the data pipeline uses (same shape as runtime/data's TextTokenizer). */
+/** A tokenizer as the model and data pipeline use it (runtime/data's `TextTokenizer` is this minus `vocabSize`). */
 export interface TextTokenizer {
   /** Token ids of `text`, without special tokens (templates add BOS/EOS themselves). */
   encode(text: string): number[];
