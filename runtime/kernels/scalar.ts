@@ -13,6 +13,7 @@ import {
   checkType,
   checkWeight,
   deltaBound,
+  outArray,
 } from "./validate.ts";
 
 /** Radix-select digit layout over the 32-bit order key: 11 + 11 + 10 bits, top digit first. */
@@ -92,13 +93,6 @@ function checkScores(scores: Float32Array, k: number): void {
   checkK(k, scores.length);
 }
 
-function outU8(name: string, out: Uint8Array | undefined, n: number): Uint8Array {
-  if (out === undefined) return new Uint8Array(n);
-  checkType(name, out, Uint8Array);
-  checkSameLength(name, out.length, "input", n);
-  return out;
-}
-
 function countOnes(mask: Uint8Array): number {
   let c = 0;
   for (let i = 0; i < mask.length; i++) c += mask[i] !== 0 ? 1 : 0;
@@ -139,7 +133,7 @@ export const scalarKernels: Kernels = {
 
   topkMask(scores: Float32Array, k: number, out?: Uint8Array): Uint8Array {
     checkScores(scores, k);
-    const mask = outU8("out", out, scores.length);
+    const mask = outArray(out, Uint8Array, scores.length, "input");
     if (k === 0) {
       topkSelectGuard(scores);
       mask.fill(0);
@@ -162,13 +156,7 @@ export const scalarKernels: Kernels = {
   maskToBits(mask: Uint8Array, out?: Uint32Array): Uint32Array {
     checkType("mask", mask, Uint8Array);
     const words = Math.ceil(mask.length / 32);
-    let bits: Uint32Array;
-    if (out === undefined) bits = new Uint32Array(words);
-    else {
-      checkType("out", out, Uint32Array);
-      checkSameLength("out", out.length, "ceil(mask.length/32)", words);
-      bits = out;
-    }
+    const bits = outArray(out, Uint32Array, words, "ceil(mask.length/32)");
     for (let w = 0; w < words; w++) {
       let word = 0;
       const base = w * 32;
@@ -183,7 +171,7 @@ export const scalarKernels: Kernels = {
     checkType("bits", bits, Uint32Array);
     checkLength("n", n);
     checkBits(bits, n);
-    const mask = outU8("out", out, n);
+    const mask = outArray(out, Uint8Array, n, "input");
     for (let i = 0; i < n; i++) mask[i] = (bits[i >>> 5] >>> (i & 31)) & 1;
     return mask;
   },
@@ -221,7 +209,7 @@ export const scalarKernels: Kernels = {
   decodeDeltas(bytes: Uint8Array, n: number, out?: Uint8Array): Uint8Array {
     checkType("bytes", bytes, Uint8Array);
     checkLength("n", n);
-    const mask = outU8("out", out, n);
+    const mask = outArray(out, Uint8Array, n, "input");
     mask.fill(0);
     let idx = -1;
     let pos = 0;
@@ -250,24 +238,14 @@ export const scalarKernels: Kernels = {
     checkType("mask", mask, Uint8Array);
     checkSameLength("dense", dense.length, "mask", mask.length);
     const ones = countOnes(mask);
-    let values: Float32Array;
-    if (out === undefined) values = new Float32Array(ones);
-    else {
-      checkType("out", out, Float32Array);
-      checkSameLength("out", out.length, "popcount(mask)", ones);
-      values = out;
-    }
+    const values = outArray(out, Float32Array, ones, "popcount(mask)");
     let j = 0;
     for (let i = 0; i < mask.length; i++) if (mask[i] !== 0) values[j++] = dense[i];
     return values;
   },
 
   scatter(values: Float32Array, mask: Uint8Array, out: Float32Array): void {
-    checkType("values", values, Float32Array);
-    checkType("mask", mask, Uint8Array);
-    checkType("out", out, Float32Array);
-    checkSameLength("out", out.length, "mask", mask.length);
-    checkSameLength("values", values.length, "popcount(mask)", countOnes(mask));
+    checkScatterArgs(values, mask, out, countOnes);
     let j = 0;
     for (let i = 0; i < mask.length; i++) if (mask[i] !== 0) out[i] = values[j++];
   },
@@ -437,6 +415,23 @@ export function checkAccumulateArgs(
   checkSameLength("values", values.length, "sum", sum.length);
   checkSameLength("mask", mask.length, "sum", sum.length);
   checkWeight(n);
+}
+
+/**
+ * Validates the arguments of `scatter` (shared with the WASM binding). The mask's ones are counted by
+ * the caller's own popcount, and only once the types are known to be right.
+ */
+export function checkScatterArgs(
+  values: Float32Array,
+  mask: Uint8Array,
+  out: Float32Array,
+  popcount: (mask: Uint8Array) => number,
+): void {
+  checkType("values", values, Float32Array);
+  checkType("mask", mask, Uint8Array);
+  checkType("out", out, Float32Array);
+  checkSameLength("out", out.length, "mask", mask.length);
+  checkSameLength("values", values.length, "popcount(mask)", popcount(mask));
 }
 
 /** Validates the arguments of `finalize` (shared with the WASM binding). */

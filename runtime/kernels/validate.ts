@@ -29,6 +29,22 @@ export function checkSameLength(aName: string, a: number, bName: string, b: numb
 }
 
 /** Asserts `k` is an integer in [0, n]. */
+/**
+ * Returns the caller's `out` array, checked to be a `ctor` of length `n` (`what` names that length in the
+ * error), or a fresh one when none was given.
+ */
+export function outArray<T extends Uint8Array | Uint32Array | Float32Array>(
+  out: T | undefined,
+  ctor: new (n: number) => T,
+  n: number,
+  what: string,
+): T {
+  if (out === undefined) return new ctor(n);
+  checkType("out", out, ctor);
+  checkSameLength("out", out.length, what, n);
+  return out;
+}
+
 export function checkK(k: number, n: number): void {
   if (!Number.isInteger(k) || k < 0) throw new KernelError(`k must be a non-negative integer, got ${k}`);
   if (k > n) throw new KernelError(`k = ${k} exceeds the number of scores n = ${n}`);

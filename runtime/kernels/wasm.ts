@@ -12,10 +12,19 @@ import {
   checkAccumulateArgs,
   checkAdamWArgs,
   checkFinalizeArgs,
+  checkScatterArgs,
   checkSparseArgs,
   keyToBits,
 } from "./scalar.ts";
-import { checkBits, checkK, checkLength, checkSameLength, checkType, deltaBound } from "./validate.ts";
+import {
+  checkBits,
+  checkK,
+  checkLength,
+  checkSameLength,
+  checkType,
+  deltaBound,
+  outArray,
+} from "./validate.ts";
 import { LinearArena } from "./memory.ts";
 
 /** Where to load the module from: bytes, a compiled module, or a URL (string or URL object). */
@@ -268,7 +277,7 @@ class WasmKernels implements Kernels {
   topkMask(scores: Float32Array, k: number, out?: Uint8Array): Uint8Array {
     checkType("scores", scores, Float32Array);
     checkK(k, scores.length);
-    const mask = this.outU8(out, scores.length);
+    const mask = outArray(out, Uint8Array, scores.length, "input");
     const { p, done } = this.marshal([[scores, IN], [mask, OUT]]);
     const sel = this.select(scores, k, p[0]);
     if (sel === undefined) {
@@ -280,23 +289,10 @@ class WasmKernels implements Kernels {
     return mask;
   }
 
-  private outU8(out: Uint8Array | undefined, n: number): Uint8Array {
-    if (out === undefined) return new Uint8Array(n);
-    checkType("out", out, Uint8Array);
-    checkSameLength("out", out.length, "input", n);
-    return out;
-  }
-
   maskToBits(mask: Uint8Array, out?: Uint32Array): Uint32Array {
     checkType("mask", mask, Uint8Array);
     const words = Math.ceil(mask.length / 32);
-    let bits: Uint32Array;
-    if (out === undefined) bits = new Uint32Array(words);
-    else {
-      checkType("out", out, Uint32Array);
-      checkSameLength("out", out.length, "ceil(mask.length/32)", words);
-      bits = out;
-    }
+    const bits = outArray(out, Uint32Array, words, "ceil(mask.length/32)");
     const { p, done } = this.marshal([[mask, IN], [bits, OUT]]);
     this.x.pk_mask_to_bits(p[0], mask.length, p[1]);
     done();
@@ -307,7 +303,7 @@ class WasmKernels implements Kernels {
     checkType("bits", bits, Uint32Array);
     checkLength("n", n);
     checkBits(bits, n);
-    const mask = this.outU8(out, n);
+    const mask = outArray(out, Uint8Array, n, "input");
     const { p, done } = this.marshal([[bits, IN], [mask, OUT]]);
     this.x.pk_bits_to_mask(p[0], n, p[1]);
     done();
@@ -338,7 +334,7 @@ class WasmKernels implements Kernels {
   decodeDeltas(bytes: Uint8Array, n: number, out?: Uint8Array): Uint8Array {
     checkType("bytes", bytes, Uint8Array);
     checkLength("n", n);
-    const mask = this.outU8(out, n);
+    const mask = outArray(out, Uint8Array, n, "input");
     const { p, done } = this.marshal([[bytes, IN], [mask, OUT]]);
     const r = this.x.pk_decode_deltas(p[0], bytes.length, n, p[1]);
     if (r === -1) throw new KernelError(`delta code truncated at its end`);
@@ -353,13 +349,7 @@ class WasmKernels implements Kernels {
     checkType("mask", mask, Uint8Array);
     checkSameLength("dense", dense.length, "mask", mask.length);
     const ones = this.popcount(mask);
-    let values: Float32Array;
-    if (out === undefined) values = new Float32Array(ones);
-    else {
-      checkType("out", out, Float32Array);
-      checkSameLength("out", out.length, "popcount(mask)", ones);
-      values = out;
-    }
+    const values = outArray(out, Float32Array, ones, "popcount(mask)");
     const { p, done } = this.marshal([[dense, IN], [mask, IN], [values, OUT]]);
     this.x.pk_gather(p[0], p[1], mask.length, p[2]);
     done();
@@ -367,11 +357,7 @@ class WasmKernels implements Kernels {
   }
 
   scatter(values: Float32Array, mask: Uint8Array, out: Float32Array): void {
-    checkType("values", values, Float32Array);
-    checkType("mask", mask, Uint8Array);
-    checkType("out", out, Float32Array);
-    checkSameLength("out", out.length, "mask", mask.length);
-    checkSameLength("values", values.length, "popcount(mask)", this.popcount(mask));
+    checkScatterArgs(values, mask, out, (m) => this.popcount(m));
     const { p, done } = this.marshal([[values, IN], [mask, IN], [out, INOUT]]);
     this.x.pk_scatter(p[0], p[1], mask.length, p[2]);
     done();
