@@ -4,9 +4,15 @@
  * in one round over loopback. The server runs in a subprocess (its own KV file) so its peak RSS
  * (VmHWM) is measured alone. Reports uploads/s, p50/p99 latency and peak server memory.
  *
- *   deno run -A bench/server_uploads.ts [--clients=1000] [--n=1048576] [--concurrency=32]
+ *   deno run -A bench/server_uploads.ts [--clients=1000] [--n=1048576] [--concurrency=64] [--rounds=2]
+ *       [--client=raw|fetch]
+ *
+ * `--client=raw` (default) plays the clients with a lean keep-alive HTTP/1.1 client (raw_http.ts) so
+ * that the load generator takes as little as possible of the two cores it shares with the server;
+ * `--client=fetch` uses `fetch`, as a browser or Deno client would.
  */
 import { encodeUpdate } from "../runtime/client/wire.ts";
+import { RawHttpConnection } from "./raw_http.ts";
 
 const ADMIN = "bench-admin-token-0123456789";
 
@@ -111,11 +117,29 @@ function pct(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
+interface RoundRow {
+  round: number;
+  uploadsPerS: number;
+  p50: number;
+  p99: number;
+  hwm: number;
+  cpuMs: number;
+  threads: string;
+  clientCpuMs: number;
+  accepted: number;
+  failures: number;
+  closed: boolean;
+  load: string;
+}
+
 /** Runs the benchmark and returns a Markdown section. */
 export async function run(): Promise<string> {
   const clients = arg("clients", 1000);
   const n = arg("n", 1 << 20);
-  const concurrency = arg("concurrency", 32);
+  const concurrency = arg("concurrency", 64);
+  const rounds = arg("rounds", 2);
+  const clientKind = Deno.args.find((a) => a.startsWith("--client="))?.split("=")[1] ?? "raw";
+  if (clientKind !== "raw" && clientKind !== "fetch") throw new Error("--client must be raw or fetch");
   const budget = n / 4;
   const dir = await Deno.makeTempDir({ prefix: "perfit-bench-" });
   const { url, proc } = await startServer(`${dir}/bench.kv`);
@@ -128,7 +152,7 @@ export async function run(): Promise<string> {
         baseModel: "bench",
         lora: { rank: 8, alpha: 16, targets: ["q", "v"] },
         method: "perfit",
-        rounds: 1,
+        rounds,
         clientsPerRound: clients,
         quorum: clients,
         roundDeadlineMs: 3_600_000,
@@ -146,8 +170,10 @@ export async function run(): Promise<string> {
       const j = await (await fetch(`${url}/v1/runs/${runId}/join`, { method: "POST", body: "{}" })).json();
       joined.push({ id: j.clientId, token: j.token });
     });
-    // A few distinct sparse updates, reused: the server hashes client + round + body, so ids stay unique.
-    const bodies: Uint8Array[] = [];
+    // A few distinct sparse updates, reused across clients (the server never compares one client's
+    // body with another's: upload ids and mask references are per client). Client i sends update
+    // i % 8 in every round, so from round 2 on its mask is unchanged, as after PerFIT's search.
+    const updates: { mask: Uint8Array; values: Float32Array; samples: number }[] = [];
     for (let b = 0; b < 8; b++) {
       const mask = new Uint8Array(n);
       const values = new Float32Array(n);
@@ -161,78 +187,52 @@ export async function run(): Promise<string> {
           k++;
         }
       }
-      bodies.push(
-        encodeUpdate({ run: runId, round: 1, samples: 10 + b, values, mask, metrics: { loss: 2 } }),
-      );
+      updates.push({ mask, values, samples: 10 + b });
     }
-    const lat: number[] = [];
-    let failures = 0;
-    let peakRss = 0;
-    const sampler = setInterval(() => (peakRss = Math.max(peakRss, procStatus(proc.pid, "VmRSS"))), 50);
-    const cpu0 = cpuSeconds(proc.pid);
-    const self0 = cpuSeconds(Deno.pid);
-    const threads0 = threadCpu(proc.pid);
-    const load0 = loadAvg();
-    const t0 = performance.now();
-    await pool(joined, concurrency, async (c, i) => {
-      const body = bodies[i % bodies.length];
-      const s = performance.now();
-      const res = await fetch(`${url}/v1/runs/${runId}/clients/${c.id}/rounds/1/update`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${c.token}`, "content-type": "application/octet-stream" },
-        body: body as Uint8Array<ArrayBuffer>,
-      });
-      const txt = res.status !== 201 ? await res.text() : (await res.body?.cancel(), "");
-      if (res.status !== 201) {
-        failures++;
-        if (failures <= 3) console.error(`upload failed: ${res.status} ${txt}`);
-      }
-      lat.push(performance.now() - s);
-    });
-    const wall = (performance.now() - t0) / 1000;
-    const cpu = cpuSeconds(proc.pid) - cpu0;
-    const clientCpu = cpuSeconds(Deno.pid) - self0;
-    const threads1 = threadCpu(proc.pid);
-    const perThread = [...threads1].map(([k, v]) => [k, v - (threads0.get(k) ?? 0)] as const)
-      .filter(([, v]) => v > 0).sort((a, b) => b[1] - a[1])
-      .map(([k, v]) => `${k} ${((v * 1000) / clients).toFixed(1)}`).join(", ");
-    const load1 = loadAvg();
-    clearInterval(sampler);
-    const hwm = procStatus(proc.pid, "VmHWM");
-    // The round closes at the last seat; wait for it and check every upload was counted.
-    let info: { run: { globalRound: number }; round: unknown } | null = null;
-    for (let t = 0; t < 600; t++) {
-      info = await (await fetch(`${url}/v1/runs/${runId}`, { headers: admin })).json();
-      if (info!.run.globalRound === 1) break;
-      await new Promise((r) => setTimeout(r, 100));
+    // Connections are opened before the clock starts (clients are already connected when they upload).
+    const conns = clientKind === "raw"
+      ? await Promise.all(Array.from({ length: concurrency }, () => RawHttpConnection.open(url)))
+      : [];
+    const rows: RoundRow[] = [];
+    for (let round = 1; round <= rounds; round++) {
+      const bodies = updates.map((u) => encodeUpdate({ run: runId, round, ...u, metrics: { loss: 2 } }));
+      rows.push(await uploadRound(url, proc.pid, runId, round, joined, bodies, concurrency, conns));
     }
-    const metrics = await (await fetch(`${url}/v1/runs/${runId}/metrics`, { headers: admin })).json();
-    const accepted = metrics.rounds[0].accepted;
-    lat.sort((a, b) => a - b);
+    for (const c of conns) c.close();
     const mb = (x: number) => (x / 1024 / 1024).toFixed(0);
-    const bodyMb = (bodies[0].byteLength / 1024 / 1024).toFixed(2);
+    const bodyMb = (encodeUpdate({ run: runId, round: 1, ...updates[0] }).byteLength / 1024 / 1024).toFixed(
+      2,
+    );
     return [
       `### Coordinator uploads (bench/server_uploads.ts)`,
       ``,
-      `${clients} clients × one sparse update of an N=${n} adapter (budget ${budget}, body ${bodyMb} MiB), ` +
-      `concurrency ${concurrency}, loopback HTTP, server in a subprocess with a KV file.`,
+      `${clients} clients × one sparse update of an N=${n} adapter per round (budget ${budget}, body ${bodyMb} MiB), ` +
+      `concurrency ${concurrency}, loopback HTTP (${
+        clientKind === "raw" ? "lean keep-alive HTTP/1.1 client" : "fetch"
+      }), ` +
+      `server in a subprocess with a KV file on disk. Round 1 is PerFIT's search round (every mask is new and ` +
+      `is stored); from round 2 each client's mask is unchanged and only referenced.`,
       ``,
-      `| uploads/s | p50 latency | p99 latency | peak server RSS (VmHWM) | server CPU / upload | accepted | failures | round closed | load avg before → after |`,
-      `|---|---|---|---|---|---|---|---|---|`,
-      [
-        `| ${(clients / wall).toFixed(0)}`,
-        `${pct(lat, 50).toFixed(0)} ms`,
-        `${pct(lat, 99).toFixed(0)} ms`,
-        `${mb(Number.isNaN(hwm) ? peakRss : hwm)} MiB`,
-        `${((cpu * 1000) / clients).toFixed(1)} ms`,
-        `${accepted}`,
-        `${failures}`,
-        `${info?.run.globalRound === 1}`,
-        `${load0} → ${load1} |`,
-      ].join(" | "),
+      `| round | uploads/s | p50 latency | p99 latency | peak server RSS (VmHWM) | server CPU / upload | by thread (ms) | bench client CPU / upload | accepted | failures | round closed | load avg before → after |`,
+      `|---|---|---|---|---|---|---|---|---|---|---|---|`,
+      ...rows.map((r) =>
+        [
+          `| ${r.round}${r.round === 1 ? " (new masks)" : " (masks unchanged)"}`,
+          `${r.uploadsPerS.toFixed(0)}`,
+          `${r.p50.toFixed(0)} ms`,
+          `${r.p99.toFixed(0)} ms`,
+          `${mb(r.hwm)} MiB`,
+          `${r.cpuMs.toFixed(1)} ms`,
+          r.threads,
+          `${r.clientCpuMs.toFixed(1)} ms`,
+          `${r.accepted}`,
+          `${r.failures}`,
+          `${r.closed}`,
+          `${r.load} |`,
+        ].join(" | ")
+      ),
       ``,
-      `Server CPU ms per upload by thread: ${perThread || "n/a"}. The benchmark's own client process ` +
-      `(same machine) used ${((clientCpu * 1000) / clients).toFixed(1)} ms CPU per upload.`,
+      `Peak RSS is the server's high-water mark since it started, so a later round's figure includes the earlier ones.`,
       ``,
     ].join("\n");
   } finally {
@@ -240,6 +240,96 @@ export async function run(): Promise<string> {
     await proc.status;
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
+}
+
+/** One round: every client uploads once, C at a time; returns its measurements once the round closed. */
+async function uploadRound(
+  url: string,
+  pid: number,
+  runId: string,
+  round: number,
+  joined: { id: string; token: string }[],
+  bodies: Uint8Array[],
+  concurrency: number,
+  conns: RawHttpConnection[],
+): Promise<RoundRow> {
+  const admin = { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" };
+  const lat: number[] = [];
+  let failures = 0;
+  const cpu0 = cpuSeconds(pid);
+  const self0 = cpuSeconds(Deno.pid);
+  const threads0 = threadCpu(pid);
+  const load0 = loadAvg();
+  const t0 = performance.now();
+  const path = (c: { id: string }) => `/v1/runs/${runId}/clients/${c.id}/rounds/${round}/update`;
+  const headers = (c: { token: string }) => ({
+    authorization: `Bearer ${c.token}`,
+    "content-type": "application/octet-stream",
+  });
+  const report = (status: number, txt: string) => {
+    if (status !== 201) {
+      failures++;
+      if (failures <= 3) console.error(`upload failed: ${status} ${txt}`);
+    }
+  };
+  if (conns.length === 0) {
+    await pool(joined, concurrency, async (c, i) => {
+      const s = performance.now();
+      const res = await fetch(`${url}${path(c)}`, {
+        method: "POST",
+        headers: headers(c),
+        body: bodies[i % bodies.length] as Uint8Array<ArrayBuffer>,
+      });
+      report(res.status, res.status !== 201 ? await res.text() : (await res.body?.cancel(), ""));
+      lat.push(performance.now() - s);
+    });
+  } else {
+    let next = 0;
+    await Promise.all(conns.map(async (conn) => {
+      while (next < joined.length) {
+        const i = next++;
+        const c = joined[i];
+        const s = performance.now();
+        const res = await conn.request("POST", path(c), headers(c), bodies[i % bodies.length]);
+        report(res.status, res.body);
+        lat.push(performance.now() - s);
+      }
+    }));
+  }
+  const wall = (performance.now() - t0) / 1000;
+  const cpu = cpuSeconds(pid) - cpu0;
+  const clientCpu = cpuSeconds(Deno.pid) - self0;
+  const threads1 = threadCpu(pid);
+  const clients = joined.length;
+  const perThread = [...threads1].map(([k, v]) => [k, v - (threads0.get(k) ?? 0)] as const)
+    .filter(([, v]) => v > 0).sort((a, b) => b[1] - a[1])
+    .map(([k, v]) => `${k} ${((v * 1000) / clients).toFixed(1)}`).join(", ");
+  const load1 = loadAvg();
+  const hwm = procStatus(pid, "VmHWM");
+  // The round closes at the last seat; wait for it and check every upload was counted.
+  let closed = false;
+  for (let t = 0; t < 600 && !closed; t++) {
+    const info = await (await fetch(`${url}/v1/runs/${runId}`, { headers: admin })).json();
+    closed = info.run.globalRound >= round;
+    if (!closed) await new Promise((r) => setTimeout(r, 100));
+  }
+  const metrics = await (await fetch(`${url}/v1/runs/${runId}/metrics`, { headers: admin })).json();
+  const accepted = metrics.rounds.find((r: { index: number }) => r.index === round)?.accepted ?? 0;
+  lat.sort((a, b) => a - b);
+  return {
+    round,
+    uploadsPerS: clients / wall,
+    p50: pct(lat, 50),
+    p99: pct(lat, 99),
+    hwm,
+    cpuMs: (cpu * 1000) / clients,
+    threads: perThread || "n/a",
+    clientCpuMs: (clientCpu * 1000) / clients,
+    accepted,
+    failures,
+    closed,
+    load: `${load0} → ${load1}`,
+  };
 }
 
 if (import.meta.main) console.log(await run());

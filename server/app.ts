@@ -246,7 +246,8 @@ export function createApp(opts: AppOptions): PerfitApp {
     const client = idParam(c.req.param("client"), "client id");
     const round = intParam(c.req.param("round"), "round");
     await requireClient(c, run, client);
-    const { run: r } = await coord.getRun(run);
+    // No revalidation read here: the upload's group commit checks the round's versionstamp.
+    const { run: r } = await coord.getRun(run, false);
     const n = r.config.adapterSize;
     // Dense F32 values + U8 mask is the largest legal form; 64 KiB covers header and metadata.
     const limit = Math.min(maxUpload, n * 5 + 64 * 1024);
@@ -254,13 +255,18 @@ export function createApp(opts: AppOptions): PerfitApp {
     // parked on the commit holds only its mask bits (the values are folded and dropped).
     // Bodies not yet admitted stay in the socket, so server memory is bounded by the permits, not
     // by how many clients upload at once.
-    const { u, uploadId } = await uploadPermits.run(async () => {
-      const body = await readBody(c.req.raw, limit);
-      const u = decodeUpdate(body, n);
-      return { u, uploadId: Coordinator.uploadId(body) };
-    });
-    const res = await coord.upload(run, client, round, u, uploadId);
-    return c.json(res, res.status === "accepted" ? 201 : 200);
+    const arrived = coord.expectUpload(run);
+    try {
+      const { u, uploadId } = await uploadPermits.run(async () => {
+        const body = await readBody(c.req.raw, limit);
+        const u = decodeUpdate(body, n);
+        return { u, uploadId: Coordinator.uploadId(body) };
+      });
+      const res = await coord.upload(run, client, round, u, uploadId, arrived);
+      return c.json(res, res.status === "accepted" ? 201 : 200);
+    } finally {
+      arrived();
+    }
   });
 
   app.get("/v1/runs/:run/metrics", async (c) => {

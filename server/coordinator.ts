@@ -9,7 +9,7 @@
  * round's pointer to it and writes every upload marker of the group. So an upload is acknowledged
  * only once its contribution and its marker are durable together, and a replay finds the marker
  * (idempotent, never counted twice). A crash loses only unacknowledged uploads, which clients retry.
- * Commits run one at a time per run; while one is in flight the next group gathers (adaptive batching).
+ * Commits run one at a time per run; while one is in flight the next group gathers (see `gather`).
  */
 import { conflict, gone, invalid, notFound } from "./errors.ts";
 import {
@@ -37,6 +37,7 @@ import type { RunConfig } from "./run_config.ts";
 import { bitWords, type DecodedSlice, type DecodedUpdate, popcountBits } from "../runtime/client/wire.ts";
 import { b64url, sha256Hex } from "./tokens.ts";
 import { checksum128 } from "./checksum.ts";
+import { BoundedCache } from "./bounded_cache.ts";
 import { kernels } from "../runtime/kernels/mod.ts";
 
 const DEBUG = (() => {
@@ -49,8 +50,10 @@ const DEBUG = (() => {
 
 /** Most uploads per commit: 2 mutations each + 1 must stay under KV's 1000, and 800 KiB in total. */
 const MAX_GROUP = 400;
-/** Longest a group waits to gather after a commit (see `gather`). */
-const MAX_GATHER_MS = 500;
+/** Client records kept in memory (a few hundred bytes each). */
+const CLIENT_CACHE = 50_000;
+/** Longest a group waits for uploads still being received (see `gather`). */
+const MAX_GATHER_MS = 250;
 
 /** What a client is told to do next: the client's `TaskInfo`, typed as precisely as the run config. */
 export interface TaskInfo extends ClientTaskInfo {
@@ -93,9 +96,22 @@ interface RunState {
   chain: Promise<void>;
   /** Incremented by every commit of this instance (see `stale`). */
   commits: number;
-  /** When the last group commit ended and how long it took (performance.now() ms; see `gather`). */
-  lastFlush: { end: number; ms: number };
   global: { v: Float32Array; c: Uint32Array; gen: string | null } | null;
+  /**
+   * Each client's latest mask reference as this instance last read or wrote it. Another instance
+   * may have moved it on since; that only costs a mask rewrite, never a wrong one, because a
+   * reference is only reused when its hash equals the upload's mask.
+   */
+  lastMasks: Map<string, LastMask | null>;
+}
+
+/** A group whose blobs are written and whose pointer flip is next. */
+interface Staged {
+  group: Pending[];
+  /** The sum slot written, or null for runs without a sum (local). */
+  slot: string | null;
+  t0: number;
+  t1: number;
 }
 
 function newGen(): string {
@@ -121,9 +137,13 @@ export class RetryableError extends Error {
 /** Runs, rounds, clients and streaming aggregation, all persisted in one Deno KV. */
 export class Coordinator {
   private states = new Map<string, Promise<RunState>>();
+  /** Uploads per run whose bodies are being received (see `expectUpload`). */
+  private arriving = new Map<string, number>();
   /** The settled state behind each entry of `states` (so a dead state never evicts its successor). */
   private loaded = new Map<string, RunState>();
   private closed = false;
+  /** Names this instance's accumulator slots (see `flush`). */
+  private readonly instance = b64url(crypto.getRandomValues(new Uint8Array(6)));
 
   constructor(private readonly kv: Deno.Kv, private readonly now: () => number = Date.now) {}
 
@@ -176,13 +196,19 @@ export class Coordinator {
   }
 
   /** A run (after closing its round if the deadline passed with a quorum). */
-  async getRun(id: string): Promise<{ run: RunRecord; round: RoundRecord | null }> {
-    const st = await this.state(id);
+  async getRun(id: string, revalidate = true): Promise<{ run: RunRecord; round: RoundRecord | null }> {
+    const st = await this.state(id, revalidate);
     await this.advance(st);
     return { run: st.run, round: st.round };
   }
 
-  private state(id: string): Promise<RunState> {
+  /**
+   * The run's state. `revalidate: false` skips the read that detects other instances' commits: the
+   * upload path uses it because its group commit checks the round's versionstamp anyway (a stale
+   * state fails that check, is reloaded, and the client's retry sees the truth), and the read costs
+   * a KV round trip on the JS thread for every upload.
+   */
+  private state(id: string, revalidate = true): Promise<RunState> {
     if (this.closed) return Promise.reject(new RetryableError("coordinator is shutting down"));
     let p = this.states.get(id);
     if (!p) {
@@ -196,9 +222,9 @@ export class Coordinator {
     return p.then(async (st) => {
       if (st.dead) {
         if (this.states.get(id) === p) this.states.delete(id);
-        return this.state(id);
+        return this.state(id, revalidate);
       }
-      if (await this.stale(st)) {
+      if (revalidate && await this.stale(st)) {
         this.kill(st, new Error("another instance changed the run"));
         return this.state(id);
       }
@@ -252,8 +278,8 @@ export class Coordinator {
       dead: false,
       chain: Promise.resolve(),
       commits: 0,
-      lastFlush: { end: 0, ms: 0 },
       global: null,
+      lastMasks: new Map(),
     };
     if (run.status === "active") {
       const ro = await this.kv.get<RoundRecord>(K.round(id, run.round));
@@ -395,10 +421,17 @@ export class Coordinator {
     throw new RetryableError("join contention, retry");
   }
 
-  /** A client's record, or 404/403. */
+  /** Client records are immutable once joined, so every instance may keep the ones it has read. */
+  private clients = new BoundedCache<ClientRecord>(CLIENT_CACHE);
+
+  /** A client's record, or 404. */
   async client(runId: string, clientId: string): Promise<ClientRecord> {
+    const key = `${runId}/${clientId}`;
+    const hit = this.clients.get(key);
+    if (hit) return hit;
     const c = await this.kv.get<ClientRecord>(K.client(runId, clientId));
     if (!c.value) throw notFound(`no client ${clientId} in run ${runId}`);
+    this.clients.set(key, c.value);
     return c.value;
   }
 
@@ -448,6 +481,14 @@ export class Coordinator {
     }
     st.global = g;
     return g;
+  }
+
+  private async lastMaskOf(st: RunState, clientId: string): Promise<LastMask | null> {
+    const cached = st.lastMasks.get(clientId);
+    if (cached !== undefined) return cached;
+    const lm = (await this.kv.get<LastMask>(K.lastMask(st.run.id, clientId))).value;
+    st.lastMasks.set(clientId, lm);
+    return lm;
   }
 
   private async maskOf(st: RunState, clientId: string): Promise<{ bits: Uint32Array; round: number } | null> {
@@ -510,6 +551,23 @@ export class Coordinator {
   // ---------- uploads ----------
 
   /**
+   * Announces an upload of `runId` whose body is still being received, so a commit about to start
+   * can wait for it to join its group (see `gather`). The returned function ends the announcement;
+   * it is idempotent, and `upload` calls it as soon as the update is folded.
+   */
+  expectUpload(runId: string): () => void {
+    this.arriving.set(runId, (this.arriving.get(runId) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = (this.arriving.get(runId) ?? 1) - 1;
+      if (n > 0) this.arriving.set(runId, n);
+      else this.arriving.delete(runId);
+    };
+  }
+
+  /**
    * Validates policy (round, budget, norm), folds the update and resolves once it is durably
    * accepted. Replays of an accepted upload resolve with status "replay" and change nothing.
    */
@@ -519,17 +577,16 @@ export class Coordinator {
     round: number,
     u: DecodedUpdate,
     uploadId: string,
+    folded?: () => void,
   ): Promise<UploadResult> {
-    const st = await this.state(runId);
+    const st = await this.state(runId, false);
     await this.advance(st);
     const cfg = st.run.config;
     // PerFIT masks rarely change after the search: an unchanged mask is referenced, not rewritten.
     const maskHash = cfg.method === "fedit"
       ? ""
       : await sha256Hex(new Uint8Array(u.maskBits.buffer, u.maskBits.byteOffset, u.maskBits.byteLength));
-    const last = cfg.method === "fedit"
-      ? null
-      : (await this.kv.get<LastMask>(K.lastMask(runId, clientId))).value;
+    const last = cfg.method === "fedit" ? null : await this.lastMaskOf(st, clientId);
     const reuseMask = last !== null && last.hash === maskHash && last.round < round;
     if (u.run !== runId) throw invalid("wrong_run", `update is for run ${u.run}, not ${runId}`);
     if (u.round !== round) {
@@ -559,6 +616,7 @@ export class Coordinator {
       if (pend.uploadId !== uploadId) {
         throw conflict("already_uploaded", "a different update from this client is in flight");
       }
+      folded?.();
       await pend.done;
       return { status: "replay", uploadId, round };
     }
@@ -607,6 +665,7 @@ export class Coordinator {
     if (st.sum && st.weight) foldSparse(st.sum, st.weight, u.maskBits, u.values, u.samples);
     u.values = new Float32Array(0); // the values live on only in the accumulator: free them now
     st.queue.push(p);
+    folded?.();
     this.kickFlush(st);
     await p.done;
     return { status: "accepted", uploadId, round };
@@ -623,9 +682,8 @@ export class Coordinator {
       try {
         while (st.queue.length > 0 && !st.dead) {
           await this.gather(st);
-          const t0 = performance.now();
+          if (st.dead || st.queue.length === 0) break;
           await this.flush(st);
-          st.lastFlush = { end: performance.now(), ms: performance.now() - t0 };
         }
       } finally {
         st.flushing = false;
@@ -637,34 +695,52 @@ export class Coordinator {
   }
 
   /**
-   * After a commit that took `ms`, lets the next group gather until as long again has passed since
-   * it ended (at most MAX_GATHER_MS) unless the group is already full or would fill the round. Every commit rewrites the whole
-   * sum blob (4·N bytes), so back-to-back commits under load keep KV's writer thread busy on one of
-   * the machine's cores; capping its duty cycle near 50% doubles the group size and halves the sum
-   * bytes written per upload, at the price of at most one commit's duration of extra latency. When
-   * commits are quick (light load) the wait is negligible.
+   * Before a commit, waits (at most MAX_GATHER_MS) while more uploads of the run are still being
+   * received than are queued. Every commit rewrites the whole sum (4·N bytes), so a commit started
+   * by the first upload of a burst would write it for that one upload while the rest of the burst
+   * waits for the next. Waiting only while arrivals outnumber the queue makes a closed loop of C
+   * clients settle into groups of about C/2: one committing on KV's writer thread while the other
+   * is received and folded on the JS thread, so both cores work. With nothing arriving (light load)
+   * it commits at once.
    */
   private async gather(st: RunState): Promise<void> {
-    const until = st.lastFlush.end + Math.min(MAX_GATHER_MS, st.lastFlush.ms);
+    const until = performance.now() + MAX_GATHER_MS;
     const full = () =>
-      st.queue.length >= MAX_GROUP || st.uploads.size + st.queue.length >= st.run.config.clientsPerRound;
-    // Poll in short steps so a group that fills up (or fills the round) is committed right away.
-    while (!st.dead && !full() && performance.now() < until) {
-      await new Promise((r) => setTimeout(r, Math.min(10, Math.max(1, until - performance.now()))));
+      st.queue.length >= MAX_GROUP || st.uploads.size + st.pending.size >= st.run.config.clientsPerRound;
+    const arriving = () => this.arriving.get(st.run.id) ?? 0;
+    while (!st.dead && !full() && arriving() > st.queue.length && performance.now() < until) {
+      await new Promise((r) => setTimeout(r, 2));
     }
   }
 
-  /** One group commit. Must run inside the run's chain. */
+  /**
+   * One group commit: `stage`, then `flip`. Must run inside the run's chain. (Pipelining the next
+   * group's `stage` under this group's `flip`, with a third slot, was measured and did not help:
+   * the writer thread is busy either way, and the groups got smaller.)
+   */
   private async flush(st: RunState): Promise<void> {
+    const staged = await this.stage(st);
+    await this.flip(st, staged).catch(() => {});
+  }
+
+  /**
+   * First half of a group commit: takes the queued uploads, snapshots the sum and writes it and the
+   * group's new masks as blobs. Nothing is visible until `flip`. Each instance keeps two sum slots
+   * of its own and writes the one the round does not point at: rewriting a key with a value of the same size lets SQLite overwrite its pages in place (~2.7x
+   * less writer time than inserting a fresh generation and deleting the old one), and per-instance
+   * slots mean two instances (Deno Deploy isolates) never write the same keys.
+   */
+  private async stage(st: RunState): Promise<Staged> {
     const group = st.queue.splice(0, MAX_GROUP);
     const runId = st.run.id;
     const round = st.round!;
-    const gen = newGen();
+    const slot = round.accGen === `${this.instance}.0` ? `${this.instance}.1` : `${this.instance}.0`;
+    const t0 = performance.now();
     try {
       // Snapshot synchronously: folds that land while we write belong to the next group. Masks are
-      // written under round-specific keys: harmless if the commit below never happens.
+      // written under round-specific keys: harmless if the flip never happens.
       const blobs: [Deno.KvKey, Uint8Array][] = [];
-      if (st.sum) blobs.push([K.acc(runId, round.index, gen, "s"), f32Bytes(st.sum).slice()]);
+      if (st.sum) blobs.push([K.acc(runId, round.index, slot, "s"), f32Bytes(st.sum).slice()]);
       for (const p of group) {
         if (p.maskBits) {
           blobs.push([
@@ -673,14 +749,31 @@ export class Coordinator {
           ]);
         }
       }
-      const t0 = performance.now();
       await writeBlobs(this.kv, blobs);
+      return { group, slot: st.sum ? slot : null, t0, t1: performance.now() };
+    } catch (e) {
+      for (const p of group) p.reject(new RetryableError(`commit failed: ${(e as Error).message}`));
+      this.kill(st, e);
+      throw e;
+    }
+  }
+
+  /**
+   * Second half: in one atomic operation guarded by the round's versionstamp, points the round at
+   * the staged sum and writes every upload marker of the group; then acknowledges the group.
+   */
+  private async flip(st: RunState, staged: Staged): Promise<void> {
+    const { group, slot } = staged;
+    const runId = st.run.id;
+    try {
+      if (st.dead) throw new Error("state was reloaded");
+      const round = st.round!;
       const t1 = performance.now();
       const next: RoundRecord = {
         ...round,
         accepted: round.accepted + group.length,
         samples: round.samples + group.reduce((a, p) => a + p.record.samples, 0),
-        accGen: st.sum ? gen : null,
+        accGen: slot,
       };
       const op = this.kv.atomic().check({ key: K.round(runId, round.index), versionstamp: st.roundVs }).set(
         K.round(runId, round.index),
@@ -688,21 +781,12 @@ export class Coordinator {
       );
       for (const p of group) {
         op.set(K.upload(runId, round.index, p.client), p.record);
-        if (st.run.config.method !== "fedit") {
-          op.set(
-            K.lastMask(runId, p.client),
-            {
-              round: p.record.maskRound,
-              popcount: p.record.popcount,
-              hash: p.record.maskHash,
-            } satisfies LastMask,
-          );
-        }
+        if (st.run.config.method !== "fedit") op.set(K.lastMask(runId, p.client), lastMaskRecord(p.record));
       }
       const res = await op.commit();
       if (DEBUG) {
         console.error(
-          `flush: group ${group.length}, blobs ${(t1 - t0).toFixed(0)} ms, commit ${
+          `flush: group ${group.length}, blobs ${(staged.t1 - staged.t0).toFixed(0)} ms, flip ${
             (performance.now() - t1).toFixed(0)
           } ms`,
         );
@@ -714,16 +798,19 @@ export class Coordinator {
       st.commits++;
       for (const p of group) {
         st.uploads.set(p.client, p.record);
+        if (st.run.config.method !== "fedit") st.lastMasks.set(p.client, lastMaskRecord(p.record));
         st.pending.delete(p.client);
         p.maskBits = null;
         p.resolve();
       }
-      if (oldGen && st.sum) {
+      // Our own slots are rewritten by later commits; another instance's slot is ours to drop.
+      if (oldGen && st.sum && !oldGen.startsWith(`${this.instance}.`)) {
         deleteChunks(this.kv, K.acc(runId, round.index, oldGen, "s"), st.sum.byteLength).catch(() => {});
       }
     } catch (e) {
       for (const p of group) p.reject(new RetryableError(`commit failed: ${(e as Error).message}`));
       this.kill(st, e);
+      throw e;
     }
   }
 
@@ -737,7 +824,7 @@ export class Coordinator {
     if (st.dead || st.closing || !st.round || st.round.status !== "open") return;
     st.closing = true;
     try {
-      while (st.queue.length > 0 && !st.dead) await this.flush(st);
+      while (st.queue.length > 0 && !st.dead) await this.flush(st).catch(() => {});
       if (st.dead) return;
       const run = st.run;
       const round = st.round;
@@ -863,6 +950,10 @@ export class Coordinator {
   }
 }
 
+function lastMaskRecord(r: UploadRecord): LastMask {
+  return { round: r.maskRound, popcount: r.popcount, hash: r.maskHash };
+}
+
 /** Sample-weighted means of the metrics every client reported. */
 export function summarize(uploads: UploadRecord[], covered: number): RoundSummary {
   const sums: Record<string, number> = {};
@@ -882,3 +973,28 @@ export function summarize(uploads: UploadRecord[], covered: number): RoundSummar
 
 /** Chunks per blob for an adapter of n floats (exported for docs/tests). */
 export const blobChunks = (n: number): number => chunkCount(n * 4);
+
+if (DEBUG) {
+  let last = performance.now();
+  let max = 0;
+  let sum = 0;
+  let n = 0;
+  setInterval(() => {
+    const t = performance.now();
+    const lag = t - last - 5;
+    last = t;
+    max = Math.max(max, lag);
+    sum += lag;
+    if (++n % 200 === 0) {
+      const m = Deno.memoryUsage();
+      const mb = (x: number) => (x / 1048576).toFixed(0);
+      console.error(
+        `loop lag: max ${max.toFixed(0)} ms, mean ${(sum / 200).toFixed(1)} ms; rss ${mb(m.rss)} heap ${
+          mb(m.heapUsed)
+        }/${mb(m.heapTotal)} external ${mb(m.external)} MiB`,
+      );
+      max = 0;
+      sum = 0;
+    }
+  }, 5);
+}

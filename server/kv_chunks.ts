@@ -44,7 +44,7 @@ export async function writeChunks(kv: Deno.Kv, prefix: Deno.KvKey, data: Uint8Ar
 }
 
 /**
- * Writes several blobs, packing their chunks into as few atomic commits as the limits allow (each
+ * Writes several blobs (which must not change until it resolves), packing their chunks into as few atomic commits as the limits allow (each
  * commit costs an fsync, which dominates for many small blobs such as masks).
  */
 export async function writeBlobs(kv: Deno.Kv, blobs: [Deno.KvKey, Uint8Array][]): Promise<void> {
@@ -54,7 +54,8 @@ export async function writeBlobs(kv: Deno.Kv, blobs: [Deno.KvKey, Uint8Array][])
   for (const [prefix, data] of blobs) {
     const n = chunkCount(data.byteLength);
     for (let i = 0; i < n; i++) {
-      const part = data.slice(i * CHUNK_BYTES, Math.min(data.byteLength, (i + 1) * CHUNK_BYTES));
+      // A view, not a copy: KV copies the bytes when it commits, and callers keep `data` unchanged.
+      const part = data.subarray(i * CHUNK_BYTES, Math.min(data.byteLength, (i + 1) * CHUNK_BYTES));
       if (opBytes + part.byteLength > COMMIT_BYTES) {
         commits.push(op.commit());
         op = kv.atomic();

@@ -1,12 +1,14 @@
 /**
  * What the coordinator keeps in Deno KV, and under which keys. Every record is small (≪ 64 KiB);
  * tensors live in chunked blobs (kv_chunks.ts) that a record points to by generation id, so a blob
- * becomes visible only when the atomic commit that flips the pointer succeeds.
+ * becomes visible only when the atomic commit that flips the pointer succeeds. An open round's sum
+ * uses two slots per coordinator instance ("<instance>.0", "<instance>.1") as generations: a commit
+ * rewrites the slot the round does not point at.
  *
  * Keys:
  *   ["run", run]                          RunRecord
  *   ["round", run, r]                     RoundRecord (includes the accumulator pointer `accGen`)
- *   ["acc", run, r, gen, "s"|"w", i]      accumulator chunks (sum, weight) of an open round
+ *   ["acc", run, r, gen, "s", i]          sum accumulator chunks of an open round (gen: a slot)
  *   ["global", run, gen, "v"|"c", i]      aggregated adapter values and covered bitmask
  *   ["client", run, client]               ClientRecord
  *   ["clients", run]                      join counter {count}
