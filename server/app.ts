@@ -18,6 +18,7 @@ import { decodeUpdate, encodeSlice, WireError } from "../runtime/client/wire.ts"
 import { encodeSafetensors } from "../runtime/io/safetensors.ts";
 import { openapi } from "./openapi.ts";
 import { Semaphore } from "./semaphore.ts";
+import { defaultFolder, InlineFolder } from "./folder.ts";
 
 /** Server settings (main.ts fills them from flags/env; tests pass them directly). */
 export interface ServerConfig {
@@ -39,6 +40,11 @@ export interface ServerConfig {
   maxConcurrentUploads?: number;
   /** Interval of the round-deadline ticker in ms (default 1000; 0 = no timer, deadlines close lazily). */
   tickMs?: number;
+  /**
+   * Fold uploads into the accumulators on a Worker thread (default: where the platform has Workers
+   * and SharedArrayBuffer); false folds on the request thread, as on platforms without Workers.
+   */
+  foldWorker?: boolean;
 }
 
 /** What `createApp` needs. */
@@ -88,7 +94,7 @@ export function createApp(opts: AppOptions): PerfitApp {
     : sha256Hex(config.adminToken!);
   const signer = TokenSigner.create(config.secret);
   signer.catch(() => {});
-  const coord = new Coordinator(kv, now);
+  const coord = new Coordinator(kv, now, config.foldWorker === false ? new InlineFolder() : defaultFolder());
   const ipBuckets = new TokenBuckets(config.rateLimit?.ip ?? { rate: 50, burst: 100 }, now);
   const clientBuckets = new TokenBuckets(config.rateLimit?.client ?? { rate: 10, burst: 40 }, now);
   const maxJson = config.maxJsonBytes ?? 64 * 1024;

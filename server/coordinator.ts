@@ -23,7 +23,7 @@ import {
   writeChunks,
 } from "./kv_chunks.ts";
 import type { TaskInfo as ClientTaskInfo } from "../runtime/client/federated_client.ts";
-import { andBits, finalizeInto, foldSparse, fullBits, gatherBits } from "./aggregate.ts";
+import { andBits, finalizeInto, fullBits, gatherBits } from "./aggregate.ts";
 import {
   type ClientRecord,
   K,
@@ -39,6 +39,7 @@ import { b64url, sha256Hex } from "./tokens.ts";
 import { checksum128 } from "./checksum.ts";
 import { BoundedCache } from "./bounded_cache.ts";
 import { kernels } from "../runtime/kernels/mod.ts";
+import { type Accumulators, defaultFolder, type Folder } from "./folder.ts";
 
 const DEBUG = (() => {
   try {
@@ -69,6 +70,8 @@ export interface UploadResult {
 }
 
 interface Pending {
+  /** Order in which the upload's fold was requested (see `stage`). */
+  seq: number;
   client: string;
   uploadId: string;
   record: UploadRecord;
@@ -85,8 +88,11 @@ interface RunState {
   runVs: string;
   round: RoundRecord | null;
   roundVs: string | null;
-  sum: Float32Array | null;
-  weight: Float32Array | null;
+  /** The open round's accumulators (null for local-only runs). */
+  acc: Accumulators | null;
+  /** Sequence number of the last fold requested, and how many are still in flight. */
+  foldSeq: number;
+  folding: number;
   uploads: Map<string, UploadRecord>;
   pending: Map<string, Pending>;
   queue: Pending[];
@@ -145,7 +151,15 @@ export class Coordinator {
   /** Names this instance's accumulator slots (see `flush`). */
   private readonly instance = b64url(crypto.getRandomValues(new Uint8Array(6)));
 
-  constructor(private readonly kv: Deno.Kv, private readonly now: () => number = Date.now) {}
+  /**
+   * `folder` runs the folds (default: a Worker where the platform has one, see folder.ts); the
+   * coordinator owns it and closes it in `close()`.
+   */
+  constructor(
+    private readonly kv: Deno.Kv,
+    private readonly now: () => number = Date.now,
+    private readonly folder: Folder = defaultFolder(),
+  ) {}
 
   // ---------- runs ----------
 
@@ -268,8 +282,9 @@ export class Coordinator {
       runVs: re.versionstamp!,
       round: null,
       roundVs: null,
-      sum: null,
-      weight: null,
+      acc: null,
+      foldSeq: 0,
+      folding: 0,
       uploads: new Map(),
       pending: new Map(),
       queue: [],
@@ -291,10 +306,9 @@ export class Coordinator {
       }
       if (run.config.method !== "local") {
         const n = run.config.adapterSize;
-        st.sum = new Float32Array(n);
-        st.weight = new Float32Array(n);
+        st.acc = this.folder.alloc(n);
         if (st.round.accGen) {
-          await readChunks(this.kv, K.acc(id, run.round, st.round.accGen, "s"), f32Bytes(st.sum));
+          await readChunks(this.kv, K.acc(id, run.round, st.round.accGen, "s"), f32Bytes(st.acc.sum));
           await this.rebuildWeight(st);
         }
       }
@@ -308,7 +322,7 @@ export class Coordinator {
    */
   private async rebuildWeight(st: RunState): Promise<void> {
     const n = st.run.config.adapterSize;
-    const w = st.weight!;
+    const w = st.acc!.weight;
     const bits = new Uint32Array(bitWords(n));
     if (st.run.config.method === "fedit") {
       for (const u of st.uploads.values()) for (let i = 0; i < n; i++) w[i] += Math.fround(u.samples);
@@ -553,7 +567,7 @@ export class Coordinator {
   /**
    * Announces an upload of `runId` whose body is still being received, so a commit about to start
    * can wait for it to join its group (see `gather`). The returned function ends the announcement;
-   * it is idempotent, and `upload` calls it as soon as the update is folded.
+   * it is idempotent, and `upload` calls it as soon as the update is handed to the folder.
    */
   expectUpload(runId: string): () => void {
     this.arriving.set(runId, (this.arriving.get(runId) ?? 0) + 1);
@@ -579,7 +593,9 @@ export class Coordinator {
     uploadId: string,
     folded?: () => void,
   ): Promise<UploadResult> {
-    const st = await this.state(runId, false);
+    let st = await this.state(runId, false);
+    // Another instance may have moved the run on: check with KV before refusing a round mismatch.
+    if (round !== st.run.round || st.run.status === "done") st = await this.state(runId);
     await this.advance(st);
     const cfg = st.run.config;
     // PerFIT masks rarely change after the search: an unchanged mask is referenced, not rewritten.
@@ -624,7 +640,7 @@ export class Coordinator {
     if (st.closing) throw gone("round_closed", `round ${round} is closing`);
     // A commit snapshots the sum with every folded upload in it, so its group must hold every queued
     // upload: past one atomic operation's worth, push back (503, the client retries) instead.
-    if (st.queue.length >= MAX_GROUP) throw new RetryableError("commit queue is full, retry");
+    if (st.queue.length + st.folding >= MAX_GROUP) throw new RetryableError("commit queue is full, retry");
     if (st.uploads.size + st.pending.size >= cfg.clientsPerRound) {
       throw conflict("round_full", `round ${round} already has ${cfg.clientsPerRound} updates`);
     }
@@ -654,16 +670,31 @@ export class Coordinator {
       maskHash,
     };
     const p: Pending = {
+      seq: ++st.foldSeq,
       client: clientId,
       uploadId,
       record,
       maskBits: cfg.method === "fedit" || reuseMask ? null : u.maskBits,
       ...d,
     };
-    // Synchronous from the checks to here: no await, so no other upload interleaves.
+    // Synchronous from the checks to here: no await, so no other upload interleaves. From here on
+    // the client counts as pending, so a duplicate waits for this one instead of folding twice.
     st.pending.set(clientId, p);
-    if (st.sum && st.weight) foldSparse(st.sum, st.weight, u.maskBits, u.values, u.samples);
+    if (st.acc) {
+      st.folding++;
+      folded?.(); // counted by `gather` among the group-to-be from here on
+      try {
+        await this.folder.fold(st.acc, u.maskBits, u.values, u.samples);
+      } catch (e) {
+        // Not folded (the kernels check their arguments before writing): forget it; the client retries.
+        if (st.pending.get(clientId) === p) st.pending.delete(clientId);
+        throw new RetryableError(`fold failed: ${(e as Error).message}`);
+      } finally {
+        st.folding--;
+      }
+    }
     u.values = new Float32Array(0); // the values live on only in the accumulator: free them now
+    if (st.dead) throw new RetryableError("run state was reloaded, retry");
     st.queue.push(p);
     folded?.();
     this.kickFlush(st);
@@ -708,7 +739,7 @@ export class Coordinator {
     const full = () =>
       st.queue.length >= MAX_GROUP || st.uploads.size + st.pending.size >= st.run.config.clientsPerRound;
     const arriving = () => this.arriving.get(st.run.id) ?? 0;
-    while (!st.dead && !full() && arriving() > st.queue.length && performance.now() < until) {
+    while (!st.dead && !full() && arriving() > st.queue.length + st.folding && performance.now() < until) {
       await new Promise((r) => setTimeout(r, 2));
     }
   }
@@ -731,16 +762,23 @@ export class Coordinator {
    * slots mean two instances (Deno Deploy isolates) never write the same keys.
    */
   private async stage(st: RunState): Promise<Staged> {
-    const group = st.queue.splice(0, MAX_GROUP);
     const runId = st.run.id;
     const round = st.round!;
+    // The snapshot holds every fold requested so far (the folder keeps them in order), and their
+    // uploads are queued by the time it resolves: the group is exactly those, so no contribution
+    // becomes durable without its marker. Admission keeps them within MAX_GROUP.
+    const last = st.foldSeq;
+    const snapshot = st.acc ? await this.folder.snapshot(st.acc) : null;
+    let take = 0;
+    while (take < st.queue.length && (snapshot === null || st.queue[take].seq <= last)) take++;
+    const group = st.queue.splice(0, take);
     const slot = round.accGen === `${this.instance}.0` ? `${this.instance}.1` : `${this.instance}.0`;
     const t0 = performance.now();
     try {
       // Snapshot synchronously: folds that land while we write belong to the next group. Masks are
       // written under round-specific keys: harmless if the flip never happens.
       const blobs: [Deno.KvKey, Uint8Array][] = [];
-      if (st.sum) blobs.push([K.acc(runId, round.index, slot, "s"), f32Bytes(st.sum).slice()]);
+      if (snapshot) blobs.push([K.acc(runId, round.index, slot, "s"), f32Bytes(snapshot)]);
       for (const p of group) {
         if (p.maskBits) {
           blobs.push([
@@ -750,7 +788,7 @@ export class Coordinator {
         }
       }
       await writeBlobs(this.kv, blobs);
-      return { group, slot: st.sum ? slot : null, t0, t1: performance.now() };
+      return { group, slot: snapshot ? slot : null, t0, t1: performance.now() };
     } catch (e) {
       for (const p of group) p.reject(new RetryableError(`commit failed: ${(e as Error).message}`));
       this.kill(st, e);
@@ -804,8 +842,8 @@ export class Coordinator {
         p.resolve();
       }
       // Our own slots are rewritten by later commits; another instance's slot is ours to drop.
-      if (oldGen && st.sum && !oldGen.startsWith(`${this.instance}.`)) {
-        deleteChunks(this.kv, K.acc(runId, round.index, oldGen, "s"), st.sum.byteLength).catch(() => {});
+      if (oldGen && st.acc && !oldGen.startsWith(`${this.instance}.`)) {
+        deleteChunks(this.kv, K.acc(runId, round.index, oldGen, "s"), st.acc.sum.byteLength).catch(() => {});
       }
     } catch (e) {
       for (const p of group) p.reject(new RetryableError(`commit failed: ${(e as Error).message}`));
@@ -824,6 +862,8 @@ export class Coordinator {
     if (st.dead || st.closing || !st.round || st.round.status !== "open") return;
     st.closing = true;
     try {
+      // No upload is admitted while closing; wait for the folds admitted before (they queue up).
+      await this.folder.drain();
       while (st.queue.length > 0 && !st.dead) await this.flush(st).catch(() => {});
       if (st.dead) return;
       const run = st.run;
@@ -834,10 +874,10 @@ export class Coordinator {
       let globalRound = run.globalRound;
       let coveredCount = 0;
       let newGlobal: { v: Float32Array; c: Uint32Array; gen: string | null } | null = null;
-      if (st.sum && st.weight && round.accepted > 0) {
+      if (st.acc && round.accepted > 0) {
         const old = await this.loadGlobal(st);
         newGlobal = { v: old.v.slice(), c: old.c.slice(), gen: newGen() };
-        finalizeInto(kernels(), st.sum, st.weight, newGlobal.v, newGlobal.c);
+        finalizeInto(kernels(), st.acc.sum, st.acc.weight, newGlobal.v, newGlobal.c);
         coveredCount = popcountBits(newGlobal.c);
         await writeChunks(this.kv, K.global(run.id, newGlobal.gen!, "v"), f32Bytes(newGlobal.v));
         await writeChunks(this.kv, K.global(run.id, newGlobal.gen!, "c"), new Uint8Array(newGlobal.c.buffer));
@@ -871,9 +911,9 @@ export class Coordinator {
       st.roundVs = nextRound ? res.versionstamp : null;
       st.uploads.clear();
       if (newGlobal) st.global = newGlobal;
-      if (st.sum && st.weight) {
-        st.sum.fill(0);
-        st.weight.fill(0);
+      if (st.acc) {
+        st.acc.sum.fill(0);
+        st.acc.weight.fill(0);
       }
       deletePrefix(this.kv, K.accRound(run.id, round.index)).catch(() => {});
       if (newGlobal && oldGlobal) deletePrefix(this.kv, K.globalGen(run.id, oldGlobal)).catch(() => {});
@@ -886,6 +926,11 @@ export class Coordinator {
   }
 
   // ---------- observability ----------
+
+  /** Uploads of a loaded run that are admitted but not yet durably committed (0 if not loaded). */
+  inFlight(runId: string): number {
+    return this.loaded.get(runId)?.pending.size ?? 0;
+  }
 
   /** Rounds timeline with per-client metrics, for dashboards. */
   async metrics(runId: string): Promise<unknown> {
@@ -937,7 +982,10 @@ export class Coordinator {
     return out;
   }
 
-  /** Waits for in-flight commits and stops accepting work (the KV stays open: the caller owns it). */
+  /**
+   * Waits for in-flight commits, stops accepting work and stops the fold worker (the KV stays open:
+   * the caller owns it).
+   */
   async close(): Promise<void> {
     this.closed = true;
     for (const p of this.states.values()) {
@@ -945,6 +993,8 @@ export class Coordinator {
         await (await p).chain;
       } catch { /* already reported to the requests that failed */ }
     }
+    await this.folder.drain().catch(() => {});
+    this.folder.close();
     this.states.clear();
     this.loaded.clear();
   }

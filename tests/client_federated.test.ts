@@ -3,6 +3,13 @@ import assert from "node:assert/strict";
 import { FederatedClient, FederatedClientError, FileStorage, MemoryStorage } from "../runtime/client/mod.ts";
 import { appFetch, createRun, fakeTrainer, makeApp, runBody } from "./server_helpers.ts";
 
+/**
+ * Sleeps for no time but yields a macrotask: a poll loop that only awaits microtasks and in-memory
+ * KV reads can keep the event loop from delivering the server's own commit results, which a real
+ * client, polling over the network every `pollMs`, never does.
+ */
+const yieldTask = () => new Promise<void>((r) => setTimeout(r, 0));
+
 Deno.test("client: network errors, 503 and 429 are retried with exponential back-off; 4xx is not", async () => {
   const kv = await Deno.openKv(":memory:");
   const app = makeApp(kv);
@@ -25,7 +32,7 @@ Deno.test("client: network errors, 503 and 429 are retried with exponential back
     runId,
     trainer: fakeTrainer(0),
     fetch: flaky,
-    sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
+    sleep: (ms) => (sleeps.push(ms), yieldTask()),
     retry: { baseMs: 100, maxMs: 1000, attempts: 8 },
   });
   await c.join();
@@ -60,7 +67,7 @@ Deno.test("client: a crash after the server accepted resumes from storage and re
     return res;
   };
   const calls: number[] = [];
-  const opts = { serverUrl: "http://t", runId, sleep: () => Promise.resolve(), pollMs: 0 };
+  const opts = { serverUrl: "http://t", runId, sleep: yieldTask, pollMs: 0 };
   const a1 = await FederatedClient.create({
     ...opts,
     trainer: fakeTrainer(0, calls),

@@ -4,7 +4,6 @@ import assert from "node:assert/strict";
 import {
   availableBackends,
   type Backend,
-  clearSessionCache,
   createSession,
   END,
   grad,

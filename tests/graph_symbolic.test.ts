@@ -121,7 +121,7 @@ Deno.test("graph builder rejects bad shapes with clear errors", () => {
   assert.throws(() => g.reshape(a, [5, -1]), /cannot divide|cannot become/);
   assert.throws(() => g.input("a", "f32", [1]), /duplicate/);
   assert.throws(() => grad(g.reduceSum(a, [1]), [a]), /scalar/);
-  const c = g.input("c", "f32", ["batch"]);
+  g.input("c", "f32", ["batch"]);
   const feeds = { a: { dims: [2, 3] }, b: { dims: [4, 2] }, c: { dims: [2] } };
   assert.deepEqual([...g.checkFeeds(feeds)], [["batch", 2]]);
   assert.throws(() => g.checkFeeds({ ...feeds, c: { dims: [5] } }), /"batch" is 5 here but 2 elsewhere/);

@@ -66,7 +66,10 @@ Deno.test("safetensors rejects malformed containers with clear errors", () => {
     [enc({ __metadata__: { n: 3 } }), /must be a string/],
   ];
   for (const [bytes, re] of cases) {
-    assert.throws(() => decodeSafetensors(bytes), (e: unknown) => e instanceof SafetensorsError && re.test((e as Error).message));
+    assert.throws(
+      () => decodeSafetensors(bytes),
+      (e: unknown) => e instanceof SafetensorsError && re.test((e as Error).message),
+    );
   }
   const broken = good.slice();
   broken[9] = 0xff; // corrupt the JSON

@@ -2,7 +2,22 @@ import assert from "node:assert/strict";
 import * as perfit from "../mod.ts";
 
 Deno.test("mod.ts exports the public API for clients, simulations and export", async () => {
-  for (const name of ["Engine", "loadModel", "FederatedClient", "Graph", "grad", "toOnnx", "createSession", "loadJsonl", "makeBatches", "initKernels", "encodeSafetensors", "writePeftAdapter"] as const) {
+  for (
+    const name of [
+      "Engine",
+      "loadModel",
+      "FederatedClient",
+      "Graph",
+      "grad",
+      "toOnnx",
+      "createSession",
+      "loadJsonl",
+      "makeBatches",
+      "initKernels",
+      "encodeSafetensors",
+      "writePeftAdapter",
+    ] as const
+  ) {
     assert.equal(typeof (perfit as Record<string, unknown>)[name], "function", `${name} is exported`);
   }
   for (const ns of ["graph", "model", "data", "perfit", "federation", "client", "exporter", "io"]) {

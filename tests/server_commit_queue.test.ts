@@ -99,11 +99,12 @@ Deno.test("server commit queue: a full queue answers retry before folding; the s
     const first = coord.upload(run.id, clients[0], 1, update(run.id, n, 0), "id-0");
     results.push(first);
     // Let the first upload's commit start (and block on the gate) before the rest queue behind it.
-    await new Promise((r) => setTimeout(r, 50));
+    while (gate.waiters.length === 0) await new Promise((r) => setTimeout(r, 5));
     for (let i = 1; i <= 400; i++) {
       results.push(coord.upload(run.id, clients[i], 1, update(run.id, n, i), `id-${i}`));
     }
-    await new Promise((r) => setTimeout(r, 50));
+    // Wait until all 400 are admitted (the first is still pending too: its commit is stalled).
+    while (coord.inFlight(run.id) < 401) await new Promise((r) => setTimeout(r, 5));
     // 400 are queued behind the stalled commit: one atomic operation's worth. The next is refused.
     await assert.rejects(
       coord.upload(run.id, clients[401], 1, update(run.id, n, 401), "id-401"),

@@ -10,9 +10,9 @@ import {
   runMetrics,
 } from "./server_helpers.ts";
 
-async function federate(method: "perfit" | "fedit" | "local") {
+async function federate(method: "perfit" | "fedit" | "local", foldWorker: boolean) {
   const kv = await Deno.openKv(":memory:");
-  const app = makeApp(kv);
+  const app = makeApp(kv, { foldWorker });
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, app.fetch);
   const url = `http://127.0.0.1:${server.addr.port}`;
   try {
@@ -35,9 +35,17 @@ async function federate(method: "perfit" | "fedit" | "local") {
   }
 }
 
-for (const method of ["perfit", "fedit", "local"] as const) {
-  Deno.test(`server e2e: 8 clients finish 3 ${method} rounds over loopback and match the reference federation`, async () => {
-    const { clients, outcomes, metrics, maskRounds } = await federate(method);
+const cases = [
+  ["perfit", false],
+  ["fedit", false],
+  ["local", false],
+  ["perfit", true],
+  ["fedit", true],
+] as const;
+for (const [method, foldWorker] of cases) {
+  const where = foldWorker ? " (folds on a worker thread)" : "";
+  Deno.test(`server e2e: 8 clients finish 3 ${method} rounds over loopback and match the reference federation${where}`, async () => {
+    const { clients, outcomes, metrics, maskRounds } = await federate(method, foldWorker);
     assert.equal(maskRounds.length, method === "fedit" ? 0 : 8, `stored masks: ${maskRounds}`);
     assert.ok(maskRounds.every((k) => k.endsWith("/1")));
     for (let i = 0; i < 8; i++) {

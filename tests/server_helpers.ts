@@ -22,6 +22,9 @@ export function makeApp(kv: Deno.Kv, over: Partial<ServerConfig> = {}, now?: () 
       secret: SECRET,
       rateLimit: { ip: { rate: 0, burst: 0 }, client: { rate: 0, burst: 0 } },
       tickMs: 0,
+      // Folds on the request thread unless a test asks for the worker: deterministic timing for
+      // tests that poll with instant sleeps (server_e2e and server_folder cover the worker).
+      foldWorker: false,
       ...over,
     },
   });
