@@ -4,7 +4,7 @@
  * in one round over loopback. The server runs in a subprocess (its own KV file) so its peak RSS
  * (VmHWM) is measured alone. Reports uploads/s, p50/p99 latency and peak server memory.
  *
- *   deno run -A bench/server_uploads.ts [--clients=1000] [--n=1048576] [--concurrency=64] [--rounds=2]
+ *   deno run -A bench/server_uploads.ts [--clients=1000] [--n=1048576] [--concurrency=128] [--rounds=2]
  *       [--client=raw|fetch]
  *
  * `--client=raw` (default) plays the clients with a lean keep-alive HTTP/1.1 client (raw_http.ts) so
@@ -136,7 +136,7 @@ interface RoundRow {
 export async function run(): Promise<string> {
   const clients = arg("clients", 1000);
   const n = arg("n", 1 << 20);
-  const concurrency = arg("concurrency", 64);
+  const concurrency = arg("concurrency", 128);
   const rounds = arg("rounds", 2);
   const clientKind = Deno.args.find((a) => a.startsWith("--client="))?.split("=")[1] ?? "raw";
   if (clientKind !== "raw" && clientKind !== "fetch") throw new Error("--client must be raw or fetch");

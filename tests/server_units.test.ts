@@ -17,6 +17,8 @@ import {
   unpackMask,
 } from "../runtime/client/wire.ts";
 import { checksum128 } from "../server/checksum.ts";
+import { readBody } from "../server/body.ts";
+import { ApiError } from "../server/errors.ts";
 import { Coordinator } from "../server/coordinator.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
 import { encodeSafetensors } from "../runtime/io/safetensors.ts";
@@ -252,4 +254,34 @@ Deno.test("wire: sumSquares equals the plain f64 sum of squares and flags NaN/In
   assert.ok(!Number.isFinite(sumSquares(bad)));
   bad[2] = Infinity;
   assert.ok(!Number.isFinite(sumSquares(bad)));
+});
+
+Deno.test("server body: declared lengths are read exactly; longer, shorter and oversized bodies are refused; undeclared ones stream", async () => {
+  const bytes = new Uint8Array(3000).map((_, i) => i * 7);
+  // A stream in uneven chunks, as a socket delivers it.
+  const chunked = (b: Uint8Array) =>
+    new ReadableStream<Uint8Array>({
+      start(c) {
+        for (let o = 0; o < b.length; o += 1000) c.enqueue(b.slice(o, o + 1000));
+        c.close();
+      },
+    });
+  const req = (b: Uint8Array, length?: number) =>
+    new Request("http://x/", {
+      method: "POST",
+      body: chunked(b),
+      headers: length === undefined ? {} : { "content-length": String(length) },
+    });
+  assert.deepEqual(await readBody(req(bytes, 3000), 4000), bytes);
+  assert.deepEqual(await readBody(req(bytes), 4000), bytes);
+  await assert.rejects(
+    readBody(req(bytes, 2999), 4000),
+    (e) => e instanceof ApiError && e.code === "bad_length",
+  );
+  await assert.rejects(
+    readBody(req(bytes, 3001), 4000),
+    (e) => e instanceof ApiError && e.code === "bad_length",
+  );
+  await assert.rejects(readBody(req(bytes, 3000), 2000), (e) => e instanceof ApiError && e.status === 413);
+  await assert.rejects(readBody(req(bytes), 2000), (e) => e instanceof ApiError && e.status === 413);
 });
