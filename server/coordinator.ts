@@ -686,8 +686,9 @@ export class Coordinator {
       try {
         await this.folder.fold(st.acc, u.maskBits, u.values, u.samples);
       } catch (e) {
-        // Not folded (the kernels check their arguments before writing): forget it; the client retries.
-        if (st.pending.get(clientId) === p) st.pending.delete(clientId);
+        // Inputs are validated before this, so a failed fold means a broken worker, which may have
+        // left a partial fold behind: reload the run from KV (every uncommitted upload is retried).
+        this.kill(st, e);
         throw new RetryableError(`fold failed: ${(e as Error).message}`);
       } finally {
         st.folding--;

@@ -57,16 +57,28 @@ export class InlineFolder implements Folder {
 
 type Job = { resolve: (v: unknown) => void; reject: (e: unknown) => void };
 
-/** Folds on one module Worker (started on first use) over SharedArrayBuffer accumulators. */
+/**
+ * Folds on one module Worker (started when the first accumulators are allocated) over
+ * SharedArrayBuffer accumulators. Where the worker cannot be started (a platform that has the
+ * `Worker` global but refuses to run one), it folds in-thread instead, for good.
+ */
 export class WorkerFolder implements Folder {
   private worker: Worker | null = null;
+  private inline: InlineFolder | null = null;
   private jobs = new Map<number, Job>();
   private next = 0;
   private closed = false;
 
   alloc(n: number): Accumulators {
     // Folds will follow: start the worker now so its start-up is not on the first upload's path.
-    if (!this.closed) this.start();
+    if (!this.closed && !this.inline) {
+      try {
+        this.start();
+      } catch {
+        this.inline = new InlineFolder();
+      }
+    }
+    if (this.inline) return this.inline.alloc(n);
     return {
       sum: new Float32Array(new SharedArrayBuffer(n * 4)),
       weight: new Float32Array(new SharedArrayBuffer(n * 4)),
@@ -102,6 +114,7 @@ export class WorkerFolder implements Folder {
   }
 
   fold(acc: Accumulators, bits: Uint32Array, values: Float32Array, samples: number): Promise<void> {
+    if (this.inline && !this.closed) return this.inline.fold(acc, bits, values, samples);
     // The values are not needed here afterwards: hand their buffer over instead of copying it,
     // unless it is shared or also backs the mask.
     const transfer = values.buffer instanceof ArrayBuffer && values.buffer !== bits.buffer
@@ -114,6 +127,7 @@ export class WorkerFolder implements Folder {
   }
 
   async snapshot(acc: Accumulators): Promise<Float32Array> {
+    if (this.inline && !this.closed) return this.inline.snapshot(acc);
     return new Float32Array((await this.post({ type: "snapshot", sum: acc.sum })) as ArrayBuffer);
   }
 

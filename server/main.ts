@@ -61,6 +61,7 @@ async function main(): Promise<void> {
       maxUploadBytes: s.maxUploadBytes,
       maxConcurrentUploads: s.maxConcurrentUploads,
       tickMs: s.tickMs,
+      foldWorker: s.foldWorker,
     },
   });
   // Deploy has no esbuild at request time: it serves the bundles committed under web/dist.

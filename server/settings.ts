@@ -15,6 +15,7 @@ export interface Settings {
   maxUploadBytes: number;
   maxConcurrentUploads: number;
   tickMs: number;
+  foldWorker: boolean;
   resetAdminToken: boolean;
   /** Bearer token the dashboard's data route requires; undefined = public dashboard. */
   dashboardToken?: string;
@@ -33,6 +34,7 @@ export const USAGE = `deno task serve [flags]
   --max-upload-mb=M   PERFIT_MAX_UPLOAD_MB   (default 256)
   --max-concurrent-uploads=K PERFIT_MAX_CONCURRENT_UPLOADS (bodies decoded at once, default 8)
   --tick-ms=MS        PERFIT_TICK_MS         (round-deadline check interval, default 1000)
+  --fold-worker=B     PERFIT_FOLD_WORKER     (fold uploads on a Worker thread: true|false, default true)
   --dashboard-token=T PERFIT_DASHBOARD_TOKEN (token /dashboard?token=T needs; default: public dashboard)
   --reset-admin-token                        (generate and print a new admin token)`;
 
@@ -47,6 +49,12 @@ function intOf(s: string, name: string): number {
   const v = Number(s);
   if (!Number.isInteger(v) || v < 0) throw new Error(`${name}: expected a non-negative integer, got ${s}`);
   return v;
+}
+
+function boolOf(s: string, name: string): boolean {
+  if (s === "true" || s === "1") return true;
+  if (s === "false" || s === "0") return false;
+  throw new Error(`${name}: expected true or false, got ${s}`);
 }
 
 /** Flags override env vars, which override defaults. Throws with a readable message on bad values. */
@@ -69,6 +77,7 @@ export function parseSettings(args: string[], env: (k: string) => string | undef
     "max-upload-mb",
     "max-concurrent-uploads",
     "tick-ms",
+    "fold-worker",
     "reset-admin-token",
     "dashboard-token",
     "help",
@@ -92,6 +101,7 @@ export function parseSettings(args: string[], env: (k: string) => string | undef
       intOf(get("max-concurrent-uploads", "PERFIT_MAX_CONCURRENT_UPLOADS") ?? "8", "max-concurrent-uploads"),
     ),
     tickMs: intOf(get("tick-ms", "PERFIT_TICK_MS") ?? "1000", "tick-ms"),
+    foldWorker: boolOf(get("fold-worker", "PERFIT_FOLD_WORKER") ?? "true", "fold-worker"),
     resetAdminToken: flags.has("reset-admin-token"),
     dashboardToken: get("dashboard-token", "PERFIT_DASHBOARD_TOKEN") || undefined,
   };

@@ -144,6 +144,11 @@ Deno.test("server settings: flags override env, defaults, bad values rejected", 
   assert.equal(parseSettings(["--dashboard-token=from-flag"], dashEnv).dashboardToken, "from-flag");
   assert.throws(() => parseSettings(["--port=abc"], () => undefined), /port/);
   assert.throws(() => parseSettings(["--bogus=1"], () => undefined), /unknown flag/);
+  // Folds run on a worker unless turned off (platforms without Workers fall back by themselves).
+  assert.equal(s.foldWorker, true);
+  assert.equal(parseSettings(["--fold-worker=false"], () => undefined).foldWorker, false);
+  assert.equal(parseSettings([], (k) => (k === "PERFIT_FOLD_WORKER" ? "0" : undefined)).foldWorker, false);
+  assert.throws(() => parseSettings(["--fold-worker=maybe"], () => undefined), /fold-worker/);
 });
 
 Deno.test("server run config: sizes computed from a model config match the model's layout", () => {
