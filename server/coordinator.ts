@@ -256,9 +256,12 @@ export class Coordinator {
     const keys: Deno.KvKey[] = [K.run(st.run.id)];
     if (st.round) keys.push(K.round(st.run.id, st.round.index));
     const [r, ro] = await this.kv.getMany(keys);
-    if (st.dead || st.closing || st.commits !== commits) return false;
-    // Only closes (ours or theirs) touch the run record, so it is checked even while we flush.
+    if (st.dead || st.closing) return false;
+    // Only closes (ours or theirs) touch the run record, so it is checked even while we flush or
+    // after a group commit of ours landed during the read (at worst a close of ours that landed
+    // meanwhile makes us reload once).
     if (r.versionstamp !== st.runVs) return true;
+    if (st.commits !== commits) return false;
     return !st.flushing && ro !== undefined && ro.versionstamp !== st.roundVs;
   }
 
@@ -595,7 +598,14 @@ export class Coordinator {
   ): Promise<UploadResult> {
     let st = await this.state(runId, false);
     // Another instance may have moved the run on: check with KV before refusing a round mismatch.
-    if (round !== st.run.round || st.run.status === "done") st = await this.state(runId);
+    if (round !== st.run.round || st.run.status === "done") {
+      st = await this.state(runId);
+      // A close of ours in flight (or one about to lose to another instance's) decides the round.
+      if (round > st.run.round && st.closing) {
+        await st.chain;
+        st = await this.state(runId);
+      }
+    }
     await this.advance(st);
     const cfg = st.run.config;
     // PerFIT masks rarely change after the search: an unchanged mask is referenced, not rewritten.
@@ -620,6 +630,13 @@ export class Coordinator {
       );
     }
     if (round > current) {
+      // Refuse only what KV itself says: a state that another instance moved on is reloaded and the
+      // client told to retry (a client only learns of a round from some instance that opened it).
+      const fresh = (await this.kv.get<RunRecord>(K.run(runId))).value;
+      if (fresh && fresh.round >= round) {
+        this.kill(st, new Error("the run moved on in another instance"));
+        throw new RetryableError(`round ${round} was opened by another instance, retry`);
+      }
       throw conflict("round_not_open", `round ${round} is not open yet (current round: ${current})`);
     }
     const acc = st.uploads.get(clientId);
