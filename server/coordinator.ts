@@ -511,11 +511,34 @@ export class Coordinator {
   private async maskOf(st: RunState, clientId: string): Promise<{ bits: Uint32Array; round: number } | null> {
     const n = st.run.config.adapterSize;
     if (st.run.config.method === "fedit") return { bits: fullBits(n), round: st.run.globalRound };
-    const lm = await this.kv.get<LastMask>(K.lastMask(st.run.id, clientId));
-    if (!lm.value) return null;
-    const bits = new Uint32Array(bitWords(n));
-    await readChunks(this.kv, K.mask(st.run.id, clientId, lm.value.round), new Uint8Array(bits.buffer));
-    return { bits, round: lm.value.round };
+    for (let attempt = 0;; attempt++) {
+      const lm = await this.kv.get<LastMask>(K.lastMask(st.run.id, clientId));
+      if (!lm.value) return null;
+      const bits = new Uint32Array(bitWords(n));
+      try {
+        await readChunks(this.kv, K.mask(st.run.id, clientId, lm.value.round), new Uint8Array(bits.buffer));
+        return { bits, round: lm.value.round };
+      } catch (e) {
+        // The pointer moved on and a round close dropped the mask it named (see `dropReplacedMasks`).
+        if (!(e instanceof MissingBlobError) || attempt >= 2) throw e;
+      }
+    }
+  }
+
+  /**
+   * After a round closed: deletes the masks its uploads replaced. Once the round is closed no record
+   * that a reader follows names them (upload records of closed rounds keep their round number as
+   * history only), so each client keeps one stored mask, not one per change.
+   */
+  private async dropReplacedMasks(runId: string, uploads: UploadRecord[]): Promise<void> {
+    const st = this.loaded.get(runId);
+    const bytes = st ? bitWords(st.run.config.adapterSize) * 4 : 0;
+    if (!bytes) return;
+    for (const u of uploads) {
+      if (u.replacesMaskRound !== undefined) {
+        await deleteChunks(this.kv, K.mask(runId, u.client, u.replacesMaskRound), bytes);
+      }
+    }
   }
 
   /**
@@ -685,6 +708,7 @@ export class Coordinator {
       at: this.now(),
       maskRound: reuseMask ? last!.round : round,
       maskHash,
+      ...(!reuseMask && last !== null && last.round < round ? { replacesMaskRound: last.round } : {}),
     };
     const p: Pending = {
       seq: ++st.foldSeq,
@@ -902,7 +926,8 @@ export class Coordinator {
         globalGen = newGlobal.gen;
         globalRound = round.index;
       }
-      const summary = summarize([...st.uploads.values()], coveredCount);
+      const closedUploads = [...st.uploads.values()];
+      const summary = summarize(closedUploads, coveredCount);
       const closed: RoundRecord = { ...round, status: "closed", closedAt: t, summary };
       const last = round.index >= cfg.rounds;
       const nextRun: RunRecord = {
@@ -934,6 +959,7 @@ export class Coordinator {
         st.acc.weight.fill(0);
       }
       deletePrefix(this.kv, K.accRound(run.id, round.index)).catch(() => {});
+      this.dropReplacedMasks(run.id, closedUploads).catch(() => {});
       if (newGlobal && oldGlobal) deletePrefix(this.kv, K.globalGen(run.id, oldGlobal)).catch(() => {});
     } catch (e) {
       this.kill(st, e);

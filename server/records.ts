@@ -14,6 +14,7 @@
  *   ["clients", run]                      join counter {count}
  *   ["upload", run, r, client]            UploadRecord (the accepted marker; its id makes replays idempotent)
  *   ["mask", run, client, r, i]           a client's mask bitmask, stored in the first round it was uploaded
+ *                                       (the mask it replaces is deleted when that round closes)
  *   ["lastmask", run, client]             {round, popcount}: which mask is the client's latest
  */
 import type { RunConfig } from "./run_config.ts";
@@ -81,6 +82,11 @@ export interface UploadRecord {
   maskRound: number;
   /** SHA-256 of the mask bitmask ("" for FedIT, whose masks are all ones and never stored). */
   maskHash: string;
+  /**
+   * When this upload stored a new mask: the round of the client's previous one, which nothing reads
+   * once this round closes (it is deleted then).
+   */
+  replacesMaskRound?: number;
 }
 
 /** Pointer to a client's latest mask. */
