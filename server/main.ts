@@ -30,9 +30,17 @@ async function adminHash(kv: Deno.Kv, configured: string | undefined, reset: boo
 }
 
 /** The HMAC secret: configured, or generated once and kept in KV so tokens survive restarts. */
-async function tokenSecret(kv: Deno.Kv, configured: string | undefined): Promise<string> {
+function tokenSecret(kv: Deno.Kv, configured: string | undefined): Promise<string> {
+  return configuredOrStored(kv, ["server", "secret"], configured);
+}
+
+/** A configured value, or a random token generated once and kept in KV under `key`. */
+async function configuredOrStored(
+  kv: Deno.Kv,
+  key: Deno.KvKey,
+  configured: string | undefined,
+): Promise<string> {
   if (configured) return configured;
-  const key = ["server", "secret"];
   const stored = await kv.get<string>(key);
   if (stored.value) return stored.value;
   const s = randomToken(32);
@@ -51,6 +59,10 @@ async function main(): Promise<void> {
   if (kvPath) await Deno.mkdir(kvPath.replace(/[/\\][^/\\]*$/, "") || ".", { recursive: true });
   const kv = await Deno.openKv(kvPath || undefined);
   await initKernels().catch(() => {});
+  // The dashboard shows run ids, client names and metrics: private unless asked otherwise.
+  const dashboardToken = s.publicDashboard
+    ? undefined
+    : await configuredOrStored(kv, ["server", "dashboardToken"], s.dashboardToken);
   const app = createApp({
     kv,
     config: {
@@ -69,14 +81,20 @@ async function main(): Promise<void> {
     kv,
     modelDir: BUNDLED_MODEL,
     baseModelName: "perfit-tiny",
-    dashboardToken: s.dashboardToken,
+    dashboardToken,
     bundle: onDeploy ? "prebuilt" : "lazy",
   });
   const server = onDeploy ? Deno.serve(app.fetch) : Deno.serve({
     port: s.port,
     hostname: s.hostname,
-    onListen: ({ hostname, port }) =>
-      console.log(`perfit coordinator listening on http://${hostname}:${port} (kv: ${kvPath})`),
+    onListen: ({ hostname, port }) => {
+      console.log(`perfit coordinator listening on http://${hostname}:${port} (kv: ${kvPath})`);
+      console.log(
+        dashboardToken === undefined
+          ? `dashboard (public): http://${hostname}:${port}/dashboard`
+          : `dashboard: http://${hostname}:${port}/dashboard?token=${dashboardToken}`,
+      );
+    },
   }, app.fetch);
   const stop = async () => {
     await server.shutdown();

@@ -19,6 +19,7 @@ export interface Settings {
   resetAdminToken: boolean;
   /** Bearer token the dashboard's data route requires; undefined = public dashboard. */
   dashboardToken?: string;
+  publicDashboard: boolean;
 }
 
 /** Help text for `--help`. */
@@ -35,7 +36,9 @@ export const USAGE = `deno task serve [flags]
   --max-concurrent-uploads=K PERFIT_MAX_CONCURRENT_UPLOADS (bodies decoded at once, default 8)
   --tick-ms=MS        PERFIT_TICK_MS         (round-deadline check interval, default 1000)
   --fold-worker=B     PERFIT_FOLD_WORKER     (fold uploads on a Worker thread: true|false, default true)
-  --dashboard-token=T PERFIT_DASHBOARD_TOKEN (token /dashboard?token=T needs; default: public dashboard)
+  --dashboard-token=T PERFIT_DASHBOARD_TOKEN (token /dashboard?token=T needs; default: generated once,
+                                             kept in KV, its URL printed at start)
+  --public-dashboard  PERFIT_PUBLIC_DASHBOARD (no dashboard token: run ids, client names and metrics public)
   --reset-admin-token                        (generate and print a new admin token)`;
 
 function rate(s: string, name: string): RateLimit {
@@ -80,6 +83,7 @@ export function parseSettings(args: string[], env: (k: string) => string | undef
     "fold-worker",
     "reset-admin-token",
     "dashboard-token",
+    "public-dashboard",
     "help",
   ];
   for (const k of flags.keys()) if (!known.includes(k)) throw new Error(`unknown flag --${k}\n${USAGE}`);
@@ -104,5 +108,9 @@ export function parseSettings(args: string[], env: (k: string) => string | undef
     foldWorker: boolOf(get("fold-worker", "PERFIT_FOLD_WORKER") ?? "true", "fold-worker"),
     resetAdminToken: flags.has("reset-admin-token"),
     dashboardToken: get("dashboard-token", "PERFIT_DASHBOARD_TOKEN") || undefined,
+    publicDashboard: boolOf(
+      get("public-dashboard", "PERFIT_PUBLIC_DASHBOARD") ?? "false",
+      "public-dashboard",
+    ),
   };
 }

@@ -11,7 +11,7 @@ async function start(kvPath: string, extra: string[] = []) {
   }).spawn();
   const reader = proc.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let out = "";
-  while (!/listening on http:\/\/\S+/.test(out)) {
+  while (!/listening on http:\/\/\S+/.test(out) || !/dashboard[^\n]*\n/.test(out)) {
     const { value, done } = await reader.read();
     if (done) throw new Error(`server exited: ${out}`);
     out += value;
@@ -19,9 +19,11 @@ async function start(kvPath: string, extra: string[] = []) {
   reader.releaseLock();
   const url = /listening on (http:\/\/\S+)/.exec(out)![1];
   const token = /admin token \(shown once, store it now\): (\S+)/.exec(out)?.[1] ?? null;
+  const dashboardToken = /dashboard: \S+\/dashboard\?token=(\S+)/.exec(out)?.[1] ?? null;
   return {
     url,
     token,
+    dashboardToken,
     out,
     async stop() {
       proc.kill("SIGTERM");
@@ -46,8 +48,14 @@ Deno.test("server main: prints port and a one-time admin token; a restart keeps 
       assert.equal(res.headers.get("cross-origin-opener-policy"), "same-origin", page);
       assert.match(await res.text(), /<html/i, page);
     }
-    // No dashboard token configured: the dashboard data is public.
-    const dash = await fetch(`${a.url}/ui/api/dashboard`);
+    // No dashboard token configured: one is generated, kept in KV and printed as the dashboard's URL.
+    assert.ok(a.dashboardToken, `the dashboard URL carries a token: ${a.out}`);
+    const closed = await fetch(`${a.url}/ui/api/dashboard`);
+    assert.equal(closed.status, 401, "the dashboard data is private by default");
+    await closed.body?.cancel();
+    const dash = await fetch(`${a.url}/ui/api/dashboard`, {
+      headers: { authorization: `Bearer ${a.dashboardToken}` },
+    });
     assert.equal(dash.status, 200);
     assert.ok(Array.isArray((await dash.json()).runs));
     const created = await fetch(`${a.url}/v1/runs`, {
@@ -93,6 +101,23 @@ Deno.test("server main: prints port and a one-time admin token; a restart keeps 
       await wrong.body?.cancel();
     } finally {
       await b.stop();
+    }
+    // A restart without flags keeps the generated dashboard token; --public-dashboard opens it.
+    const c = await start(kvPath);
+    try {
+      assert.equal(c.dashboardToken, a.dashboardToken);
+    } finally {
+      await c.stop();
+    }
+    const d = await start(kvPath, ["--public-dashboard"]);
+    try {
+      assert.equal(d.dashboardToken, null);
+      assert.match(d.out, /dashboard \(public\)/);
+      const open = await fetch(`${d.url}/ui/api/dashboard`);
+      assert.equal(open.status, 200);
+      await open.body?.cancel();
+    } finally {
+      await d.stop();
     }
   } finally {
     await Deno.remove(dir, { recursive: true });

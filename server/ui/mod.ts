@@ -35,7 +35,8 @@ export interface UiDeps {
   /**
    * When set, /ui/api/dashboard requires `Authorization: Bearer <token>` (the page forwards the
    * `?token=` of its own URL). Unset, the dashboard is public: run ids, client names, perplexities
-   * and mask statistics are visible to anyone who reaches the server.
+   * and mask statistics are visible to anyone who reaches the server. (`server/main.ts` always sets
+   * one unless started with `--public-dashboard`.)
    */
   dashboardToken?: string;
   /** "lazy" (default): bundle with esbuild on the first /ui/dist request; "prebuilt": serve web/dist as is. */
