@@ -806,30 +806,33 @@ export class Coordinator {
   private async stage(st: RunState): Promise<Staged> {
     const runId = st.run.id;
     const round = st.round!;
-    // The snapshot holds every fold requested so far (the folder keeps them in order), and their
-    // uploads are queued by the time it resolves: the group is exactly those, so no contribution
-    // becomes durable without its marker. Admission keeps them within MAX_GROUP.
-    const last = st.foldSeq;
-    const snapshot = st.acc ? await this.folder.snapshot(st.acc) : null;
-    let take = 0;
-    while (take < st.queue.length && (snapshot === null || st.queue[take].seq <= last)) take++;
-    const group = st.queue.splice(0, take);
-    const slot = round.accGen === `${this.instance}.0` ? `${this.instance}.1` : `${this.instance}.0`;
     const t0 = performance.now();
+    const maskBlob = (p: Pending): [Deno.KvKey, Uint8Array] => [
+      K.mask(runId, p.client, round.index),
+      new Uint8Array(p.maskBits!.buffer, p.maskBits!.byteOffset, p.maskBits!.byteLength),
+    ];
+    // Uploads queued now belong to this group whatever else does: their masks are written while the
+    // folder catches up with the snapshot (masks are under round-specific keys: harmless if the flip
+    // never happens).
+    const early = st.queue.filter((p) => p.maskBits);
+    const earlyWrite = early.length > 0 ? writeBlobs(this.kv, early.map(maskBlob)) : null;
+    earlyWrite?.catch(() => {});
+    let group: Pending[] = [];
     try {
-      // Snapshot synchronously: folds that land while we write belong to the next group. Masks are
-      // written under round-specific keys: harmless if the flip never happens.
+      // The snapshot holds every fold requested so far (the folder keeps them in order), and their
+      // uploads are queued by the time it resolves: the group is exactly those, so no contribution
+      // becomes durable without its marker. Admission keeps them within MAX_GROUP.
+      const last = st.foldSeq;
+      const snapshot = st.acc ? await this.folder.snapshot(st.acc) : null;
+      let take = 0;
+      while (take < st.queue.length && (snapshot === null || st.queue[take].seq <= last)) take++;
+      group = st.queue.splice(0, take);
+      const slot = round.accGen === `${this.instance}.0` ? `${this.instance}.1` : `${this.instance}.0`;
       const blobs: [Deno.KvKey, Uint8Array][] = [];
       if (snapshot) blobs.push([K.acc(runId, round.index, slot, "s"), f32Bytes(snapshot)]);
-      for (const p of group) {
-        if (p.maskBits) {
-          blobs.push([
-            K.mask(runId, p.client, round.index),
-            new Uint8Array(p.maskBits.buffer, p.maskBits.byteOffset, p.maskBits.byteLength),
-          ]);
-        }
-      }
-      await writeBlobs(this.kv, blobs);
+      const written = new Set(early);
+      for (const p of group) if (p.maskBits && !written.has(p)) blobs.push(maskBlob(p));
+      await Promise.all([writeBlobs(this.kv, blobs), earlyWrite]);
       return { group, slot: snapshot ? slot : null, t0, t1: performance.now() };
     } catch (e) {
       for (const p of group) p.reject(new RetryableError(`commit failed: ${(e as Error).message}`));
