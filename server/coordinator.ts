@@ -530,10 +530,12 @@ export class Coordinator {
    * that a reader follows names them (upload records of closed rounds keep their round number as
    * history only), so each client keeps one stored mask, not one per change.
    */
-  private async dropReplacedMasks(runId: string, uploads: UploadRecord[]): Promise<void> {
-    const st = this.loaded.get(runId);
-    const bytes = st ? bitWords(st.run.config.adapterSize) * 4 : 0;
-    if (!bytes) return;
+  private async dropReplacedMasks(
+    runId: string,
+    adapterSize: number,
+    uploads: UploadRecord[],
+  ): Promise<void> {
+    const bytes = bitWords(adapterSize) * 4;
     for (const u of uploads) {
       if (u.replacesMaskRound !== undefined) {
         await deleteChunks(this.kv, K.mask(runId, u.client, u.replacesMaskRound), bytes);
@@ -721,9 +723,9 @@ export class Coordinator {
     // Synchronous from the checks to here: no await, so no other upload interleaves. From here on
     // the client counts as pending, so a duplicate waits for this one instead of folding twice.
     st.pending.set(clientId, p);
+    folded?.(); // from here on `gather` counts it among the group-to-be (as folding, then queued)
     if (st.acc) {
       st.folding++;
-      folded?.(); // counted by `gather` among the group-to-be from here on
       try {
         await this.folder.fold(st.acc, u.maskBits, u.values, u.samples);
       } catch (e) {
@@ -738,7 +740,6 @@ export class Coordinator {
     u.values = new Float32Array(0); // the values live on only in the accumulator: free them now
     if (st.dead) throw new RetryableError("run state was reloaded, retry");
     st.queue.push(p);
-    folded?.();
     this.kickFlush(st);
     await p.done;
     return { status: "accepted", uploadId, round };
@@ -799,9 +800,10 @@ export class Coordinator {
   /**
    * First half of a group commit: takes the queued uploads, snapshots the sum and writes it and the
    * group's new masks as blobs. Nothing is visible until `flip`. Each instance keeps two sum slots
-   * of its own and writes the one the round does not point at: rewriting a key with a value of the same size lets SQLite overwrite its pages in place (~2.7x
-   * less writer time than inserting a fresh generation and deleting the old one), and per-instance
-   * slots mean two instances (Deno Deploy isolates) never write the same keys.
+   * of its own and writes the one the round does not point at: rewriting a key with a value of the
+   * same size lets SQLite overwrite its pages in place (~2.7x less writer time than inserting a fresh
+   * generation and deleting the old one), and per-instance slots mean two instances (Deno Deploy
+   * isolates) never write the same keys.
    */
   private async stage(st: RunState): Promise<Staged> {
     const runId = st.run.id;
@@ -962,7 +964,7 @@ export class Coordinator {
         st.acc.weight.fill(0);
       }
       deletePrefix(this.kv, K.accRound(run.id, round.index)).catch(() => {});
-      this.dropReplacedMasks(run.id, closedUploads).catch(() => {});
+      this.dropReplacedMasks(run.id, cfg.adapterSize, closedUploads).catch(() => {});
       if (newGlobal && oldGlobal) deletePrefix(this.kv, K.globalGen(run.id, oldGlobal)).catch(() => {});
     } catch (e) {
       this.kill(st, e);
@@ -1070,28 +1072,3 @@ export function summarize(uploads: UploadRecord[], covered: number): RoundSummar
 
 /** Chunks per blob for an adapter of n floats (exported for docs/tests). */
 export const blobChunks = (n: number): number => chunkCount(n * 4);
-
-if (DEBUG) {
-  let last = performance.now();
-  let max = 0;
-  let sum = 0;
-  let n = 0;
-  setInterval(() => {
-    const t = performance.now();
-    const lag = t - last - 5;
-    last = t;
-    max = Math.max(max, lag);
-    sum += lag;
-    if (++n % 200 === 0) {
-      const m = Deno.memoryUsage();
-      const mb = (x: number) => (x / 1048576).toFixed(0);
-      console.error(
-        `loop lag: max ${max.toFixed(0)} ms, mean ${(sum / 200).toFixed(1)} ms; rss ${mb(m.rss)} heap ${
-          mb(m.heapUsed)
-        }/${mb(m.heapTotal)} external ${mb(m.external)} MiB`,
-      );
-      max = 0;
-      sum = 0;
-    }
-  }, 5);
-}

@@ -44,8 +44,9 @@ export async function writeChunks(kv: Deno.Kv, prefix: Deno.KvKey, data: Uint8Ar
 }
 
 /**
- * Writes several blobs (which must not change until it resolves), packing their chunks into as few atomic commits as the limits allow (each
- * commit costs an fsync, which dominates for many small blobs such as masks).
+ * Writes several blobs (which must not change until it resolves), packing their chunks into as few
+ * atomic commits as the limits allow (each commit costs an fsync, which dominates for many small
+ * blobs such as masks).
  */
 export async function writeBlobs(kv: Deno.Kv, blobs: [Deno.KvKey, Uint8Array][]): Promise<void> {
   const commits: Promise<Deno.KvCommitResult | Deno.KvCommitError>[] = [];

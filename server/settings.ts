@@ -17,8 +17,9 @@ export interface Settings {
   tickMs: number;
   foldWorker: boolean;
   resetAdminToken: boolean;
-  /** Bearer token the dashboard's data route requires; undefined = public dashboard. */
+  /** Bearer token the dashboard's data route requires; undefined = main.ts generates one. */
   dashboardToken?: string;
+  /** No dashboard token at all: the dashboard data is public. */
   publicDashboard: boolean;
 }
 

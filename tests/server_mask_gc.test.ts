@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { Coordinator } from "../server/coordinator.ts";
 import { InlineFolder } from "../server/folder.ts";
 import { parseRunConfig } from "../server/run_config.ts";
+import { runBody } from "./server_helpers.ts";
 import { type DecodedUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
 
 function update(run: string, round: number, n: number, every: number): DecodedUpdate {
@@ -28,7 +29,7 @@ function update(run: string, round: number, n: number, every: number): DecodedUp
 async function storedMaskRounds(kv: Deno.Kv, run: string, client: string): Promise<number[]> {
   const rounds = new Set<number>();
   for await (const e of kv.list({ prefix: ["mask", run, client] })) rounds.add(e.key[3] as number);
-  return [...rounds].sort();
+  return [...rounds].sort((a, b) => a - b);
 }
 
 Deno.test("server mask gc: a replaced mask is deleted when its round closes; an unchanged one is referenced", async () => {
@@ -36,18 +37,9 @@ Deno.test("server mask gc: a replaced mask is deleted when its round closes; an 
   const coord = new Coordinator(kv, Date.now, new InlineFolder());
   try {
     const n = 4096;
-    const run = await coord.createRun(parseRunConfig({
-      baseModel: "m",
-      lora: { rank: 1, alpha: 1, targets: ["q"] },
-      method: "perfit",
-      rounds: 3,
-      clientsPerRound: 1,
-      roundDeadlineMs: 3_600_000,
-      adapterSize: n,
-      budget: n,
-      expansionTiers: { low: 1 },
-      maxNorm: 1e6,
-    }));
+    const run = await coord.createRun(
+      parseRunConfig(runBody("perfit", { clientsPerRound: 1, quorum: 1, adapterSize: n, budget: n })),
+    );
     const c = (await coord.join(run.id, {})).id;
     const waitRound = async (r: number) => {
       for (let t = 0; t < 500 && (await coord.getRun(run.id)).run.globalRound < r; t++) {

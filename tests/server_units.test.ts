@@ -149,6 +149,13 @@ Deno.test("server settings: flags override env, defaults, bad values rejected", 
   assert.equal(parseSettings(["--fold-worker=false"], () => undefined).foldWorker, false);
   assert.equal(parseSettings([], (k) => (k === "PERFIT_FOLD_WORKER" ? "0" : undefined)).foldWorker, false);
   assert.throws(() => parseSettings(["--fold-worker=maybe"], () => undefined), /fold-worker/);
+  // The dashboard is private unless --public-dashboard (a flag, or the env var as true/1).
+  assert.equal(s.publicDashboard, false);
+  assert.equal(parseSettings(["--public-dashboard"], () => undefined).publicDashboard, true);
+  assert.throws(
+    () => parseSettings([], (k) => (k === "PERFIT_PUBLIC_DASHBOARD" ? "yes" : undefined)),
+    /public-dashboard/,
+  );
 });
 
 Deno.test("server run config: sizes computed from a model config match the model's layout", () => {
