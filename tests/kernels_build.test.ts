@@ -1,5 +1,5 @@
 // The committed wasm/perfit_kernels.wasm is exactly what wasm/build.sh makes from wasm/src/lib.rs.
-// Needs Debian's rustc 1.63 + libstd-rust-dev-wasm32; ignored where /usr/bin/rustc is absent
+// Needs Debian's rustc 1.63 + libstd-rust-dev-wasm32 + lld-14; ignored where /usr/bin/rustc is absent
 // unless PERFIT_REQUIRE_RUSTC=1 (CI sets it so a missing toolchain fails instead of skipping).
 import assert from "node:assert/strict";
 
