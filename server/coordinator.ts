@@ -150,6 +150,12 @@ export class Coordinator {
   private closed = false;
   /** Names this instance's accumulator slots (see `flush`). */
   private readonly instance = b64url(crypto.getRandomValues(new Uint8Array(6)));
+  /**
+   * Clean-up that no request waits for (deleting a closed round's accumulators, replaced masks, an
+   * old global generation, another instance's slot). Tracked so that `settled` and `close` can
+   * wait for it: untracked, it lands at an arbitrary later moment, after the KV may be closed.
+   */
+  private readonly cleanups = new Set<Promise<void>>();
 
   /**
    * `folder` runs the folds (default: a Worker where the platform has one, see folder.ts); the
@@ -342,6 +348,32 @@ export class Coordinator {
           b ^= t;
         }
       }
+    }
+  }
+
+  /** Runs clean-up in the background, tracked. A failure leaves garbage behind, never wrong state. */
+  private cleanUp(work: Promise<void>): void {
+    const p = work.catch(() => {}).finally(() => this.cleanups.delete(p));
+    this.cleanups.add(p);
+  }
+
+  /**
+   * Resolves once this instance has no work in flight: every run's commit and close chain has
+   * drained and every background clean-up has landed. What KV holds then stays as it is until the
+   * next request or tick. (A drained chain can schedule clean-up, hence the loop.)
+   */
+  async settled(): Promise<void> {
+    const inFlight = () => [
+      ...this.cleanups,
+      ...[...this.loaded.values()].map((st) => st.chain),
+      ...this.joinLocks.values(),
+    ];
+    for (;;) {
+      const awaited = inFlight();
+      await Promise.all(awaited);
+      // A chain is replaced (never mutated) when work is enqueued, and finished clean-ups and joins
+      // leave their sets: nothing new since the wait means nothing is left.
+      if (inFlight().every((p) => awaited.includes(p))) return;
     }
   }
 
@@ -890,7 +922,7 @@ export class Coordinator {
       }
       // Our own slots are rewritten by later commits; another instance's slot is ours to drop.
       if (oldGen && st.acc && !oldGen.startsWith(`${this.instance}.`)) {
-        deleteChunks(this.kv, K.acc(runId, round.index, oldGen, "s"), st.acc.sum.byteLength).catch(() => {});
+        this.cleanUp(deleteChunks(this.kv, K.acc(runId, round.index, oldGen, "s"), st.acc.sum.byteLength));
       }
     } catch (e) {
       for (const p of group) p.reject(new RetryableError(`commit failed: ${(e as Error).message}`));
@@ -963,9 +995,9 @@ export class Coordinator {
         st.acc.sum.fill(0);
         st.acc.weight.fill(0);
       }
-      deletePrefix(this.kv, K.accRound(run.id, round.index)).catch(() => {});
-      this.dropReplacedMasks(run.id, cfg.adapterSize, closedUploads).catch(() => {});
-      if (newGlobal && oldGlobal) deletePrefix(this.kv, K.globalGen(run.id, oldGlobal)).catch(() => {});
+      this.cleanUp(deletePrefix(this.kv, K.accRound(run.id, round.index)));
+      this.cleanUp(this.dropReplacedMasks(run.id, cfg.adapterSize, closedUploads));
+      if (newGlobal && oldGlobal) this.cleanUp(deletePrefix(this.kv, K.globalGen(run.id, oldGlobal)));
     } catch (e) {
       this.kill(st, e);
       throw new RetryableError(`closing the round failed: ${(e as Error).message}`);
@@ -1043,6 +1075,7 @@ export class Coordinator {
       } catch { /* already reported to the requests that failed */ }
     }
     await this.folder.drain().catch(() => {});
+    await this.settled();
     this.folder.close();
     this.states.clear();
     this.loaded.clear();

@@ -70,16 +70,22 @@ function upload(
   }) as Promise<Response>;
 }
 
-/** Sends a request and checks status, JSON error shape, optional code, and that KV did not change. */
+/**
+ * Sends a request and checks status, JSON error shape, optional code, and that KV did not change.
+ * Both snapshots wait until the coordinator reports it settled: the "before" must not race the
+ * clean-up of an earlier close, and the "after" must include anything the refusal set in motion.
+ */
 async function refused(
   ctx: Ctx,
   send: () => Response | Promise<Response>,
   status: number,
   code?: string,
 ): Promise<void> {
+  await ctx.app.coordinator.settled();
   const before = await dumpKv(ctx.kv);
   const res = await send();
   const text = await res.text();
+  await ctx.app.coordinator.settled();
   assert.equal(res.status, status, `expected ${status}, got ${res.status}: ${text}`);
   const j = JSON.parse(text);
   assert.equal(typeof j.error?.message, "string", text);
@@ -366,10 +372,12 @@ Deno.test("server bad input: uploads (safetensors, shapes, dtypes, NaN/Inf, budg
   assert.equal(first.status, 201);
   const firstJ = await first.json();
   assert.equal(firstJ.status, "accepted");
+  await ctx.app.coordinator.settled();
   const before = await dumpKv(ctx.kv);
   const again = await upload(ctx, ctx.a, good);
   assert.equal(again.status, 200);
   assert.deepEqual(await again.json(), { ...firstJ, status: "replay" });
+  await ctx.app.coordinator.settled();
   assert.deepEqual(await dumpKv(ctx.kv), before);
   await refused(ctx, () => upload(ctx, ctx.a, update(ctx, { samples: 4 })), 409, "already_uploaded");
 

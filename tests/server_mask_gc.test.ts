@@ -41,17 +41,14 @@ Deno.test("server mask gc: a replaced mask is deleted when its round closes; an 
       parseRunConfig(runBody("perfit", { clientsPerRound: 1, quorum: 1, adapterSize: n, budget: n })),
     );
     const c = (await coord.join(run.id, {})).id;
+    // With one client per round, an accepted upload closes its round in the background; `settled`
+    // reports when that close and its clean-up have landed.
     const waitRound = async (r: number) => {
-      for (let t = 0; t < 500 && (await coord.getRun(run.id)).run.globalRound < r; t++) {
-        await new Promise((res) => setTimeout(res, 2));
-      }
+      await coord.settled();
       assert.equal((await coord.getRun(run.id)).run.globalRound, r);
     };
     const waitMasks = async (want: number[]) => {
-      for (let t = 0; t < 500; t++) {
-        if (JSON.stringify(await storedMaskRounds(kv, run.id, c)) === JSON.stringify(want)) return;
-        await new Promise((res) => setTimeout(res, 2));
-      }
+      await coord.settled();
       assert.deepEqual(await storedMaskRounds(kv, run.id, c), want);
     };
 
@@ -73,5 +70,65 @@ Deno.test("server mask gc: a replaced mask is deleted when its round closes; an 
   } finally {
     await coord.close();
     kv.close();
+  }
+});
+
+/** A KV whose delete-bearing commits wait for `release`, so a close's clean-up can be held in flight. */
+function kvWithHeldDeletes(kv: Deno.Kv): { kv: Deno.Kv; release: () => void } {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const held = new Proxy(kv, {
+    get(target, key) {
+      if (key === "atomic") {
+        return () => {
+          const op = target.atomic();
+          const del = op.delete.bind(op);
+          const commit = op.commit.bind(op);
+          let deletes = 0;
+          op.delete = (k: Deno.KvKey) => (deletes++, del(k));
+          op.commit = async () => (deletes > 0 && (await gate), commit());
+          return op;
+        };
+      }
+      const v = Reflect.get(target, key);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+  return { kv: held, release };
+}
+
+Deno.test("server clean-up: settled() waits until a closed round's accumulators are deleted", async () => {
+  const base = await Deno.openKv(":memory:");
+  const { kv, release } = kvWithHeldDeletes(base);
+  const coord = new Coordinator(kv, Date.now, new InlineFolder());
+  const accKeys = async (run: string) => {
+    let n = 0;
+    for await (const _ of base.list({ prefix: ["acc", run] })) n++;
+    return n;
+  };
+  try {
+    const n = 4096;
+    const run = await coord.createRun(
+      parseRunConfig(runBody("perfit", { clientsPerRound: 1, quorum: 1, adapterSize: n, budget: n })),
+    );
+    const c = (await coord.join(run.id, {})).id;
+    await coord.upload(run.id, c, 1, update(run.id, 1, n, 4), "u1");
+    let settled = false;
+    const waiting = coord.settled().then(() => (settled = true));
+    // The round closes in the background; its clean-up is held, so settled() must not resolve.
+    for (let i = 0; i < 50 && (await coord.getRun(run.id, false)).run.globalRound < 1; i++) {
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    assert.equal((await coord.getRun(run.id, false)).run.globalRound, 1);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(settled, false, "settled() resolved while the clean-up was still in flight");
+    assert.ok((await accKeys(run.id)) > 0, "the held delete already landed");
+    release();
+    await waiting;
+    assert.equal(await accKeys(run.id), 0, "settled() resolved before the accumulators were deleted");
+  } finally {
+    release();
+    await coord.close();
+    base.close();
   }
 });

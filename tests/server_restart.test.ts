@@ -73,6 +73,7 @@ Deno.test("server restart: crash mid-round, reopen the KV file, the run finishes
       assert.ok(o.status === "accepted" || o.status === "replay", `in-flight upload ended as ${o.status}`);
     }
     // The new server knows the 7 round-2 uploads and their sum; a replay of an early one changes nothing.
+    await app.coordinator.settled();
     const before = await dumpKv(kv);
     const replay = await app.request(`/v1/runs/${runId}/clients/${clients[0].clientId}/rounds/2/update`, {
       method: "POST",
@@ -81,6 +82,7 @@ Deno.test("server restart: crash mid-round, reopen the KV file, the run finishes
     });
     assert.equal(replay.status, 200);
     assert.equal((await replay.json()).status, "replay");
+    await app.coordinator.settled();
     assert.deepEqual(await dumpKv(kv), before);
     const mid =
       await (await app.request(`/v1/runs/${runId}`, { headers: { authorization: `Bearer ${ADMIN}` } }))
