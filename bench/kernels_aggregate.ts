@@ -9,22 +9,9 @@
  */
 import { initKernels, type Kernels, scalarKernels } from "../runtime/kernels/mod.ts";
 import { mulberry32 as rng } from "../runtime/data/rng.ts";
+import { fmtRatio, interleave, load1 } from "./machine.ts";
 
 const DISTINCT_UPLOADS = 4; // cycled, so memory stays bounded; each is far larger than any cache
-
-/** Runs every case once per upload, interleaved; returns total seconds per case. */
-function interleaved(cases: Record<string, (i: number) => void>, uploads: number): Record<string, number> {
-  const total: Record<string, number> = {};
-  for (const [name, f] of Object.entries(cases)) (f(0), total[name] = 0); // warm-up: JIT tiers, page faults
-  for (let i = 0; i < uploads; i++) {
-    for (const [name, f] of Object.entries(cases)) {
-      const t0 = performance.now();
-      f(i);
-      total[name] += (performance.now() - t0) / 1000;
-    }
-  }
-  return total;
-}
 
 function u32In(k: Kernels, words: number): Uint32Array {
   const b = k.allocU8(words * 4);
@@ -33,6 +20,7 @@ function u32In(k: Kernels, words: number): Uint32Array {
 
 /** Runs the benchmark and returns a Markdown section. */
 export async function run(params = 10_000_000, uploads = 32): Promise<string> {
+  const loadBefore = load1();
   const k = await initKernels({ backend: "wasm" });
   const n = params, U = DISTINCT_UPLOADS;
   // Everything resident plus scratch for the copied-in case, reserved up front: no grow later.
@@ -56,7 +44,7 @@ export async function run(params = 10_000_000, uploads = 32): Promise<string> {
   const dstV = new Float32Array(n), dstM = new Uint8Array(n);
   const plainSum = new Float32Array(n), plainWeight = new Float32Array(n);
   const S = scalarKernels;
-  const t = interleaved({
+  const per = interleave({
     wasm: (i) => k.accumulate(sum, weight, values[i % U], masks[i % U], 10 + i),
     wasmCopy: (i) => k.accumulate(sum, weight, plainValues[i % U], plainMasks[i % U], 10 + i),
     wasmAllCopied: (i) => k.accumulate(plainSum, plainWeight, plainValues[i % U], plainMasks[i % U], 10 + i),
@@ -65,11 +53,15 @@ export async function run(params = 10_000_000, uploads = 32): Promise<string> {
     sparse: (i) => k.accumulateSparse(sum, weight, bits[i % U], packed[i % U], 10 + i),
     sparseScalar: (i) => S.accumulateSparse(sum, weight, bits[i % U], packed[i % U], 10 + i),
   }, uploads);
+  const total = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+  const t = Object.fromEntries(Object.entries(per).map(([k, v]) => [k, total(v)]));
   const own = k.allocF32(n), out = k.allocF32(n);
-  const fin = interleaved({
-    wasm: () => k.finalize(sum, weight, own, out),
-    scalar: () => S.finalize(sum, weight, own, out),
-  }, 4);
+  const fin = Object.fromEntries(
+    Object.entries(interleave({
+      wasm: () => k.finalize(sum, weight, own, out),
+      scalar: () => S.finalize(sum, weight, own, out),
+    }, 4)).map(([k, v]) => [k, total(v)]),
+  );
 
   const bytes = uploads * n * 5;
   const sparseBytes = (bits.reduce((a, b, u) => a + b.byteLength + packed[u].byteLength, 0) / U) * uploads;
@@ -78,7 +70,9 @@ export async function run(params = 10_000_000, uploads = 32): Promise<string> {
   return [
     `### Kernels: accumulate, ${n.toLocaleString("en")} params x ${uploads} uploads (50% masks)`,
     "",
-    "GB/s over uploaded bytes (4 B value + 1 B mask per parameter); implementations interleaved per upload.",
+    "GB/s over uploaded bytes (4 B value + 1 B mask per parameter); implementations interleaved per upload " +
+    `(A, B, A, B…); ratios are the median and range over the ${uploads} uploads. ` +
+    `Load average (1 min): ${loadBefore} before, ${load1()} after.`,
     "",
     "| implementation | seconds | GB/s |",
     "|---|---:|---:|",
@@ -91,8 +85,9 @@ export async function run(params = 10_000_000, uploads = 32): Promise<string> {
     row("scalar TypeScript `accumulate`", t.scalar),
     row("`TypedArray.set` copy of the same bytes", t.copy),
     "",
-    `- WASM (resident) / scalar TS: **${(t.scalar / t.wasm).toFixed(2)}x** (target >= 4x)`,
-    `- WASM (resident) / copy bandwidth: **${((t.copy / t.wasm) * 100).toFixed(0)}%** (target >= 50%)`,
+    `- WASM (resident) / scalar TS: **${fmtRatio(per.scalar, per.wasm)}** (target >= 4x)`,
+    `- WASM (resident) / copy bandwidth: **${((t.copy / t.wasm) * 100).toFixed(0)}%** over all uploads; ` +
+    `per upload ${fmtRatio(per.copy, per.wasm)} of the copy's speed (target >= 50%)`,
     "",
     `Compact uploads (bitmask + values at the ones, ${
       (sparseBytes / uploads / 1e6).toFixed(1)

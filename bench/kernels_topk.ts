@@ -1,11 +1,14 @@
 /**
  * Top-k benchmark over 10M importance scores (k = 10%): WASM SIMD radix select + mask against a
  * sort-based TypeScript selection (native `Float32Array.prototype.sort` of a copy, then the mask with
- * ties by index), and the scalar TypeScript radix select, in the same run.
+ * ties by index), and the scalar TypeScript radix select, interleaved in the same run.
  *
  *   deno run -A bench/kernels_topk.ts [n]
  */
 import { initKernels, scalarKernels } from "../runtime/kernels/mod.ts";
+import { fmtRatio, fmtSpread, interleave, load1 } from "./machine.ts";
+
+const REPS = 5;
 
 /** The baseline: threshold from a full sort, then the same tie rule as the kernels. */
 export function sortTopkMask(scores: Float32Array, k: number): Uint8Array {
@@ -23,19 +26,9 @@ export function sortTopkMask(scores: Float32Array, k: number): Uint8Array {
   return mask;
 }
 
-function best(f: () => void, reps: number): number {
-  f();
-  let b = Infinity;
-  for (let i = 0; i < reps; i++) {
-    const t0 = performance.now();
-    f();
-    b = Math.min(b, performance.now() - t0);
-  }
-  return b / 1000;
-}
-
 /** Runs the benchmark and returns a Markdown section. */
 export async function run(n = 10_000_000): Promise<string> {
+  const loadBefore = load1();
   const kern = await initKernels({ backend: "wasm" });
   const k = Math.floor(n / 10);
   kern.reserve(n * 10 + (1 << 20)); // resident arrays + scratch for the copied-in run
@@ -46,26 +39,29 @@ export async function run(n = 10_000_000): Promise<string> {
     scores[i] = Math.abs(Math.sin(a)) * 1e-3; // |theta*grad|-like, non-negative
   }
   const plain = scores.slice();
-  const tWasm = best(() => kern.topkMask(scores, k, mask), 5);
-  const tWasmCopy = best(() => kern.topkMask(plain, k), 3);
-  const tScalar = best(() => scalarKernels.topkMask(plain, k), 2);
-  const tSort = best(() => sortTopkMask(plain, k), 2);
+  const t = interleave({
+    wasm: () => kern.topkMask(scores, k, mask),
+    wasmCopy: () => kern.topkMask(plain, k),
+    scalar: () => scalarKernels.topkMask(plain, k),
+    sort: () => sortTopkMask(plain, k),
+  }, REPS);
   const same = sortTopkMask(plain, k).every((x, i) => x === mask[i]);
-  const ms = (t: number) => (t * 1000).toFixed(1);
+  const ms = (xs: number[]) => fmtSpread(xs.map((x) => x * 1000), 1);
   return [
     `### Kernels: top-k mask over ${n.toLocaleString("en")} scores (k = ${k.toLocaleString("en")})`,
     "",
-    "Best of several runs, one process, same run. All produce the identical mask: " +
-    (same ? "yes" : "**NO**") + ".",
+    `Median (range) of ${REPS} repetitions, the implementations interleaved (A, B, C, D, A…) in one process. ` +
+    "All produce the identical mask: " + (same ? "yes" : "**NO**") +
+    `. Load average (1 min): ${loadBefore} before, ${load1()} after.`,
     "",
     "| implementation | ms |",
     "|---|---:|",
-    `| WASM SIMD radix select, scores in linear memory | ${ms(tWasm)} |`,
-    `| WASM SIMD radix select, scores copied in | ${ms(tWasmCopy)} |`,
-    `| scalar TypeScript radix select | ${ms(tScalar)} |`,
-    `| sort-based TypeScript selection (\`Float32Array.sort\`) | ${ms(tSort)} |`,
+    `| WASM SIMD radix select, scores in linear memory | ${ms(t.wasm)} |`,
+    `| WASM SIMD radix select, scores copied in | ${ms(t.wasmCopy)} |`,
+    `| scalar TypeScript radix select | ${ms(t.scalar)} |`,
+    `| sort-based TypeScript selection (\`Float32Array.sort\`) | ${ms(t.sort)} |`,
     "",
-    `- WASM / sort-based: **${(tSort / tWasm).toFixed(1)}x** (target >= 10x)`,
+    `- WASM / sort-based: **${fmtRatio(t.sort, t.wasm, 1)}** (target >= 10x)`,
     "",
   ].join("\n");
 }

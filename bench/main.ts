@@ -4,6 +4,8 @@
  * one of the given names, and prints the sections. Measured figures are copied into
  * bench/RESULTS.md by hand, with the machine they came from.
  */
+import { load1 } from "./machine.ts";
+
 const here = new URL(".", import.meta.url);
 const skip = new Set(["main.ts", "results_table.ts"]);
 const filters = Deno.args.filter((a) => !a.startsWith("-"));
@@ -31,6 +33,10 @@ for (const f of files) {
   if (typeof mod.run !== "function") continue;
   console.error(`bench: ${f}`);
   const t0 = performance.now();
+  const before = load1();
   const section: string = await mod.run();
-  console.log(section.trimEnd() + `\n\n_(${f}: ${((performance.now() - t0) / 1000).toFixed(1)} s)_\n`);
+  const took = ((performance.now() - t0) / 1000).toFixed(1);
+  console.log(
+    section.trimEnd() + `\n\n_(${f}: ${took} s; load average ${before} before, ${load1()} after)_\n`,
+  );
 }

@@ -4,7 +4,12 @@
  * 1024³ MatMul GFLOP/s measured in the same run; peak resident memory; and PyTorch's step on the
  * same shape where the reference venv exists (tests/reference/setup.sh).
  *
- *   deno run -A bench/model_train_step.ts [node|wasm ...] [--steps=N] [--layers=N] [--no-torch]
+ * The comparison with PyTorch is interleaved: for each backend, `--pairs` times (default 3), our
+ * `--steps` timed steps, then a PyTorch process timing as many, so both see the same machine. Each
+ * side reports the median and range over its pairs (each pair's figure is the median of its steps),
+ * and the ratio of the medians.
+ *
+ *   deno run -A bench/model_train_step.ts [node|wasm ...] [--steps=N] [--pairs=N] [--layers=N] [--no-torch]
  *     [--arena=on|off] [--mem-pattern=on|off] [--execution-mode=sequential|parallel]
  *     [--mmap-threshold=BYTES|off] [--verbose]
  *
@@ -22,6 +27,7 @@ import { initAdapter } from "../runtime/model/lora.ts";
 import { isLinearWeight } from "../runtime/model/llama.ts";
 import { Rng } from "../runtime/model/rng.ts";
 import { matmulGflops } from "./graph_matmul.ts";
+import { fmtSpread, load1, spread } from "./machine.ts";
 
 /** SmolLM2-135M's config.json fields that matter. */
 export const SMOLLM2_135M = {
@@ -122,12 +128,21 @@ function batch(
   };
 }
 
-async function torchStep(steps: number): Promise<Record<string, number | string> | string> {
+/** One PyTorch process's figures (tests/reference/torch_bench.py), or why there are none. */
+type TorchResult = {
+  torch: string;
+  threads: number;
+  step_s: number;
+  tokens_per_s: number;
+  peak_rss_mb: number;
+};
+
+async function torchStep(steps: number, layers: number): Promise<TorchResult | string> {
   const root = new URL("..", import.meta.url).pathname;
   const py = `${root}tests/.tmp/torchvenv/bin/python`;
   try {
     const r = await new Deno.Command(py, {
-      args: [`${root}tests/reference/torch_bench.py`, String(steps)],
+      args: [`${root}tests/reference/torch_bench.py`, String(steps), String(layers)],
       stderr: "piped",
     }).output();
     if (!r.success) return `failed: ${new TextDecoder().decode(r.stderr).trim().split("\n").at(-1)}`;
@@ -140,8 +155,10 @@ async function torchStep(steps: number): Promise<Record<string, number | string>
 /** Options of `run`. */
 export interface TrainStepBenchOptions {
   backends?: ResolvedBackend[];
-  /** Timed steps per backend, after one warm-up step (default 2). */
+  /** Timed steps per measurement, after one warm-up step per session (default 2). */
   steps?: number;
+  /** Interleaved (ours, PyTorch) pairs per backend (default 3; 1 without PyTorch). */
+  pairs?: number;
   /** Decoder layers (default 30, the real shape; fewer for quick iteration). */
   layers?: number;
   /** Session tuning passed to Engine.create (default: the engine's defaults). */
@@ -152,18 +169,30 @@ export interface TrainStepBenchOptions {
   torch?: boolean;
 }
 
-/** Markdown section with one row per backend plus PyTorch. */
+/** Markdown section: per backend, our row and PyTorch's from the same interleaved pairs. */
 export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
   const steps = opts.steps ?? 2;
+  const withTorch = opts.torch !== false;
+  const pairs = opts.pairs ?? (withTorch ? 3 : 1);
+  if (!(Number.isInteger(steps) && steps >= 1)) {
+    throw new Error(`--steps must be a positive integer, got ${steps}`);
+  }
+  if (!(Number.isInteger(pairs) && pairs >= 1)) {
+    throw new Error(`--pairs must be a positive integer, got ${pairs}`);
+  }
+  const loadBefore = load1();
   const model = benchModel(opts.layers);
   const weightsPeakMb = peakRssMb();
   let processPeakMb = weightsPeakMb;
   const cfg = model.config;
   const flopsPerToken = 2 * forwardFlopsPerToken(cfg, SEQ, 8, 2);
+  const tokens = BATCH * SEQ;
   const b = batch(cfg.vocabSize);
   // Software WebGPU (llvmpipe) is ~100x slower than WASM: a 135M step would take many minutes.
   const use = opts.backends ?? (await availableBackends()).filter((x) => x !== "webgpu");
   const rows: string[] = [];
+  const ratios: string[] = [];
+  let torchNote = withTorch ? "" : "PyTorch not run (--no-torch).";
   for (const backend of use) {
     // Each backend's peak is its own: earlier sessions are released and the high-water mark reset.
     const reset = resetPeakRss();
@@ -187,58 +216,88 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
     const mask = new Uint8Array(adapter.length).fill(1);
     await engine.trainStep(b, adapter, mask); // warm-up
     trace("warm-up step");
-    const times: number[] = [];
+    const ours: number[] = [];
+    const theirs: TorchResult[] = [];
     let loss = 0;
-    for (let i = 0; i < steps; i++) {
-      const t = performance.now();
-      loss = (await engine.trainStep(b, adapter, mask)).loss;
-      times.push((performance.now() - t) / 1000);
-      trace(`step ${i + 1}`);
+    for (let pair = 0; pair < pairs; pair++) {
+      const times: number[] = [];
+      for (let i = 0; i < steps; i++) {
+        const t = performance.now();
+        loss = (await engine.trainStep(b, adapter, mask)).loss;
+        times.push((performance.now() - t) / 1000);
+        trace(`pair ${pair + 1} step ${i + 1}`);
+      }
+      ours.push(spread(times).median);
+      if (!withTorch) continue;
+      const torch = await torchStep(steps, cfg.numLayers);
+      if (typeof torch === "string") {
+        torchNote = `PyTorch ${torch}.`;
+        break;
+      }
+      theirs.push(torch);
+      console.error(
+        `model_train_step: pair ${pair + 1}: ${backend} ${ours.at(-1)!.toFixed(2)} s, PyTorch ${
+          torch.step_s.toFixed(2)
+        } s`,
+      );
     }
     const peak = peakRssMb();
     processPeakMb = Math.max(processPeakMb, peak);
     await clearSessionCache();
-    times.sort((p, q) => p - q);
-    const stepS = times[times.length >> 1];
+    const stepS = spread(ours).median;
     const gflops = await matmulGflops(backend);
-    const achieved = flopsPerToken * BATCH * SEQ / stepS / 1e9;
+    const achieved = flopsPerToken * tokens / stepS / 1e9;
     rows.push(
-      `| ${backend} | ${stepS.toFixed(2)} | ${(BATCH * SEQ / stepS).toFixed(0)} | ${achieved.toFixed(1)} | ${
-        gflops.toFixed(1)
-      } | ${(100 * achieved / gflops).toFixed(0)}% | ${peak.toFixed(0)}${reset ? "" : " (cumulative)"} | ${
-        (peak - rssBefore).toFixed(0)
-      } | ${createS.toFixed(1)} | ${loss.toFixed(3)} |`,
+      `| ${backend} | ${ours.length} | ${fmtSpread(ours)} | ${fmtSpread(ours.map((x) => tokens / x), 0)} | ${
+        achieved.toFixed(1)
+      } | ${gflops.toFixed(1)} | ${(100 * achieved / gflops).toFixed(0)}% | ${peak.toFixed(0)}${
+        reset ? "" : " (cumulative)"
+      } | ${(peak - rssBefore).toFixed(0)} | ${createS.toFixed(1)} | ${loss.toFixed(3)} |`,
     );
+    if (theirs.length > 0) {
+      const t = theirs.map((x) => x.step_s);
+      rows.push(
+        `| PyTorch ${theirs[0].torch} eager (CPU, ${
+          theirs[0].threads
+        } threads), paired with ${backend} | ${t.length} | ${fmtSpread(t)} | ${
+          fmtSpread(t.map((x) => tokens / x), 0)
+        } | ${(flopsPerToken * tokens / spread(t).median / 1e9).toFixed(1)} | | | ${
+          Math.max(...theirs.map((x) => x.peak_rss_mb)).toFixed(0)
+        } | | | |`,
+      );
+      ratios.push(
+        `${backend} / PyTorch tokens/s, ratio of the medians: **${
+          (spread(t).median / stepS).toFixed(2)
+        }×** ` +
+          `(per pair: ${t.map((x, i) => (x / ours[i]).toFixed(2)).join(", ")})`,
+      );
+    }
     console.error(`model_train_step: ${rows.at(-1)}`);
   }
-  const torch = opts.torch === false ? "not run" : await torchStep(steps);
-  const torchRow = typeof torch === "string"
-    ? `| PyTorch | ${torch} | | | | | | | | |`
-    : `| PyTorch ${torch.torch} (CPU, ${torch.threads} threads) | ${(torch.step_s as number).toFixed(2)} | ${
-      (torch.tokens_per_s as number).toFixed(0)
-    } | ${(flopsPerToken * (torch.tokens_per_s as number) / 1e9).toFixed(1)} | | | ${
-      (torch.peak_rss_mb as number).toFixed(0)
-    } | | | |`;
   return [
     `## Model: LoRA train step, SmolLM2-${
       cfg.numLayers === 30 ? "135M" : `135M-width ${cfg.numLayers}-layer`
     } shape (batch ${BATCH}, seq ${SEQ}, r=8 on q,v)`,
     ``,
     `Model FLOPs per step: ${
-      (flopsPerToken * BATCH * SEQ / 1e12).toFixed(3)
+      (flopsPerToken * tokens / 1e12).toFixed(3)
     } TFLOP (forward + input gradients). MFU = achieved / the backend's 1024³ MatMul GFLOP/s in the same run. ` +
+    `Step figures are the median (range) over ${pairs} pair(s), each pair's figure the median of ${steps} timed steps; ` +
+    `with PyTorch, each pair is our steps then a PyTorch process's, interleaved. ` +
     `Peak RSS is the process high-water mark while that backend's session was created and stepped (reset before each backend; ` +
     `it includes the ${
       weightsPeakMb.toFixed(0)
-    } MB process peak reached while generating the random weights); step growth = that peak ` +
+    } MB process peak reached while generating the random weights); PyTorch's is its own process's, the largest over its runs; step growth = that peak ` +
     `minus the resident size just before the session was created. Whole-process peak over the run: ${
       processPeakMb.toFixed(0)
-    } MB.`,
+    } MB. Load average (1 min): ${loadBefore} before, ${load1()} after.`,
     ``,
-    `| backend | step s | tokens/s | achieved GFLOP/s | MatMul GFLOP/s | MFU | peak RSS MB | step growth MB | session create s | loss |`,
-    `|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|`,
+    `| backend | pairs | step s | tokens/s | achieved GFLOP/s | MatMul GFLOP/s | MFU | peak RSS MB | step growth MB | session create s | loss |`,
+    `|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|`,
     ...rows,
-    torchRow,
+    ``,
+    ...ratios.map((r) => `- ${r}`),
+    ...(torchNote ? [torchNote] : []),
   ].join("\n");
 }
 
@@ -251,6 +310,7 @@ if (import.meta.main) {
     await run({
       backends: names.length ? names : undefined,
       steps: Number(flag("steps") ?? 2),
+      pairs: flag("pairs") ? Number(flag("pairs")) : undefined,
       layers: flag("layers") ? Number(flag("layers")) : undefined,
       torch: !Deno.args.includes("--no-torch"),
       verbose: Deno.args.includes("--verbose"),

@@ -2,7 +2,7 @@
 
 Same workload as bench/model_train_step.ts: LoRA r=8 (alpha 16) on q and v with 0/1 masks,
 batch 4, sequence 256, loss = mean NLL over all but the last position; forward + backward.
-Usage: python torch_bench.py [STEPS]  -> prints one JSON line.
+Usage: python torch_bench.py [STEPS] [LAYERS]  -> prints one JSON line (LAYERS defaults to 30, the real shape).
 """
 import json
 import resource
@@ -27,9 +27,9 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main(steps):
+def main(steps, layers):
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+    cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=layers, num_attention_heads=9,
                       num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rms_norm_eps=1e-5,
                       rope_theta=100000, max_position_embeddings=8192, attn_implementation="eager")
     model = LlamaForCausalLM(cfg).float()
@@ -74,4 +74,4 @@ def main(steps):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2, int(sys.argv[2]) if len(sys.argv) > 2 else 30)
