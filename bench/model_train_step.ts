@@ -217,6 +217,7 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
     await engine.trainStep(b, adapter, mask); // warm-up
     trace("warm-up step");
     const ours: number[] = [];
+    const allSteps: number[] = [];
     const theirs: TorchResult[] = [];
     let loss = 0;
     for (let pair = 0; pair < pairs; pair++) {
@@ -228,6 +229,7 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
         trace(`pair ${pair + 1} step ${i + 1}`);
       }
       ours.push(spread(times).median);
+      allSteps.push(...times);
       if (!withTorch) continue;
       const torch = await torchStep(steps, cfg.numLayers);
       if (typeof torch === "string") {
@@ -245,14 +247,18 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
     processPeakMb = Math.max(processPeakMb, peak);
     await clearSessionCache();
     const stepS = spread(ours).median;
+    // With one pair, the range worth showing is the steps'; with several, the pairs'.
+    const shown = ours.length > 1 ? ours : allSteps;
     const gflops = await matmulGflops(backend);
     const achieved = flopsPerToken * tokens / stepS / 1e9;
     rows.push(
-      `| ${backend} | ${ours.length} | ${fmtSpread(ours)} | ${fmtSpread(ours.map((x) => tokens / x), 0)} | ${
-        achieved.toFixed(1)
-      } | ${gflops.toFixed(1)} | ${(100 * achieved / gflops).toFixed(0)}% | ${peak.toFixed(0)}${
-        reset ? "" : " (cumulative)"
-      } | ${(peak - rssBefore).toFixed(0)} | ${createS.toFixed(1)} | ${loss.toFixed(3)} |`,
+      `| ${backend} | ${ours.length} | ${fmtSpread(shown)} | ${
+        fmtSpread(shown.map((x) => tokens / x), 0)
+      } | ${achieved.toFixed(1)} | ${gflops.toFixed(1)} | ${(100 * achieved / gflops).toFixed(0)}% | ${
+        peak.toFixed(0)
+      }${reset ? "" : " (cumulative)"} | ${(peak - rssBefore).toFixed(0)} | ${createS.toFixed(1)} | ${
+        loss.toFixed(3)
+      } |`,
     );
     if (theirs.length > 0) {
       const t = theirs.map((x) => x.step_s);
@@ -282,7 +288,8 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
     `Model FLOPs per step: ${
       (flopsPerToken * tokens / 1e12).toFixed(3)
     } TFLOP (forward + input gradients). MFU = achieved / the backend's 1024³ MatMul GFLOP/s in the same run. ` +
-    `Step figures are the median (range) over ${pairs} pair(s), each pair's figure the median of ${steps} timed steps; ` +
+    `Step figures are the median (range) over ${pairs} pair(s), each pair's figure the median of ${steps} timed steps ` +
+    `(with one pair, the median and range of its steps); ` +
     `with PyTorch, each pair is our steps then a PyTorch process's, interleaved. ` +
     `Peak RSS is the process high-water mark while that backend's session was created and stepped (reset before each backend; ` +
     `it includes the ${

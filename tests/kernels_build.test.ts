@@ -21,3 +21,18 @@ Deno.test({
   assert.equal(code, 0, text);
   assert.match(text, /matches a fresh build/);
 });
+
+Deno.test({
+  name: "kernels build: a missing wasm32 linker is reported with the Debian package that holds it",
+  ignore: !hasRustc && Deno.env.get("PERFIT_REQUIRE_RUSTC") !== "1",
+}, async () => {
+  const script = new URL("../wasm/build.sh", import.meta.url).pathname;
+  const { code, stderr } = await new Deno.Command("bash", {
+    args: [script, "--check"],
+    env: { PERFIT_RUST_LLD: "/nonexistent/rust-lld" },
+  }).output();
+  const text = new TextDecoder().decode(stderr);
+  assert.equal(code, 2, text);
+  assert.match(text, /linker \/nonexistent\/rust-lld is missing \(Debian package lld-14\)/);
+  assert.match(text, /apt-get install -y rustc libstd-rust-dev-wasm32 lld-14/);
+});
