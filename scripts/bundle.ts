@@ -50,26 +50,48 @@ export interface BundleOptions {
   verbose?: boolean;
 }
 
-/** Builds web/dist/*.js; returns the output paths with their sizes in bytes. */
-export async function bundle(opts: BundleOptions = {}): Promise<Record<string, number>> {
-  const root = opts.root ?? new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-  const result = await esbuild.build({
+const defaultRoot = () => new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+
+/** What every browser bundle shares: target, ORT resolution and the Node-only stubs. */
+function browserBuild(root: string, opts: BundleOptions): esbuild.BuildOptions {
+  return {
     absWorkingDir: root,
-    entryPoints: ENTRIES.map((e) => `web/${e}.ts`),
-    outdir: "web/dist",
     bundle: true,
     format: "esm",
     platform: "browser",
     target: "es2022",
     conditions: ["onnxruntime-web-use-extern-wasm"],
     minify: opts.minify ?? false,
+    logLevel: opts.verbose ? "warning" : "error",
+    define: { "process.env.NODE_ENV": '"production"' },
+    plugins: [stubNodeOnly],
+  };
+}
+
+/**
+ * Bundles one more entry (a page outside web/, e.g. a benchmark's) the way the pages are bundled and
+ * returns the script instead of writing it, so nothing lands in web/dist.
+ */
+export async function bundleEntry(entry: string, opts: BundleOptions = {}): Promise<string> {
+  const result = await esbuild.build({
+    ...browserBuild(opts.root ?? defaultRoot(), opts),
+    entryPoints: [entry],
+    write: false,
+  });
+  return result.outputFiles[0].text;
+}
+
+/** Builds web/dist/*.js; returns the output paths with their sizes in bytes. */
+export async function bundle(opts: BundleOptions = {}): Promise<Record<string, number>> {
+  const root = opts.root ?? defaultRoot();
+  const result = await esbuild.build({
+    ...browserBuild(root, opts),
+    entryPoints: ENTRIES.map((e) => `web/${e}.ts`),
+    outdir: "web/dist",
     sourcemap: "linked",
     metafile: true,
     // Written below via temp file + rename: parallel test files bundle while pages are being served.
     write: false,
-    logLevel: opts.verbose ? "warning" : "error",
-    define: { "process.env.NODE_ENV": '"production"' },
-    plugins: [stubNodeOnly],
   });
   await Deno.mkdir(`${root}/web/dist`, { recursive: true });
   for (const f of result.outputFiles!) {
