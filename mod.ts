@@ -23,7 +23,7 @@ export { AdamW, clipGradNorm, cosineSchedule, evaluatePerplexity, trainLora } fr
 export { type Example, loadJsonl, makeBatches } from "./runtime/data/mod.ts";
 export { FederatedClient, FederatedClientError, type Trainer } from "./runtime/client/mod.ts";
 export { GpuKernels, initKernels, KernelError, type Kernels, kernels, scalarKernels } from "./runtime/kernels/mod.ts";
-export { createSession, grad, Graph, toOnnx } from "./runtime/graph/mod.ts";
+export { createSession, grad, type GradOptions, Graph, toOnnx } from "./runtime/graph/mod.ts";
 export { decodeSafetensors, encodeSafetensors, SafetensorsError } from "./runtime/io/safetensors.ts";
 export { peftAdapterFiles, writeMergedModel, writePeftAdapter } from "./runtime/export/mod.ts";
 

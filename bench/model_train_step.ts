@@ -9,7 +9,7 @@
  * side reports the median and range over its pairs (each pair's figure is the median of its steps),
  * and the ratio of the medians.
  *
- *   deno run -A bench/model_train_step.ts [node|wasm ...] [--steps=N] [--pairs=N] [--layers=N] [--no-torch]
+ *   deno run -A bench/model_train_step.ts [node|wasm ...] [--steps=N] [--pairs=N] [--layers=N] [--no-torch] [--checkpoint]
  *     [--arena=on|off] [--mem-pattern=on|off] [--execution-mode=sequential|parallel]
  *     [--mmap-threshold=BYTES|off] [--verbose]
  *
@@ -167,6 +167,8 @@ export interface TrainStepBenchOptions {
   verbose?: boolean;
   /** Also time PyTorch's step (default true; needs tests/reference/setup.sh). */
   torch?: boolean;
+  /** Activation checkpointing in our train step (`EngineOptions.checkpoint`, default false). */
+  checkpoint?: boolean;
 }
 
 /** Markdown section: per backend, our row and PyTorch's from the same interleaved pairs. */
@@ -202,6 +204,7 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
       backend,
       weightMode: "inputs",
       session: opts.session,
+      checkpoint: opts.checkpoint,
     });
     const createS = (performance.now() - t0) / 1000;
     const trace = (what: string) => {
@@ -285,7 +288,7 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
       cfg.numLayers === 30 ? "135M" : `135M-width ${cfg.numLayers}-layer`
     } shape (batch ${BATCH}, seq ${SEQ}, r=8 on q,v)`,
     ``,
-    `Model FLOPs per step: ${
+    `Activation checkpointing: ${opts.checkpoint ? "on" : "off"}. Model FLOPs per step: ${
       (flopsPerToken * tokens / 1e12).toFixed(3)
     } TFLOP (forward + input gradients). MFU = achieved / the backend's 1024³ MatMul GFLOP/s in the same run. ` +
     `Step figures are the median (range) over ${pairs} pair(s), each pair's figure the median of ${steps} timed steps ` +
@@ -320,6 +323,7 @@ if (import.meta.main) {
       pairs: flag("pairs") ? Number(flag("pairs")) : undefined,
       layers: flag("layers") ? Number(flag("layers")) : undefined,
       torch: !Deno.args.includes("--no-torch"),
+      checkpoint: Deno.args.includes("--checkpoint"),
       verbose: Deno.args.includes("--verbose"),
       session: {
         memArena: onOff("arena"),

@@ -153,3 +153,30 @@ Deno.test("model_engine: bad batches and adapters are rejected with clear errors
   // The engine still works after the rejections.
   assert.ok(Number.isFinite((await engine.trainStep(good, a, ones)).loss));
 });
+
+Deno.test("model_engine: activation checkpointing gives the same loss, gradients and importance", async () => {
+  const { model } = await tinyModel({ config: { modelType: "qwen2", qkvBias: true, numLayers: 3 }, seed: 5 });
+  const spec = { rank: 4, alpha: 8, targets: ["q", "k", "v", "o", "gate", "up", "down"] as const };
+  const plain = await Engine.create(model, { ...spec, targets: [...spec.targets] }, { backend: "node" });
+  const ckpt = await Engine.create(model, { ...spec, targets: [...spec.targets] }, {
+    backend: "node",
+    checkpoint: true,
+  });
+  const batch = randomBatch(model.config.vocabSize, [10, 7, 12], 12, 8);
+  const adapter = perturbedAdapter(plain.layout.size, 12);
+  const mask = new Uint8Array(adapter.length).map((_, i) => (i % 3 === 0 ? 0 : 1));
+  const a = await plain.trainStep(batch, adapter, mask);
+  const b = await ckpt.trainStep(batch, adapter, mask);
+  assert.ok(Math.abs(a.loss - b.loss) <= 1e-6 * Math.abs(a.loss), `loss ${a.loss} vs ${b.loss}`);
+  let worst = 0, scale = 0;
+  for (let i = 0; i < a.grads.length; i++) {
+    worst = Math.max(worst, Math.abs(a.grads[i] - b.grads[i]));
+    scale = Math.max(scale, Math.abs(a.grads[i]));
+  }
+  assert.ok(scale > 0, "gradients are all zero: nothing was compared");
+  assert.ok(worst <= 1e-5 * scale, `worst gradient difference ${worst} (largest gradient ${scale})`);
+  for (let i = 0; i < mask.length; i++) {
+    if (!mask[i]) assert.ok(b.grads[i] === 0, `masked position ${i} has gradient ${b.grads[i]}`);
+    assert.ok(Math.abs(a.importance[i] - b.importance[i]) <= 1e-5 * scale * (1 + Math.abs(adapter[i])));
+  }
+});

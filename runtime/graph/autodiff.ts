@@ -187,12 +187,24 @@ function slicePad(g: Graph, n: Node, gy: Tensor): Tensor {
 /** Ops whose outputs never carry gradient. */
 const NO_GRAD = new Set(["Shape", "Equal", "Less", "Greater", "Range", "Sign"]);
 
+/** Options of `grad`. */
+export interface GradOptions {
+  /**
+   * Activation recomputation (checkpointing): tensors on the path to the loss, in forward order,
+   * that split the forward pass into segments (typically each decoder layer's input). The backward
+   * pass recomputes a segment's activations from its checkpoint just before it needs them, instead
+   * of keeping every activation alive from the forward pass: memory falls from all segments'
+   * activations to one segment's, for one more forward pass of compute.
+   */
+  checkpoints?: Tensor[];
+}
+
 /**
  * Gradients of a loss with respect to tensors, appended to the loss's graph. Only nodes on a path
  * from some wrt tensor to the loss are differentiated. The loss must be a scalar unless a seed
  * (the gradient of the loss, same shape) is given. Tensors the loss does not depend on get zeros.
  */
-export function grad(loss: Tensor, wrt: Tensor[], seed?: Tensor): Tensor[] {
+export function grad(loss: Tensor, wrt: Tensor[], seed?: Tensor, opts: GradOptions = {}): Tensor[] {
   const g = loss.graph;
   if (!seed && loss.rank !== 0) throw new Error(`grad: loss must be a scalar, got ${loss} (pass a seed)`);
   if (loss.dtype !== "f32") throw new Error("grad: loss must be f32");
@@ -210,6 +222,7 @@ export function grad(loss: Tensor, wrt: Tensor[], seed?: Tensor): Tensor[] {
   }
   const live = (t: Tensor) => fromWrt.has(t.id) && toLoss.has(t.id) && t.dtype === "f32";
   const grads = new Map<number, Tensor>([[loss.id, seed ?? g.scalar(1)]]);
+  const forward = opts.checkpoints?.length ? recomputer(g, loss, opts.checkpoints, grads) : (n: Node) => n;
   for (let k = stop; k >= 0; k--) {
     const n = g.nodes[k];
     const gy = grads.get(n.output.id);
@@ -218,7 +231,7 @@ export function grad(loss: Tensor, wrt: Tensor[], seed?: Tensor): Tensor[] {
     if (!needs.some(Boolean)) continue;
     const rule = rules[n.op];
     if (!rule) throw new Error(`no gradient rule for ${n.op}`);
-    const gins = rule(g, n, gy, needs);
+    const gins = rule(g, forward(n), gy, needs);
     n.inputs.forEach((inp, i) => {
       const gi = gins[i];
       if (!needs[i] || !gi) return;
@@ -230,4 +243,76 @@ export function grad(loss: Tensor, wrt: Tensor[], seed?: Tensor): Tensor[] {
     });
   }
   return wrt.map((w) => grads.get(w.id) ?? g.zeros(w.shape));
+}
+
+/**
+ * For `grad` with checkpoints: maps a forward node to the node whose values its gradient rule
+ * should read. Segment s is every node after checkpoint s, up to the next checkpoint (or the loss),
+ * that depends on checkpoint s; the first time the backward pass reaches one of its nodes, the whole
+ * segment is rebuilt from checkpoint s and the rules read the rebuilt copies. Nodes that do not
+ * depend on the checkpoint (weights, masks, position tables) are shared, not rebuilt.
+ *
+ * Sequencing: an ONNX runtime may run a node as soon as its inputs exist, which would rebuild every
+ * segment right after the forward pass and save nothing. So the rebuilt segment starts from
+ * `checkpoint + 0 · g[0]`, where g is the gradient of the segment's end: it cannot run before the
+ * backward pass has reached that segment. (0 · g[0] is 0 for any finite gradient; a non-finite one
+ * makes the step's gradients non-finite anyway.)
+ */
+function recomputer(
+  g: Graph,
+  loss: Tensor,
+  checkpoints: Tensor[],
+  grads: Map<number, Tensor>,
+): (n: Node) => Node {
+  const ids = checkpoints.map((c) => c.node?.id ?? -1);
+  for (let i = 0; i < checkpoints.length; i++) {
+    const c = checkpoints[i];
+    if (c.graph !== g || !c.node) {
+      throw new Error(`grad: checkpoint ${c} must be a node output of this graph`);
+    }
+    if (i > 0 && !(ids[i] > ids[i - 1])) throw new Error("grad: checkpoints must be in forward order");
+    if (loss.node && ids[i] >= loss.node.id) throw new Error(`grad: checkpoint ${c} is not before the loss`);
+  }
+  const ends = [...checkpoints.slice(1), loss];
+  // segment index of every node that depends on its segment's checkpoint
+  const segmentOf = new Map<number, number>();
+  for (let s = 0; s < checkpoints.length; s++) {
+    const inSeg = new Set([checkpoints[s].id]);
+    const last = ends[s].node?.id ?? ids[s];
+    for (let k = ids[s] + 1; k <= last; k++) {
+      const n = g.nodes[k];
+      if (n.inputs.some((t) => inSeg.has(t.id))) {
+        inSeg.add(n.output.id);
+        segmentOf.set(n.id, s);
+      }
+    }
+  }
+  const rebuilt = new Map<number, Node>();
+  const done = new Set<number>();
+  const rebuild = (s: number) => {
+    done.add(s);
+    const end = ends[s];
+    const gEnd = grads.get(end.id);
+    if (!gEnd) return; // nothing in the segment gets a gradient
+    const first = gEnd.rank === 0
+      ? gEnd
+      : g.slice(gEnd, gEnd.shape.map(() => 0), gEnd.shape.map(() => 1), gEnd.shape.map((_, a) => a));
+    const c = checkpoints[s];
+    const swap = new Map<number, Tensor>([[c.id, g.add(c, g.mul(first, 0))]]);
+    const last = end.node?.id ?? ids[s];
+    for (let k = ids[s] + 1; k <= last; k++) {
+      const n = g.nodes[k];
+      if (segmentOf.get(n.id) !== s) continue;
+      const inputs = n.inputs.map((t) => swap.get(t.id) ?? t);
+      const out = g.node(n.op, inputs, n.attrs, n.output.dtype, n.output.shape);
+      swap.set(n.output.id, out);
+      rebuilt.set(n.id, { id: n.id, op: n.op, inputs, attrs: n.attrs, output: out });
+    }
+  };
+  return (n) => {
+    const s = segmentOf.get(n.id);
+    if (s === undefined) return n;
+    if (!done.has(s)) rebuild(s);
+    return rebuilt.get(n.id) ?? n;
+  };
 }

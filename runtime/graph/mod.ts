@@ -24,7 +24,7 @@ export {
   type TensorLike,
 } from "./graph.ts";
 export { broadcastShapes, type Dim, dimEq, numel, type Shape } from "./shape.ts";
-export { grad, unbroadcast } from "./autodiff.ts";
+export { grad, type GradOptions, unbroadcast } from "./autodiff.ts";
 export { IR_VERSION, OPSET, toOnnx } from "./onnx.ts";
 export {
   availableBackends,

@@ -70,6 +70,11 @@ export interface EngineOptions {
   session?: SessionTuningOptions;
   /** Vocabulary chunk of the LM head and loss (default 8192; smaller = less memory, more nodes). */
   headChunk?: number;
+  /**
+   * Activation checkpointing in the train step (default false): each decoder layer's activations are
+   * recomputed in the backward pass instead of kept, for about one more forward pass of compute.
+   */
+  checkpoint?: boolean;
 }
 
 /** The session options an engine passes through to `createSession`. */
@@ -185,7 +190,7 @@ export class Engine {
     if (opts.headChunk !== undefined && (!Number.isInteger(opts.headChunk) || opts.headChunk < 1)) {
       throw new EngineError(`headChunk must be a positive integer, got ${opts.headChunk}`);
     }
-    const graphOpts = { headChunk: opts.headChunk };
+    const graphOpts = { headChunk: opts.headChunk, checkpoint: opts.checkpoint ?? false };
     const built = buildLoraTrainGraph(model.config, layout, scale, mode, kernel, graphOpts);
     const sessionOpts: SessionOptions = { ...opts.session, backend, numThreads: opts.numThreads };
     const session = await createSession(built.onnx, sessionOpts);

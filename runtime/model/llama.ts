@@ -94,6 +94,8 @@ export interface DecoderOut {
   logits: Tensor;
   /** Final-norm hidden states [batch, seq, hidden]. */
   hidden: Tensor;
+  /** Each decoder layer's input (the residual stream) [batch, seq, hidden]: checkpoints for `grad`. */
+  layerInputs: Tensor[];
   /** Output embedding rows [vocab, hidden] (the tied embedding, or lm_head transposed back). */
   headRows: Tensor;
   /** The head weight as stored: the tied embedding [vocab, hidden] or lm_head in kernel layout [hidden, vocab]. */
@@ -152,7 +154,9 @@ export function buildDecoder(
   const invSqrt = 1 / Math.sqrt(hd);
 
   let x = x0;
+  const layerInputs: Tensor[] = [];
   for (let i = 0; i < cfg.numLayers; i++) {
+    layerInputs.push(x);
     const p = `model.layers.${i}`;
     const h = g.rmsNorm(x, w(`${p}.input_layernorm.weight`, [H]), cfg.rmsNormEps);
     // q heads are grouped by the kv head they share: head = kv * G + j (transformers' repeat_kv order).
@@ -176,6 +180,7 @@ export function buildDecoder(
     return {
       logits: g.matmul(xn, g.transposeLast(emb)),
       hidden: xn,
+      layerInputs,
       headRows: emb,
       head: { weight: emb, layout: "rows" },
     };
@@ -184,6 +189,7 @@ export function buildDecoder(
   return {
     logits: g.matmul(xn, head),
     hidden: xn,
+    layerInputs,
     headRows: g.transposeLast(head),
     head: { weight: head, layout: "cols" },
   };

@@ -110,6 +110,12 @@ function maskedMean(g: Graph, nll: Tensor, lossMask: Tensor): { loss: Tensor; su
 export interface LoraGraphOptions {
   /** Vocabulary chunk of the LM head and loss (default HEAD_CHUNK; see `chunkedHeadLoss`). */
   headChunk?: number;
+  /**
+   * Recompute each decoder layer's activations in the backward pass from the layer's input instead of
+   * keeping them from the forward pass (activation checkpointing): one more forward pass of compute,
+   * and the step holds one layer's activations instead of every layer's. Default false.
+   */
+  checkpoint?: boolean;
 }
 
 /**
@@ -132,7 +138,12 @@ export function buildLoraTrainGraph(
   const c = decoderGraph(cfg, mode, kernel, lora.fn, scale, g);
   const head = chunkedHeadLoss(g, c.out, c.targets, c.lossMask, { chunk: opts.headChunk, withGrad: true });
   const loss = head.loss;
-  const grads = grad(c.out.hidden, lora.params.map((p) => p.t), head.dHidden);
+  const grads = grad(
+    c.out.hidden,
+    lora.params.map((p) => p.t),
+    head.dHidden,
+    opts.checkpoint ? { checkpoints: c.out.layerInputs } : {},
+  );
   g.output("loss", loss);
   lora.params.forEach((p, i) => {
     g.output(`grad.${p.name}`, grads[i]);
