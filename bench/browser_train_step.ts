@@ -1,10 +1,19 @@
 /**
- * The tiny-model LoRA train step inside headless Chromium, on WASM (2 threads, cross-origin
- * isolated) and WebGPU, in one page served over loopback with the coordinator's COOP/COEP headers
- * (server/ui). The model is runtime/model/tiny.ts's generator at 2 layers, hidden 64, GQA 4:2 with
- * random weights and LoRA r=8 on q,v; the batch is 4 x 64 tokens, the same one every step.
+ * The LoRA train step inside headless Chromium, in one page served over loopback with the
+ * coordinator's COOP/COEP headers (server/ui), so WASM runs on 2 threads, cross-origin isolated.
  *
- *   deno run -A bench/browser_train_step.ts [--steps=N]     (or: deno task bench browser)
+ *   deno run -A bench/browser_train_step.ts [--steps=N] [--model=tiny|135m] [--checkpoint]
+ *     [--weight-mode=inputs|constants]                      (or: deno task bench browser)
+ *
+ * `--model=tiny` (the default): runtime/model/tiny.ts's generator at 2 layers, hidden 64, GQA 4:2
+ * with random weights and LoRA r=8 on q,v, batch 4 x 64 tokens, the same one every step; on WASM
+ * and WebGPU.
+ *
+ * `--model=135m`: bench/model_135m.ts's random SmolLM2-135M shape and batch (4 x 256), generated in
+ * the page with the Deno bench's seeds (so the losses should agree), LoRA r=8 on q,v, on WASM only:
+ * SwiftShader WebGPU would take many minutes a step. Default weight mode `inputs`, as the Deno
+ * bench. This is the "Real sizes" question: does the step fit in 2 GB in a browser, and under
+ * wasm32's 4 GB heap at all?
  *
  * Per backend: session creation, first step (WebGPU compiles its shaders there), then `--steps`
  * steady steps (default 5), median and range. Both sessions live in the same page, which is what a
@@ -18,6 +27,12 @@
  * renderer, so a WebGPU step there costs seconds; the adapter is named in the output so such a
  * figure is not read as a GPU's. Steps are timed in the page, so the DevTools round trip is not in
  * them.
+ *
+ * Memory: a page's memory is not the Deno process's, so the peaks are read from /proc/<pid>/status
+ * (VmHWM, the kernel's resident high-water mark) of every Chromium process below this one, sampled
+ * through the run so a process that dies (a renderer killed for memory) keeps its last figure.
+ * The renderer is the page's process (its ORT worker threads included); the GPU, utility and
+ * zygote processes are listed beside it. The page adds what it can see itself.
  */
 import { parseArgs } from "node:util";
 import * as esbuild from "esbuild";
@@ -27,30 +42,53 @@ import { bundleEntry } from "../scripts/bundle.ts";
 import { ISOLATION_HEADERS, mountUi } from "../server/ui/mod.ts";
 import { chromiumPath, launchBrowser, serveLoopback, type TestBrowser } from "../tests/browser_harness.ts";
 import { fmtSpread, load1 } from "./machine.ts";
-import type { BenchPage, PageBackend, PageInfo, Timed } from "./browser/train_step_page.ts";
+import type { WeightMode } from "../runtime/model/train_step.ts";
+import type {
+  BenchPage,
+  PageBackend,
+  PageInfo,
+  PageMemory,
+  PageModel,
+  PageShape,
+  Timed,
+} from "./browser/train_step_page.ts";
 
 const THREADS = 2;
-const BACKENDS: PageBackend[] = ["wasm", "webgpu"];
-/** A page call that takes longer than this has hung (a SwiftShader step takes seconds, the first ~10 s). */
-const CALL_TIMEOUT_MS = 600_000;
+const MODELS: PageModel[] = ["tiny", "135m"];
+const WEIGHT_MODES: WeightMode[] = ["inputs", "constants"];
+/**
+ * A page call that takes longer than this has hung: a tiny SwiftShader step takes seconds (the
+ * first ~10 s); a 135M WASM step ~40 s on a busy 2-core machine, whose processes may also be
+ * paused for minutes.
+ */
+const CALL_TIMEOUT_MS: Record<PageModel, number> = { tiny: 600_000, "135m": 3_600_000 };
+const SAMPLE_MS = 1000;
+const MB = 2 ** 20;
 
 /** Options of `run`. */
 export interface BrowserTrainStepOptions {
-  /** Steady steps per backend after the first (default 5). */
+  /** Steady steps per backend after the first (default 5 for the tiny model, 2 for 135M). */
   steps?: number;
+  /** Default "tiny". */
+  model?: PageModel;
+  /** Activation checkpointing (`EngineOptions.checkpoint`, default false). */
+  checkpoint?: boolean;
+  /** Default: "inputs" for 135M (as bench/model_train_step.ts), the engine's ("constants") for tiny. */
+  weightMode?: WeightMode;
 }
 
 /** Calls `perfitBench[name](...args)` in the page (bench/browser/train_step_page.ts). */
 async function call<K extends keyof BenchPage>(
   page: Page,
+  timeoutMs: number,
   name: K,
   ...args: Parameters<BenchPage[K]>
 ): Promise<Awaited<ReturnType<BenchPage[K]>>> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const hung = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new Error(`${name} took over ${CALL_TIMEOUT_MS / 1000} s`)),
-      CALL_TIMEOUT_MS,
+      () => reject(new Error(`${name} took over ${timeoutMs / 1000} s`)),
+      timeoutMs,
     );
   });
   try {
@@ -87,6 +125,17 @@ function record(m: Measured, r: Timed, what: string): number | undefined {
   return r.s;
 }
 
+/** A page call whose failure (the renderer killed for memory, a hang) is a result, not a crash of the bench. */
+function tryCall(page: Page, timeoutMs: number, name: "create" | "step", ...args: unknown[]): Promise<Timed> {
+  return (call as (p: Page, t: number, n: string, ...a: unknown[]) => Promise<Timed>)(
+    page,
+    timeoutMs,
+    name,
+    ...args,
+  )
+    .catch((e: Error) => ({ error: `${e.message.split("\n")[0]} (the page call failed)` }));
+}
+
 async function chromiumVersion(b: TestBrowser): Promise<string> {
   // navigator.userAgent reports only the major version (User-Agent reduction).
   const cdp = await b.context.newCDPSession(b.page);
@@ -97,26 +146,138 @@ async function chromiumVersion(b: TestBrowser): Promise<string> {
   }
 }
 
+/** One Chromium process's figures (MB), the largest seen while sampling. */
+interface ProcPeak {
+  type: string;
+  hwm: number;
+  rss: number;
+}
+
+/** The pids below `root`, through /proc/<pid>/stat's parent pid. */
+function descendants(root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
+      // The command name (2nd field) may hold spaces and parentheses; the parent pid follows it.
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      children.set(ppid, [...children.get(ppid) ?? [], Number(e.name)]);
+    } catch { /* exited meanwhile */ }
+  }
+  const out: number[] = [];
+  const todo = [root];
+  while (todo.length) {
+    for (const c of children.get(todo.pop()!) ?? []) (out.push(c), todo.push(c));
+  }
+  return out;
+}
+
+/** "renderer", "gpu-process", "utility (network.mojom.NetworkService)", "browser"...; null if not Chromium's. */
+function chromiumType(pid: number): string | null {
+  // Chromium rewrites its children's argv into one space-separated string (its process title).
+  const argv = Deno.readTextFileSync(`/proc/${pid}/cmdline`).split(/[\0 ]/);
+  if (!/chrom/i.test(argv[0].split("/").at(-1) ?? "")) return null;
+  const flag = (n: string) => argv.find((a) => a.startsWith(`--${n}=`))?.slice(n.length + 3);
+  const type = flag("type");
+  if (!type) return "browser";
+  const sub = flag("utility-sub-type");
+  return sub ? `${type} (${sub})` : type;
+}
+
+function statusMb(pid: number): { hwm: number; rss: number } | null {
+  const s = Deno.readTextFileSync(`/proc/${pid}/status`);
+  const kb = (f: string) => Number(s.match(new RegExp(`${f}:\\s+(\\d+) kB`))?.[1] ?? NaN) / 1024;
+  const hwm = kb("VmHWM"), rss = kb("VmRSS");
+  return Number.isFinite(hwm) ? { hwm, rss } : null; // a zombie has no memory lines
+}
+
+/**
+ * Samples the memory of this process's Chromium descendants until `stop()`. VmHWM is the kernel's
+ * own peak of each process whatever the sampling rate (to the ~10 MB its per-thread RSS counters
+ * lag); the sums of VmRSS across processes are only as good as the samples.
+ */
+class ChromiumMemory {
+  readonly procs = new Map<number, ProcPeak>();
+  /** Highest sum of VmRSS over all Chromium processes, and over the renderers, in one sample. */
+  rssSum = 0;
+  rendererRssSum = 0;
+  #timer: ReturnType<typeof setInterval>;
+  constructor() {
+    this.#timer = setInterval(() => this.sample(), SAMPLE_MS);
+  }
+  sample(): void {
+    let sum = 0, renderers = 0;
+    for (const pid of descendants(Deno.pid)) {
+      try {
+        const type = this.procs.get(pid)?.type ?? chromiumType(pid);
+        const m = type && statusMb(pid);
+        if (!type || !m) continue;
+        const p = this.procs.get(pid) ?? { type, hwm: 0, rss: 0 };
+        p.hwm = Math.max(p.hwm, m.hwm);
+        p.rss = Math.max(p.rss, m.rss);
+        this.procs.set(pid, p);
+        sum += m.rss;
+        if (type === "renderer") renderers += m.rss;
+      } catch { /* exited meanwhile */ }
+    }
+    this.rssSum = Math.max(this.rssSum, sum);
+    this.rendererRssSum = Math.max(this.rendererRssSum, renderers);
+  }
+  /**
+   * The page's renderer now, for the phase log: the live renderer with the highest peak. Chromium
+   * also keeps a spare renderer and others of its own, and DevTools does not say which pid holds
+   * the page, but only the page's runs ORT, so it is by far the largest once a session exists.
+   */
+  renderer(): string {
+    this.sample();
+    let best: { pid: number; hwm: number; rss: number } | undefined;
+    for (const [pid, p] of this.procs) {
+      if (p.type !== "renderer") continue;
+      try {
+        const m = statusMb(pid);
+        if (m && (!best || m.hwm > best.hwm)) best = { pid, ...m };
+      } catch { /* exited */ }
+    }
+    return best
+      ? `pid ${best.pid} ${best.rss.toFixed(0)} MB resident, peak ${best.hwm.toFixed(0)} MB`
+      : "no live renderer";
+  }
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+}
+
 async function measure(
   page: Page,
+  backends: PageBackend[],
   steps: number,
-  progress: (msg: string) => void,
+  spec: { timeoutMs: number; weightMode?: WeightMode; checkpoint: boolean },
+  phase: (msg: string) => void,
 ): Promise<Record<PageBackend, Measured>> {
-  const m = { wasm: { steady: [] }, webgpu: { steady: [] } } as Record<PageBackend, Measured>;
-  const live = () => BACKENDS.filter((b) => !m[b].error);
-  for (const b of BACKENDS) {
-    m[b].createS = record(m[b], await call(page, "create", b, THREADS), "session creation");
-    progress(`${b} session: ${m[b].error ?? `${m[b].createS!.toFixed(1)} s`}`);
+  const m = Object.fromEntries(backends.map((b) => [b, { steady: [] }])) as unknown as Record<
+    PageBackend,
+    Measured
+  >;
+  const live = () => backends.filter((b) => !m[b].error);
+  const t = spec.timeoutMs;
+  for (const b of backends) {
+    const r = await tryCall(page, t, "create", b, THREADS, {
+      weightMode: spec.weightMode,
+      checkpoint: spec.checkpoint,
+    });
+    m[b].createS = record(m[b], r, "session creation");
+    phase(`${b} session: ${m[b].error ?? `${m[b].createS!.toFixed(1)} s`}`);
   }
   for (const b of live()) {
-    m[b].firstS = record(m[b], await call(page, "step", b), "first step");
-    progress(`${b} first step: ${m[b].error ?? `${m[b].firstS!.toFixed(2)} s`}`);
+    m[b].firstS = record(m[b], await tryCall(page, t, "step", b), "first step");
+    phase(`${b} first step: ${m[b].error ?? `${m[b].firstS!.toFixed(2)} s`}`);
   }
   for (let i = 0; i < steps; i++) {
     for (const b of live()) {
-      const s = record(m[b], await call(page, "step", b), `steady step ${i + 1}`);
+      const s = record(m[b], await tryCall(page, t, "step", b), `steady step ${i + 1}`);
       if (s !== undefined) m[b].steady.push(s);
-      progress(`${b} step ${i + 1}/${steps}: ${m[b].error ?? `${s!.toFixed(2)} s`}`);
+      phase(`${b} step ${i + 1}/${steps}: ${m[b].error ?? `${s!.toFixed(2)} s`}`);
     }
   }
   return m;
@@ -128,13 +289,127 @@ function adapterText(a: PageInfo["adapter"]): string {
   return `${name}; isFallbackAdapter: ${a.fallback}`;
 }
 
-/** Markdown section: one row per backend. */
-export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
-  const steps = opts.steps ?? 5;
+function fmtMb(bytes: number): string {
+  return `${(bytes / MB).toFixed(0)} MB`;
+}
+
+/**
+ * The page's own view of its memory, and V8's over DevTools. measureUserAgentSpecificMemory
+ * answers at a garbage collection, so one is forced once the measurement has been asked for
+ * (headless Chromium 156 still did not answer within 30 s here; the page then says so).
+ */
+async function pageMemory(b: TestBrowser): Promise<{ inPage: PageMemory | string; devtools: string }> {
+  const pending = call(b.page, 120_000, "memory").catch((e: Error) => `failed: ${e.message.split("\n")[0]}`);
+  const cdp = await b.context.newCDPSession(b.page);
+  let devtools: string;
+  try {
+    await new Promise((r) => setTimeout(r, 1000));
+    await cdp.send("HeapProfiler.collectGarbage");
+    // backingStorageSize counts ArrayBuffer contents (the weights' Float32Arrays), outside the V8 heap.
+    const h = await cdp.send("Runtime.getHeapUsage");
+    devtools = `V8 heap used ${fmtMb(h.usedSize)} of ${fmtMb(h.totalSize)}, ArrayBuffer backing stores ` +
+      `${fmtMb((h as { backingStorageSize?: number }).backingStorageSize ?? NaN)}`;
+  } catch (e) {
+    devtools = `failed: ${(e as Error).message.split("\n")[0]}`;
+  } finally {
+    await cdp.detach().catch(() => {});
+  }
+  return { inPage: await pending, devtools };
+}
+
+/** The report's memory lines. */
+function memoryLines(
+  mem: ChromiumMemory,
+  phases: string[],
+  { inPage, devtools }: { inPage: PageMemory | string; devtools: string },
+): string[] {
+  const byType = new Map<string, ProcPeak[]>();
+  for (const p of mem.procs.values()) byType.set(p.type, [...byType.get(p.type) ?? [], p]);
+  const types = [...byType.keys()].sort((a, b) =>
+    (a === "renderer" ? -1 : b === "renderer" ? 1 : 0) || a.localeCompare(b)
+  );
+  const rows = types.map((t) => {
+    const ps = byType.get(t)!;
+    const hwm = ps.map((p) => p.hwm);
+    return `| ${t} | ${ps.length} | ${Math.max(...hwm).toFixed(0)} | ${
+      hwm.reduce((a, b) => a + b, 0).toFixed(0)
+    } |`;
+  });
+  let page: string[];
+  if (typeof inPage === "string") page = [`- in the page: ${inPage}`];
+  else {
+    const ua = "error" in inPage.uaSpecific
+      ? `unavailable (${inPage.uaSpecific.error})`
+      : `${fmtMb(inPage.uaSpecific.bytes)} (${
+        inPage.uaSpecific.breakdown.map((x) => `${fmtMb(x.bytes)} ${x.types.join("+") || "untyped"}`).join(
+          ", ",
+        )
+      })`;
+    const js = inPage.jsHeap
+      ? `used ${fmtMb(inPage.jsHeap.used)}, total ${fmtMb(inPage.jsHeap.total)}, limit ${
+        fmtMb(inPage.jsHeap.limit)
+      } ` +
+        `(Chromium's own figure, coarse without --enable-precise-memory-info; it counts ArrayBuffer contents, ` +
+        `compare the DevTools line)`
+      : "unavailable";
+    const wasm = inPage.wasmMemories.length
+      ? inPage.wasmMemories.map(fmtMb).join(", ") +
+        " (never shrinks, so this is its peak; wasm32 ceiling 4096 MB)"
+      : "none created";
+    page = [
+      `- in the page, after the last step: performance.measureUserAgentSpecificMemory(): ${ua}`,
+      `- performance.memory: ${js}`,
+      `- ORT's WASM heap (byteLength of the page's WebAssembly.Memory): ${wasm}`,
+    ];
+  }
+  page.push(`- DevTools Runtime.getHeapUsage, after a forced GC: ${devtools}`);
+  return [
+    `Chromium's processes: VmHWM (resident high-water mark) from /proc/<pid>/status of every Chromium ` +
+    `process below this Deno process, sampled every ${
+      SAMPLE_MS / 1000
+    } s. The page's memory is its renderer's (its ORT worker threads run in it): the renderer with the ` +
+    `largest peak; the other renderers (spare, initial page) and the other processes are Chromium's own.`,
+    ``,
+    `| process type | processes | peak VmHWM MB, largest | sum of the peaks MB |`,
+    `|---|---:|---:|---:|`,
+    ...rows,
+    ``,
+    `- highest sampled sum of VmRSS: renderers ${mem.rendererRssSum.toFixed(0)} MB, all Chromium processes ` +
+    `${mem.rssSum.toFixed(0)} MB`,
+    `- renderer by phase: ${phases.join("; ")}`,
+    ...page,
+  ];
+}
+
+/** The options with their defaults, or an error naming the bad one (the command line's values are unchecked strings). */
+function resolveOptions(opts: BrowserTrainStepOptions) {
+  const model = opts.model ?? "tiny";
+  if (!MODELS.includes(model)) throw new Error(`--model must be one of ${MODELS.join(", ")}, got "${model}"`);
+  if (opts.weightMode !== undefined && !WEIGHT_MODES.includes(opts.weightMode)) {
+    throw new Error(`--weight-mode must be one of ${WEIGHT_MODES.join(", ")}, got "${opts.weightMode}"`);
+  }
+  const steps = opts.steps ?? (model === "135m" ? 2 : 5);
   if (!(Number.isInteger(steps) && steps >= 1)) {
     throw new Error(`--steps must be a positive integer, got ${steps}`);
   }
-  const title = "## Browser: tiny LoRA train step in headless Chromium (WASM and WebGPU)";
+  return {
+    model,
+    steps,
+    checkpoint: opts.checkpoint ?? false,
+    weightMode: opts.weightMode ?? (model === "135m" ? "inputs" as const : undefined),
+  };
+}
+
+/** Markdown section: one row per backend, then Chromium's memory. */
+export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
+  const { model, steps, checkpoint, weightMode } = resolveOptions(opts);
+  const big = model === "135m";
+  const backends: PageBackend[] = big ? ["wasm"] : ["wasm", "webgpu"];
+  const title = big
+    ? `## Browser: SmolLM2-135M-shape LoRA train step in headless Chromium (WASM; checkpointing ${
+      checkpoint ? "on" : "off"
+    }, weights as ${weightMode})`
+    : "## Browser: tiny LoRA train step in headless Chromium (WASM and WebGPU)";
   const loadBefore = load1();
   const exe = chromiumPath();
   if (exe === null) {
@@ -157,8 +432,18 @@ export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
   app.get("/", page(`<!doctype html><script type="module" src="/bench.js"></script>`, "text/html"));
   app.get("/bench.js", page(js, "text/javascript"));
   const srv = serveLoopback(app.fetch);
+  const timeoutMs = CALL_TIMEOUT_MS[model];
   let b: TestBrowser | undefined;
-  let info: PageInfo, version: string, m: Record<PageBackend, Measured>;
+  let info: PageInfo, version: string, m: Record<PageBackend, Measured> | undefined;
+  let shape: PageShape | undefined, genS: number | undefined, failure: string | undefined;
+  let pageMem: Parameters<typeof memoryLines>[2] = { inPage: "not measured", devtools: "not measured" };
+  const mem = new ChromiumMemory();
+  const phases: string[] = [];
+  const phase = (msg: string) => {
+    const r = mem.renderer();
+    phases.push(`${msg.replace(/:.*/, "")}: ${r}`);
+    progress(`${msg} (renderer: ${r})`);
+  };
   try {
     b = await launchBrowser(exe);
     version = await chromiumVersion(b);
@@ -167,65 +452,111 @@ export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
       .catch((e) => {
         throw new Error(`the bench page did not start: ${e.message}\n${b!.logs.join("\n")}`);
       });
-    info = await call(b.page, "info");
+    info = await call(b.page, timeoutMs, "info");
     progress(`${version}, isolated: ${info.crossOriginIsolated}, adapter: ${adapterText(info.adapter)}`);
     if (!info.crossOriginIsolated) {
       throw new Error("the page is not cross-origin isolated: WASM would run on one thread");
     }
-    m = await measure(b.page, steps, progress);
+    phase("page started");
+    const loaded = await call(b.page, timeoutMs, "load", model).catch((e: Error) => ({ error: e.message }));
+    if ("error" in loaded) failure = `weight generation: ${loaded.error}`;
+    else {
+      ({ shape, s: genS } = loaded);
+      phase(`weights generated in ${genS.toFixed(1)} s`);
+      m = await measure(b.page, backends, steps, { timeoutMs, weightMode, checkpoint }, phase);
+      pageMem = await pageMemory(b);
+    }
+    mem.sample();
   } finally {
+    mem.stop();
     await b?.close();
     await srv.close();
   }
-  const s = info.shape;
-  const tokens = s.batch * s.seq;
-  const rows = BACKENDS.map((k) => {
-    const x = m[k];
-    const name = k === "wasm"
-      ? `WASM (ort.env.wasm.numThreads ${x.threads ?? "?"})`
-      : `WebGPU (${info.adapter?.fallback ? "fallback adapter" : info.adapter ? "adapter" : "no adapter"})`;
-    const cell = (v?: number, d = 2) => v === undefined ? "–" : v.toFixed(d);
-    const steady = x.steady.length ? fmtSpread(x.steady) : "–";
-    const tps = x.steady.length ? fmtSpread(x.steady.map((t) => tokens / t), 0) : "–";
-    return `| ${name} | ${cell(x.createS, 1)} | ${
-      cell(x.firstS)
-    } | ${x.steady.length} | ${steady} | ${tps} | ${cell(x.loss, 3)} |`;
-  });
-  const errors = BACKENDS.filter((k) => m[k].error).map((k) => `- ${k} failed at ${m[k].error}`);
-  return [
+  const lines = [
     title,
     ``,
-    `Tiny LLaMA (random weights): ${s.layers} layers, hidden ${s.hidden}, GQA ${s.heads}, vocab ${s.vocab}; ` +
-    `LoRA r=8 on q,v; batch ${s.batch} x seq ${s.seq} (${tokens} tokens a step). One page, both sessions; ` +
-    `steady steps interleaved (WASM, WebGPU, ...), timed in the page.`,
+    ...(shape
+      ? [
+        `${
+          big ? "SmolLM2-135M shape" : "Tiny LLaMA"
+        } (random weights): ${shape.layers} layers, hidden ${shape.hidden}, ` +
+        `GQA ${shape.heads}, vocab ${shape.vocab}; LoRA r=8 on q,v; batch ${shape.batch} x seq ${shape.seq} ` +
+        `(${shape.batch * shape.seq} tokens a step). ` +
+        (big
+          ? `Weights and batch generated in the page by bench/model_135m.ts (the Deno bench's seeds) in ${
+            genS!.toFixed(1)
+          } s. `
+          : `One page, both sessions; steady steps interleaved (WASM, WebGPU, ...). `) +
+        `Steps timed in the page.`,
+      ]
+      : []),
     ``,
-    `- Chromium: ${version} (headless, tests/browser_harness.ts flags)`,
-    `- crossOriginIsolated: ${info.crossOriginIsolated}; navigator.hardwareConcurrency: ${info.hardwareConcurrency}; ` +
-    `WASM threads requested: ${THREADS}`,
-    `- WebGPU adapter: ${adapterText(info.adapter)}`,
+    `- Chromium: ${version!} (headless, tests/browser_harness.ts flags)`,
+    `- crossOriginIsolated: ${info!.crossOriginIsolated}; navigator.hardwareConcurrency: ${
+      info!.hardwareConcurrency
+    }; WASM threads requested: ${THREADS}`,
+    ...(big ? [] : [`- WebGPU adapter: ${adapterText(info!.adapter)}`]),
+    `- activation checkpointing: ${checkpoint ? "on" : "off"}; weight mode: ${
+      weightMode ?? "constants (the engine's browser default)"
+    }`,
     `- load average (1 min): ${loadBefore} before, ${load1()} after`,
-    ``,
-    `| backend | session creation s | first step s | steady steps | steady step s, median (range) | tokens/s, median (range) | loss |`,
-    `|---|---:|---:|---:|---:|---:|---:|`,
-    ...rows,
-    ...(errors.length ? [``, ...errors] : []),
-  ].join("\n");
+  ];
+  if (failure) lines.push(``, `- failed at ${failure}`);
+  if (m && shape) {
+    const tokens = shape.batch * shape.seq;
+    const rows = backends.map((k) => {
+      const x = m[k];
+      const name = k === "wasm"
+        ? `WASM (ort.env.wasm.numThreads ${x.threads ?? "?"})`
+        : `WebGPU (${info.adapter?.fallback ? "fallback adapter" : info.adapter ? "adapter" : "no adapter"})`;
+      const cell = (v?: number, d = 2) => v === undefined ? "–" : v.toFixed(d);
+      const steady = x.steady.length ? fmtSpread(x.steady) : "–";
+      const tps = x.steady.length ? fmtSpread(x.steady.map((t) => tokens / t), 0) : "–";
+      return `| ${name} | ${cell(x.createS, 1)} | ${
+        cell(x.firstS)
+      } | ${x.steady.length} | ${steady} | ${tps} | ${cell(x.loss, 3)} |`;
+    });
+    const errors = backends.filter((k) => m[k].error).map((k) => `- ${k} failed at ${m[k].error}`);
+    lines.push(
+      ``,
+      `| backend | session creation s | first step s | steady steps | steady step s, median (range) | tokens/s, median (range) | loss |`,
+      `|---|---:|---:|---:|---:|---:|---:|`,
+      ...rows,
+      ...(errors.length ? [``, ...errors] : []),
+    );
+  }
+  lines.push(``, ...memoryLines(mem, phases, pageMem));
+  return lines.join("\n");
 }
 
 if (import.meta.main) {
-  const usage = "usage: deno run -A bench/browser_train_step.ts [--steps=N]";
-  let steps: number | undefined;
+  const usage =
+    "usage: deno run -A bench/browser_train_step.ts [--steps=N] [--model=tiny|135m] [--checkpoint] " +
+    "[--weight-mode=inputs|constants]";
+  let opts: BrowserTrainStepOptions;
   try {
-    const { values } = parseArgs({ args: Deno.args, options: { steps: { type: "string" } }, strict: true });
+    const { values } = parseArgs({
+      args: Deno.args,
+      options: {
+        steps: { type: "string" },
+        model: { type: "string" },
+        checkpoint: { type: "boolean" },
+        "weight-mode": { type: "string" },
+      },
+      strict: true,
+    });
+    opts = {
+      checkpoint: values.checkpoint,
+      model: values.model as PageModel | undefined,
+      weightMode: values["weight-mode"] as WeightMode | undefined,
+    };
     if (values.steps !== undefined) {
-      steps = Number(values.steps);
-      if (!/^\d+$/.test(values.steps) || steps < 1) {
-        throw new Error(`--steps must be a positive integer, got "${values.steps}"`);
-      }
+      opts.steps = /^\d+$/.test(values.steps) ? Number(values.steps) : NaN;
     }
+    resolveOptions(opts);
   } catch (e) {
     console.error(`browser_train_step: ${(e as Error).message}\n${usage}`);
     Deno.exit(2);
   }
-  console.log(await run({ steps }));
+  console.log(await run(opts));
 }

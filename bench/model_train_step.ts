@@ -18,33 +18,14 @@
  */
 import { type ResolvedBackend } from "../runtime/graph/mod.ts";
 import { availableBackends, clearSessionCache } from "../runtime/graph/mod.ts";
-import { type ModelConfig, parseConfig } from "../runtime/model/config.ts";
-import { Engine, type SessionTuningOptions, setKernelWeights } from "../runtime/model/engine.ts";
-import type { KernelWeights } from "../runtime/model/train_step.ts";
-import { expectedWeightShapes, type Weights } from "../runtime/model/weights.ts";
-import type { LoadedModel } from "../runtime/model/load.ts";
+import type { ModelConfig } from "../runtime/model/config.ts";
+import { Engine, type SessionTuningOptions } from "../runtime/model/engine.ts";
 import { initAdapter } from "../runtime/model/lora.ts";
-import { isLinearWeight } from "../runtime/model/llama.ts";
-import { Rng } from "../runtime/model/rng.ts";
+import { BENCH_BATCH as BATCH, BENCH_SEQ as SEQ, benchBatch, benchModel } from "./model_135m.ts";
 import { matmulGflops } from "./graph_matmul.ts";
 import { fmtSpread, load1, spread } from "./machine.ts";
 
-/** SmolLM2-135M's config.json fields that matter. */
-export const SMOLLM2_135M = {
-  model_type: "llama",
-  hidden_size: 576,
-  intermediate_size: 1536,
-  num_hidden_layers: 30,
-  num_attention_heads: 9,
-  num_key_value_heads: 3,
-  vocab_size: 49152,
-  tie_word_embeddings: true,
-  rms_norm_eps: 1e-5,
-  rope_theta: 100000,
-  max_position_embeddings: 8192,
-};
-
-const BATCH = 4, SEQ = 256;
+export { benchModel, SMOLLM2_135M } from "./model_135m.ts";
 
 /** Forward FLOPs per token (matmuls only) of a config at sequence length `seq`. */
 export function forwardFlopsPerToken(c: ModelConfig, seq: number, loraRank = 0, loraModules = 0): number {
@@ -76,56 +57,6 @@ function resetPeakRss(): boolean {
   } catch {
     return false;
   }
-}
-
-/**
- * A random-weight model of the bench shape. The linear weights are generated directly in kernel layout
- * (a transposed N(0, 0.02) matrix is another N(0, 0.02) matrix), so no HF-layout copy ever exists:
- * the process holds one copy of the 135M weights (540 MB) instead of briefly two.
- */
-export function benchModel(layers?: number): LoadedModel {
-  const config = parseConfig({
-    ...SMOLLM2_135M,
-    num_hidden_layers: layers ?? SMOLLM2_135M.num_hidden_layers,
-  });
-  const rng = new Rng(0);
-  const weights: Weights = new Map();
-  const kernel: KernelWeights = new Map();
-  for (const [name, shape] of expectedWeightShapes(config)) {
-    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
-    if (name.endsWith("norm.weight")) data.fill(1);
-    else rng.fillNormal(data, 0.02);
-    if (isLinearWeight(name)) kernel.set(name, { shape: [shape[1], shape[0]], data });
-    else {
-      weights.set(name, { shape: shape.slice(), data });
-      kernel.set(name, { shape: shape.slice(), data });
-    }
-  }
-  const model: LoadedModel = { config, weights, source: "random SmolLM2-135M shape" };
-  setKernelWeights(model, kernel);
-  return model;
-}
-
-function batch(
-  vocab: number,
-): {
-  inputIds: BigInt64Array;
-  attentionMask: Float32Array;
-  lossMask: Float32Array;
-  batch: number;
-  seq: number;
-} {
-  const rng = new Rng(1);
-  const n = BATCH * SEQ;
-  const lossMask = new Float32Array(n);
-  for (let i = 0; i < n; i++) lossMask[i] = i % SEQ === SEQ - 1 ? 0 : 1;
-  return {
-    inputIds: BigInt64Array.from({ length: n }, () => BigInt(rng.int(vocab))),
-    attentionMask: new Float32Array(n).fill(1),
-    lossMask,
-    batch: BATCH,
-    seq: SEQ,
-  };
 }
 
 /** One PyTorch process's figures (tests/reference/torch_bench.py), or why there are none. */
@@ -189,7 +120,7 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
   const cfg = model.config;
   const flopsPerToken = 2 * forwardFlopsPerToken(cfg, SEQ, 8, 2);
   const tokens = BATCH * SEQ;
-  const b = batch(cfg.vocabSize);
+  const b = benchBatch(cfg.vocabSize);
   // Software WebGPU (llvmpipe) is ~100x slower than WASM: a 135M step would take many minutes.
   const use = opts.backends ?? (await availableBackends()).filter((x) => x !== "webgpu");
   const rows: string[] = [];
