@@ -23,7 +23,7 @@ import {
   writeChunks,
 } from "./kv_chunks.ts";
 import type { TaskInfo as ClientTaskInfo } from "../runtime/client/federated_client.ts";
-import { andBits, finalizeInto, fullBits, gatherBits } from "./aggregate.ts";
+import { finalizeInto } from "./aggregate.ts";
 import {
   type ClientRecord,
   K,
@@ -34,8 +34,15 @@ import {
   type UploadRecord,
 } from "./records.ts";
 import type { RunConfig } from "./run_config.ts";
-import { bitWords, type DecodedSlice, type DecodedUpdate, popcountBits } from "../runtime/client/wire.ts";
-import { b64url, sha256Hex } from "./tokens.ts";
+import {
+  type DecodedSlice,
+  type DecodedUpdate,
+  isMaskRef,
+  type MaskRefUpdate,
+  resolveMaskRef,
+} from "../runtime/client/wire.ts";
+import { andBits, bitWords, fullBits, gatherBits, maskRef, popcountBits } from "../runtime/kernels/bits.ts";
+import { b64url } from "./tokens.ts";
 import { checksum128 } from "./checksum.ts";
 import { BoundedCache } from "./bounded_cache.ts";
 import { kernels } from "../runtime/kernels/mod.ts";
@@ -581,6 +588,40 @@ export class Coordinator {
   }
 
   /**
+   * Completes an update sent by reference with the client's stored mask, or answers 409
+   * `mask_unknown` when we hold no mask under that reference (a client whose acknowledgement we lost,
+   * a pointer another instance moved on, a mask already dropped): the client resends with the mask.
+   */
+  private async withStoredMask(
+    st: RunState,
+    clientId: string,
+    u: MaskRefUpdate,
+    last: LastMask | null,
+  ): Promise<DecodedUpdate> {
+    const n = st.run.config.adapterSize;
+    let bits: Uint32Array | null = null;
+    if (st.run.config.method === "fedit") {
+      const all = fullBits(n);
+      if (await maskRef(all) === u.maskRef) bits = all;
+    } else if (last !== null && last.hash === u.maskRef) {
+      bits = new Uint32Array(bitWords(n));
+      try {
+        await readChunks(this.kv, K.mask(st.run.id, clientId, last.round), new Uint8Array(bits.buffer));
+      } catch (e) {
+        if (!(e instanceof MissingBlobError)) throw e;
+        bits = null;
+      }
+    }
+    if (bits === null) {
+      throw conflict(
+        "mask_unknown",
+        "the coordinator holds no mask under this maskRef for this client: resend the update with its mask",
+      );
+    }
+    return resolveMaskRef(u, bits);
+  }
+
+  /**
    * Content-addressed id of an upload: a 128-bit checksum of the body. It is only ever compared with
    * the id stored under the same (run, round, client) key, so it needs no run/client prefix, and
    * checksum.ts says why a non-cryptographic checksum suffices (it costs about half of SHA-256 of a
@@ -617,10 +658,11 @@ export class Coordinator {
     runId: string,
     clientId: string,
     round: number,
-    u: DecodedUpdate,
+    wire: DecodedUpdate | MaskRefUpdate,
     uploadId: string,
     folded?: () => void,
   ): Promise<UploadResult> {
+    let u: DecodedUpdate;
     let st = await this.state(runId, false);
     // Another instance may have moved the run on: check with KV before refusing a round mismatch.
     if (round !== st.run.round || st.run.status === "done") {
@@ -633,11 +675,17 @@ export class Coordinator {
     }
     await this.advance(st);
     const cfg = st.run.config;
-    // PerFIT masks rarely change after the search: an unchanged mask is referenced, not rewritten.
-    const maskHash = cfg.method === "fedit"
-      ? ""
-      : await sha256Hex(new Uint8Array(u.maskBits.buffer, u.maskBits.byteOffset, u.maskBits.byteLength));
     const last = cfg.method === "fedit" ? null : await this.lastMaskOf(st, clientId);
+    // PerFIT masks rarely change after the search: an unchanged mask is referenced, not rewritten
+    // (and a client that knows we hold it sends only its reference).
+    let maskHash: string;
+    if (isMaskRef(wire)) {
+      maskHash = cfg.method === "fedit" ? "" : wire.maskRef;
+      u = await this.withStoredMask(st, clientId, wire, last);
+    } else {
+      u = wire;
+      maskHash = cfg.method === "fedit" ? "" : await maskRef(u.maskBits);
+    }
     const reuseMask = last !== null && last.hash === maskHash && last.round < round;
     if (u.run !== runId) throw invalid("wrong_run", `update is for run ${u.run}, not ${runId}`);
     if (u.round !== round) {

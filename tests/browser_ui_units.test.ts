@@ -10,7 +10,8 @@ import {
   timelineBars,
 } from "../web/dashboard/series.ts";
 import type { DashboardData, RunInfo } from "../web/dashboard/types.ts";
-import { andOrCounts, budgetCounts, countRange, jaccardMatrix } from "../server/ui/dashboard_data.ts";
+import { budgetCounts, jaccardMatrix } from "../server/ui/dashboard_data.ts";
+import { andOrCounts, countRange } from "../runtime/kernels/bits.ts";
 import { contentType, safeJoin } from "../server/ui/static.ts";
 import { mountUi } from "../server/ui/mod.ts";
 import { bundle } from "../scripts/bundle.ts";

@@ -1,11 +1,19 @@
 /**
  * Wire format between `FederatedClient` and the coordinator: safetensors bodies.
  *
- * Update (client -> server), format "perfit-update/1":
+ * Update (client -> server), format "perfit-update/1". The mask comes in exactly one of three forms:
  *   - `mask`: U32 `[ceil(N/32)]` LSB-first bitmask (bit i&31 of word i>>5 is position i; bits past N
- *     are zero), or U8/BOOL `[N]` of 0/1.
+ *     are zero), or U8/BOOL `[N]` of 0/1;
+ *   - `mask_code`: U8 `[bytes]`, the mask in a compact code named by `__metadata__.maskCode`
+ *     (`deltas`, `rice-gaps:K` or `rice-runs:K1:K2`, see runtime/kernels/mask_code.ts); values must
+ *     then be sparse, and their count is the mask's;
+ *   - no mask tensor and `__metadata__.maskRef`: the SHA-256 hex of the bitmask (`maskRef` in
+ *     runtime/kernels/bits.ts) of a mask the coordinator already holds for this client: after the
+ *     search round an unchanged mask costs 64 bytes of header instead of N/8. A coordinator that does
+ *     not hold it answers 409 `mask_unknown`, and the client resends with the mask.
  *   - `values`: F32/F16/BF16, either sparse `[popcount(mask)]` (values at the mask's ones in index
- *     order: the compact form clients send) or dense `[N]` (positions outside the mask are ignored).
+ *     order: the compact form clients send) or dense `[N]` (positions outside the mask are ignored;
+ *     not with `mask_code` or `maskRef`).
  *   - `__metadata__`: `format`, `run`, `round`, `samples` (positive integer), `metrics` (JSON object
  *     of finite numbers, e.g. `{"loss":2.1,"ppl":8.2}`).
  * Slice (server -> client), format "perfit-slice/1":
@@ -17,9 +25,15 @@ import {
   decodeSafetensors,
   encodeSafetensors,
   SafetensorsError,
+  type TensorIn,
   type TensorOut,
   tensorToFloat32,
 } from "../io/safetensors.ts";
+import { bitWords, forEachBit, popcountBits } from "../kernels/bits.ts";
+import { decodeMask as decodeMaskCode, encodeMask, type MaskCode } from "../kernels/mask_code.ts";
+import { scalarKernels } from "../kernels/scalar.ts";
+
+export { bitWords, forEachBit, popcountBits };
 
 /** A rejected body; `code` is stable for programs, `status` is the HTTP status a server answers with. */
 export class WireError extends Error {
@@ -41,6 +55,27 @@ export interface DecodedUpdate {
   popcount: number;
   /** Σ values² (f64; +Inf when finite values overflow it): the norm bound needs no second pass. */
   sumSq: number;
+  /** How the mask travelled (set by `decodeUpdate` and `resolveMaskRef`). */
+  maskForm?: MaskForm;
+}
+
+/** How an update's mask travelled: a U32 bitmask, U8/BOOL bytes, a compact code, or by reference. */
+export type MaskForm = "u32" | "u8" | MaskCode["mode"] | "ref";
+
+/**
+ * An update that names its mask by reference: everything of a `DecodedUpdate` but the mask, which the
+ * coordinator supplies from its store (`resolveMaskRef`).
+ */
+export interface MaskRefUpdate {
+  run: string;
+  round: number;
+  samples: number;
+  metrics: Record<string, number>;
+  /** SHA-256 hex of the bitmask (runtime/kernels/bits.ts `maskRef`). */
+  maskRef: string;
+  /** Sparse values; their count is checked against the stored mask. */
+  values: Float32Array;
+  sumSq: number;
 }
 
 /** What a client sends for one round. */
@@ -52,6 +87,10 @@ export interface UpdateIn {
   /** Dense adapter (length N): only the mask's positions are sent. */
   values: Float32Array;
   mask: Uint8Array;
+  /** The mask's `maskRef`, when the coordinator already holds this mask: the mask is not sent. */
+  maskRef?: string;
+  /** Send a new mask in its smallest code (`mask_code`) rather than as a U32 bitmask. */
+  compactMask?: boolean;
 }
 
 /** A decoded personalized slice. */
@@ -64,47 +103,11 @@ export interface DecodedSlice {
   values: Float32Array;
 }
 
-/** Words of a bitmask over n positions. */
-export const bitWords = (n: number): number => Math.ceil(n / 32);
-
-/** Number of set bits. */
-export function popcountBits(bits: Uint32Array): number {
-  let c = 0;
-  for (let i = 0; i < bits.length; i++) {
-    let x = bits[i];
-    x = x - ((x >>> 1) & 0x55555555);
-    x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-    c += (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
-  }
-  return c;
-}
-
 /** 0/1 mask -> LSB-first bitmask. */
-export function packMask(mask: Uint8Array): Uint32Array {
-  const bits = new Uint32Array(bitWords(mask.length));
-  for (let i = 0; i < mask.length; i++) if (mask[i] !== 0) bits[i >>> 5] |= 1 << (i & 31);
-  return bits;
-}
+export const packMask = (mask: Uint8Array): Uint32Array => scalarKernels.maskToBits(mask);
 
 /** Bitmask -> 0/1 mask of length n. */
-export function unpackMask(bits: Uint32Array, n: number): Uint8Array {
-  const m = new Uint8Array(n);
-  for (let i = 0; i < n; i++) m[i] = (bits[i >>> 5] >>> (i & 31)) & 1;
-  return m;
-}
-
-/** Calls `f(position, rank)` for every set bit in index order (rank = index among the ones). */
-export function forEachBit(bits: Uint32Array, f: (pos: number, rank: number) => void): void {
-  let r = 0;
-  for (let w = 0; w < bits.length; w++) {
-    let x = bits[w];
-    while (x !== 0) {
-      const t = x & -x;
-      f((w << 5) + (31 - Math.clz32(t)), r++);
-      x ^= t;
-    }
-  }
-}
+export const unpackMask = (bits: Uint32Array, n: number): Uint8Array => scalarKernels.bitsToMask(bits, n);
 
 function u32Of(t: TensorOut): Uint32Array {
   return new Uint32Array(t.bytes.slice().buffer);
@@ -199,11 +202,54 @@ export function sumSquares(v: Float32Array): number {
   return (s0 + s1) + (s2 + s3);
 }
 
+const MASK_REF = /^[0-9a-f]{64}$/;
+const MASK_CODE = /^(deltas|rice-gaps:([0-9]{1,2})|rice-runs:([0-9]{1,2}):([0-9]{1,2}))$/;
+
+function parseMaskCode(s: string, bytes: Uint8Array): MaskCode {
+  const m = MASK_CODE.exec(s);
+  if (!m) {
+    throw new WireError(422, "bad_metadata", "maskCode must be deltas, rice-gaps:K or rice-runs:K1:K2");
+  }
+  if (m[1] === "deltas") return { mode: "deltas", k1: 0, k2: 0, bytes };
+  if (m[2] !== undefined) return { mode: "rice-gaps", k1: Number(m[2]), k2: 0, bytes };
+  return { mode: "rice-runs", k1: Number(m[3]), k2: Number(m[4]), bytes };
+}
+
+function valuesOf(vt: TensorOut | undefined): Float32Array {
+  if (!vt) throw new WireError(422, "missing_tensor", "update needs a `values` tensor");
+  if (vt.dtype !== "F32" && vt.dtype !== "F16" && vt.dtype !== "BF16") {
+    throw new WireError(422, "bad_dtype", `values dtype must be F32, F16 or BF16, got ${vt.dtype}`);
+  }
+  if (vt.shape.length !== 1) throw new WireError(422, "bad_shape", `values must be 1-D, got [${vt.shape}]`);
+  return f32Of(vt);
+}
+
+/** Σv², refusing NaN/Inf in the same pass (either makes the sum non-finite). */
+function finiteSumSquares(values: Float32Array): number {
+  const sumSq = sumSquares(values);
+  if (!Number.isFinite(sumSq)) {
+    for (let i = 0; i < values.length; i++) {
+      if (!Number.isFinite(values[i])) {
+        throw new WireError(422, "non_finite", `values contain NaN or Inf (index ${i})`);
+      }
+    }
+  }
+  return sumSq;
+}
+
+/** Refuses more values than the adapter has positions (the sparse forms' count is the mask's). */
+function checkSparseCount(values: Float32Array, n: number): void {
+  if (values.length > n) {
+    throw new WireError(422, "bad_shape", `values [${values.length}] exceed the adapter's ${n}`);
+  }
+}
+
 /**
  * Decodes and validates an update for an adapter of length `n`: container, tensor names, dtypes,
- * shapes, mask bits, NaN/Inf values, metadata. Budget and norm are the caller's policy.
+ * shapes, mask bits or code, NaN/Inf values, metadata. An update that names its mask by reference
+ * comes back as a `MaskRefUpdate` (see `resolveMaskRef`). Budget and norm are the caller's policy.
  */
-export function decodeUpdate(body: Uint8Array, n: number): DecodedUpdate {
+export function decodeUpdate(body: Uint8Array, n: number): DecodedUpdate | MaskRefUpdate {
   let dec;
   try {
     dec = decodeSafetensors(body, { maxHeaderBytes: 64 * 1024 });
@@ -212,7 +258,7 @@ export function decodeUpdate(body: Uint8Array, n: number): DecodedUpdate {
     throw e;
   }
   for (const name of dec.tensors.keys()) {
-    if (name !== "mask" && name !== "values") {
+    if (name !== "mask" && name !== "mask_code" && name !== "values") {
       throw new WireError(422, "unknown_tensor", `unexpected tensor ${name}`);
     }
   }
@@ -230,57 +276,143 @@ export function decodeUpdate(body: Uint8Array, n: number): DecodedUpdate {
     throw new WireError(422, "bad_metadata", "samples must be an integer in [1, 1e9]");
   }
   const metrics = parseMetrics(meta.metrics);
-  const maskBits = decodeMask(dec.tensors.get("mask"), n);
-  const popcount = popcountBits(maskBits);
-  const vt = dec.tensors.get("values");
-  if (!vt) throw new WireError(422, "missing_tensor", "update needs a `values` tensor");
-  if (vt.dtype !== "F32" && vt.dtype !== "F16" && vt.dtype !== "BF16") {
-    throw new WireError(422, "bad_dtype", `values dtype must be F32, F16 or BF16, got ${vt.dtype}`);
+  const maskT = dec.tensors.get("mask");
+  const codeT = dec.tensors.get("mask_code");
+  const ref = meta.maskRef;
+  if ((maskT ? 1 : 0) + (codeT ? 1 : 0) + (ref !== undefined ? 1 : 0) > 1) {
+    throw new WireError(422, "ambiguous_mask", "send exactly one of `mask`, `mask_code` and maskRef");
   }
-  if (vt.shape.length !== 1 || (vt.shape[0] !== popcount && vt.shape[0] !== n)) {
+  const raw = valuesOf(dec.tensors.get("values"));
+  if (ref !== undefined) {
+    if (!MASK_REF.test(ref)) {
+      throw new WireError(422, "bad_metadata", "maskRef must be 64 lowercase hex digits (SHA-256)");
+    }
+    checkSparseCount(raw, n);
+    return { run, round, samples, metrics, maskRef: ref, values: raw, sumSq: finiteSumSquares(raw) };
+  }
+  let maskBits: Uint32Array;
+  let maskForm: MaskForm;
+  if (codeT) {
+    if (codeT.dtype !== "U8" || codeT.shape.length !== 1) {
+      throw new WireError(422, "bad_dtype", "mask_code must be a 1-D U8 tensor");
+    }
+    const code = parseMaskCode(parseMeta(meta, "maskCode"), codeT.bytes);
+    checkSparseCount(raw, n);
+    try {
+      maskBits = packMask(decodeMaskCode(code, n, raw.length, scalarKernels));
+    } catch (e) {
+      throw new WireError(422, "bad_mask", `mask_code (${code.mode}): ${(e as Error).message}`);
+    }
+    maskForm = code.mode;
+  } else {
+    maskBits = decodeMask(maskT, n);
+    maskForm = maskT!.dtype === "U32" ? "u32" : "u8";
+  }
+  const popcount = popcountBits(maskBits);
+  if (raw.length !== popcount && raw.length !== n) {
     throw new WireError(
       422,
       "bad_shape",
-      `values must have shape [${popcount}] (sparse) or [${n}] (dense), got [${vt.shape}]`,
+      `values must have shape [${popcount}] (sparse) or [${n}] (dense), got [${raw.length}]`,
     );
   }
-  let values = f32Of(vt);
+  let values = raw;
   if (values.length === n && n !== popcount) {
-    const dense = values;
     values = new Float32Array(popcount);
-    forEachBit(maskBits, (p, r) => (values[r] = dense[p]));
+    forEachBit(maskBits, (p, r) => (values[r] = raw[p]));
   }
-  // One pass for both checks: a NaN or Inf makes the sum of squares non-finite.
-  const sumSq = sumSquares(values);
-  if (!Number.isFinite(sumSq)) {
-    for (let i = 0; i < values.length; i++) {
-      if (!Number.isFinite(values[i])) {
-        throw new WireError(422, "non_finite", `values contain NaN or Inf (index ${i})`);
-      }
-    }
-  }
-  return { run, round, samples, metrics, maskBits, values, popcount, sumSq };
+  const sumSq = finiteSumSquares(values);
+  return { run, round, samples, metrics, maskBits, values, popcount, sumSq, maskForm };
 }
 
-/** Encodes an update in the compact (sparse) form. */
+/** True for an update that names its mask by reference. */
+export function isMaskRef(u: DecodedUpdate | MaskRefUpdate): u is MaskRefUpdate {
+  return "maskRef" in u;
+}
+
+/**
+ * Completes a by-reference update with the mask the coordinator holds under that reference (the
+ * caller has checked the reference names it); the values must be sparse over that mask.
+ */
+export function resolveMaskRef(u: MaskRefUpdate, maskBits: Uint32Array): DecodedUpdate {
+  const popcount = popcountBits(maskBits);
+  if (u.values.length !== popcount) {
+    throw new WireError(
+      422,
+      "bad_shape",
+      `values must have shape [${popcount}] (sparse over the referenced mask), got [${u.values.length}]`,
+    );
+  }
+  const { maskRef: _, ...rest } = u;
+  return { ...rest, maskBits, popcount, maskForm: "ref" };
+}
+
+/**
+ * Encodes an update in the compact (sparse) form. Without `maskRef` the mask travels as a U32
+ * bitmask, or with `compactMask` in its smallest code.
+ */
 export function encodeUpdate(u: UpdateIn): Uint8Array {
   if (u.values.length !== u.mask.length) throw new RangeError("values and mask lengths differ");
   const bits = packMask(u.mask);
   const sparse = new Float32Array(popcountBits(bits));
   forEachBit(bits, (p, r) => (sparse[r] = u.values[p]));
-  return encodeSafetensors(
-    {
-      mask: { dtype: "U32", shape: [bits.length], data: bits },
-      values: { dtype: "F32", shape: [sparse.length], data: sparse },
-    },
-    {
-      format: "perfit-update/1",
-      run: u.run,
-      round: String(u.round),
-      samples: String(u.samples),
-      metrics: JSON.stringify(u.metrics ?? {}),
-    },
+  const meta: Record<string, string> = {
+    format: "perfit-update/1",
+    run: u.run,
+    round: String(u.round),
+    samples: String(u.samples),
+    metrics: JSON.stringify(u.metrics ?? {}),
+  };
+  const tensors: Record<string, TensorIn> = {
+    values: { dtype: "F32", shape: [sparse.length], data: sparse },
+  };
+  if (u.maskRef !== undefined) {
+    meta.maskRef = u.maskRef;
+    return encodeSafetensors(tensors, meta);
+  }
+  const plain = encodeSafetensors(
+    { ...tensors, mask: { dtype: "U32", shape: [bits.length], data: bits } },
+    meta,
   );
+  if (!u.compactMask) return plain;
+  // A code a few bytes under the bitmask can lose them again to its longer header entry.
+  const compact = encodeSafetensors(tensors, { ...meta, ...maskTensor(u.mask, tensors) });
+  return compact.length < plain.length ? compact : plain;
+}
+
+/**
+ * The same update with its mask attached (smallest code) instead of a `maskRef`: what a client sends
+ * after a 409 `mask_unknown`. `mask` is the 0/1 mask the reference named.
+ */
+export function attachMask(body: Uint8Array, mask: Uint8Array): Uint8Array {
+  const dec = decodeSafetensors(body);
+  const vt = dec.tensors.get("values");
+  if (!vt || vt.dtype !== "F32") throw new RangeError("attachMask needs an update with F32 values");
+  const { maskRef: _, ...meta } = dec.metadata;
+  const tensors: Record<string, TensorIn> = {
+    values: { dtype: "F32", shape: vt.shape, data: f32Of(vt) },
+  };
+  const count = scalarKernels.popcount(mask);
+  if (count !== vt.shape[0]) throw new RangeError(`mask has ${count} ones, update has ${vt.shape[0]} values`);
+  Object.assign(meta, maskTensor(mask, tensors));
+  return encodeSafetensors(tensors, meta);
+}
+
+/** Adds the mask's tensor to `tensors` (its smallest code, or the U32 bitmask); returns the metadata it needs. */
+function maskTensor(mask: Uint8Array, tensors: Record<string, TensorIn>): Record<string, string> {
+  const code = encodeMask(mask, scalarKernels);
+  if (code.mode === "bits") {
+    const bits = packMask(mask);
+    tensors.mask = { dtype: "U32", shape: [bits.length], data: bits };
+    return {};
+  }
+  tensors.mask_code = { dtype: "U8", shape: [code.bytes.length], data: code.bytes };
+  const maskCode = code.mode === "deltas"
+    ? "deltas"
+    : code.mode === "rice-gaps"
+    ? `rice-gaps:${code.k1}`
+    : `rice-runs:${code.k1}:${code.k2}`;
+  return { maskCode };
 }
 
 /** Encodes a personalized slice (server side). */

@@ -39,7 +39,7 @@ export {
   resolveBackend,
   type ResolvedBackend,
   type SessionOptions,
-  sessionTuning,
   type SessionTuning,
+  sessionTuning,
   tuneNativeMalloc,
 } from "./session.ts";

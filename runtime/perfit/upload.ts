@@ -11,6 +11,7 @@
  */
 import { kernels } from "../kernels/mod.ts";
 import type { Kernels } from "../kernels/types.ts";
+import { decodeMask as decodeMaskCode, encodeMaskAs, MASK_CODE_MODES } from "../kernels/mask_code.ts";
 
 /** How the mask travels. */
 export type MaskMode = "ref" | "all" | "bits" | "deltas" | "rice-gaps" | "rice-runs";
@@ -34,97 +35,6 @@ export function maskHash(mask: Uint8Array): number {
   return Math.imul(h ^ mask.length, 0x01000193) >>> 0;
 }
 
-// ---- bit-level Golomb-Rice coding -------------------------------------------------------------
-
-class BitWriter {
-  bytes: number[] = [];
-  private cur = 0;
-  private nbits = 0;
-  bit(b: number) {
-    this.cur |= (b & 1) << this.nbits;
-    if (++this.nbits === 8) this.flush();
-  }
-  private flush() {
-    this.bytes.push(this.cur);
-    this.cur = 0;
-    this.nbits = 0;
-  }
-  rice(v: number, k: number) {
-    let q = Math.floor(v / 2 ** k);
-    while (q-- > 0) this.bit(1);
-    this.bit(0);
-    for (let i = 0; i < k; i++) this.bit(Math.floor(v / 2 ** i) & 1);
-  }
-  finish(): Uint8Array {
-    if (this.nbits > 0) this.flush();
-    return Uint8Array.from(this.bytes);
-  }
-}
-
-class BitReader {
-  private pos = 0;
-  constructor(private bytes: Uint8Array) {}
-  bit(): number {
-    const byte = this.pos >>> 3;
-    if (byte >= this.bytes.length) throw new UploadError("mask code truncated");
-    return (this.bytes[byte] >>> (this.pos++ & 7)) & 1;
-  }
-  rice(k: number, limit: number): number {
-    let q = 0;
-    while (this.bit() === 1) if (++q > limit) throw new UploadError("mask code run exceeds mask length");
-    let r = 0;
-    for (let i = 0; i < k; i++) r += this.bit() * 2 ** i;
-    return q * 2 ** k + r;
-  }
-}
-
-function riceBits(values: number[], k: number): number {
-  let bits = 0;
-  for (const v of values) bits += Math.floor(v / 2 ** k) + 1 + k;
-  return bits;
-}
-
-function bestK(values: number[]): number {
-  let best = 0;
-  let bestBits = Infinity;
-  for (let k = 0; k <= 20; k++) {
-    const b = riceBits(values, k);
-    if (b < bestBits) [best, bestBits] = [k, b];
-  }
-  return best;
-}
-
-/** Gaps (zeros skipped before each one). */
-function gapsOf(mask: Uint8Array): number[] {
-  const gaps: number[] = [];
-  let gap = 0;
-  for (let i = 0; i < mask.length; i++) {
-    if (mask[i] === 0) gap++;
-    else {
-      gaps.push(gap);
-      gap = 0;
-    }
-  }
-  return gaps;
-}
-
-/** Alternating run lengths: zeros, ones, zeros, ... (first zero run may be 0; ones runs are >= 1, coded minus 1). */
-function runsOf(mask: Uint8Array): { zeros: number[]; ones: number[] } {
-  const zeros: number[] = [];
-  const ones: number[] = [];
-  let i = 0;
-  while (i < mask.length) {
-    let z = 0;
-    while (i < mask.length && mask[i] === 0) z++, i++;
-    if (i >= mask.length) break; // trailing zeros are implied by n
-    let o = 0;
-    while (i < mask.length && mask[i] !== 0) o++, i++;
-    zeros.push(z);
-    ones.push(o - 1);
-  }
-  return { zeros, ones };
-}
-
 interface MaskCode {
   mode: MaskMode;
   k1: number;
@@ -135,78 +45,17 @@ interface MaskCode {
 function candidates(mask: Uint8Array, count: number, k: Kernels): MaskCode[] {
   const out: MaskCode[] = [];
   if (count === mask.length) out.push({ mode: "all", k1: 0, k2: 0, bytes: new Uint8Array(0) });
-  const bits = k.maskToBits(mask);
-  const bitBytes = new Uint8Array(bits.buffer, bits.byteOffset, Math.ceil(mask.length / 8)).slice();
-  out.push({ mode: "bits", k1: 0, k2: 0, bytes: bitBytes });
-  out.push({ mode: "deltas", k1: 0, k2: 0, bytes: k.encodeDeltas(mask) });
-  const gaps = gapsOf(mask);
-  const kg = bestK(gaps);
-  const wg = new BitWriter();
-  for (const g of gaps) wg.rice(g, kg);
-  out.push({ mode: "rice-gaps", k1: kg, k2: 0, bytes: wg.finish() });
-  const { zeros, ones } = runsOf(mask);
-  const kz = bestK(zeros);
-  const ko = bestK(ones);
-  const wr = new BitWriter();
-  for (let i = 0; i < zeros.length; i++) {
-    wr.rice(zeros[i], kz);
-    wr.rice(ones[i], ko);
-  }
-  out.push({ mode: "rice-runs", k1: kz, k2: ko, bytes: wr.finish() });
+  for (const m of MASK_CODE_MODES) out.push(encodeMaskAs(mask, m, k));
   return out;
 }
 
 function decodeMask(code: MaskCode, n: number, count: number, k: Kernels): Uint8Array {
-  switch (code.mode) {
-    case "all":
-      return new Uint8Array(n).fill(1);
-    case "bits": {
-      if (code.bytes.length !== Math.ceil(n / 8)) {
-        throw new UploadError(`bitmask has ${code.bytes.length} bytes, expected ${Math.ceil(n / 8)}`);
-      }
-      const words = new Uint32Array(Math.ceil(n / 32));
-      new Uint8Array(words.buffer).set(code.bytes);
-      try {
-        return k.bitsToMask(words, n);
-      } catch (e) {
-        throw new UploadError(`bad bitmask: ${(e as Error).message}`);
-      }
-    }
-    case "deltas":
-      try {
-        return k.decodeDeltas(code.bytes, n);
-      } catch (e) {
-        throw new UploadError(`bad delta code: ${(e as Error).message}`);
-      }
-    case "rice-gaps": {
-      const mask = new Uint8Array(n);
-      const r = new BitReader(code.bytes);
-      let pos = 0;
-      for (let c = 0; c < count; c++) {
-        pos += r.rice(code.k1, n);
-        if (pos >= n) throw new UploadError("rice gap runs past the mask end");
-        mask[pos++] = 1;
-      }
-      return mask;
-    }
-    case "rice-runs": {
-      const mask = new Uint8Array(n);
-      const r = new BitReader(code.bytes);
-      let pos = 0;
-      let seen = 0;
-      while (seen < count) {
-        pos += r.rice(code.k1, n);
-        const o = r.rice(code.k2, n) + 1;
-        if (pos + o > n) throw new UploadError("rice run past the mask end");
-        mask.fill(1, pos, pos + o);
-        pos += o;
-        seen += o;
-      }
-      if (seen !== count) throw new UploadError(`rice runs give ${seen} ones, header says ${count}`);
-      return mask;
-    }
-    default:
-      throw new UploadError(`cannot decode mask mode ${code.mode}`);
+  if (code.mode === "all") return new Uint8Array(n).fill(1);
+  if (code.mode === "ref") throw new UploadError("cannot decode mask mode ref");
+  try {
+    return decodeMaskCode({ ...code, mode: code.mode }, n, count, k);
+  } catch (e) {
+    throw new UploadError(`bad ${code.mode} mask code: ${(e as Error).message}`);
   }
 }
 

@@ -15,6 +15,7 @@ import {
   type UploadRecord,
 } from "../records.ts";
 import { readChunks } from "../kv_chunks.ts";
+import { countRange, jaccardBits } from "../../runtime/kernels/bits.ts";
 import type {
   BudgetSpread,
   ClientInfo,
@@ -39,47 +40,9 @@ export interface KvDashboardOptions {
   maxMaskClients?: number;
 }
 
-/** Number of set bits of a & b and of a | b. */
-export function andOrCounts(a: Uint32Array, b: Uint32Array): { and: number; or: number } {
-  let and = 0, or = 0;
-  for (let i = 0; i < a.length; i++) {
-    and += popcount32(a[i] & b[i]);
-    or += popcount32(a[i] | b[i]);
-  }
-  return { and, or };
-}
-
-function popcount32(x: number): number {
-  x = x - ((x >>> 1) & 0x55555555);
-  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-  return (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
-}
-
 /** Pairwise Jaccard of bitmasks (1 where both are empty). */
 export function jaccardMatrix(masks: Uint32Array[]): number[][] {
-  return masks.map((a, i) =>
-    masks.map((b, j) => {
-      if (i === j) return 1;
-      const { and, or } = andOrCounts(a, b);
-      return or === 0 ? 1 : and / or;
-    })
-  );
-}
-
-/** Set bits of `bits` in [start, end). */
-export function countRange(bits: Uint32Array, start: number, end: number): number {
-  let c = 0;
-  for (let p = start; p < end;) {
-    const w = p >>> 5, off = p & 31;
-    if (off === 0 && p + 32 <= end) {
-      c += popcount32(bits[w]);
-      p += 32;
-    } else {
-      c += (bits[w] >>> off) & 1;
-      p++;
-    }
-  }
-  return c;
+  return masks.map((a, i) => masks.map((b, j) => (i === j ? 1 : jaccardBits(a, b))));
 }
 
 /** Kept positions per "L{layer}.{module}" group (A and B together), groups in layout order. */
