@@ -21,7 +21,6 @@ import {
   type SimConfig,
   type SimResult,
 } from "../runtime/federation/mod.ts";
-import { HEADER_BYTES } from "../runtime/perfit/upload.ts";
 
 /** Settings of a results run. */
 export interface ResultsOptions {
@@ -256,7 +255,8 @@ function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): st
   }
   lines.push(
     "",
-    `FedIT upload reference: 4·B = ${4 * B} B of values (+${HEADER_BYTES} B header in our codec).`,
+    `FedIT upload reference: 4·B = ${4 * B} B of values; uploads are the HTTP bodies (safetensors, ` +
+      `runtime/client/wire.ts): values, a ~300 B header, and a new mask in its smallest code (by reference after).`,
     "",
   );
   lines.push("## Per-client personalized perplexity (last round)", "");

@@ -5,7 +5,7 @@
  * (token, own adapter, mask, an encoded-but-unacknowledged upload) is saved before each step that
  * could be lost, so a crashed client picks up where it stopped and a re-sent upload is a replay.
  */
-import { attachMask, decodeSlice, encodeUpdate, packMask } from "./wire.ts";
+import { attachMask, decodeSlice, encodeRoundUpdate, packMask } from "./wire.ts";
 import { bitWords, forEachBit, maskRef } from "../kernels/bits.ts";
 import { type ClientStorage, MemoryStorage } from "./storage.ts";
 
@@ -324,17 +324,14 @@ export class FederatedClient {
     }
     this.adapterBuf = res.values.slice();
     this.maskBuf = res.mask.slice();
-    const ref = await maskRef(packMask(res.mask));
-    const body = encodeUpdate({
+    const { body } = await encodeRoundUpdate({
       run: task.run,
       round: task.round,
       samples: res.samples,
       metrics: res.metrics,
       values: res.values,
       mask: res.mask,
-      maskRef: ref === st.ackedMaskRef ? ref : undefined,
-      compactMask: true,
-    });
+    }, st.ackedMaskRef);
     await this.storage.set("adapter.f32", new Uint8Array(this.adapterBuf.buffer));
     await this.storage.set("mask.u8", this.maskBuf);
     await this.storage.set("pending.safetensors", body);

@@ -29,7 +29,7 @@ import {
   type TensorOut,
   tensorToFloat32,
 } from "../io/safetensors.ts";
-import { bitWords, forEachBit, popcountBits } from "../kernels/bits.ts";
+import { bitWords, forEachBit, maskRef, popcountBits } from "../kernels/bits.ts";
 import { decodeMask as decodeMaskCode, encodeMask, type MaskCode } from "../kernels/mask_code.ts";
 import { scalarKernels } from "../kernels/scalar.ts";
 
@@ -378,6 +378,29 @@ export function encodeUpdate(u: UpdateIn): Uint8Array {
   // A code a few bytes under the bitmask can lose them again to its longer header entry.
   const compact = encodeSafetensors(tensors, { ...meta, ...maskTensor(u.mask, tensors) });
   return compact.length < plain.length ? compact : plain;
+}
+
+/**
+ * A client's body for one round, the one encoder behind `FederatedClient` and the simulation: the
+ * mask by reference when it is the one the coordinator acknowledged last (`ackedMaskRef`), else in
+ * its smallest code. Returns the mask's reference too, to remember once the upload is acknowledged.
+ */
+export async function encodeRoundUpdate(
+  u: Omit<UpdateIn, "maskRef" | "compactMask">,
+  ackedMaskRef: string | undefined,
+): Promise<{ body: Uint8Array; maskRef: string }> {
+  const ref = await maskRef(packMask(u.mask));
+  const body = encodeUpdate({ ...u, maskRef: ref === ackedMaskRef ? ref : undefined, compactMask: true });
+  return { body, maskRef: ref };
+}
+
+/** How an encoded update's mask travels, read from its header alone (for reports). */
+export function maskFormOf(body: Uint8Array): MaskForm {
+  const u = decodeSafetensors(body, { maxHeaderBytes: 64 * 1024 });
+  if (u.metadata.maskRef !== undefined) return "ref";
+  const code = u.metadata.maskCode;
+  if (code !== undefined) return parseMaskCode(code, new Uint8Array(0)).mode;
+  return u.tensors.get("mask")?.dtype === "U32" ? "u32" : "u8";
 }
 
 /**

@@ -9,6 +9,7 @@ import { expansionFactor } from "../perfit/expansion.ts";
 import { embed, extract, rankLayout } from "../perfit/layout.ts";
 import { kernels } from "../kernels/mod.ts";
 import { FlClient, type StepHook } from "./client.ts";
+import { maskFormOf } from "../client/wire.ts";
 import type { ClientData } from "./partition.ts";
 import { PersonalizedStrategy } from "./strategy.ts";
 import type { ClientRound, EngineFactory, RoundRecord, SimConfig, SimResult } from "./types.ts";
@@ -73,6 +74,7 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
   const ids = clients.map((c) => c.id);
   if (new Set(ids).size !== ids.length) throw new RangeError("client ids must be unique");
   const strategy = new PersonalizedStrategy(cfg, global, new Map(clients.map((c) => [c.id, c.layout])));
+  const target = { run: `sim-${cfg.method}-${cfg.seed}`, global };
   const rounds: RoundRecord[] = [];
   for (let round = 1; round <= cfg.rounds; round++) {
     const tr = performance.now();
@@ -82,16 +84,15 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
     for (const c of clients) {
       const ins = fitIns.get(c.id);
       if (!ins) continue;
-      const res = await c.fit(ins, cfg, strategy.aggregates, inp.onStep);
+      const res = await c.fit(ins, cfg, strategy.aggregates ? target : null, inp.onStep);
       losses.set(c.id, res.meanLoss);
       results.push(res);
     }
-    const downloads = strategy.aggregateFit(round, results);
+    const downloads = await strategy.aggregateFit(round, results);
     const uploads = new Map(results.map((r) => [r.clientId, r.upload]));
     const records: ClientRound[] = [];
     for (const c of clients) {
       const up = uploads.get(c.id) ?? null;
-      const modeByte = up ? up[4] : -1;
       if (up) c.acknowledge();
       const down = downloads.get(c.id);
       if (down) c.receive(down);
@@ -112,7 +113,7 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
         testTokens: ev.tokens,
         perplexity: Math.exp(ev.nllSum / Math.max(1, ev.tokens)),
         uploadBytes: up ? up.length : 0,
-        maskMode: up ? ["ref", "all", "bits", "deltas", "rice-gaps", "rice-runs"][modeByte] ?? "?" : null,
+        maskMode: up ? maskFormOf(up) : null,
         downloadBytes: down ? down.length * 4 : 0,
       });
     }

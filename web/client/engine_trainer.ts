@@ -178,7 +178,7 @@ export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
     const res = await fl.fit(
       { round: task.round, steps: h.steps, search, randomMask: false },
       cfg,
-      false,
+      null,
       (_id, step, steps) => {
         lastLossStep = step;
         opts.onProgress?.({ round: task.round, step, steps, phase: "train" });
