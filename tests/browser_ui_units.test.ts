@@ -15,7 +15,7 @@ import { andOrCounts, countRange } from "../runtime/kernels/bits.ts";
 import { contentType, safeJoin } from "../server/ui/static.ts";
 import { mountUi } from "../server/ui/mod.ts";
 import { bundle } from "../scripts/bundle.ts";
-import { localHyper } from "../web/client/engine_trainer.ts";
+import { localHyper } from "../runtime/client/engine_trainer.ts";
 
 const run = (id: string, method: string, ppl: number[][]): RunInfo => ({
   id,

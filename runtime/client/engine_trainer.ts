@@ -6,18 +6,13 @@
  * The coordinator works in the run's global layout (rank r * e_max); this client trains in its own
  * rank-(r*e) layout, so values and masks are extracted from / embedded into the global layout here.
  */
-import { Engine, type LoadedModel } from "../../runtime/model/engine.ts";
-import {
-  type AdapterLayout,
-  adapterLayout,
-  initAdapter,
-  type TargetModule,
-} from "../../runtime/model/lora.ts";
-import { embed, extract } from "../../runtime/perfit/layout.ts";
-import { FlClient } from "../../runtime/federation/client.ts";
-import { DEFAULT_SIM, type SimConfig, type TrainEngine } from "../../runtime/federation/types.ts";
-import type { Example, TextTokenizer } from "../../runtime/data/types.ts";
-import type { TaskInfo, Trainer, TrainResult } from "../../runtime/client/federated_client.ts";
+import { Engine, type LoadedModel } from "../model/engine.ts";
+import { type AdapterLayout, adapterLayout, initAdapter, type TargetModule } from "../model/lora.ts";
+import { embed, extract } from "../perfit/layout.ts";
+import { FlClient } from "../federation/client.ts";
+import { DEFAULT_SIM, type SimConfig, type TrainEngine } from "../federation/types.ts";
+import type { Example, TextTokenizer } from "../data/types.ts";
+import type { TaskInfo, Trainer, TrainResult } from "./federated_client.ts";
 
 /** Progress of local training. */
 export interface TrainProgress {
