@@ -20,6 +20,7 @@ import {
   runFederated,
   type SimConfig,
   type SimResult,
+  strategyFor,
 } from "../runtime/federation/mod.ts";
 
 /** Settings of a results run. */
@@ -241,12 +242,12 @@ function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): st
     const r = x.runs[0];
     const up = uploadStats(r);
     const vs = fedit ? `${(((x.meanPpl - fedit.meanPpl) / fedit.meanPpl) * 100).toFixed(1)}%` : "-";
-    const space = x.method === "base"
+    const space = !strategyFor(x.method).trains
       ? "0"
       : `${Math.min(...r.clients.map((c) => c.searchSpace))}–${
         Math.max(...r.clients.map((c) => c.searchSpace))
       }`;
-    const train = x.method === "base" ? 0 : B;
+    const train = strategyFor(x.method).trains ? B : 0;
     lines.push(
       `| ${x.method} | ${x.meanPpl.toFixed(3)} | ${vs} | ${train} | ${space} | ${fmtBytes(up.first)} | ${
         fmtBytes(up.steady)
@@ -267,7 +268,7 @@ function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): st
     const e = perfit.runs[0].clients.find((q) => q.id === c.id)?.expansion ?? 1;
     lines.push(`| ${c.id} | ${e} | ${s.map((x) => x.perClient.get(c.id)!.toFixed(3)).join(" | ")} |`);
   }
-  const withMasks = s.filter((x) => x.method.startsWith("perfit"));
+  const withMasks = s.filter((x) => strategyFor(x.method).personalMask);
   if (withMasks.length) {
     lines.push(
       "",

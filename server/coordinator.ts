@@ -22,8 +22,9 @@ import {
   writeBlobs,
   writeChunks,
 } from "./kv_chunks.ts";
-import type { TaskInfo as ClientTaskInfo } from "../runtime/client/federated_client.ts";
+import type { TaskInfo } from "../runtime/client/federated_client.ts";
 import { finalizeInto } from "./aggregate.ts";
+import { type MethodStrategy, strategyFor } from "../runtime/federation/strategies.ts";
 import {
   type ClientRecord,
   K,
@@ -62,12 +63,6 @@ const MAX_GROUP = 400;
 const CLIENT_CACHE = 50_000;
 /** Longest a group waits for uploads still being received (see `gather`). */
 const MAX_GATHER_MS = 250;
-
-/** What a client is told to do next: the client's `TaskInfo`, typed as precisely as the run config. */
-export interface TaskInfo extends ClientTaskInfo {
-  method: RunConfig["method"];
-  lora: RunConfig["lora"];
-}
 
 /** Outcome of an upload. */
 export interface UploadResult {
@@ -314,7 +309,7 @@ export class Coordinator {
       for await (const e of this.kv.list<UploadRecord>({ prefix: K.uploadsOf(id, run.round) })) {
         st.uploads.set(e.value.client, e.value);
       }
-      if (run.config.method !== "local") {
+      if (strategyFor(run.config.method).aggregates) {
         const n = run.config.adapterSize;
         st.acc = this.folder.alloc(n);
         if (st.round.accGen) {
@@ -334,7 +329,7 @@ export class Coordinator {
     const n = st.run.config.adapterSize;
     const w = st.acc!.weight;
     const bits = new Uint32Array(bitWords(n));
-    if (st.run.config.method === "fedit") {
+    if (strategyFor(st.run.config.method).denseMask) {
       for (const u of st.uploads.values()) for (let i = 0; i < n; i++) w[i] += Math.fround(u.samples);
       return;
     }
@@ -517,7 +512,7 @@ export class Coordinator {
 
   private async maskOf(st: RunState, clientId: string): Promise<{ bits: Uint32Array; round: number } | null> {
     const n = st.run.config.adapterSize;
-    if (st.run.config.method === "fedit") return { bits: fullBits(n), round: st.run.globalRound };
+    if (strategyFor(st.run.config.method).denseMask) return { bits: fullBits(n), round: st.run.globalRound };
     for (let attempt = 0;; attempt++) {
       const lm = await this.kv.get<LastMask>(K.lastMask(st.run.id, clientId));
       if (!lm.value) return null;
@@ -565,7 +560,7 @@ export class Coordinator {
     const n = st.run.config.adapterSize;
     const empty = new Uint32Array(bitWords(n));
     const mask = await this.maskOf(st, clientId);
-    if (st.run.config.method === "local" || !mask) {
+    if (!strategyFor(st.run.config.method).aggregates || !mask) {
       return {
         run: runId,
         round: st.run.globalRound,
@@ -600,7 +595,7 @@ export class Coordinator {
   ): Promise<DecodedUpdate> {
     const n = st.run.config.adapterSize;
     let bits: Uint32Array | null = null;
-    if (st.run.config.method === "fedit") {
+    if (strategyFor(st.run.config.method).denseMask) {
       const all = fullBits(n);
       if (await maskRef(all) === u.maskRef) bits = all;
     } else if (last !== null && last.hash === u.maskRef) {
@@ -675,16 +670,17 @@ export class Coordinator {
     }
     await this.advance(st);
     const cfg = st.run.config;
-    const last = cfg.method === "fedit" ? null : await this.lastMaskOf(st, clientId);
+    const dense = strategyFor(cfg.method).denseMask;
+    const last = dense ? null : await this.lastMaskOf(st, clientId);
     // PerFIT masks rarely change after the search: an unchanged mask is referenced, not rewritten
     // (and a client that knows we hold it sends only its reference).
     let maskHash: string;
     if (isMaskRef(wire)) {
-      maskHash = cfg.method === "fedit" ? "" : wire.maskRef;
+      maskHash = dense ? "" : wire.maskRef;
       u = await this.withStoredMask(st, clientId, wire, last);
     } else {
       u = wire;
-      maskHash = cfg.method === "fedit" ? "" : await maskRef(u.maskBits);
+      maskHash = dense ? "" : await maskRef(u.maskBits);
     }
     const reuseMask = last !== null && last.hash === maskHash && last.round < round;
     if (u.run !== runId) throw invalid("wrong_run", `update is for run ${u.run}, not ${runId}`);
@@ -737,7 +733,7 @@ export class Coordinator {
     if (u.popcount > cfg.budget) {
       throw invalid("over_budget", `mask selects ${u.popcount} positions, budget is ${cfg.budget}`);
     }
-    if (cfg.method === "fedit" && u.popcount !== cfg.adapterSize) {
+    if (dense && u.popcount !== cfg.adapterSize) {
       throw invalid("dense_required", "fedit updates must cover every position (all-ones mask)");
     }
     if (u.popcount === 0) throw invalid("empty_mask", "mask selects no positions");
@@ -765,7 +761,7 @@ export class Coordinator {
       client: clientId,
       uploadId,
       record,
-      maskBits: cfg.method === "fedit" || reuseMask ? null : u.maskBits,
+      maskBits: dense || reuseMask ? null : u.maskBits,
       ...d,
     };
     // Synchronous from the checks to here: no await, so no other upload interleaves. From here on
@@ -901,6 +897,7 @@ export class Coordinator {
     try {
       if (st.dead) throw new Error("state was reloaded");
       const round = st.round!;
+      const dense = strategyFor(st.run.config.method).denseMask;
       const t1 = performance.now();
       const next: RoundRecord = {
         ...round,
@@ -914,7 +911,7 @@ export class Coordinator {
       );
       for (const p of group) {
         op.set(K.upload(runId, round.index, p.client), p.record);
-        if (st.run.config.method !== "fedit") op.set(K.lastMask(runId, p.client), lastMaskRecord(p.record));
+        if (!dense) op.set(K.lastMask(runId, p.client), lastMaskRecord(p.record));
       }
       const res = await op.commit();
       if (DEBUG) {
@@ -931,7 +928,7 @@ export class Coordinator {
       st.commits++;
       for (const p of group) {
         st.uploads.set(p.client, p.record);
-        if (st.run.config.method !== "fedit") st.lastMasks.set(p.client, lastMaskRecord(p.record));
+        if (!dense) st.lastMasks.set(p.client, lastMaskRecord(p.record));
         st.pending.delete(p.client);
         p.maskBits = null;
         p.resolve();
@@ -980,7 +977,7 @@ export class Coordinator {
         globalRound = round.index;
       }
       const closedUploads = [...st.uploads.values()];
-      const summary = summarize(closedUploads, coveredCount);
+      const summary = summarize(strategyFor(cfg.method), closedUploads, coveredCount);
       const closed: RoundRecord = { ...round, status: "closed", closedAt: t, summary };
       const last = round.index >= cfg.rounds;
       const nextRun: RunRecord = {
@@ -1101,21 +1098,10 @@ function lastMaskRecord(r: UploadRecord): LastMask {
   return { round: r.maskRound, popcount: r.popcount, hash: r.maskHash };
 }
 
-/** Sample-weighted means of the metrics every client reported. */
-export function summarize(uploads: UploadRecord[], covered: number): RoundSummary {
-  const sums: Record<string, number> = {};
-  const ws: Record<string, number> = {};
-  let samples = 0;
-  for (const u of uploads) {
-    samples += u.samples;
-    for (const [k, v] of Object.entries(u.metrics)) {
-      sums[k] = (sums[k] ?? 0) + v * u.samples;
-      ws[k] = (ws[k] ?? 0) + u.samples;
-    }
-  }
-  const metrics: Record<string, number> = {};
-  for (const k of Object.keys(sums)) metrics[k] = sums[k] / ws[k];
-  return { clients: uploads.length, samples, metrics, covered };
+/** The round's summary: its uploads and samples, and its metrics as the run's strategy aggregates them. */
+export function summarize(strategy: MethodStrategy, uploads: UploadRecord[], covered: number): RoundSummary {
+  const samples = uploads.reduce((a, u) => a + u.samples, 0);
+  return { clients: uploads.length, samples, metrics: strategy.aggregateMetrics(uploads), covered };
 }
 
 /** Chunks per blob for an adapter of n floats (exported for docs/tests). */

@@ -4,7 +4,8 @@ import { Engine, type LoadedModel, loadModel } from "../runtime/model/engine.ts"
 import type { Example } from "../runtime/data/types.ts";
 import { partitionByCategory } from "../runtime/federation/partition.ts";
 import { simulate } from "../runtime/federation/simulate.ts";
-import { DEFAULT_SIM, type Method, type SimConfig } from "../runtime/federation/types.ts";
+import { DEFAULT_SIM, type SimConfig } from "../runtime/federation/types.ts";
+import type { Method } from "../runtime/federation/strategies.ts";
 import type { FlClient } from "../runtime/federation/client.ts";
 
 /** An upload of the budget's values by reference: 4·B bytes of values plus a safetensors header. */

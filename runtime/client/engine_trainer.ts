@@ -10,6 +10,7 @@ import { Engine, type LoadedModel } from "../model/engine.ts";
 import { type AdapterLayout, adapterLayout, initAdapter, type TargetModule } from "../model/lora.ts";
 import { embed, extract } from "../perfit/layout.ts";
 import { FlClient } from "../federation/client.ts";
+import { strategyFor } from "../federation/strategies.ts";
 import { DEFAULT_SIM, type SimConfig, type TrainEngine } from "../federation/types.ts";
 import type { Example, TextTokenizer } from "../data/types.ts";
 import type { TaskInfo, Trainer, TrainResult } from "./federated_client.ts";
@@ -168,10 +169,10 @@ export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
       searchFraction: h.searchFraction,
       seed: task.seed,
     };
-    const search = task.method === "perfit" && !searched;
+    const plan = strategyFor(task.method).configure(task.round, !searched, 0);
     let lastLossStep = 0;
     const res = await fl.fit(
-      { round: task.round, steps: h.steps, search, randomMask: false },
+      { round: task.round, steps: h.steps, ...plan },
       cfg,
       null,
       (_id, step, steps) => {
@@ -179,7 +180,7 @@ export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
         opts.onProgress?.({ round: task.round, step, steps, phase: "train" });
       },
     );
-    searched ||= search;
+    searched ||= plan.search;
     opts.onProgress?.({ round: task.round, step: lastLossStep, steps: lastLossStep, phase: "eval" });
     const ev = await fl.evaluate();
     const metrics: Record<string, number> = { loss: res.meanLoss };

@@ -8,16 +8,18 @@
 import { attachMask, decodeSlice, encodeRoundUpdate, packMask } from "./wire.ts";
 import { bitWords, forEachBit, maskRef } from "../kernels/bits.ts";
 import { type ClientStorage, MemoryStorage } from "./storage.ts";
+import type { DeployedMethod } from "../federation/strategies.ts";
+import type { TargetModule } from "../model/lora.ts";
 
-/** The round task as the server sends it (server/coordinator.ts narrows `method` and `lora`). */
+/** The round task as the server sends it. */
 export interface TaskInfo {
   run: string;
   round: number;
   status: "train" | "wait" | "done";
   deadline: number | null;
-  method: "perfit" | "fedit" | "local";
+  method: DeployedMethod;
   baseModel: string;
-  lora: { rank: number; alpha: number; targets: string[] };
+  lora: { rank: number; alpha: number; targets: TargetModule[] };
   tier: string;
   expansion: number;
   /** LoRA rank this client trains at: r * expansion. */

@@ -7,6 +7,7 @@ import { partition, type PartitionSpec } from "./partition.ts";
 import { ProgressBar } from "./progress.ts";
 import { engineFactory, loadFolder, PRETRAIN_STRIDE } from "./setup.ts";
 import { simulate } from "./simulate.ts";
+import { strategyFor } from "./strategies.ts";
 import type { RoundRecord, SimConfig, SimResult } from "./types.ts";
 
 /** Where the bundled base model and data live, relative to this module. */
@@ -51,7 +52,7 @@ export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<Si
     maxTest: opts.maxTest,
   });
   const factory = engineFactory(model, cfg, opts.backend ?? "auto");
-  const trains = cfg.method !== "base";
+  const trains = strategyFor(cfg.method).trains;
   const perRound = clients.length * ((trains ? cfg.localSteps : 0) + 1);
   const bar = opts.progress ? new ProgressBar(cfg.rounds * perRound) : undefined;
   let round = 1;

@@ -12,6 +12,7 @@ import { FlClient, type StepHook } from "./client.ts";
 import { maskFormOf } from "../client/wire.ts";
 import type { ClientData } from "./partition.ts";
 import { PersonalizedStrategy } from "./strategy.ts";
+import { strategyFor } from "./strategies.ts";
 import type { ClientRound, EngineFactory, RoundRecord, SimConfig, SimResult } from "./types.ts";
 
 /** Everything a simulation needs besides its config. */
@@ -37,9 +38,7 @@ export interface SimulationInputs {
 export function clientExpansion(cfg: SimConfig, index: number): { tier: string; e: number } {
   const tier = cfg.clientTiers.length ? cfg.clientTiers[index % cfg.clientTiers.length] : "low";
   const e = expansionFactor(tier, cfg.tiers);
-  const dense = cfg.method === "fedit" || cfg.method === "perfit-e1" || cfg.method === "local" ||
-    cfg.method === "base";
-  return { tier, e: dense ? 1 : e };
+  return { tier, e: strategyFor(cfg.method).expands ? e : 1 };
 }
 
 /** Runs a full simulation and returns per-round, per-client results. */
@@ -152,7 +151,7 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
       expansion: c.expansion,
       train: c.data.train.length,
       test: c.data.test.length,
-      trainableParams: cfg.method === "base" ? 0 : c.plan.budget,
+      trainableParams: strategyFor(cfg.method).trains ? c.plan.budget : 0,
       searchSpace: c.plan.total,
     })),
     budget: base.size,

@@ -10,6 +10,7 @@ import { type AdapterLayout, extract } from "../perfit/layout.ts";
 import { maskRef } from "../kernels/bits.ts";
 import { type DecodedUpdate, decodeUpdate, isMaskRef, resolveMaskRef, unpackMask } from "../client/wire.ts";
 import type { FitIns, FitRes, SimConfig } from "./types.ts";
+import { type MethodStrategy, strategyFor } from "./strategies.ts";
 
 /** What a coordinator strategy does each round. */
 export interface Strategy {
@@ -31,14 +32,17 @@ export class PersonalizedStrategy implements Strategy {
   /** Each client's latest mask (global-layout bitmask) and its reference, so unchanged masks travel by it. */
   readonly masks = new Map<string, { bits: Uint32Array; ref: string }>();
 
+  private readonly method: MethodStrategy;
+
   constructor(
     private readonly cfg: SimConfig,
     private readonly global: AdapterLayout,
     private readonly layouts: Map<string, AdapterLayout>,
   ) {
+    this.method = strategyFor(cfg.method);
     this.name = cfg.method;
-    this.aggregates = cfg.method !== "local" && cfg.method !== "base";
-    this.trains = cfg.method !== "base";
+    this.aggregates = this.method.aggregates;
+    this.trains = this.method.trains;
   }
 
   configureFit(round: number, clientIds: string[]): Map<string, FitIns> {
@@ -48,14 +52,9 @@ export class PersonalizedStrategy implements Strategy {
     const chosen = n >= clientIds.length
       ? clientIds
       : shuffled(clientIds, deriveSeed(this.cfg.seed, round, 0x5a)).slice(0, n);
-    const perfit = this.cfg.method.startsWith("perfit");
-    const every = this.cfg.researchEvery;
     for (const id of clientIds.filter((c) => chosen.includes(c))) {
-      // A client searches the first time it is sampled, then every `researchEvery` rounds if set.
-      const first = !this.masks.has(id);
-      const search = perfit && (first || (every > 0 && (round - 1) % every === 0));
-      const random = this.cfg.method === "perfit-random-mask" && first;
-      out.set(id, { round, steps: this.cfg.localSteps, search: search && !random, randomMask: random });
+      const plan = this.method.configure(round, !this.masks.has(id), this.cfg.researchEvery);
+      out.set(id, { round, steps: this.cfg.localSteps, ...plan });
     }
     return out;
   }

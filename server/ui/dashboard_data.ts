@@ -16,6 +16,7 @@ import {
 } from "../records.ts";
 import { readChunks } from "../kv_chunks.ts";
 import { countRange, jaccardBits } from "../../runtime/kernels/bits.ts";
+import { strategyFor } from "../../runtime/federation/strategies.ts";
 import type {
   BudgetSpread,
   ClientInfo,
@@ -126,7 +127,7 @@ export function kvDashboardSource(kv: Deno.Kv, opts: KvDashboardOptions = {}): (
       })),
       clients: clientInfos,
     };
-    if (run.config.method === "perfit") {
+    if (strategyFor(run.config.method).personalMask) {
       const withMasks: { name: string; bits: Uint32Array }[] = [];
       for (const c of clients.slice(0, maxClients)) {
         const last = (await kv.get<LastMask>(K.lastMask(run.id, c.id))).value;
