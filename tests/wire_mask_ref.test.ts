@@ -16,9 +16,10 @@ import {
 } from "../runtime/client/wire.ts";
 import { FederatedClient, MemoryStorage } from "../runtime/client/mod.ts";
 import { maskRef } from "../runtime/kernels/bits.ts";
-import { encodeMaskAs, MASK_CODE_MODES } from "../runtime/kernels/mask_code.ts";
+import { encodeMaskAs, MASK_CODE_MODES, maskCodeName } from "../runtime/kernels/mask_code.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
-import { encodeSafetensors } from "../runtime/io/safetensors.ts";
+import { decodeSafetensors, encodeSafetensors } from "../runtime/io/safetensors.ts";
+import { mulberry32 } from "../runtime/data/rng.ts";
 import type { PerfitApp } from "../server/app.ts";
 import { K } from "../server/records.ts";
 import { appFetch, createRun, dumpKv, fakeMask, fakeTrainer, makeApp, runBody } from "./server_helpers.ts";
@@ -47,13 +48,9 @@ Deno.test("wire: a new mask travels in its smallest code, every code round-trips
       assert.deepEqual(u.values, sparseOf(values, mask));
     }
     // Every code, sent explicitly, decodes to the same mask.
-    for (const mode of MASK_CODE_MODES.filter((m) => m !== "bits")) {
+    for (const mode of MASK_CODE_MODES) {
       const code = encodeMaskAs(mask, mode, scalarKernels);
-      const name = mode === "deltas"
-        ? "deltas"
-        : mode === "rice-gaps"
-        ? `rice-gaps:${code.k1}`
-        : `rice-runs:${code.k1}:${code.k2}`;
+      const name = maskCodeName(code);
       const sparse = sparseOf(values, mask);
       const body = encodeSafetensors({
         values: { dtype: "F32", shape: [sparse.length], data: sparse },
@@ -68,7 +65,7 @@ Deno.test("wire: a new mask travels in its smallest code, every code round-trips
   // Row-clustered masks: run lengths cost a small fraction of the bitmask.
   const rowsBody = encodeUpdate({ run: "r", round: 2, samples: 3, values, mask: rows, compactMask: true });
   const ru = decodeUpdate(rowsBody, N);
-  assert.ok(!isMaskRef(ru) && ru.maskForm === "rice-runs", String(!isMaskRef(ru) && ru.maskForm));
+  assert.ok(!isMaskRef(ru) && ru.maskForm === "rice-runs-rle", String(!isMaskRef(ru) && ru.maskForm));
   // By reference: no mask tensor; the coordinator completes it with the mask it holds.
   const ref = await maskRef(packMask(random));
   const byRef = encodeUpdate({ run: "r", round: 2, samples: 3, values, mask: random, maskRef: ref });
@@ -130,7 +127,7 @@ Deno.test("wire: malformed mask codes, references and mixed forms are refused wi
   refusedWith(body({ values }, { maskRef: "__proto__" }), "bad_metadata");
   refusedWith(body({ values: new Float32Array(N + 1) }, { maskRef: ref }), "bad_shape");
   refusedWith(body({ values, mask_code: code.bytes }, {}), "missing_metadata");
-  refusedWith(body({ values, mask_code: code.bytes }, { maskCode: "bits" }), "bad_metadata");
+  refusedWith(body({ values, mask_code: code.bytes }, { maskCode: "bits" }), "bad_mask");
   refusedWith(body({ values, mask_code: code.bytes }, { maskCode: "rice-gaps:99" }), "bad_mask");
   // A truncated code, a count that does not match and a code that runs past the end.
   refusedWith(
@@ -325,4 +322,60 @@ Deno.test("HTTP bodies: PerFIT after its search round costs at most 1.01x FedIT'
   // Round 1 carries the new mask, here a random one (no structure): at most its bitmask, N/8 bytes.
   assert.ok(per(perfit, 1) <= per(fedit, 1) + (4 * B) / 8, `${per(perfit, 1)} vs ${per(fedit, 1)}`);
   assert.ok(per(perfit, 1) > per(perfit, 2));
+});
+
+Deno.test("wire: a mask coded over the client's support decodes to the same mask; bad supports are refused", () => {
+  // A client of rank 2 in a global rank-8 layout of four [8, 250] A blocks: its support is the first
+  // two rows of each block, and its mask lies inside.
+  const N = 8000;
+  const support = new Uint8Array(N);
+  for (let b = 0; b < 4; b++) support.fill(1, b * 2000, b * 2000 + 500);
+  const r = mulberry32(7);
+  const mask = support.map((s) => (s && r() < 0.5 ? 1 : 0));
+  const values = Float32Array.from({ length: N }, (_, i) => i / N);
+  const withSupport = encodeUpdate({
+    run: "r",
+    round: 1,
+    samples: 3,
+    values,
+    mask,
+    support,
+    compactMask: true,
+  });
+  const without = encodeUpdate({ run: "r", round: 1, samples: 3, values, mask, compactMask: true });
+  assert.ok(withSupport.length < without.length, `${withSupport.length} vs ${without.length}`);
+  const u = decodeUpdate(withSupport, N);
+  assert.ok(!isMaskRef(u));
+  assert.deepEqual(unpackMask(u.maskBits, N), mask);
+  assert.deepEqual(u.values, sparseOf(values, mask));
+  const outside = mask.slice();
+  outside[N - 1] = 1;
+  assert.throws(
+    () => encodeUpdate({ run: "r", round: 1, samples: 3, values, mask: outside, support, compactMask: true }),
+    /outside the support/,
+  );
+  // Malformed support metadata and tensors.
+  const dec = decodeSafetensors(withSupport);
+  const tensors = Object.fromEntries(
+    [...dec.tensors].map(([k, t]) => [k, { dtype: t.dtype, shape: t.shape, data: t.bytes }]),
+  );
+  const again = (t: Record<string, unknown>, m: Record<string, string | undefined>) =>
+    encodeSafetensors(
+      t as Parameters<typeof encodeSafetensors>[0],
+      Object.fromEntries(
+        Object.entries({ ...dec.metadata, ...m }).filter(([, v]) => v !== undefined),
+      ) as Record<string, string>,
+    );
+  const refusedWith = (b: Uint8Array, code: string) =>
+    assert.throws(() => decodeUpdate(b, N), (e) => e instanceof WireError && e.code === code, code);
+  refusedWith(again(tensors, { supportSize: String(N + 1) }), "bad_metadata");
+  refusedWith(again(tensors, { supportSize: "10" }), "bad_metadata"); // fewer than the values
+  refusedWith(again(tensors, { supportSize: "1999" }), "bad_mask");
+  refusedWith(again(tensors, { supportCode: "bits" }), "bad_mask");
+  refusedWith(again(tensors, { supportCode: "rice-runs:1" }), "bad_metadata");
+  refusedWith(again(tensors, { supportCode: undefined }), "missing_metadata");
+  const { support_code: _, ...noSupport } = tensors;
+  refusedWith(again(noSupport, {}), "bad_metadata");
+  const { mask_code: __, ...noCode } = tensors;
+  refusedWith(again(noCode, { maskCode: undefined }), "missing_tensor");
 });

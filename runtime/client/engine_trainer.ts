@@ -189,6 +189,7 @@ export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
     return {
       values: embed(client, fl.adapter, global),
       mask: embed(client, fl.mask, global),
+      support: embed(client, new Uint8Array(client.size).fill(1), global),
       samples: Math.max(1, fl.samples),
       metrics,
     };

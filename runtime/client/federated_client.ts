@@ -35,6 +35,8 @@ export interface TaskInfo {
 export interface TrainResult {
   values: Float32Array;
   mask: Uint8Array;
+  /** The positions the client can ever hold (its own layout in the run's): a new mask is coded over them. */
+  support?: Uint8Array;
   samples: number;
   metrics?: Record<string, number>;
 }
@@ -333,6 +335,7 @@ export class FederatedClient {
       metrics: res.metrics,
       values: res.values,
       mask: res.mask,
+      support: res.support,
     }, st.ackedMaskRef);
     await this.storage.set("adapter.f32", new Uint8Array(this.adapterBuf.buffer));
     await this.storage.set("mask.u8", this.maskBuf);

@@ -5,8 +5,12 @@
  *   - `mask`: U32 `[ceil(N/32)]` LSB-first bitmask (bit i&31 of word i>>5 is position i; bits past N
  *     are zero), or U8/BOOL `[N]` of 0/1;
  *   - `mask_code`: U8 `[bytes]`, the mask in a compact code named by `__metadata__.maskCode`
- *     (`deltas`, `rice-gaps:K` or `rice-runs:K1:K2`, see runtime/kernels/mask_code.ts); values must
- *     then be sparse, and their count is the mask's;
+ *     (`bits`, `deltas`, `rice-gaps:K`, `rice-runs:K1:K2` or `rice-runs-rle:K1:K2:K3`, see
+ *     runtime/kernels/mask_code.ts); values must then be sparse, and their count is the mask's.
+ *     Optionally relative to a support: `support_code` (U8) with `__metadata__.supportCode` and
+ *     `supportSize` codes the positions the client's own layout occupies in the global one (a few
+ *     runs per matrix), and `mask_code` then codes the mask over those `supportSize` positions only,
+ *     so an e < e_max client pays for its own search space, not the run's;
  *   - no mask tensor and `__metadata__.maskRef`: the SHA-256 hex of the bitmask (`maskRef` in
  *     runtime/kernels/bits.ts) of a mask the coordinator already holds for this client: after the
  *     search round an unchanged mask costs 64 bytes of header instead of N/8. A coordinator that does
@@ -30,7 +34,13 @@ import {
   tensorToFloat32,
 } from "../io/safetensors.ts";
 import { bitWords, forEachBit, maskRef, popcountBits } from "../kernels/bits.ts";
-import { decodeMask as decodeMaskCode, encodeMask, type MaskCode } from "../kernels/mask_code.ts";
+import {
+  decodeMask as decodeMaskCode,
+  encodeMask,
+  type MaskCode,
+  maskCodeName,
+  parseMaskCodeName,
+} from "../kernels/mask_code.ts";
 import { scalarKernels } from "../kernels/scalar.ts";
 
 export { bitWords, forEachBit, popcountBits };
@@ -89,8 +99,10 @@ export interface UpdateIn {
   mask: Uint8Array;
   /** The mask's `maskRef`, when the coordinator already holds this mask: the mask is not sent. */
   maskRef?: string;
-  /** Send a new mask in its smallest code (`mask_code`) rather than as a U32 bitmask. */
+  /** Send a new mask in its smallest form (`mask_code`, maybe over `support`) rather than a U32 bitmask. */
   compactMask?: boolean;
+  /** 0/1 over N: the positions this client can ever hold (its own layout in the global one). */
+  support?: Uint8Array;
 }
 
 /** A decoded personalized slice. */
@@ -203,16 +215,64 @@ export function sumSquares(v: Float32Array): number {
 }
 
 const MASK_REF = /^[0-9a-f]{64}$/;
-const MASK_CODE = /^(deltas|rice-gaps:([0-9]{1,2})|rice-runs:([0-9]{1,2}):([0-9]{1,2}))$/;
-
-function parseMaskCode(s: string, bytes: Uint8Array): MaskCode {
-  const m = MASK_CODE.exec(s);
-  if (!m) {
-    throw new WireError(422, "bad_metadata", "maskCode must be deltas, rice-gaps:K or rice-runs:K1:K2");
+function parseMaskCode(name: string, bytes: Uint8Array, key: string): MaskCode {
+  const code = parseMaskCodeName(name, bytes);
+  if (!code) {
+    throw new WireError(
+      422,
+      "bad_metadata",
+      `${key} must be bits, deltas, rice-gaps:K, rice-runs:K1:K2 or rice-runs-rle:K1:K2:K3`,
+    );
   }
-  if (m[1] === "deltas") return { mode: "deltas", k1: 0, k2: 0, bytes };
-  if (m[2] !== undefined) return { mode: "rice-gaps", k1: Number(m[2]), k2: 0, bytes };
-  return { mode: "rice-runs", k1: Number(m[3]), k2: Number(m[4]), bytes };
+  return code;
+}
+
+function codeBytes(t: TensorOut, name: string): Uint8Array {
+  if (t.dtype !== "U8" || t.shape.length !== 1) {
+    throw new WireError(422, "bad_dtype", `${name} must be a 1-D U8 tensor`);
+  }
+  return t.bytes;
+}
+
+/** The mask of a `mask_code` body (maybe relative to a `support_code`) with `count` ones. */
+function decodeCodedMask(
+  meta: Record<string, string>,
+  codeT: TensorOut,
+  supportT: TensorOut | undefined,
+  n: number,
+  count: number,
+): Uint8Array {
+  const code = parseMaskCode(parseMeta(meta, "maskCode"), codeBytes(codeT, "mask_code"), "maskCode");
+  if (!supportT) {
+    if (meta.supportCode !== undefined || meta.supportSize !== undefined) {
+      throw new WireError(422, "bad_metadata", "supportCode and supportSize need a `support_code` tensor");
+    }
+    try {
+      return decodeMaskCode(code, n, count, scalarKernels);
+    } catch (e) {
+      throw new WireError(422, "bad_mask", `mask_code (${code.mode}): ${(e as Error).message}`);
+    }
+  }
+  const sc = parseMaskCode(
+    parseMeta(meta, "supportCode"),
+    codeBytes(supportT, "support_code"),
+    "supportCode",
+  );
+  const sizeS = parseMeta(meta, "supportSize");
+  const size = Number(sizeS);
+  if (!/^[0-9]{1,10}$/.test(sizeS) || size > n || size < count) {
+    throw new WireError(422, "bad_metadata", `supportSize must be an integer in [${count}, ${n}]`);
+  }
+  let support: Uint8Array, inner: Uint8Array;
+  try {
+    support = decodeMaskCode(sc, n, size, scalarKernels);
+    inner = decodeMaskCode(code, size, count, scalarKernels);
+  } catch (e) {
+    throw new WireError(422, "bad_mask", `mask_code over support_code: ${(e as Error).message}`);
+  }
+  const mask = new Uint8Array(n);
+  for (let p = 0, r = 0; p < n; p++) if (support[p]) mask[p] = inner[r++];
+  return mask;
 }
 
 function valuesOf(vt: TensorOut | undefined): Float32Array {
@@ -258,7 +318,7 @@ export function decodeUpdate(body: Uint8Array, n: number): DecodedUpdate | MaskR
     throw e;
   }
   for (const name of dec.tensors.keys()) {
-    if (name !== "mask" && name !== "mask_code" && name !== "values") {
+    if (name !== "mask" && name !== "mask_code" && name !== "support_code" && name !== "values") {
       throw new WireError(422, "unknown_tensor", `unexpected tensor ${name}`);
     }
   }
@@ -292,18 +352,12 @@ export function decodeUpdate(body: Uint8Array, n: number): DecodedUpdate | MaskR
   }
   let maskBits: Uint32Array;
   let maskForm: MaskForm;
+  const supportT = dec.tensors.get("support_code");
+  if (supportT && !codeT) throw new WireError(422, "missing_tensor", "`support_code` needs a `mask_code`");
   if (codeT) {
-    if (codeT.dtype !== "U8" || codeT.shape.length !== 1) {
-      throw new WireError(422, "bad_dtype", "mask_code must be a 1-D U8 tensor");
-    }
-    const code = parseMaskCode(parseMeta(meta, "maskCode"), codeT.bytes);
     checkSparseCount(raw, n);
-    try {
-      maskBits = packMask(decodeMaskCode(code, n, raw.length, scalarKernels));
-    } catch (e) {
-      throw new WireError(422, "bad_mask", `mask_code (${code.mode}): ${(e as Error).message}`);
-    }
-    maskForm = code.mode;
+    maskBits = packMask(decodeCodedMask(meta, codeT, supportT, n, raw.length));
+    maskForm = parseMaskCode(meta.maskCode, new Uint8Array(0), "maskCode").mode;
   } else {
     maskBits = decodeMask(maskT, n);
     maskForm = maskT!.dtype === "U32" ? "u32" : "u8";
@@ -370,14 +424,7 @@ export function encodeUpdate(u: UpdateIn): Uint8Array {
     meta.maskRef = u.maskRef;
     return encodeSafetensors(tensors, meta);
   }
-  const plain = encodeSafetensors(
-    { ...tensors, mask: { dtype: "U32", shape: [bits.length], data: bits } },
-    meta,
-  );
-  if (!u.compactMask) return plain;
-  // A code a few bytes under the bitmask can lose them again to its longer header entry.
-  const compact = encodeSafetensors(tensors, { ...meta, ...maskTensor(u.mask, tensors) });
-  return compact.length < plain.length ? compact : plain;
+  return withMask(tensors, meta, bits, u.compactMask ? codedForms(u.mask, u.support) : []);
 }
 
 /**
@@ -399,7 +446,7 @@ export function maskFormOf(body: Uint8Array): MaskForm {
   const u = decodeSafetensors(body, { maxHeaderBytes: 64 * 1024 });
   if (u.metadata.maskRef !== undefined) return "ref";
   const code = u.metadata.maskCode;
-  if (code !== undefined) return parseMaskCode(code, new Uint8Array(0)).mode;
+  if (code !== undefined) return parseMaskCode(code, new Uint8Array(0), "maskCode").mode;
   return u.tensors.get("mask")?.dtype === "U32" ? "u32" : "u8";
 }
 
@@ -417,25 +464,62 @@ export function attachMask(body: Uint8Array, mask: Uint8Array): Uint8Array {
   };
   const count = scalarKernels.popcount(mask);
   if (count !== vt.shape[0]) throw new RangeError(`mask has ${count} ones, update has ${vt.shape[0]} values`);
-  Object.assign(meta, maskTensor(mask, tensors));
-  return encodeSafetensors(tensors, meta);
+  return withMask(tensors, meta, packMask(mask), codedForms(mask, undefined));
 }
 
-/** Adds the mask's tensor to `tensors` (its smallest code, or the U32 bitmask); returns the metadata it needs. */
-function maskTensor(mask: Uint8Array, tensors: Record<string, TensorIn>): Record<string, string> {
-  const code = encodeMask(mask, scalarKernels);
-  if (code.mode === "bits") {
-    const bits = packMask(mask);
-    tensors.mask = { dtype: "U32", shape: [bits.length], data: bits };
-    return {};
+/**
+ * The smallest body of the update with its mask as a U32 bitmask or one of the coded `forms` (a code
+ * a few bytes under the bitmask can lose them again to its longer header entry).
+ */
+function withMask(
+  tensors: Record<string, TensorIn>,
+  meta: Record<string, string>,
+  bits: Uint32Array,
+  forms: CodedForm[],
+): Uint8Array {
+  let best = encodeSafetensors(
+    { ...tensors, mask: { dtype: "U32", shape: [bits.length], data: bits } },
+    meta,
+  );
+  for (const form of forms) {
+    const body = encodeSafetensors({ ...tensors, ...form.tensors }, { ...meta, ...form.meta });
+    if (body.length < best.length) best = body;
   }
-  tensors.mask_code = { dtype: "U8", shape: [code.bytes.length], data: code.bytes };
-  const maskCode = code.mode === "deltas"
-    ? "deltas"
-    : code.mode === "rice-gaps"
-    ? `rice-gaps:${code.k1}`
-    : `rice-runs:${code.k1}:${code.k2}`;
-  return { maskCode };
+  return best;
+}
+
+interface CodedForm {
+  tensors: Record<string, TensorIn>;
+  meta: Record<string, string>;
+}
+
+/** The coded forms of a new mask: over all positions, and over the client's support when given. */
+function codedForms(
+  mask: Uint8Array,
+  support: Uint8Array | undefined,
+): CodedForm[] {
+  const u8 = (b: Uint8Array): TensorIn => ({ dtype: "U8", shape: [b.length], data: b });
+  const out: CodedForm[] = [];
+  // (A plain bitmask is the U32 `mask` tensor that `withMask` always tries.)
+  const code = encodeMask(mask, scalarKernels);
+  if (code.mode !== "bits") {
+    out.push({ tensors: { mask_code: u8(code.bytes) }, meta: { maskCode: maskCodeName(code) } });
+  }
+  if (support) {
+    if (support.length !== mask.length) throw new RangeError("support and mask lengths differ");
+    const inner: number[] = [];
+    for (let p = 0; p < mask.length; p++) {
+      if (support[p]) inner.push(mask[p]);
+      else if (mask[p]) throw new RangeError(`mask position ${p} is outside the support`);
+    }
+    const sc = encodeMask(support, scalarKernels);
+    const ic = encodeMask(Uint8Array.from(inner), scalarKernels);
+    out.push({
+      tensors: { mask_code: u8(ic.bytes), support_code: u8(sc.bytes) },
+      meta: { maskCode: maskCodeName(ic), supportCode: maskCodeName(sc), supportSize: String(inner.length) },
+    });
+  }
+  return out;
 }
 
 /** Encodes a personalized slice (server side). */

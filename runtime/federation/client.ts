@@ -160,6 +160,7 @@ export class FlClient {
         metrics: { loss: res.meanLoss },
         values: embed(this.layout, this.adapter, upload.global),
         mask: embed(this.layout, this.mask, upload.global),
+        support: embed(this.layout, new Uint8Array(this.layout.size).fill(1), upload.global),
       }, this.ackedMaskRef);
       res.upload = body;
       this.sentMaskRef = maskRef;

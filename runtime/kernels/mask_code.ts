@@ -7,15 +7,26 @@
 import { KernelError, type Kernels } from "./types.ts";
 
 /** How a mask is coded. */
-export type MaskCodeMode = "bits" | "deltas" | "rice-gaps" | "rice-runs";
+export type MaskCodeMode = "bits" | "deltas" | "rice-gaps" | "rice-runs" | "rice-runs-rle";
 /** Every mode, in the order a tie is broken (first wins). */
-export const MASK_CODE_MODES: readonly MaskCodeMode[] = ["bits", "deltas", "rice-gaps", "rice-runs"];
+export const MASK_CODE_MODES: readonly MaskCodeMode[] = [
+  "bits",
+  "deltas",
+  "rice-gaps",
+  "rice-runs",
+  "rice-runs-rle",
+];
 
-/** A coded mask: the mode, its Rice parameters (0 where unused) and the bytes. */
+/**
+ * A coded mask: the mode, its Rice parameters (0 where unused) and the bytes. `rice-runs-rle` codes
+ * each (zeros, ones) run pair with how often it repeats at once: the part of a mask that holds a few
+ * rank components of every row of a LoRA B matrix is one pair repeated once per row.
+ */
 export interface MaskCode {
   mode: MaskCodeMode;
   k1: number;
   k2: number;
+  k3: number;
   bytes: Uint8Array;
 }
 
@@ -122,22 +133,56 @@ function runsOf(mask: Uint8Array): { zeros: number[]; ones: number[] } {
   return { zeros, ones };
 }
 
+/** The code's name on the wire: `deltas`, `rice-gaps:K`, `rice-runs:K1:K2`, `rice-runs-rle:K1:K2:K3`. */
+export function maskCodeName(c: MaskCode): string {
+  switch (c.mode) {
+    case "bits":
+    case "deltas":
+      return c.mode;
+    case "rice-gaps":
+      return `rice-gaps:${c.k1}`;
+    case "rice-runs":
+      return `rice-runs:${c.k1}:${c.k2}`;
+    case "rice-runs-rle":
+      return `rice-runs-rle:${c.k1}:${c.k2}:${c.k3}`;
+  }
+}
+
+const CODE_NAME = /^(bits|deltas|rice-gaps|rice-runs|rice-runs-rle)((?::[0-9]{1,2}){0,3})$/;
+const PARAMS: Record<MaskCodeMode, number> = {
+  bits: 0,
+  deltas: 0,
+  "rice-gaps": 1,
+  "rice-runs": 2,
+  "rice-runs-rle": 3,
+};
+
+/** The code a wire name stands for, with its bytes; null for a name that is not one of `maskCodeName`'s. */
+export function parseMaskCodeName(name: string, bytes: Uint8Array): MaskCode | null {
+  const m = CODE_NAME.exec(name);
+  if (!m) return null;
+  const mode = m[1] as MaskCodeMode;
+  const ks = m[2] ? m[2].slice(1).split(":").map(Number) : [];
+  if (ks.length !== PARAMS[mode]) return null;
+  return { mode, k1: ks[0] ?? 0, k2: ks[1] ?? 0, k3: ks[2] ?? 0, bytes };
+}
+
 /** The mask in one mode. */
 export function encodeMaskAs(mask: Uint8Array, mode: MaskCodeMode, k: Kernels): MaskCode {
   switch (mode) {
     case "bits": {
       const bits = k.maskToBits(mask);
       const bytes = new Uint8Array(bits.buffer, bits.byteOffset, Math.ceil(mask.length / 8)).slice();
-      return { mode, k1: 0, k2: 0, bytes };
+      return { mode, k1: 0, k2: 0, k3: 0, bytes };
     }
     case "deltas":
-      return { mode, k1: 0, k2: 0, bytes: k.encodeDeltas(mask) };
+      return { mode, k1: 0, k2: 0, k3: 0, bytes: k.encodeDeltas(mask) };
     case "rice-gaps": {
       const gaps = gapsOf(mask);
       const kg = bestK(gaps);
       const w = new BitWriter();
       for (const g of gaps) w.rice(g, kg);
-      return { mode, k1: kg, k2: 0, bytes: w.finish() };
+      return { mode, k1: kg, k2: 0, k3: 0, bytes: w.finish() };
     }
     case "rice-runs": {
       const { zeros, ones } = runsOf(mask);
@@ -148,7 +193,27 @@ export function encodeMaskAs(mask: Uint8Array, mode: MaskCodeMode, k: Kernels): 
         w.rice(zeros[i], kz);
         w.rice(ones[i], ko);
       }
-      return { mode, k1: kz, k2: ko, bytes: w.finish() };
+      return { mode, k1: kz, k2: ko, k3: 0, bytes: w.finish() };
+    }
+    case "rice-runs-rle": {
+      const { zeros, ones } = runsOf(mask);
+      const z: number[] = [], o: number[] = [], again: number[] = [];
+      for (let i = 0; i < zeros.length;) {
+        let j = i + 1;
+        while (j < zeros.length && zeros[j] === zeros[i] && ones[j] === ones[i]) j++;
+        z.push(zeros[i]);
+        o.push(ones[i]);
+        again.push(j - i - 1);
+        i = j;
+      }
+      const [kz, ko, ka] = [bestK(z), bestK(o), bestK(again)];
+      const w = new BitWriter();
+      for (let i = 0; i < z.length; i++) {
+        w.rice(z[i], kz);
+        w.rice(o[i], ko);
+        w.rice(again[i], ka);
+      }
+      return { mode, k1: kz, k2: ko, k3: ka, bytes: w.finish() };
     }
     default:
       throw new KernelError(`unknown mask code mode ${mode}`);
@@ -170,7 +235,7 @@ export function decodeMask(code: MaskCode, n: number, count: number, k: Kernels)
   if (!Number.isSafeInteger(count) || count < 0 || count > n) {
     throw new KernelError(`mask count ${count} is outside [0, ${n}]`);
   }
-  for (const kk of [code.k1, code.k2]) {
+  for (const kk of [code.k1, code.k2, code.k3]) {
     if (!Number.isInteger(kk) || kk < 0 || kk > MAX_K) {
       throw new KernelError(`Rice parameter ${kk} is outside [0, ${MAX_K}]`);
     }
@@ -213,6 +278,26 @@ export function decodeMask(code: MaskCode, n: number, count: number, k: Kernels)
         mask.fill(1, pos, pos + o);
         pos += o;
         seen += o;
+      }
+      r.end();
+      break;
+    }
+    case "rice-runs-rle": {
+      mask = new Uint8Array(n);
+      const r = new BitReader(code.bytes);
+      let pos = 0;
+      let seen = 0;
+      while (seen < count) {
+        const z = r.rice(code.k1, n);
+        const o = r.rice(code.k2, n) + 1;
+        const times = r.rice(code.k3, n) + 1;
+        for (let t = 0; t < times; t++) {
+          pos += z;
+          if (pos + o > n) throw new KernelError("rice run past the mask end");
+          mask.fill(1, pos, pos + o);
+          pos += o;
+          seen += o;
+        }
       }
       r.end();
       break;
