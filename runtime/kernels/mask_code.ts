@@ -184,34 +184,27 @@ export function encodeMaskAs(mask: Uint8Array, mode: MaskCodeMode, k: Kernels): 
       for (const g of gaps) w.rice(g, kg);
       return { mode, k1: kg, k2: 0, k3: 0, bytes: w.finish() };
     }
-    case "rice-runs": {
-      const { zeros, ones } = runsOf(mask);
-      const kz = bestK(zeros);
-      const ko = bestK(ones);
-      const w = new BitWriter();
-      for (let i = 0; i < zeros.length; i++) {
-        w.rice(zeros[i], kz);
-        w.rice(ones[i], ko);
-      }
-      return { mode, k1: kz, k2: ko, k3: 0, bytes: w.finish() };
-    }
+    case "rice-runs":
     case "rice-runs-rle": {
       const { zeros, ones } = runsOf(mask);
       const z: number[] = [], o: number[] = [], again: number[] = [];
       for (let i = 0; i < zeros.length;) {
         let j = i + 1;
-        while (j < zeros.length && zeros[j] === zeros[i] && ones[j] === ones[i]) j++;
+        if (mode === "rice-runs-rle") {
+          while (j < zeros.length && zeros[j] === zeros[i] && ones[j] === ones[i]) j++;
+        }
         z.push(zeros[i]);
         o.push(ones[i]);
         again.push(j - i - 1);
         i = j;
       }
-      const [kz, ko, ka] = [bestK(z), bestK(o), bestK(again)];
+      const [kz, ko] = [bestK(z), bestK(o)];
+      const ka = mode === "rice-runs-rle" ? bestK(again) : 0;
       const w = new BitWriter();
       for (let i = 0; i < z.length; i++) {
         w.rice(z[i], kz);
         w.rice(o[i], ko);
-        w.rice(again[i], ka);
+        if (mode === "rice-runs-rle") w.rice(again[i], ka);
       }
       return { mode, k1: kz, k2: ko, k3: ka, bytes: w.finish() };
     }
@@ -266,23 +259,9 @@ export function decodeMask(code: MaskCode, n: number, count: number, k: Kernels)
       r.end();
       break;
     }
-    case "rice-runs": {
-      mask = new Uint8Array(n);
-      const r = new BitReader(code.bytes);
-      let pos = 0;
-      let seen = 0;
-      while (seen < count) {
-        pos += r.rice(code.k1, n);
-        const o = r.rice(code.k2, n) + 1;
-        if (pos + o > n) throw new KernelError("rice run past the mask end");
-        mask.fill(1, pos, pos + o);
-        pos += o;
-        seen += o;
-      }
-      r.end();
-      break;
-    }
+    case "rice-runs":
     case "rice-runs-rle": {
+      const rle = code.mode === "rice-runs-rle";
       mask = new Uint8Array(n);
       const r = new BitReader(code.bytes);
       let pos = 0;
@@ -290,7 +269,7 @@ export function decodeMask(code: MaskCode, n: number, count: number, k: Kernels)
       while (seen < count) {
         const z = r.rice(code.k1, n);
         const o = r.rice(code.k2, n) + 1;
-        const times = r.rice(code.k3, n) + 1;
+        const times = rle ? r.rice(code.k3, n) + 1 : 1;
         for (let t = 0; t < times; t++) {
           pos += z;
           if (pos + o > n) throw new KernelError("rice run past the mask end");
