@@ -13,7 +13,7 @@ import { FlClient } from "../federation/client.ts";
 import { strategyFor } from "../federation/strategies.ts";
 import { DEFAULT_SIM, type SimConfig, type TrainEngine } from "../federation/types.ts";
 import type { Example, TextTokenizer } from "../data/types.ts";
-import type { TaskInfo, Trainer, TrainResult } from "./federated_client.ts";
+import type { TaskInfo, Trainer, TrainerOutput } from "./federated_client.ts";
 
 /** Progress of local training. */
 export interface TrainProgress {
@@ -116,7 +116,7 @@ export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
     task: TaskInfo,
     adapter: Float32Array,
     mask: Uint8Array | null,
-  ): Promise<TrainResult> => {
+  ): Promise<TrainerOutput> => {
     const h = localHyper(task.train);
     lastTask = task;
     const { global, client } = layouts(task);

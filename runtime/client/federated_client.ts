@@ -32,7 +32,7 @@ export interface TaskInfo {
 }
 
 /** What a trainer returns: the whole adapter after training, the mask it trained, and its sample count. */
-export interface TrainResult {
+export interface TrainerOutput {
   values: Float32Array;
   mask: Uint8Array;
   /** The positions the client can ever hold (its own layout in the run's): a new mask is coded over them. */
@@ -49,7 +49,7 @@ export type Trainer = (
   task: TaskInfo,
   adapter: Float32Array,
   mask: Uint8Array | null,
-) => Promise<TrainResult>;
+) => Promise<TrainerOutput>;
 
 /** Options of `FederatedClient.create`. */
 export interface FederatedClientOptions {

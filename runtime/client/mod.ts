@@ -11,7 +11,7 @@ export {
   type StepOutcome,
   type TaskInfo,
   type Trainer,
-  type TrainResult,
+  type TrainerOutput,
 } from "./federated_client.ts";
 export { type ClientStorage, FileStorage, IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.ts";
 export {

@@ -13,7 +13,7 @@ import { maskFormOf } from "../client/wire.ts";
 import type { ClientData } from "./partition.ts";
 import { PersonalizedStrategy } from "./strategy.ts";
 import { strategyFor } from "./strategies.ts";
-import type { ClientRound, EngineFactory, RoundRecord, SimConfig, SimResult } from "./types.ts";
+import type { ClientRound, EngineFactory, SimRound, SimConfig, SimResult } from "./types.ts";
 
 /** Everything a simulation needs besides its config. */
 export interface SimulationInputs {
@@ -27,7 +27,7 @@ export interface SimulationInputs {
   /** Called after each client's step of local training. */
   onStep?: StepHook;
   /** Called after each finished round (e.g. to print it). */
-  onRound?: (r: RoundRecord) => void;
+  onRound?: (r: SimRound) => void;
   /** Called after each client evaluation (progress). */
   onEval?: (clientId: string) => void;
   /** Called after each round with the live clients (tests and debugging inspect their state). */
@@ -74,7 +74,7 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
   if (new Set(ids).size !== ids.length) throw new RangeError("client ids must be unique");
   const strategy = new PersonalizedStrategy(cfg, global, new Map(clients.map((c) => [c.id, c.layout])));
   const target = { run: `sim-${cfg.method}-${cfg.seed}`, global };
-  const rounds: RoundRecord[] = [];
+  const rounds: SimRound[] = [];
   for (let round = 1; round <= cfg.rounds; round++) {
     const tr = performance.now();
     const fitIns = strategy.configureFit(round, ids);
@@ -116,7 +116,7 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
         downloadBytes: down ? down.length * 4 : 0,
       });
     }
-    const rec: RoundRecord = {
+    const rec: SimRound = {
       round,
       clients: records,
       meanPerplexity: records.reduce((s, r) => s + r.perplexity, 0) / records.length,

@@ -113,7 +113,7 @@ export interface ClientRound {
 }
 
 /** One round of a simulation. */
-export interface RoundRecord {
+export interface SimRound {
   round: number;
   clients: ClientRound[];
   meanPerplexity: number;
@@ -137,6 +137,6 @@ export interface SimResult {
   budget: number;
   /** Final masks: share of kept positions in A matrices, and mean Jaccard overlap with the other clients (global layout). */
   maskStats: { id: string; fractionInA: number; meanJaccard: number }[];
-  rounds: RoundRecord[];
+  rounds: SimRound[];
   wallSeconds: number;
 }

@@ -15,7 +15,7 @@
 export {
   type Attrs,
   type ConstData,
-  type DType,
+  type GraphDType,
   END,
   Graph,
   MASK_VALUE,
