@@ -48,6 +48,7 @@ import { checksum128 } from "./checksum.ts";
 import { BoundedCache } from "./bounded_cache.ts";
 import { kernels } from "../runtime/kernels/mod.ts";
 import { type Accumulators, defaultFolder, type Folder } from "./folder.ts";
+import { ReadModel, type RunMetrics } from "./read_model.ts";
 
 const DEBUG = (() => {
   try {
@@ -150,6 +151,7 @@ export class Coordinator {
   /** The settled state behind each entry of `states` (so a dead state never evicts its successor). */
   private loaded = new Map<string, RunState>();
   private closed = false;
+  private readonly reads: ReadModel;
   /** Names this instance's accumulator slots (see `flush`). */
   private readonly instance = b64url(crypto.getRandomValues(new Uint8Array(6)));
 
@@ -161,7 +163,9 @@ export class Coordinator {
     private readonly kv: Deno.Kv,
     private readonly now: () => number = Date.now,
     private readonly folder: Folder = defaultFolder(),
-  ) {}
+  ) {
+    this.reads = new ReadModel(kv);
+  }
 
   // ---------- runs ----------
 
@@ -1026,36 +1030,10 @@ export class Coordinator {
     return this.loaded.get(runId)?.pending.size ?? 0;
   }
 
-  /** Rounds timeline with per-client metrics, for dashboards. */
-  async metrics(runId: string): Promise<unknown> {
+  /** Rounds timeline with per-client metrics, for dashboards (read model: server/read_model.ts). */
+  async metrics(runId: string): Promise<RunMetrics> {
     const { run } = await this.getRun(runId);
-    const rounds: (RoundRecord & { clients: UploadRecord[] })[] = [];
-    for await (const e of this.kv.list<RoundRecord>({ prefix: K.rounds(runId) })) {
-      rounds.push({ ...e.value, clients: [] });
-    }
-    const byIndex = new Map(rounds.map((r) => [r.index, r]));
-    for await (const e of this.kv.list<UploadRecord>({ prefix: K.uploadsAll(runId) })) {
-      byIndex.get(e.value.round)?.clients.push(e.value);
-    }
-    const clients: ClientRecord[] = [];
-    for await (const e of this.kv.list<ClientRecord>({ prefix: K.clientsOf(runId) })) clients.push(e.value);
-    return {
-      run: {
-        id: run.id,
-        status: run.status,
-        round: run.round,
-        globalRound: run.globalRound,
-        config: run.config,
-      },
-      clients: clients.map((c) => ({
-        id: c.id,
-        name: c.name,
-        tier: c.tier,
-        expansion: c.expansion,
-        joinedAt: c.joinedAt,
-      })),
-      rounds,
-    };
+    return await this.reads.metrics(run);
   }
 
   /** Latest mask bitmask of each client (paged), for overlap (Jaccard) and budget-spread views. */
@@ -1066,12 +1044,9 @@ export class Coordinator {
   ): Promise<{ client: string; round: number; bits: Uint32Array }[]> {
     const st = await this.state(runId);
     const out: { client: string; round: number; bits: Uint32Array }[] = [];
-    let i = 0;
-    for await (const e of this.kv.list<ClientRecord>({ prefix: K.clientsOf(runId) })) {
-      if (i++ < offset) continue;
-      if (out.length >= limit) break;
-      const m = await this.maskOf(st, e.value.id);
-      if (m) out.push({ client: e.value.id, round: m.round, bits: m.bits });
+    for (const c of await this.reads.clients(runId, offset, limit)) {
+      const m = await this.maskOf(st, c.id);
+      if (m) out.push({ client: c.id, round: m.round, bits: m.bits });
     }
     return out;
   }

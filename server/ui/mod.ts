@@ -15,6 +15,7 @@ import type { DashboardData } from "../../web/dashboard/types.ts";
 import type { RunRecord } from "../records.ts";
 import type { AdapterLayoutLike } from "../../runtime/export/types.ts";
 import { kvDashboardSource, layoutFromModelDir } from "./dashboard_data.ts";
+import { ReadModel } from "../read_model.ts";
 import { ISOLATION_HEADERS, safeJoin, serveFile } from "./static.ts";
 import { timingSafeEqual } from "../tokens.ts";
 
@@ -63,7 +64,7 @@ export function mountUi(app: Hono, deps: UiDeps = {}): void {
     return built;
   };
   const source = deps.dashboardData ?? (deps.kv
-    ? kvDashboardSource(deps.kv, {
+    ? kvDashboardSource(new ReadModel(deps.kv), {
       layoutFor: deps.layoutFor ?? (deps.modelDir ? layoutFromModelDir(deps.modelDir) : undefined),
     })
     : null);
