@@ -199,7 +199,8 @@ Deno.test("server: an unknown or forged mask reference is a 409 mask_unknown tha
   assert.equal((await post(app, run, b, 1, up(1, mb))).status, 201);
   // The last seat closes round 1 in the background: wait until round 2 is open and round 1's
   // accumulators are deleted (the close's last write here: no mask was replaced, no global existed).
-  for (;;) {
+  for (const until = Date.now() + 30_000;;) {
+    if (Date.now() > until) throw new Error("round 1 never finished closing");
     const { run: r } = await app.coordinator.getRun(run);
     if (r.round === 2 && (await Array.fromAsync(kv.list({ prefix: K.accRound(run, 1) }))).length === 0) break;
     await new Promise((res) => setTimeout(res, 0));
@@ -274,7 +275,10 @@ async function federate(
   const rounds = (over.rounds as number | undefined) ?? 3;
   for (let round = 1; round <= rounds; round++) {
     await Promise.all(cs.map(async (c) => {
-      while (c.lastRound < round) await c.step();
+      for (let i = 0; c.lastRound < round; i++) {
+        if (i > 1000) throw new Error(`client never finished round ${round}`);
+        await c.step();
+      }
     }));
     await between?.(round, (a) => (app = a), kv, run);
   }
