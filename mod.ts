@@ -4,10 +4,14 @@
  * One library for Deno and browsers. Data flows one way:
  * dataset → tokens → graph → ORT session → update → coordinator → aggregate → personalized slice.
  *
+ * A PerFIT client in Deno (the browser page runs the same two calls):
+ *
  * ```ts
- * import { Engine, loadModel, FederatedClient } from "./mod.ts";
+ * import { engineTrainer, FederatedClient, loadModel } from "./mod.ts";
  * const model = await loadModel("models/perfit-tiny");
- * const engine = await Engine.create(model, { rank: 8, alpha: 16, targets: ["q", "v"] });
+ * const trainer = engineTrainer({ model, tokenizer: model.tokenizer!, data: { id: "me", train, test } });
+ * const client = await FederatedClient.create({ serverUrl, runId, trainer, initAdapter: trainer.initAdapter });
+ * await client.run(); // join, then per round: task, slice, search/prune/train, upload; resumes after a crash
  * ```
  *
  * Each area is also exported whole as a namespace (`graph`, `model`, `data`, `perfit`,
@@ -18,11 +22,25 @@
  */
 
 // The headline API: what a federated client or a simulation needs.
-export { type Batch, Engine, type LoadedModel, loadModel, type LoraSpec, type StepResult } from "./runtime/model/mod.ts";
+export {
+  type Batch,
+  Engine,
+  type LoadedModel,
+  loadModel,
+  type LoraSpec,
+  type StepResult,
+} from "./runtime/model/mod.ts";
 export { AdamW, clipGradNorm, cosineSchedule, evaluatePerplexity, trainLora } from "./runtime/model/mod.ts";
 export { type Example, loadJsonl, makeBatches } from "./runtime/data/mod.ts";
-export { FederatedClient, FederatedClientError, type Trainer } from "./runtime/client/mod.ts";
-export { GpuKernels, initKernels, KernelError, type Kernels, kernels, scalarKernels } from "./runtime/kernels/mod.ts";
+export { engineTrainer, FederatedClient, FederatedClientError, type Trainer } from "./runtime/client/mod.ts";
+export {
+  GpuKernels,
+  initKernels,
+  KernelError,
+  type Kernels,
+  kernels,
+  scalarKernels,
+} from "./runtime/kernels/mod.ts";
 export { createSession, grad, type GradOptions, Graph, toOnnx } from "./runtime/graph/mod.ts";
 export { decodeSafetensors, encodeSafetensors, SafetensorsError } from "./runtime/io/safetensors.ts";
 export { peftAdapterFiles, writeMergedModel, writePeftAdapter } from "./runtime/export/mod.ts";

@@ -20,8 +20,8 @@ import {
   runFederated,
   type SimConfig,
   type SimResult,
+  strategyFor,
 } from "../runtime/federation/mod.ts";
-import { HEADER_BYTES } from "../runtime/perfit/upload.ts";
 
 /** Settings of a results run. */
 export interface ResultsOptions {
@@ -50,7 +50,7 @@ export const DEFAULT_RESULTS: ResultsOptions = {
   // 40 steps of batch 8 per round (160 per client, 3.2 epochs of 400 examples): at 20 the runs were too short
   // for local-only training to beat FedAvg, i.e. there was no personalization headroom to measure.
   localSteps: 40,
-  seeds: [0],
+  seeds: [0, 1, 2],
   tiers: ["high", "mid", "low"],
   maxTrain: 400,
   maxTest: 48,
@@ -69,24 +69,50 @@ interface MethodSummary {
   method: Method;
   runs: SimResult[];
   meanPpl: number;
-  perClient: Map<string, number>;
+  /** Per seed, the last round's arithmetic and geometric means over the clients. */
+  seedMeans: number[];
+  seedGeoMeans: number[];
+  perClient: Map<string, number[]>;
   curve: number[];
 }
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 
+/** Sample standard deviation (n - 1); 0 for fewer than two values. */
+export function stdDev(xs: number[]): number {
+  if (xs.length < 2) return 0;
+  const m = mean(xs);
+  return Math.sqrt(xs.reduce((a, x) => a + (x - m) ** 2, 0) / (xs.length - 1));
+}
+
+/** Geometric mean: one hard client (a perplexity far above the rest) moves it less than the arithmetic mean. */
+export function geoMean(xs: number[]): number {
+  if (xs.length === 0 || xs.some((x) => !(x > 0))) {
+    throw new RangeError("geometric mean needs positive values");
+  }
+  return Math.exp(mean(xs.map(Math.log)));
+}
+
+/** "mean ± sd" over seeds (just the mean for one seed). */
+export function meanSd(xs: number[], digits = 3): string {
+  return xs.length > 1
+    ? `${mean(xs).toFixed(digits)} ± ${stdDev(xs).toFixed(digits)}`
+    : mean(xs).toFixed(digits);
+}
+
 function summarize(method: Method, runs: SimResult[]): MethodSummary {
-  const perClient = new Map<string, number>();
+  const last = (r: SimResult) => r.rounds[r.rounds.length - 1].clients.map((c) => c.perplexity);
+  const perClient = new Map<string, number[]>();
   for (const c of runs[0].clients) {
     perClient.set(
       c.id,
-      mean(
-        runs.map((r) => r.rounds[r.rounds.length - 1].clients.find((x) => x.clientId === c.id)!.perplexity),
-      ),
+      runs.map((r) => r.rounds[r.rounds.length - 1].clients.find((x) => x.clientId === c.id)!.perplexity),
     );
   }
   const curve = runs[0].rounds.map((_, i) => mean(runs.map((r) => r.rounds[i].meanPerplexity)));
-  return { method, runs, meanPpl: mean([...perClient.values()]), perClient, curve };
+  const seedMeans = runs.map((r) => mean(last(r)));
+  const seedGeoMeans = runs.map((r) => geoMean(last(r)));
+  return { method, runs, meanPpl: mean(seedMeans), seedMeans, seedGeoMeans, perClient, curve };
 }
 
 function uploadStats(r: SimResult): { first: number; steady: number } {
@@ -231,32 +257,35 @@ function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): st
     "",
   );
   lines.push(
-    "Personalized perplexity = exp(mean response-token NLL) of the model each client holds after the last round's aggregation, on its own held-out split (lower is better).",
+    "Personalized perplexity = exp(mean response-token NLL) of the model each client holds after the last round's aggregation, on its own held-out split (lower is better). " +
+      "Mean ppl is the arithmetic mean over the clients, geo-mean ppl the geometric mean (one hard client dominates the arithmetic one); " +
+      "with several seeds each is shown as mean ± sample standard deviation over the seeds, and so is each client's value.",
     "",
   );
   lines.push(
-    "| method | mean ppl | vs FedIT | trainable params / client | search space | upload / client, round 1 | upload / client, later rounds | wall s |",
+    "| method | mean ppl | geo-mean ppl | vs FedIT | trainable params / client | search space | upload / client, round 1 | upload / client, later rounds | wall s |",
   );
-  lines.push("|---|---:|---:|---:|---:|---:|---:|---:|");
+  lines.push("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (const x of s) {
     const r = x.runs[0];
     const up = uploadStats(r);
     const vs = fedit ? `${(((x.meanPpl - fedit.meanPpl) / fedit.meanPpl) * 100).toFixed(1)}%` : "-";
-    const space = x.method === "base"
+    const space = !strategyFor(x.method).trains
       ? "0"
       : `${Math.min(...r.clients.map((c) => c.searchSpace))}–${
         Math.max(...r.clients.map((c) => c.searchSpace))
       }`;
-    const train = x.method === "base" ? 0 : B;
+    const train = strategyFor(x.method).trains ? B : 0;
     lines.push(
-      `| ${x.method} | ${x.meanPpl.toFixed(3)} | ${vs} | ${train} | ${space} | ${fmtBytes(up.first)} | ${
-        fmtBytes(up.steady)
-      } | ${mean(x.runs.map((q) => q.wallSeconds)).toFixed(0)} |`,
+      `| ${x.method} | ${meanSd(x.seedMeans)} | ${meanSd(x.seedGeoMeans)} | ${vs} | ${train} | ${space} | ${
+        fmtBytes(up.first)
+      } | ${fmtBytes(up.steady)} | ${mean(x.runs.map((q) => q.wallSeconds)).toFixed(0)} |`,
     );
   }
   lines.push(
     "",
-    `FedIT upload reference: 4·B = ${4 * B} B of values (+${HEADER_BYTES} B header in our codec).`,
+    `FedIT upload reference: 4·B = ${4 * B} B of values; uploads are the HTTP bodies (safetensors, ` +
+      `runtime/client/wire.ts): values, a ~300 B header, and a new mask in its smallest code (by reference after).`,
     "",
   );
   lines.push("## Per-client personalized perplexity (last round)", "");
@@ -265,9 +294,9 @@ function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): st
   const perfit = byName.get("perfit") ?? s[0];
   for (const c of ref.clients) {
     const e = perfit.runs[0].clients.find((q) => q.id === c.id)?.expansion ?? 1;
-    lines.push(`| ${c.id} | ${e} | ${s.map((x) => x.perClient.get(c.id)!.toFixed(3)).join(" | ")} |`);
+    lines.push(`| ${c.id} | ${e} | ${s.map((x) => meanSd(x.perClient.get(c.id)!)).join(" | ")} |`);
   }
-  const withMasks = s.filter((x) => x.method.startsWith("perfit"));
+  const withMasks = s.filter((x) => strategyFor(x.method).personalMask);
   if (withMasks.length) {
     lines.push(
       "",

@@ -4,7 +4,6 @@
  * folding straight from the bitmask skips the N-length scatter that the dense `accumulate` would need
  * for every upload.
  */
-import { forEachBit } from "../runtime/client/wire.ts";
 import { type Kernels, scalarKernels } from "../runtime/kernels/mod.ts";
 
 /**
@@ -42,25 +41,4 @@ export function finalizeInto(
 ): void {
   k.finalize(sum, weight, global, global);
   for (let i = 0; i < weight.length; i++) if (weight[i] > 0) covered[i >>> 5] |= 1 << (i & 31);
-}
-
-/** Values of `dense` at the set bits of `bits`, in index order. */
-export function gatherBits(dense: Float32Array, bits: Uint32Array, count: number): Float32Array {
-  const out = new Float32Array(count);
-  forEachBit(bits, (p, r) => (out[r] = dense[p]));
-  return out;
-}
-
-/** Bitwise AND of two equally long bitmasks. */
-export function andBits(a: Uint32Array, b: Uint32Array): Uint32Array {
-  const out = new Uint32Array(a.length);
-  for (let i = 0; i < a.length; i++) out[i] = a[i] & b[i];
-  return out;
-}
-
-/** A bitmask with the first n bits set. */
-export function fullBits(n: number): Uint32Array {
-  const bits = new Uint32Array(Math.ceil(n / 32)).fill(0xffffffff);
-  if (n % 32) bits[bits.length - 1] = (1 << (n % 32)) - 1;
-  return bits;
 }

@@ -7,13 +7,15 @@
 import { Hono } from "hono";
 import type { Context } from "hono";
 import { cors } from "hono/cors";
-import { ApiError, badRequest, forbidden, invalid, unauthorized } from "./errors.ts";
+import { ApiError, invalid } from "./errors.ts";
+import { adminAuth, adminOrClientAuth, type AuthDeps, clientAuth, type ClientVars } from "./auth.ts";
+import { idParam, intParam } from "./params.ts";
 import { readBody, readJson } from "./body.ts";
 import { type RateLimit, TokenBuckets } from "./ratelimit.ts";
-import { adminTokenMatches, sha256Hex, TokenSigner } from "./tokens.ts";
+import { sha256Hex, TokenSigner } from "./tokens.ts";
 import { Coordinator, RetryableError } from "./coordinator.ts";
 import { parseRunConfig } from "./run_config.ts";
-import type { ClientRecord, RunRecord } from "./records.ts";
+import type { RunRecord } from "./records.ts";
 import { decodeUpdate, encodeSlice, WireError } from "../runtime/client/wire.ts";
 import { encodeSafetensors } from "../runtime/io/safetensors.ts";
 import { openapi } from "./openapi.ts";
@@ -60,26 +62,9 @@ export type PerfitApp = Hono & { coordinator: Coordinator; close(): Promise<void
 
 const VERSION = "0.1.0";
 
-function bearer(c: Context): string | null {
-  const h = c.req.header("authorization");
-  if (!h) return null;
-  const m = /^Bearer\s+(\S+)$/i.exec(h);
-  return m ? m[1] : null;
-}
-
 function remoteIp(c: Context): string {
   const info = c.env as { remoteAddr?: { hostname?: string } } | undefined;
   return info?.remoteAddr?.hostname ?? "local";
-}
-
-function intParam(s: string, name: string): number {
-  if (!/^[0-9]{1,9}$/.test(s)) throw badRequest("bad_parameter", `${name} must be a non-negative integer`);
-  return Number(s);
-}
-
-function idParam(s: string, name: string): string {
-  if (!/^[A-Za-z0-9_-]{1,64}$/.test(s)) throw badRequest("bad_parameter", `malformed ${name}`);
-  return s;
 }
 
 /** Builds the coordinator app on an open KV. */
@@ -110,38 +95,15 @@ export function createApp(opts: AppOptions): PerfitApp {
     }
   };
 
-  async function isAdmin(c: Context): Promise<boolean> {
-    const t = bearer(c);
-    return t !== null && t.length <= 512 && await adminTokenMatches(t, await adminHash);
-  }
-
-  async function requireAdmin(c: Context): Promise<void> {
-    if (!(await isAdmin(c))) throw unauthorized("admin token required");
-  }
-
-  /** Verifies a client token for `run` (and, when given, that it belongs to `client`). */
-  async function requireClient(c: Context, run: string, client?: string): Promise<ClientRecord> {
-    const t = bearer(c);
-    if (!t) throw unauthorized("client token required");
-    const claims = await (await signer).verify(t);
-    if (!claims) throw unauthorized("invalid or forged token");
-    if (claims.run !== run) throw forbidden("token belongs to another run");
-    if (client !== undefined && claims.client !== client) {
-      throw forbidden("a client may only access its own slice");
-    }
-    limited(clientBuckets, claims.client);
-    try {
-      return await coord.client(run, claims.client);
-    } catch (e) {
-      if (e instanceof ApiError && e.status === 404) throw unauthorized("token's client is not registered");
-      throw e;
-    }
-  }
-
-  async function adminOrClient(c: Context, run: string): Promise<void> {
-    if (await isAdmin(c)) return;
-    await requireClient(c, run);
-  }
+  const auth: AuthDeps = {
+    adminHash,
+    signer,
+    clientRecord: (run, client) => coord.client(run, client),
+    clientBuckets,
+    limit: limited,
+  };
+  const admin = adminAuth(auth);
+  const adminOrClient = adminOrClientAuth(auth);
 
   const app = new Hono();
 
@@ -186,20 +148,17 @@ export function createApp(opts: AppOptions): PerfitApp {
 
   const runView = (run: RunRecord) => run;
 
-  app.post("/v1/runs", async (c) => {
-    await requireAdmin(c);
+  app.post("/v1/runs", admin, async (c) => {
     const cfg = parseRunConfig(await readJson(c.req.raw, maxJson));
     return c.json({ run: runView(await coord.createRun(cfg)) }, 201);
   });
 
-  app.get("/v1/runs", async (c) => {
-    await requireAdmin(c);
+  app.get("/v1/runs", admin, async (c) => {
     return c.json({ runs: (await coord.listRuns()).map(runView) });
   });
 
-  app.get("/v1/runs/:run", async (c) => {
+  app.get("/v1/runs/:run", adminOrClient, async (c) => {
     const run = idParam(c.req.param("run"), "run id");
-    await adminOrClient(c, run);
     const { run: r, round } = await coord.getRun(run);
     return c.json({ run: runView(r), round });
   });
@@ -232,26 +191,24 @@ export function createApp(opts: AppOptions): PerfitApp {
     }, 201);
   });
 
-  app.get("/v1/runs/:run/clients/:client/task", async (c) => {
-    const run = idParam(c.req.param("run"), "run id");
-    const client = idParam(c.req.param("client"), "client id");
-    const rec = await requireClient(c, run, client);
-    return c.json(await coord.task(run, rec));
+  // Every client route: a token of this run and of this very client (`c.var.client`).
+  const client = new Hono<ClientVars>();
+  client.use("*", clientAuth(auth));
+
+  client.get("/task", async (c) => {
+    const me = c.var.client;
+    return c.json(await coord.task(me.run, me));
   });
 
-  app.get("/v1/runs/:run/clients/:client/slice", async (c) => {
-    const run = idParam(c.req.param("run"), "run id");
-    const client = idParam(c.req.param("client"), "client id");
-    await requireClient(c, run, client);
-    const body = encodeSlice(await coord.slice(run, client));
+  client.get("/slice", async (c) => {
+    const me = c.var.client;
+    const body = encodeSlice(await coord.slice(me.run, me.id));
     return c.body(body as Uint8Array<ArrayBuffer>, 200, { "content-type": "application/octet-stream" });
   });
 
-  app.post("/v1/runs/:run/clients/:client/rounds/:round/update", async (c) => {
-    const run = idParam(c.req.param("run"), "run id");
-    const client = idParam(c.req.param("client"), "client id");
+  client.post("/rounds/:round/update", async (c) => {
+    const { run, id: clientId } = c.var.client;
     const round = intParam(c.req.param("round"), "round");
-    await requireClient(c, run, client);
     // No revalidation read here: the upload's group commit checks the round's versionstamp.
     const { run: r } = await coord.getRun(run, false);
     const n = r.config.adapterSize;
@@ -268,22 +225,21 @@ export function createApp(opts: AppOptions): PerfitApp {
         const u = decodeUpdate(body, n);
         return { u, uploadId: Coordinator.uploadId(body) };
       });
-      const res = await coord.upload(run, client, round, u, uploadId, arrived);
+      const res = await coord.upload(run, clientId, round, u, uploadId, arrived);
       return c.json(res, res.status === "accepted" ? 201 : 200);
     } finally {
       arrived();
     }
   });
+  app.route("/v1/runs/:run/clients/:client", client);
 
-  app.get("/v1/runs/:run/metrics", async (c) => {
+  app.get("/v1/runs/:run/metrics", adminOrClient, async (c) => {
     const run = idParam(c.req.param("run"), "run id");
-    await adminOrClient(c, run);
     return c.json(await coord.metrics(run));
   });
 
-  app.get("/v1/runs/:run/masks", async (c) => {
+  app.get("/v1/runs/:run/masks", admin, async (c) => {
     const run = idParam(c.req.param("run"), "run id");
-    await requireAdmin(c);
     const offset = intParam(c.req.query("offset") ?? "0", "offset");
     const limit = Math.min(256, Math.max(1, intParam(c.req.query("limit") ?? "64", "limit")));
     const { run: r } = await coord.getRun(run);

@@ -22,8 +22,9 @@ import {
   writeBlobs,
   writeChunks,
 } from "./kv_chunks.ts";
-import type { TaskInfo as ClientTaskInfo } from "../runtime/client/federated_client.ts";
-import { andBits, finalizeInto, fullBits, gatherBits } from "./aggregate.ts";
+import type { TaskInfo } from "../runtime/client/federated_client.ts";
+import { finalizeInto } from "./aggregate.ts";
+import { type MethodStrategy, strategyFor } from "../runtime/federation/strategies.ts";
 import {
   type ClientRecord,
   K,
@@ -34,12 +35,20 @@ import {
   type UploadRecord,
 } from "./records.ts";
 import type { RunConfig } from "./run_config.ts";
-import { bitWords, type DecodedSlice, type DecodedUpdate, popcountBits } from "../runtime/client/wire.ts";
-import { b64url, sha256Hex } from "./tokens.ts";
+import {
+  type DecodedSlice,
+  type DecodedUpdate,
+  isMaskRef,
+  type MaskRefUpdate,
+  resolveMaskRef,
+} from "../runtime/client/wire.ts";
+import { andBits, bitWords, fullBits, gatherBits, maskRef, popcountBits } from "../runtime/kernels/bits.ts";
+import { b64url } from "./tokens.ts";
 import { checksum128 } from "./checksum.ts";
 import { BoundedCache } from "./bounded_cache.ts";
 import { kernels } from "../runtime/kernels/mod.ts";
 import { type Accumulators, defaultFolder, type Folder } from "./folder.ts";
+import { ReadModel, type RunMetrics } from "./read_model.ts";
 
 const DEBUG = (() => {
   try {
@@ -55,12 +64,6 @@ const MAX_GROUP = 400;
 const CLIENT_CACHE = 50_000;
 /** Longest a group waits for uploads still being received (see `gather`). */
 const MAX_GATHER_MS = 250;
-
-/** What a client is told to do next: the client's `TaskInfo`, typed as precisely as the run config. */
-export interface TaskInfo extends ClientTaskInfo {
-  method: RunConfig["method"];
-  lora: RunConfig["lora"];
-}
 
 /** Outcome of an upload. */
 export interface UploadResult {
@@ -148,6 +151,7 @@ export class Coordinator {
   /** The settled state behind each entry of `states` (so a dead state never evicts its successor). */
   private loaded = new Map<string, RunState>();
   private closed = false;
+  private readonly reads: ReadModel;
   /** Names this instance's accumulator slots (see `flush`). */
   private readonly instance = b64url(crypto.getRandomValues(new Uint8Array(6)));
   /**
@@ -165,7 +169,9 @@ export class Coordinator {
     private readonly kv: Deno.Kv,
     private readonly now: () => number = Date.now,
     private readonly folder: Folder = defaultFolder(),
-  ) {}
+  ) {
+    this.reads = new ReadModel(kv);
+  }
 
   // ---------- runs ----------
 
@@ -313,7 +319,7 @@ export class Coordinator {
       for await (const e of this.kv.list<UploadRecord>({ prefix: K.uploadsOf(id, run.round) })) {
         st.uploads.set(e.value.client, e.value);
       }
-      if (run.config.method !== "local") {
+      if (strategyFor(run.config.method).aggregates) {
         const n = run.config.adapterSize;
         st.acc = this.folder.alloc(n);
         if (st.round.accGen) {
@@ -333,7 +339,7 @@ export class Coordinator {
     const n = st.run.config.adapterSize;
     const w = st.acc!.weight;
     const bits = new Uint32Array(bitWords(n));
-    if (st.run.config.method === "fedit") {
+    if (strategyFor(st.run.config.method).denseMask) {
       for (const u of st.uploads.values()) for (let i = 0; i < n; i++) w[i] += Math.fround(u.samples);
       return;
     }
@@ -542,7 +548,7 @@ export class Coordinator {
 
   private async maskOf(st: RunState, clientId: string): Promise<{ bits: Uint32Array; round: number } | null> {
     const n = st.run.config.adapterSize;
-    if (st.run.config.method === "fedit") return { bits: fullBits(n), round: st.run.globalRound };
+    if (strategyFor(st.run.config.method).denseMask) return { bits: fullBits(n), round: st.run.globalRound };
     for (let attempt = 0;; attempt++) {
       const lm = await this.kv.get<LastMask>(K.lastMask(st.run.id, clientId));
       if (!lm.value) return null;
@@ -590,7 +596,7 @@ export class Coordinator {
     const n = st.run.config.adapterSize;
     const empty = new Uint32Array(bitWords(n));
     const mask = await this.maskOf(st, clientId);
-    if (st.run.config.method === "local" || !mask) {
+    if (!strategyFor(st.run.config.method).aggregates || !mask) {
       return {
         run: runId,
         round: st.run.globalRound,
@@ -610,6 +616,40 @@ export class Coordinator {
       coveredBits: covered,
       values: gatherBits(g.v, covered, popcountBits(covered)),
     };
+  }
+
+  /**
+   * Completes an update sent by reference with the client's stored mask, or answers 409
+   * `mask_unknown` when we hold no mask under that reference (a client whose acknowledgement we lost,
+   * a pointer another instance moved on, a mask already dropped): the client resends with the mask.
+   */
+  private async withStoredMask(
+    st: RunState,
+    clientId: string,
+    u: MaskRefUpdate,
+    last: LastMask | null,
+  ): Promise<DecodedUpdate> {
+    const n = st.run.config.adapterSize;
+    let bits: Uint32Array | null = null;
+    if (strategyFor(st.run.config.method).denseMask) {
+      const all = fullBits(n);
+      if (await maskRef(all) === u.maskRef) bits = all;
+    } else if (last !== null && last.hash === u.maskRef) {
+      bits = new Uint32Array(bitWords(n));
+      try {
+        await readChunks(this.kv, K.mask(st.run.id, clientId, last.round), new Uint8Array(bits.buffer));
+      } catch (e) {
+        if (!(e instanceof MissingBlobError)) throw e;
+        bits = null;
+      }
+    }
+    if (bits === null) {
+      throw conflict(
+        "mask_unknown",
+        "the coordinator holds no mask under this maskRef for this client: resend the update with its mask",
+      );
+    }
+    return resolveMaskRef(u, bits);
   }
 
   /**
@@ -649,10 +689,11 @@ export class Coordinator {
     runId: string,
     clientId: string,
     round: number,
-    u: DecodedUpdate,
+    wire: DecodedUpdate | MaskRefUpdate,
     uploadId: string,
     folded?: () => void,
   ): Promise<UploadResult> {
+    let u: DecodedUpdate;
     let st = await this.state(runId, false);
     // Another instance may have moved the run on: check with KV before refusing a round mismatch.
     if (round !== st.run.round || st.run.status === "done") {
@@ -665,11 +706,18 @@ export class Coordinator {
     }
     await this.advance(st);
     const cfg = st.run.config;
-    // PerFIT masks rarely change after the search: an unchanged mask is referenced, not rewritten.
-    const maskHash = cfg.method === "fedit"
-      ? ""
-      : await sha256Hex(new Uint8Array(u.maskBits.buffer, u.maskBits.byteOffset, u.maskBits.byteLength));
-    const last = cfg.method === "fedit" ? null : await this.lastMaskOf(st, clientId);
+    const dense = strategyFor(cfg.method).denseMask;
+    const last = dense ? null : await this.lastMaskOf(st, clientId);
+    // PerFIT masks rarely change after the search: an unchanged mask is referenced, not rewritten
+    // (and a client that knows we hold it sends only its reference).
+    let maskHash: string;
+    if (isMaskRef(wire)) {
+      maskHash = dense ? "" : wire.maskRef;
+      u = await this.withStoredMask(st, clientId, wire, last);
+    } else {
+      u = wire;
+      maskHash = dense ? "" : await maskRef(u.maskBits);
+    }
     const reuseMask = last !== null && last.hash === maskHash && last.round < round;
     if (u.run !== runId) throw invalid("wrong_run", `update is for run ${u.run}, not ${runId}`);
     if (u.round !== round) {
@@ -721,7 +769,7 @@ export class Coordinator {
     if (u.popcount > cfg.budget) {
       throw invalid("over_budget", `mask selects ${u.popcount} positions, budget is ${cfg.budget}`);
     }
-    if (cfg.method === "fedit" && u.popcount !== cfg.adapterSize) {
+    if (dense && u.popcount !== cfg.adapterSize) {
       throw invalid("dense_required", "fedit updates must cover every position (all-ones mask)");
     }
     if (u.popcount === 0) throw invalid("empty_mask", "mask selects no positions");
@@ -749,7 +797,7 @@ export class Coordinator {
       client: clientId,
       uploadId,
       record,
-      maskBits: cfg.method === "fedit" || reuseMask ? null : u.maskBits,
+      maskBits: dense || reuseMask ? null : u.maskBits,
       ...d,
     };
     // Synchronous from the checks to here: no await, so no other upload interleaves. From here on
@@ -885,6 +933,7 @@ export class Coordinator {
     try {
       if (st.dead) throw new Error("state was reloaded");
       const round = st.round!;
+      const dense = strategyFor(st.run.config.method).denseMask;
       const t1 = performance.now();
       const next: RoundRecord = {
         ...round,
@@ -898,7 +947,7 @@ export class Coordinator {
       );
       for (const p of group) {
         op.set(K.upload(runId, round.index, p.client), p.record);
-        if (st.run.config.method !== "fedit") op.set(K.lastMask(runId, p.client), lastMaskRecord(p.record));
+        if (!dense) op.set(K.lastMask(runId, p.client), lastMaskRecord(p.record));
       }
       const res = await op.commit();
       if (DEBUG) {
@@ -915,7 +964,7 @@ export class Coordinator {
       st.commits++;
       for (const p of group) {
         st.uploads.set(p.client, p.record);
-        if (st.run.config.method !== "fedit") st.lastMasks.set(p.client, lastMaskRecord(p.record));
+        if (!dense) st.lastMasks.set(p.client, lastMaskRecord(p.record));
         st.pending.delete(p.client);
         p.maskBits = null;
         p.resolve();
@@ -964,7 +1013,7 @@ export class Coordinator {
         globalRound = round.index;
       }
       const closedUploads = [...st.uploads.values()];
-      const summary = summarize(closedUploads, coveredCount);
+      const summary = summarize(strategyFor(cfg.method), closedUploads, coveredCount);
       const closed: RoundRecord = { ...round, status: "closed", closedAt: t, summary };
       const last = round.index >= cfg.rounds;
       const nextRun: RunRecord = {
@@ -1013,36 +1062,10 @@ export class Coordinator {
     return this.loaded.get(runId)?.pending.size ?? 0;
   }
 
-  /** Rounds timeline with per-client metrics, for dashboards. */
-  async metrics(runId: string): Promise<unknown> {
+  /** Rounds timeline with per-client metrics, for dashboards (read model: server/read_model.ts). */
+  async metrics(runId: string): Promise<RunMetrics> {
     const { run } = await this.getRun(runId);
-    const rounds: (RoundRecord & { clients: UploadRecord[] })[] = [];
-    for await (const e of this.kv.list<RoundRecord>({ prefix: K.rounds(runId) })) {
-      rounds.push({ ...e.value, clients: [] });
-    }
-    const byIndex = new Map(rounds.map((r) => [r.index, r]));
-    for await (const e of this.kv.list<UploadRecord>({ prefix: K.uploadsAll(runId) })) {
-      byIndex.get(e.value.round)?.clients.push(e.value);
-    }
-    const clients: ClientRecord[] = [];
-    for await (const e of this.kv.list<ClientRecord>({ prefix: K.clientsOf(runId) })) clients.push(e.value);
-    return {
-      run: {
-        id: run.id,
-        status: run.status,
-        round: run.round,
-        globalRound: run.globalRound,
-        config: run.config,
-      },
-      clients: clients.map((c) => ({
-        id: c.id,
-        name: c.name,
-        tier: c.tier,
-        expansion: c.expansion,
-        joinedAt: c.joinedAt,
-      })),
-      rounds,
-    };
+    return await this.reads.metrics(run);
   }
 
   /** Latest mask bitmask of each client (paged), for overlap (Jaccard) and budget-spread views. */
@@ -1053,12 +1076,9 @@ export class Coordinator {
   ): Promise<{ client: string; round: number; bits: Uint32Array }[]> {
     const st = await this.state(runId);
     const out: { client: string; round: number; bits: Uint32Array }[] = [];
-    let i = 0;
-    for await (const e of this.kv.list<ClientRecord>({ prefix: K.clientsOf(runId) })) {
-      if (i++ < offset) continue;
-      if (out.length >= limit) break;
-      const m = await this.maskOf(st, e.value.id);
-      if (m) out.push({ client: e.value.id, round: m.round, bits: m.bits });
+    for (const c of await this.reads.clients(runId, offset, limit)) {
+      const m = await this.maskOf(st, c.id);
+      if (m) out.push({ client: c.id, round: m.round, bits: m.bits });
     }
     return out;
   }
@@ -1086,21 +1106,10 @@ function lastMaskRecord(r: UploadRecord): LastMask {
   return { round: r.maskRound, popcount: r.popcount, hash: r.maskHash };
 }
 
-/** Sample-weighted means of the metrics every client reported. */
-export function summarize(uploads: UploadRecord[], covered: number): RoundSummary {
-  const sums: Record<string, number> = {};
-  const ws: Record<string, number> = {};
-  let samples = 0;
-  for (const u of uploads) {
-    samples += u.samples;
-    for (const [k, v] of Object.entries(u.metrics)) {
-      sums[k] = (sums[k] ?? 0) + v * u.samples;
-      ws[k] = (ws[k] ?? 0) + u.samples;
-    }
-  }
-  const metrics: Record<string, number> = {};
-  for (const k of Object.keys(sums)) metrics[k] = sums[k] / ws[k];
-  return { clients: uploads.length, samples, metrics, covered };
+/** The round's summary: its uploads and samples, and its metrics as the run's strategy aggregates them. */
+export function summarize(strategy: MethodStrategy, uploads: UploadRecord[], covered: number): RoundSummary {
+  const samples = uploads.reduce((a, u) => a + u.samples, 0);
+  return { clients: uploads.length, samples, metrics: strategy.aggregateMetrics(uploads), covered };
 }
 
 /** Chunks per blob for an adapter of n floats (exported for docs/tests). */

@@ -82,7 +82,7 @@ async function main(): Promise<void> {
     modelDir: BUNDLED_MODEL,
     baseModelName: "perfit-tiny",
     dashboardToken,
-    bundle: onDeploy ? "prebuilt" : "lazy",
+    bundle: onDeploy ? "prebuilt" : () => import("../scripts/bundle.ts").then((m) => m.bundle()),
   });
   const server = onDeploy ? Deno.serve(app.fetch) : Deno.serve({
     port: s.port,

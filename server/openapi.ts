@@ -214,7 +214,9 @@ export const openapi = {
     "/v1/runs/{run}/clients/{client}/rounds/{round}/update": {
       post: {
         summary:
-          "Upload an update (safetensors: mask, values; metadata run, round, samples, metrics). Idempotent.",
+          "Upload an update (safetensors: values and one of `mask`, `mask_code` + metadata maskCode, or " +
+          "metadata maskRef naming a mask the coordinator holds; metadata run, round, samples, metrics). " +
+          "Idempotent.",
         security: [{ client: [] }],
         parameters: [runId, clientId, {
           name: "round",
@@ -230,7 +232,8 @@ export const openapi = {
           401: err,
           403: err,
           409: {
-            description: "round not open yet, round full, or a different update already accepted",
+            description: "round not open yet, round full, a different update already accepted, or " +
+              "mask_unknown: no mask is held under the update's maskRef (resend it with the mask)",
             content: err,
           },
           410: { description: "round closed (late upload)", content: err },

@@ -7,16 +7,15 @@ import { invalid } from "./errors.ts";
 import { parseConfig } from "../runtime/model/config.ts";
 import { adapterLayout, type TargetModule } from "../runtime/model/lora.ts";
 import { budgetOf } from "../runtime/perfit/expansion.ts";
+import { DEPLOYED_METHODS, type DeployedMethod, strategyFor } from "../runtime/federation/strategies.ts";
 
-/** Federated strategies: PerFIT (parameter-wise masks), FedIT (dense FedAvg), local-only. */
-export type Method = "perfit" | "fedit" | "local";
 const TARGETS: TargetModule[] = ["q", "k", "v", "o", "gate", "up", "down"];
 
 /** A validated run configuration, as stored. */
 export interface RunConfig {
   baseModel: string;
   lora: { rank: number; alpha: number; targets: TargetModule[] };
-  method: Method;
+  method: DeployedMethod;
   rounds: number;
   clientsPerRound: number;
   quorum: number;
@@ -84,10 +83,11 @@ export function parseRunConfig(raw: unknown): RunConfig {
   if (!Array.isArray(targets) || targets.length === 0 || !targets.every((t) => TARGETS.includes(t))) {
     throw invalid("invalid_config", `lora.targets must be a non-empty subset of ${TARGETS.join(",")}`);
   }
-  const method = o.method;
-  if (method !== "perfit" && method !== "fedit" && method !== "local") {
-    throw invalid("invalid_config", "method must be perfit, fedit or local");
+  const method = o.method as DeployedMethod;
+  if (typeof method !== "string" || !DEPLOYED_METHODS.includes(method)) {
+    throw invalid("invalid_config", `method must be one of ${DEPLOYED_METHODS.join(", ")}`);
   }
+  const strategy = strategyFor(method);
   const rounds = int(o, "rounds", 1, LIMITS.maxRounds);
   const clientsPerRound = int(o, "clientsPerRound", 1, LIMITS.maxClients);
   const quorum = int(o, "quorum", 1, clientsPerRound, clientsPerRound);
@@ -108,7 +108,7 @@ export function parseRunConfig(raw: unknown): RunConfig {
     }
   }
   const maxE = Math.max(...Object.values(tiers));
-  if (method !== "perfit" && maxE !== 1) {
+  if (!strategy.expands && maxE !== 1) {
     throw invalid(
       "invalid_config",
       `${method} trains the plain rank-r adapter: every expansion tier must be 1`,
@@ -136,7 +136,7 @@ export function parseRunConfig(raw: unknown): RunConfig {
     budget = Math.floor(adapterSize / maxE);
   }
   if (o.budget !== undefined) budget = int(o, "budget", 1, adapterSize);
-  if (method !== "perfit") budget = adapterSize;
+  if (!strategy.expands) budget = adapterSize;
   const maxNorm = num(o, "maxNorm", 0, 1e12, 1e4);
   const maxClients = int(o, "maxClients", 1, LIMITS.maxClients, 10_000);
   const seed = int(o, "seed", 0, 2 ** 31 - 1, 0);

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { Hono } from "hono";
 import { mountUi } from "../server/ui/mod.ts";
+import { bundle } from "../scripts/bundle.ts";
 import { tinyConfig } from "../runtime/model/tiny.ts";
 import { adapterLayout } from "../runtime/model/lora.ts";
 import { chromiumPath, launchBrowser, screenshot, serveLoopback } from "./browser_harness.ts";
@@ -23,7 +24,7 @@ Deno.test({
     const layout = adapterLayout(tinyConfig(), { rank: 4, alpha: 8, targets: ["q", "v"] });
     const seeded = await seedKv(kv, layout);
     const app = new Hono();
-    mountUi(app, { kv, layoutFor: () => layout });
+    mountUi(app, { kv, layoutFor: () => layout, bundle: () => bundle() });
     const srv = serveLoopback(app.fetch);
     const b = await launchBrowser(chromium!);
     try {

@@ -10,11 +10,12 @@ import {
   timelineBars,
 } from "../web/dashboard/series.ts";
 import type { DashboardData, RunInfo } from "../web/dashboard/types.ts";
-import { andOrCounts, budgetCounts, countRange, jaccardMatrix } from "../server/ui/dashboard_data.ts";
+import { budgetCounts, jaccardMatrix } from "../server/ui/dashboard_data.ts";
+import { andOrCounts, countRange } from "../runtime/kernels/bits.ts";
 import { contentType, safeJoin } from "../server/ui/static.ts";
 import { mountUi } from "../server/ui/mod.ts";
 import { bundle } from "../scripts/bundle.ts";
-import { localHyper } from "../web/client/engine_trainer.ts";
+import { localHyper } from "../runtime/client/engine_trainer.ts";
 
 const run = (id: string, method: string, ppl: number[][]): RunInfo => ({
   id,

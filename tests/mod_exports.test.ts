@@ -7,6 +7,7 @@ Deno.test("mod.ts exports the public API for clients, simulations and export", a
       "Engine",
       "loadModel",
       "FederatedClient",
+      "engineTrainer",
       "Graph",
       "grad",
       "toOnnx",

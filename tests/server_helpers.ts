@@ -5,7 +5,7 @@ import {
   FederatedClient,
   type FederatedClientOptions,
   type TaskInfo,
-  type TrainResult,
+  type TrainerOutput,
 } from "../runtime/client/mod.ts";
 import { mulberry32 as mulberry } from "../runtime/data/rng.ts";
 
@@ -97,7 +97,7 @@ export const fakeSamples = (idx: number): number => 5 + idx;
 
 /** A `Trainer` for client idx. */
 export function fakeTrainer(idx: number, calls?: number[]) {
-  return (task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null): Promise<TrainResult> => {
+  return (task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null): Promise<TrainerOutput> => {
     calls?.push(task.round);
     const m = mask ?? fakeMask(idx, task.adapterSize, task.budget, task.method === "fedit");
     const loss = 2 / (task.round + idx * 0.1);

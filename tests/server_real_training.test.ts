@@ -3,7 +3,7 @@
  * through the ORT engine (PerFIT masks from accumulated Taylor importance, and FedIT), 3 rounds each.
  */
 import assert from "node:assert/strict";
-import { FederatedClient, type TaskInfo, type TrainResult } from "../runtime/client/mod.ts";
+import { FederatedClient, type TaskInfo, type TrainerOutput } from "../runtime/client/mod.ts";
 import { generateTinyModel } from "../runtime/model/tiny.ts";
 import { toHfConfig } from "../runtime/model/config.ts";
 import { Engine, loadModel } from "../runtime/model/engine.ts";
@@ -87,7 +87,7 @@ async function federate(method: "perfit" | "fedit") {
       task: TaskInfo,
       adapter: Float32Array,
       mask: Uint8Array | null,
-    ): Promise<TrainResult> => {
+    ): Promise<TrainerOutput> => {
       // One engine serves every client: serialize its sessions.
       const run = lock.then(async () => {
         const batches = makeBatches(examplesFor(i), model.tokenizer!, {

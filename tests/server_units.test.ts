@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { adminTokenMatches, sha256Hex, timingSafeEqual, TokenSigner } from "../server/tokens.ts";
 import { TokenBuckets } from "../server/ratelimit.ts";
-import { andBits, finalizeInto, foldSparse, fullBits, gatherBits } from "../server/aggregate.ts";
+import { finalizeInto, foldSparse } from "../server/aggregate.ts";
+import { andBits, fullBits, gatherBits } from "../runtime/kernels/bits.ts";
 import { CHUNK_BYTES, readChunks, writeBlobs, writeChunks } from "../server/kv_chunks.ts";
 import { parseSettings } from "../server/settings.ts";
 import { parseRunConfig } from "../server/run_config.ts";
@@ -11,6 +12,7 @@ import {
   decodeUpdate,
   encodeSlice,
   encodeUpdate,
+  isMaskRef,
   packMask,
   popcountBits,
   sumSquares,
@@ -93,6 +95,7 @@ Deno.test("wire: updates round-trip in sparse and dense form; slices round-trip"
   const values = new Float32Array(n).map((_, i) => i / 10);
   const body = encodeUpdate({ run: "r", round: 2, samples: 7, values, mask, metrics: { loss: 1.5 } });
   const u = decodeUpdate(body, n);
+  assert.ok(!isMaskRef(u));
   assert.equal(u.popcount, 30);
   assert.deepEqual(unpackMask(u.maskBits, n), mask);
   assert.deepEqual(Array.from(u.values), Array.from(values).filter((_, i) => mask[i]));
@@ -103,6 +106,7 @@ Deno.test("wire: updates round-trip in sparse and dense form; slices round-trip"
     { run: "r", round: "2", samples: "7" },
   );
   const d = decodeUpdate(dense, n);
+  assert.ok(!isMaskRef(d));
   assert.deepEqual(d.values, u.values);
   assert.deepEqual(d.maskBits, u.maskBits);
   const bits = packMask(mask);

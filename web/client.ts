@@ -12,7 +12,7 @@ import { splitTrainTest } from "../runtime/federation/partition.ts";
 import { FederatedClient, type StepOutcome } from "../runtime/client/federated_client.ts";
 import { MemoryStorage } from "../runtime/client/storage.ts";
 import { webgpuAdapter } from "../runtime/graph/session.ts";
-import { engineTrainer, type TrainProgress } from "./client/engine_trainer.ts";
+import { engineTrainer, type TrainProgress } from "../runtime/client/engine_trainer.ts";
 import { peftAdapterFiles } from "../runtime/export/peft.ts";
 
 ort.env.wasm.wasmPaths = "/ui/ort/";

@@ -5,18 +5,21 @@
  * (token, own adapter, mask, an encoded-but-unacknowledged upload) is saved before each step that
  * could be lost, so a crashed client picks up where it stopped and a re-sent upload is a replay.
  */
-import { bitWords, decodeSlice, encodeUpdate, forEachBit } from "./wire.ts";
+import { attachMask, decodeSlice, encodeRoundUpdate, packMask } from "./wire.ts";
+import { bitWords, forEachBit, maskRef } from "../kernels/bits.ts";
 import { type ClientStorage, MemoryStorage } from "./storage.ts";
+import type { DeployedMethod } from "../federation/strategies.ts";
+import type { TargetModule } from "../model/lora.ts";
 
-/** The round task as the server sends it (server/coordinator.ts narrows `method` and `lora`). */
+/** The round task as the server sends it. */
 export interface TaskInfo {
   run: string;
   round: number;
   status: "train" | "wait" | "done";
   deadline: number | null;
-  method: "perfit" | "fedit" | "local";
+  method: DeployedMethod;
   baseModel: string;
-  lora: { rank: number; alpha: number; targets: string[] };
+  lora: { rank: number; alpha: number; targets: TargetModule[] };
   tier: string;
   expansion: number;
   /** LoRA rank this client trains at: r * expansion. */
@@ -29,9 +32,11 @@ export interface TaskInfo {
 }
 
 /** What a trainer returns: the whole adapter after training, the mask it trained, and its sample count. */
-export interface TrainResult {
+export interface TrainerOutput {
   values: Float32Array;
   mask: Uint8Array;
+  /** The positions the client can ever hold (its own layout in the run's): a new mask is coded over them. */
+  support?: Uint8Array;
   samples: number;
   metrics?: Record<string, number>;
 }
@@ -44,7 +49,7 @@ export type Trainer = (
   task: TaskInfo,
   adapter: Float32Array,
   mask: Uint8Array | null,
-) => Promise<TrainResult>;
+) => Promise<TrainerOutput>;
 
 /** Options of `FederatedClient.create`. */
 export interface FederatedClientOptions {
@@ -84,6 +89,8 @@ interface SavedState {
   lastRound: number;
   /** Round of an encoded upload not yet acknowledged (saved as "pending.safetensors"). */
   pendingRound: number | null;
+  /** `maskRef` of the mask the server last acknowledged: an unchanged mask is sent by it alone. */
+  ackedMaskRef?: string;
 }
 
 /** What one `step()` did. */
@@ -259,17 +266,33 @@ export class FederatedClient {
     );
   }
 
+  private async post(round: number, body: Uint8Array): Promise<StepOutcome["status"]> {
+    try {
+      const res = await this.request("POST", `${this.base()}/rounds/${round}/update`, body);
+      return (await res.json()).status;
+    } catch (e) {
+      // The round closed before the upload landed: drop it and train on the next round.
+      if (e instanceof FederatedClientError && e.status === 410) return "late";
+      throw e;
+    }
+  }
+
   private async push(round: number, body: Uint8Array): Promise<StepOutcome["status"]> {
     let status: StepOutcome["status"];
     try {
-      const res = await this.request("POST", `${this.base()}/rounds/${round}/update`, body);
-      status = (await res.json()).status;
+      status = await this.post(round, body);
     } catch (e) {
-      // The round closed before the upload landed: drop it and train on the next round.
-      if (e instanceof FederatedClientError && e.status === 410) status = "late";
-      else throw e;
+      // The server does not hold the mask we referenced (it lost our acknowledgement, or another
+      // instance moved on): send the same update with the mask itself.
+      if (!(e instanceof FederatedClientError && e.code === "mask_unknown" && this.maskBuf)) throw e;
+      body = attachMask(body, this.maskBuf);
+      await this.storage.set("pending.safetensors", body);
+      status = await this.post(round, body);
     }
-    if (status !== "late") this.state!.lastRound = round;
+    if (status !== "late") {
+      this.state!.lastRound = round;
+      if (this.maskBuf) this.state!.ackedMaskRef = await maskRef(packMask(this.maskBuf));
+    }
     this.state!.pendingRound = null;
     await this.save();
     await this.storage.delete("pending.safetensors");
@@ -305,14 +328,15 @@ export class FederatedClient {
     }
     this.adapterBuf = res.values.slice();
     this.maskBuf = res.mask.slice();
-    const body = encodeUpdate({
+    const { body } = await encodeRoundUpdate({
       run: task.run,
       round: task.round,
       samples: res.samples,
       metrics: res.metrics,
       values: res.values,
       mask: res.mask,
-    });
+      support: res.support,
+    }, st.ackedMaskRef);
     await this.storage.set("adapter.f32", new Uint8Array(this.adapterBuf.buffer));
     await this.storage.set("mask.u8", this.maskBuf);
     await this.storage.set("pending.safetensors", body);

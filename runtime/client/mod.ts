@@ -1,4 +1,9 @@
-/** Client side of federated runs: `FederatedClient`, its storage back-ends, and the wire format. */
+/**
+ * Client side of federated runs: `FederatedClient` (join, pull task and slice, train, upload,
+ * resume), `engineTrainer` (the PerFIT round on the ORT engine: search, prune, masked training,
+ * evaluation, in the client's own layout), its storage back-ends, and the wire format. The browser
+ * page, a Deno process and the simulation all train through these.
+ */
 export {
   FederatedClient,
   FederatedClientError,
@@ -6,7 +11,28 @@ export {
   type StepOutcome,
   type TaskInfo,
   type Trainer,
-  type TrainResult,
+  type TrainerOutput,
 } from "./federated_client.ts";
 export { type ClientStorage, FileStorage, IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.ts";
-export { decodeSlice, decodeUpdate, encodeUpdate, packMask, unpackMask, WireError } from "./wire.ts";
+export {
+  engineTrainer,
+  type EngineTrainerOptions,
+  globalLayoutOf,
+  type LocalHyper,
+  localHyper,
+  type TrainProgress,
+} from "./engine_trainer.ts";
+export {
+  attachMask,
+  decodeSlice,
+  decodeUpdate,
+  encodeRoundUpdate,
+  encodeUpdate,
+  isMaskRef,
+  type MaskForm,
+  type MaskRefUpdate,
+  packMask,
+  resolveMaskRef,
+  unpackMask,
+  WireError,
+} from "./wire.ts";

@@ -1,11 +1,23 @@
 /**
  * Wire format between `FederatedClient` and the coordinator: safetensors bodies.
  *
- * Update (client -> server), format "perfit-update/1":
+ * Update (client -> server), format "perfit-update/1". The mask comes in exactly one of three forms:
  *   - `mask`: U32 `[ceil(N/32)]` LSB-first bitmask (bit i&31 of word i>>5 is position i; bits past N
- *     are zero), or U8/BOOL `[N]` of 0/1.
+ *     are zero), or U8/BOOL `[N]` of 0/1;
+ *   - `mask_code`: U8 `[bytes]`, the mask in a compact code named by `__metadata__.maskCode`
+ *     (`bits`, `deltas`, `rice-gaps:K`, `rice-runs:K1:K2` or `rice-runs-rle:K1:K2:K3`, see
+ *     runtime/kernels/mask_code.ts); values must then be sparse, and their count is the mask's.
+ *     Optionally relative to a support: `support_code` (U8) with `__metadata__.supportCode` and
+ *     `supportSize` codes the positions the client's own layout occupies in the global one (a few
+ *     runs per matrix), and `mask_code` then codes the mask over those `supportSize` positions only,
+ *     so an e < e_max client pays for its own search space, not the run's;
+ *   - no mask tensor and `__metadata__.maskRef`: the SHA-256 hex of the bitmask (`maskRef` in
+ *     runtime/kernels/bits.ts) of a mask the coordinator already holds for this client: after the
+ *     search round an unchanged mask costs 64 bytes of header instead of N/8. A coordinator that does
+ *     not hold it answers 409 `mask_unknown`, and the client resends with the mask.
  *   - `values`: F32/F16/BF16, either sparse `[popcount(mask)]` (values at the mask's ones in index
- *     order: the compact form clients send) or dense `[N]` (positions outside the mask are ignored).
+ *     order: the compact form clients send) or dense `[N]` (positions outside the mask are ignored;
+ *     not with `mask_code` or `maskRef`).
  *   - `__metadata__`: `format`, `run`, `round`, `samples` (positive integer), `metrics` (JSON object
  *     of finite numbers, e.g. `{"loss":2.1,"ppl":8.2}`).
  * Slice (server -> client), format "perfit-slice/1":
@@ -17,9 +29,21 @@ import {
   decodeSafetensors,
   encodeSafetensors,
   SafetensorsError,
+  type TensorIn,
   type TensorOut,
   tensorToFloat32,
 } from "../io/safetensors.ts";
+import { bitWords, forEachBit, maskRef, popcountBits } from "../kernels/bits.ts";
+import {
+  decodeMask as decodeMaskCode,
+  encodeMask,
+  type MaskCode,
+  maskCodeName,
+  parseMaskCodeName,
+} from "../kernels/mask_code.ts";
+import { scalarKernels } from "../kernels/scalar.ts";
+
+export { bitWords, forEachBit, popcountBits };
 
 /** A rejected body; `code` is stable for programs, `status` is the HTTP status a server answers with. */
 export class WireError extends Error {
@@ -41,6 +65,27 @@ export interface DecodedUpdate {
   popcount: number;
   /** Σ values² (f64; +Inf when finite values overflow it): the norm bound needs no second pass. */
   sumSq: number;
+  /** How the mask travelled (set by `decodeUpdate` and `resolveMaskRef`). */
+  maskForm?: MaskForm;
+}
+
+/** How an update's mask travelled: a U32 bitmask, U8/BOOL bytes, a compact code, or by reference. */
+export type MaskForm = "u32" | "u8" | MaskCode["mode"] | "ref";
+
+/**
+ * An update that names its mask by reference: everything of a `DecodedUpdate` but the mask, which the
+ * coordinator supplies from its store (`resolveMaskRef`).
+ */
+export interface MaskRefUpdate {
+  run: string;
+  round: number;
+  samples: number;
+  metrics: Record<string, number>;
+  /** SHA-256 hex of the bitmask (runtime/kernels/bits.ts `maskRef`). */
+  maskRef: string;
+  /** Sparse values; their count is checked against the stored mask. */
+  values: Float32Array;
+  sumSq: number;
 }
 
 /** What a client sends for one round. */
@@ -52,6 +97,12 @@ export interface UpdateIn {
   /** Dense adapter (length N): only the mask's positions are sent. */
   values: Float32Array;
   mask: Uint8Array;
+  /** The mask's `maskRef`, when the coordinator already holds this mask: the mask is not sent. */
+  maskRef?: string;
+  /** Send a new mask in its smallest form (`mask_code`, maybe over `support`) rather than a U32 bitmask. */
+  compactMask?: boolean;
+  /** 0/1 over N: the positions this client can ever hold (its own layout in the global one). */
+  support?: Uint8Array;
 }
 
 /** A decoded personalized slice. */
@@ -64,47 +115,11 @@ export interface DecodedSlice {
   values: Float32Array;
 }
 
-/** Words of a bitmask over n positions. */
-export const bitWords = (n: number): number => Math.ceil(n / 32);
-
-/** Number of set bits. */
-export function popcountBits(bits: Uint32Array): number {
-  let c = 0;
-  for (let i = 0; i < bits.length; i++) {
-    let x = bits[i];
-    x = x - ((x >>> 1) & 0x55555555);
-    x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-    c += (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
-  }
-  return c;
-}
-
 /** 0/1 mask -> LSB-first bitmask. */
-export function packMask(mask: Uint8Array): Uint32Array {
-  const bits = new Uint32Array(bitWords(mask.length));
-  for (let i = 0; i < mask.length; i++) if (mask[i] !== 0) bits[i >>> 5] |= 1 << (i & 31);
-  return bits;
-}
+export const packMask = (mask: Uint8Array): Uint32Array => scalarKernels.maskToBits(mask);
 
 /** Bitmask -> 0/1 mask of length n. */
-export function unpackMask(bits: Uint32Array, n: number): Uint8Array {
-  const m = new Uint8Array(n);
-  for (let i = 0; i < n; i++) m[i] = (bits[i >>> 5] >>> (i & 31)) & 1;
-  return m;
-}
-
-/** Calls `f(position, rank)` for every set bit in index order (rank = index among the ones). */
-export function forEachBit(bits: Uint32Array, f: (pos: number, rank: number) => void): void {
-  let r = 0;
-  for (let w = 0; w < bits.length; w++) {
-    let x = bits[w];
-    while (x !== 0) {
-      const t = x & -x;
-      f((w << 5) + (31 - Math.clz32(t)), r++);
-      x ^= t;
-    }
-  }
-}
+export const unpackMask = (bits: Uint32Array, n: number): Uint8Array => scalarKernels.bitsToMask(bits, n);
 
 function u32Of(t: TensorOut): Uint32Array {
   return new Uint32Array(t.bytes.slice().buffer);
@@ -199,11 +214,102 @@ export function sumSquares(v: Float32Array): number {
   return (s0 + s1) + (s2 + s3);
 }
 
+const MASK_REF = /^[0-9a-f]{64}$/;
+function parseMaskCode(name: string, bytes: Uint8Array, key: string): MaskCode {
+  const code = parseMaskCodeName(name, bytes);
+  if (!code) {
+    throw new WireError(
+      422,
+      "bad_metadata",
+      `${key} must be bits, deltas, rice-gaps:K, rice-runs:K1:K2 or rice-runs-rle:K1:K2:K3`,
+    );
+  }
+  return code;
+}
+
+function codeBytes(t: TensorOut, name: string): Uint8Array {
+  if (t.dtype !== "U8" || t.shape.length !== 1) {
+    throw new WireError(422, "bad_dtype", `${name} must be a 1-D U8 tensor`);
+  }
+  return t.bytes;
+}
+
+/** The mask of a `mask_code` body (maybe relative to a `support_code`) with `count` ones. */
+function decodeCodedMask(
+  meta: Record<string, string>,
+  codeT: TensorOut,
+  supportT: TensorOut | undefined,
+  n: number,
+  count: number,
+): Uint8Array {
+  const code = parseMaskCode(parseMeta(meta, "maskCode"), codeBytes(codeT, "mask_code"), "maskCode");
+  if (!supportT) {
+    if (meta.supportCode !== undefined || meta.supportSize !== undefined) {
+      throw new WireError(422, "bad_metadata", "supportCode and supportSize need a `support_code` tensor");
+    }
+    try {
+      return decodeMaskCode(code, n, count, scalarKernels);
+    } catch (e) {
+      throw new WireError(422, "bad_mask", `mask_code (${code.mode}): ${(e as Error).message}`);
+    }
+  }
+  const sc = parseMaskCode(
+    parseMeta(meta, "supportCode"),
+    codeBytes(supportT, "support_code"),
+    "supportCode",
+  );
+  const sizeS = parseMeta(meta, "supportSize");
+  const size = Number(sizeS);
+  if (!/^[0-9]{1,10}$/.test(sizeS) || size > n || size < count) {
+    throw new WireError(422, "bad_metadata", `supportSize must be an integer in [${count}, ${n}]`);
+  }
+  let support: Uint8Array, inner: Uint8Array;
+  try {
+    support = decodeMaskCode(sc, n, size, scalarKernels);
+    inner = decodeMaskCode(code, size, count, scalarKernels);
+  } catch (e) {
+    throw new WireError(422, "bad_mask", `mask_code over support_code: ${(e as Error).message}`);
+  }
+  const mask = new Uint8Array(n);
+  for (let p = 0, r = 0; p < n; p++) if (support[p]) mask[p] = inner[r++];
+  return mask;
+}
+
+function valuesOf(vt: TensorOut | undefined): Float32Array {
+  if (!vt) throw new WireError(422, "missing_tensor", "update needs a `values` tensor");
+  if (vt.dtype !== "F32" && vt.dtype !== "F16" && vt.dtype !== "BF16") {
+    throw new WireError(422, "bad_dtype", `values dtype must be F32, F16 or BF16, got ${vt.dtype}`);
+  }
+  if (vt.shape.length !== 1) throw new WireError(422, "bad_shape", `values must be 1-D, got [${vt.shape}]`);
+  return f32Of(vt);
+}
+
+/** Σv², refusing NaN/Inf in the same pass (either makes the sum non-finite). */
+function finiteSumSquares(values: Float32Array): number {
+  const sumSq = sumSquares(values);
+  if (!Number.isFinite(sumSq)) {
+    for (let i = 0; i < values.length; i++) {
+      if (!Number.isFinite(values[i])) {
+        throw new WireError(422, "non_finite", `values contain NaN or Inf (index ${i})`);
+      }
+    }
+  }
+  return sumSq;
+}
+
+/** Refuses more values than the adapter has positions (the sparse forms' count is the mask's). */
+function checkSparseCount(values: Float32Array, n: number): void {
+  if (values.length > n) {
+    throw new WireError(422, "bad_shape", `values [${values.length}] exceed the adapter's ${n}`);
+  }
+}
+
 /**
  * Decodes and validates an update for an adapter of length `n`: container, tensor names, dtypes,
- * shapes, mask bits, NaN/Inf values, metadata. Budget and norm are the caller's policy.
+ * shapes, mask bits or code, NaN/Inf values, metadata. An update that names its mask by reference
+ * comes back as a `MaskRefUpdate` (see `resolveMaskRef`). Budget and norm are the caller's policy.
  */
-export function decodeUpdate(body: Uint8Array, n: number): DecodedUpdate {
+export function decodeUpdate(body: Uint8Array, n: number): DecodedUpdate | MaskRefUpdate {
   let dec;
   try {
     dec = decodeSafetensors(body, { maxHeaderBytes: 64 * 1024 });
@@ -212,7 +318,7 @@ export function decodeUpdate(body: Uint8Array, n: number): DecodedUpdate {
     throw e;
   }
   for (const name of dec.tensors.keys()) {
-    if (name !== "mask" && name !== "values") {
+    if (name !== "mask" && name !== "mask_code" && name !== "support_code" && name !== "values") {
       throw new WireError(422, "unknown_tensor", `unexpected tensor ${name}`);
     }
   }
@@ -230,57 +336,190 @@ export function decodeUpdate(body: Uint8Array, n: number): DecodedUpdate {
     throw new WireError(422, "bad_metadata", "samples must be an integer in [1, 1e9]");
   }
   const metrics = parseMetrics(meta.metrics);
-  const maskBits = decodeMask(dec.tensors.get("mask"), n);
-  const popcount = popcountBits(maskBits);
-  const vt = dec.tensors.get("values");
-  if (!vt) throw new WireError(422, "missing_tensor", "update needs a `values` tensor");
-  if (vt.dtype !== "F32" && vt.dtype !== "F16" && vt.dtype !== "BF16") {
-    throw new WireError(422, "bad_dtype", `values dtype must be F32, F16 or BF16, got ${vt.dtype}`);
+  const maskT = dec.tensors.get("mask");
+  const codeT = dec.tensors.get("mask_code");
+  const ref = meta.maskRef;
+  if ((maskT ? 1 : 0) + (codeT ? 1 : 0) + (ref !== undefined ? 1 : 0) > 1) {
+    throw new WireError(422, "ambiguous_mask", "send exactly one of `mask`, `mask_code` and maskRef");
   }
-  if (vt.shape.length !== 1 || (vt.shape[0] !== popcount && vt.shape[0] !== n)) {
+  const raw = valuesOf(dec.tensors.get("values"));
+  if (ref !== undefined) {
+    if (!MASK_REF.test(ref)) {
+      throw new WireError(422, "bad_metadata", "maskRef must be 64 lowercase hex digits (SHA-256)");
+    }
+    checkSparseCount(raw, n);
+    return { run, round, samples, metrics, maskRef: ref, values: raw, sumSq: finiteSumSquares(raw) };
+  }
+  let maskBits: Uint32Array;
+  let maskForm: MaskForm;
+  const supportT = dec.tensors.get("support_code");
+  if (supportT && !codeT) throw new WireError(422, "missing_tensor", "`support_code` needs a `mask_code`");
+  if (codeT) {
+    checkSparseCount(raw, n);
+    maskBits = packMask(decodeCodedMask(meta, codeT, supportT, n, raw.length));
+    maskForm = parseMaskCode(meta.maskCode, new Uint8Array(0), "maskCode").mode;
+  } else {
+    maskBits = decodeMask(maskT, n);
+    maskForm = maskT!.dtype === "U32" ? "u32" : "u8";
+  }
+  const popcount = popcountBits(maskBits);
+  if (raw.length !== popcount && raw.length !== n) {
     throw new WireError(
       422,
       "bad_shape",
-      `values must have shape [${popcount}] (sparse) or [${n}] (dense), got [${vt.shape}]`,
+      `values must have shape [${popcount}] (sparse) or [${n}] (dense), got [${raw.length}]`,
     );
   }
-  let values = f32Of(vt);
+  let values = raw;
   if (values.length === n && n !== popcount) {
-    const dense = values;
     values = new Float32Array(popcount);
-    forEachBit(maskBits, (p, r) => (values[r] = dense[p]));
+    forEachBit(maskBits, (p, r) => (values[r] = raw[p]));
   }
-  // One pass for both checks: a NaN or Inf makes the sum of squares non-finite.
-  const sumSq = sumSquares(values);
-  if (!Number.isFinite(sumSq)) {
-    for (let i = 0; i < values.length; i++) {
-      if (!Number.isFinite(values[i])) {
-        throw new WireError(422, "non_finite", `values contain NaN or Inf (index ${i})`);
-      }
-    }
-  }
-  return { run, round, samples, metrics, maskBits, values, popcount, sumSq };
+  const sumSq = finiteSumSquares(values);
+  return { run, round, samples, metrics, maskBits, values, popcount, sumSq, maskForm };
 }
 
-/** Encodes an update in the compact (sparse) form. */
+/** True for an update that names its mask by reference. */
+export function isMaskRef(u: DecodedUpdate | MaskRefUpdate): u is MaskRefUpdate {
+  return "maskRef" in u;
+}
+
+/**
+ * Completes a by-reference update with the mask the coordinator holds under that reference (the
+ * caller has checked the reference names it); the values must be sparse over that mask.
+ */
+export function resolveMaskRef(u: MaskRefUpdate, maskBits: Uint32Array): DecodedUpdate {
+  const popcount = popcountBits(maskBits);
+  if (u.values.length !== popcount) {
+    throw new WireError(
+      422,
+      "bad_shape",
+      `values must have shape [${popcount}] (sparse over the referenced mask), got [${u.values.length}]`,
+    );
+  }
+  const { maskRef: _, ...rest } = u;
+  return { ...rest, maskBits, popcount, maskForm: "ref" };
+}
+
+/**
+ * Encodes an update in the compact (sparse) form. Without `maskRef` the mask travels as a U32
+ * bitmask, or with `compactMask` in its smallest code.
+ */
 export function encodeUpdate(u: UpdateIn): Uint8Array {
   if (u.values.length !== u.mask.length) throw new RangeError("values and mask lengths differ");
   const bits = packMask(u.mask);
   const sparse = new Float32Array(popcountBits(bits));
   forEachBit(bits, (p, r) => (sparse[r] = u.values[p]));
-  return encodeSafetensors(
-    {
-      mask: { dtype: "U32", shape: [bits.length], data: bits },
-      values: { dtype: "F32", shape: [sparse.length], data: sparse },
-    },
-    {
-      format: "perfit-update/1",
-      run: u.run,
-      round: String(u.round),
-      samples: String(u.samples),
-      metrics: JSON.stringify(u.metrics ?? {}),
-    },
+  const meta: Record<string, string> = {
+    format: "perfit-update/1",
+    run: u.run,
+    round: String(u.round),
+    samples: String(u.samples),
+    metrics: JSON.stringify(u.metrics ?? {}),
+  };
+  const tensors: Record<string, TensorIn> = {
+    values: { dtype: "F32", shape: [sparse.length], data: sparse },
+  };
+  if (u.maskRef !== undefined) {
+    meta.maskRef = u.maskRef;
+    return encodeSafetensors(tensors, meta);
+  }
+  return withMask(tensors, meta, bits, u.compactMask ? codedForms(u.mask, u.support) : []);
+}
+
+/**
+ * A client's body for one round, the one encoder behind `FederatedClient` and the simulation: the
+ * mask by reference when it is the one the coordinator acknowledged last (`ackedMaskRef`), else in
+ * its smallest code. Returns the mask's reference too, to remember once the upload is acknowledged.
+ */
+export async function encodeRoundUpdate(
+  u: Omit<UpdateIn, "maskRef" | "compactMask">,
+  ackedMaskRef: string | undefined,
+): Promise<{ body: Uint8Array; maskRef: string }> {
+  const ref = await maskRef(packMask(u.mask));
+  const body = encodeUpdate({ ...u, maskRef: ref === ackedMaskRef ? ref : undefined, compactMask: true });
+  return { body, maskRef: ref };
+}
+
+/** How an encoded update's mask travels, read from its header alone (for reports). */
+export function maskFormOf(body: Uint8Array): MaskForm {
+  const u = decodeSafetensors(body, { maxHeaderBytes: 64 * 1024 });
+  if (u.metadata.maskRef !== undefined) return "ref";
+  const code = u.metadata.maskCode;
+  if (code !== undefined) return parseMaskCode(code, new Uint8Array(0), "maskCode").mode;
+  return u.tensors.get("mask")?.dtype === "U32" ? "u32" : "u8";
+}
+
+/**
+ * The same update with its mask attached (smallest code) instead of a `maskRef`: what a client sends
+ * after a 409 `mask_unknown`. `mask` is the 0/1 mask the reference named.
+ */
+export function attachMask(body: Uint8Array, mask: Uint8Array): Uint8Array {
+  const dec = decodeSafetensors(body);
+  const vt = dec.tensors.get("values");
+  if (!vt || vt.dtype !== "F32") throw new RangeError("attachMask needs an update with F32 values");
+  const { maskRef: _, ...meta } = dec.metadata;
+  const tensors: Record<string, TensorIn> = {
+    values: { dtype: "F32", shape: vt.shape, data: f32Of(vt) },
+  };
+  const count = scalarKernels.popcount(mask);
+  if (count !== vt.shape[0]) throw new RangeError(`mask has ${count} ones, update has ${vt.shape[0]} values`);
+  return withMask(tensors, meta, packMask(mask), codedForms(mask, undefined));
+}
+
+/**
+ * The smallest body of the update with its mask as a U32 bitmask or one of the coded `forms` (a code
+ * a few bytes under the bitmask can lose them again to its longer header entry).
+ */
+function withMask(
+  tensors: Record<string, TensorIn>,
+  meta: Record<string, string>,
+  bits: Uint32Array,
+  forms: CodedForm[],
+): Uint8Array {
+  let best = encodeSafetensors(
+    { ...tensors, mask: { dtype: "U32", shape: [bits.length], data: bits } },
+    meta,
   );
+  for (const form of forms) {
+    const body = encodeSafetensors({ ...tensors, ...form.tensors }, { ...meta, ...form.meta });
+    if (body.length < best.length) best = body;
+  }
+  return best;
+}
+
+interface CodedForm {
+  tensors: Record<string, TensorIn>;
+  meta: Record<string, string>;
+}
+
+/** The coded forms of a new mask: over all positions, and over the client's support when given. */
+function codedForms(
+  mask: Uint8Array,
+  support: Uint8Array | undefined,
+): CodedForm[] {
+  const u8 = (b: Uint8Array): TensorIn => ({ dtype: "U8", shape: [b.length], data: b });
+  const out: CodedForm[] = [];
+  // (A plain bitmask is the U32 `mask` tensor that `withMask` always tries.)
+  const code = encodeMask(mask, scalarKernels);
+  if (code.mode !== "bits") {
+    out.push({ tensors: { mask_code: u8(code.bytes) }, meta: { maskCode: maskCodeName(code) } });
+  }
+  if (support) {
+    if (support.length !== mask.length) throw new RangeError("support and mask lengths differ");
+    const inner: number[] = [];
+    for (let p = 0; p < mask.length; p++) {
+      if (support[p]) inner.push(mask[p]);
+      else if (mask[p]) throw new RangeError(`mask position ${p} is outside the support`);
+    }
+    const sc = encodeMask(support, scalarKernels);
+    const ic = encodeMask(Uint8Array.from(inner), scalarKernels);
+    out.push({
+      tensors: { mask_code: u8(ic.bytes), support_code: u8(sc.bytes) },
+      meta: { maskCode: maskCodeName(ic), supportCode: maskCodeName(sc), supportSize: String(inner.length) },
+    });
+  }
+  return out;
 }
 
 /** Encodes a personalized slice (server side). */

@@ -6,7 +6,7 @@ import { DataError, type Example } from "./types.ts";
 export type JsonlFormat = "auto" | "dolly" | "alpaca" | "chat";
 
 /** Options of `parseJsonl` / `loadJsonl`. */
-export interface LoadOptions {
+export interface JsonlOptions {
   format?: JsonlFormat;
   template?: PromptTemplate;
   /** Name used in error messages (the file path when loading a file). */
@@ -97,7 +97,7 @@ function toExample(
  * `DataError` naming `source:line`. With format "auto" the first record decides and every
  * later record must match it.
  */
-export function parseJsonl(text: string, opts: LoadOptions = {}): Example[] {
+export function parseJsonl(text: string, opts: JsonlOptions = {}): Example[] {
   const source = opts.source ?? "<text>";
   const template = opts.template ?? ALPACA_TEMPLATE;
   let format: Exclude<JsonlFormat, "auto"> | null = opts.format && opts.format !== "auto"
@@ -130,7 +130,7 @@ export function parseJsonl(text: string, opts: LoadOptions = {}): Example[] {
  * Loads examples from a JSONL file path, or parses `source` directly when it already looks
  * like JSONL text (starts with "{" or contains a newline).
  */
-export async function loadJsonl(source: string, opts: LoadOptions = {}): Promise<Example[]> {
+export async function loadJsonl(source: string, opts: JsonlOptions = {}): Promise<Example[]> {
   const looksLikeText = source.trimStart().startsWith("{") || source.includes("\n");
   if (looksLikeText) return parseJsonl(source, opts);
   const text = await Deno.readTextFile(source);

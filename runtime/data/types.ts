@@ -1,5 +1,4 @@
 /** Shared types of the instruction-data pipeline. */
-import type { TextTokenizer as ModelTextTokenizer } from "../model/tokenizer.ts";
 
 /** One instruction example after loading: the rendered prompt and the target response. */
 export interface Example {
@@ -9,11 +8,19 @@ export interface Example {
 }
 
 /**
- * Minimal tokenizer surface the data pipeline needs (Transformers.js tokenizers adapt to it). It is
- * the model area's tokenizer minus `vocabSize`, which only graph building needs, so toy tokenizers
- * in data code and tests may leave it out.
+ * The tokenizer surface the data pipeline needs (Transformers.js tokenizers adapt to it); the model
+ * area's `ModelTokenizer` adds the vocabulary size, which only graph building needs, so toy
+ * tokenizers in data code and tests may leave it out.
  */
-export type TextTokenizer = Omit<ModelTextTokenizer, "vocabSize">;
+export interface TextTokenizer {
+  /** Token ids of `text`, without special tokens (templates add BOS/EOS themselves). */
+  encode(text: string): number[];
+  /** Text of `ids`, special tokens dropped. */
+  decode(ids: number[]): string;
+  eosTokenId: number;
+  padTokenId: number;
+  bosTokenId?: number;
+}
 
 /** A padded training/eval batch: the engine's own `Batch`, which the data pipeline produces. */
 export type { Batch } from "../model/engine.ts";

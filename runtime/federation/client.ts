@@ -8,9 +8,9 @@ import type { Batch, TextTokenizer } from "../data/types.ts";
 import { AdamW, clipGradNorm } from "../model/optim.ts";
 import { kernels } from "../kernels/mod.ts";
 import { accumulateImportance } from "../perfit/importance.ts";
-import type { AdapterLayout } from "../perfit/layout.ts";
+import { type AdapterLayout, embed } from "../perfit/layout.ts";
 import { makePrunePlan, type PrunePlan, pruneStage, randomMask } from "../perfit/prune.ts";
-import { encodeUpload, maskHash } from "../perfit/upload.ts";
+import { encodeRoundUpdate } from "../client/wire.ts";
 import { reviveDeadComponents, stageBoundaries } from "../perfit/reexpand.ts";
 import type { ClientData } from "./partition.ts";
 import type { FitIns, FitRes, SimConfig, TrainEngine } from "./types.ts";
@@ -21,6 +21,12 @@ export interface ClientDataOptions {
   batchSize: number;
   maxLen: number;
   evalBatchSize?: number;
+}
+
+/** Where a client's upload goes: the run it belongs to and the run's global layout (rank r · e_max). */
+export interface UploadTarget {
+  run: string;
+  global: AdapterLayout;
 }
 
 /** Per-step progress callback (drives progress bars). */
@@ -35,8 +41,9 @@ export class FlClient {
   adapter: Float32Array;
   /** Positions this client trains and uploads (all ones before the first search). */
   mask: Uint8Array;
-  /** Hash of the mask the coordinator acknowledged, so unchanged masks travel by reference. */
-  ackedMaskHash: number | undefined;
+  /** `maskRef` of the mask the coordinator acknowledged, so an unchanged mask travels by reference. */
+  ackedMaskRef: string | undefined;
+  private sentMaskRef: string | undefined;
   private trainBatches: Batch[];
   private readonly testBatches: Batch[];
   private cursor = 0;
@@ -99,9 +106,11 @@ export class FlClient {
 
   /**
    * One local round: `ins.steps` masked AdamW steps. In a search round the first `searchFraction`
-   * of the steps also accumulate importance and prune at T evenly spaced stage boundaries.
+   * of the steps also accumulate importance and prune at T evenly spaced stage boundaries. With an
+   * `upload` target the result carries the update as the deployed client sends it (the wire format
+   * of runtime/client/wire.ts, in the run's global layout).
    */
-  async fit(ins: FitIns, cfg: SimConfig, upload: boolean, onStep?: StepHook): Promise<FitRes> {
+  async fit(ins: FitIns, cfg: SimConfig, upload: UploadTarget | null, onStep?: StepHook): Promise<FitRes> {
     const k = kernels();
     const adam = new AdamW(this.adapter.length, { lr: cfg.lr, weightDecay: cfg.weightDecay });
     const T = cfg.pruneStages;
@@ -144,14 +153,24 @@ export class FlClient {
       meanLoss: lossSum / Math.max(1, steps),
     };
     if (upload) {
-      res.upload = encodeUpload(this.adapter, this.mask, { storedMaskHash: this.ackedMaskHash, kernels: k });
+      const { body, maskRef } = await encodeRoundUpdate({
+        run: upload.run,
+        round: ins.round,
+        samples: Math.max(1, this.samples),
+        metrics: { loss: res.meanLoss },
+        values: embed(this.layout, this.adapter, upload.global),
+        mask: embed(this.layout, this.mask, upload.global),
+        support: embed(this.layout, new Uint8Array(this.layout.size).fill(1), upload.global),
+      }, this.ackedMaskRef);
+      res.upload = body;
+      this.sentMaskRef = maskRef;
     }
     return res;
   }
 
-  /** The coordinator decoded our upload: later uploads may name this mask by hash. */
+  /** The coordinator accepted our upload: later uploads may name its mask by reference. */
   acknowledge(): void {
-    this.ackedMaskHash = maskHash(this.mask);
+    this.ackedMaskRef = this.sentMaskRef;
   }
 
   /** Installs the personalized values received for our own positions (in index order). */

@@ -2,6 +2,7 @@
 export * from "./types.ts";
 export * from "./partition.ts";
 export * from "./client.ts";
+export * from "./strategies.ts";
 export * from "./strategy.ts";
 export * from "./simulate.ts";
 export { ProgressBar } from "./progress.ts";

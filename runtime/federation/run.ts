@@ -7,7 +7,8 @@ import { partition, type PartitionSpec } from "./partition.ts";
 import { ProgressBar } from "./progress.ts";
 import { engineFactory, loadFolder, PRETRAIN_STRIDE } from "./setup.ts";
 import { simulate } from "./simulate.ts";
-import type { RoundRecord, SimConfig, SimResult } from "./types.ts";
+import { strategyFor } from "./strategies.ts";
+import type { SimRound, SimConfig, SimResult } from "./types.ts";
 
 /** Where the bundled base model and data live, relative to this module. */
 export const BUNDLED_MODEL = new URL("../../models/perfit-tiny", import.meta.url).pathname;
@@ -28,7 +29,7 @@ export interface RunOptions {
   skipPretrained?: boolean;
   /** Show a progress bar on stderr. */
   progress?: boolean;
-  onRound?: (r: RoundRecord) => void;
+  onRound?: (r: SimRound) => void;
 }
 
 /** Loads model and data, partitions, and runs the simulation. */
@@ -51,7 +52,7 @@ export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<Si
     maxTest: opts.maxTest,
   });
   const factory = engineFactory(model, cfg, opts.backend ?? "auto");
-  const trains = cfg.method !== "base";
+  const trains = strategyFor(cfg.method).trains;
   const perRound = clients.length * ((trains ? cfg.localSteps : 0) + 1);
   const bar = opts.progress ? new ProgressBar(cfg.rounds * perRound) : undefined;
   let round = 1;
@@ -79,7 +80,7 @@ export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<Si
 }
 
 /** A fixed-width text table of one round (what the demo prints). */
-export function formatRound(r: RoundRecord): string {
+export function formatRound(r: SimRound): string {
   const lines = [
     `round ${r.round}  mean personalized perplexity ${r.meanPerplexity.toFixed(3)}  (${
       r.seconds.toFixed(1)

@@ -9,9 +9,11 @@ import { expansionFactor } from "../perfit/expansion.ts";
 import { embed, extract, rankLayout } from "../perfit/layout.ts";
 import { kernels } from "../kernels/mod.ts";
 import { FlClient, type StepHook } from "./client.ts";
+import { maskFormOf } from "../client/wire.ts";
 import type { ClientData } from "./partition.ts";
 import { PersonalizedStrategy } from "./strategy.ts";
-import type { ClientRound, EngineFactory, RoundRecord, SimConfig, SimResult } from "./types.ts";
+import { strategyFor } from "./strategies.ts";
+import type { ClientRound, EngineFactory, SimRound, SimConfig, SimResult } from "./types.ts";
 
 /** Everything a simulation needs besides its config. */
 export interface SimulationInputs {
@@ -25,7 +27,7 @@ export interface SimulationInputs {
   /** Called after each client's step of local training. */
   onStep?: StepHook;
   /** Called after each finished round (e.g. to print it). */
-  onRound?: (r: RoundRecord) => void;
+  onRound?: (r: SimRound) => void;
   /** Called after each client evaluation (progress). */
   onEval?: (clientId: string) => void;
   /** Called after each round with the live clients (tests and debugging inspect their state). */
@@ -36,9 +38,7 @@ export interface SimulationInputs {
 export function clientExpansion(cfg: SimConfig, index: number): { tier: string; e: number } {
   const tier = cfg.clientTiers.length ? cfg.clientTiers[index % cfg.clientTiers.length] : "low";
   const e = expansionFactor(tier, cfg.tiers);
-  const dense = cfg.method === "fedit" || cfg.method === "perfit-e1" || cfg.method === "local" ||
-    cfg.method === "base";
-  return { tier, e: dense ? 1 : e };
+  return { tier, e: strategyFor(cfg.method).expands ? e : 1 };
 }
 
 /** Runs a full simulation and returns per-round, per-client results. */
@@ -73,7 +73,8 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
   const ids = clients.map((c) => c.id);
   if (new Set(ids).size !== ids.length) throw new RangeError("client ids must be unique");
   const strategy = new PersonalizedStrategy(cfg, global, new Map(clients.map((c) => [c.id, c.layout])));
-  const rounds: RoundRecord[] = [];
+  const target = { run: `sim-${cfg.method}-${cfg.seed}`, global };
+  const rounds: SimRound[] = [];
   for (let round = 1; round <= cfg.rounds; round++) {
     const tr = performance.now();
     const fitIns = strategy.configureFit(round, ids);
@@ -82,16 +83,15 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
     for (const c of clients) {
       const ins = fitIns.get(c.id);
       if (!ins) continue;
-      const res = await c.fit(ins, cfg, strategy.aggregates, inp.onStep);
+      const res = await c.fit(ins, cfg, strategy.aggregates ? target : null, inp.onStep);
       losses.set(c.id, res.meanLoss);
       results.push(res);
     }
-    const downloads = strategy.aggregateFit(round, results);
+    const downloads = await strategy.aggregateFit(round, results);
     const uploads = new Map(results.map((r) => [r.clientId, r.upload]));
     const records: ClientRound[] = [];
     for (const c of clients) {
       const up = uploads.get(c.id) ?? null;
-      const modeByte = up ? up[4] : -1;
       if (up) c.acknowledge();
       const down = downloads.get(c.id);
       if (down) c.receive(down);
@@ -112,11 +112,11 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
         testTokens: ev.tokens,
         perplexity: Math.exp(ev.nllSum / Math.max(1, ev.tokens)),
         uploadBytes: up ? up.length : 0,
-        maskMode: up ? ["ref", "all", "bits", "deltas", "rice-gaps", "rice-runs"][modeByte] ?? "?" : null,
+        maskMode: up ? maskFormOf(up) : null,
         downloadBytes: down ? down.length * 4 : 0,
       });
     }
-    const rec: RoundRecord = {
+    const rec: SimRound = {
       round,
       clients: records,
       meanPerplexity: records.reduce((s, r) => s + r.perplexity, 0) / records.length,
@@ -151,7 +151,7 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
       expansion: c.expansion,
       train: c.data.train.length,
       test: c.data.test.length,
-      trainableParams: cfg.method === "base" ? 0 : c.plan.budget,
+      trainableParams: strategyFor(cfg.method).trains ? c.plan.budget : 0,
       searchSpace: c.plan.total,
     })),
     budget: base.size,

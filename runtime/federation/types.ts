@@ -5,11 +5,7 @@ import type { Allocation, PruneSchedule } from "../perfit/prune.ts";
 import type { ImportanceOptions } from "../perfit/importance.ts";
 import type { TierTable } from "../perfit/expansion.ts";
 import type { TargetModule } from "../model/lora.ts";
-
-/** Methods compared in the results table; all run through the same code path. */
-export type Method = "perfit" | "fedit" | "local" | "base" | "perfit-random-mask" | "perfit-e1";
-/** Every method name, for CLI validation. */
-export const METHODS: Method[] = ["perfit", "fedit", "local", "base", "perfit-random-mask", "perfit-e1"];
+import type { Method } from "./strategies.ts";
 
 /** The part of the model engine a client needs (structurally the `Engine` of runtime/model/engine.ts). */
 export interface TrainEngine {
@@ -117,7 +113,7 @@ export interface ClientRound {
 }
 
 /** One round of a simulation. */
-export interface RoundRecord {
+export interface SimRound {
   round: number;
   clients: ClientRound[];
   meanPerplexity: number;
@@ -141,6 +137,6 @@ export interface SimResult {
   budget: number;
   /** Final masks: share of kept positions in A matrices, and mean Jaccard overlap with the other clients (global layout). */
   maskStats: { id: string; fractionInA: number; meanJaccard: number }[];
-  rounds: RoundRecord[];
+  rounds: SimRound[];
   wallSeconds: number;
 }

@@ -20,9 +20,9 @@ import {
 } from "./shape.ts";
 
 /** Element types a graph tensor can have ("bool" comes from comparisons). */
-export type DType = "f32" | "i64" | "bool";
+export type GraphDType = "f32" | "i64" | "bool";
 /** ONNX TensorProto.DataType codes. */
-export const ONNX_DTYPE: Record<DType, number> = { f32: 1, i64: 7, bool: 9 };
+export const ONNX_DTYPE: Record<GraphDType, number> = { f32: 1, i64: 7, bool: 9 };
 /** Constant payloads. */
 export type ConstData = Float32Array | BigInt64Array | Uint8Array;
 /** ONNX attributes used by this builder: all integer or integer lists. */
@@ -45,7 +45,7 @@ export class Tensor {
   constructor(
     readonly graph: Graph,
     readonly id: number,
-    readonly dtype: DType,
+    readonly dtype: GraphDType,
     readonly shape: Shape,
     readonly kind: "input" | "const" | "op",
     readonly name: string,
@@ -77,7 +77,7 @@ export class Graph {
   private cache = new Map<string, Tensor>();
 
   private make(
-    dtype: DType,
+    dtype: GraphDType,
     shape: Shape,
     kind: Tensor["kind"],
     name: string | undefined,
@@ -97,7 +97,7 @@ export class Graph {
   }
 
   /** Appends a raw ONNX node. Prefer the typed helpers; this is the escape hatch they all use. */
-  node(op: string, inputs: Tensor[], attrs: Attrs, dtype: DType, shape: Shape): Tensor {
+  node(op: string, inputs: Tensor[], attrs: Attrs, dtype: GraphDType, shape: Shape): Tensor {
     this.check(...inputs);
     const node = { id: this.nodes.length, op, inputs, attrs } as Omit<Node, "output"> as Node;
     const out = this.make(dtype, shape, "op", undefined, node);
@@ -124,7 +124,7 @@ export class Graph {
   }
 
   /** A constant stored as an ONNX initializer. Numbers default to f32. */
-  constant(data: ConstData | number[] | number, shape?: number[], dtype?: DType): Tensor {
+  constant(data: ConstData | number[] | number, shape?: number[], dtype?: GraphDType): Tensor {
     let arr: ConstData;
     const isScalar = typeof data === "number";
     if (typeof data === "number") data = [data];
@@ -136,7 +136,7 @@ export class Graph {
         ? BigInt64Array.from(data.map((v) => BigInt(v)))
         : Uint8Array.from(data);
     } else arr = data;
-    const dt: DType = arr instanceof Float32Array ? "f32" : arr instanceof BigInt64Array ? "i64" : "bool";
+    const dt: GraphDType = arr instanceof Float32Array ? "f32" : arr instanceof BigInt64Array ? "i64" : "bool";
     const shp = shape ?? (isScalar ? [] : [arr.length]);
     const n = shp.reduce((a, b) => a * b, 1);
     if (n !== arr.length) throw new Error(`constant has ${arr.length} values but shape ${fmtShape(shp)}`);
@@ -146,7 +146,7 @@ export class Graph {
   }
 
   /** Cached scalar constant. */
-  scalar(value: number, dtype: DType = "f32"): Tensor {
+  scalar(value: number, dtype: GraphDType = "f32"): Tensor {
     const key = `s:${dtype}:${value}`;
     let t = this.cache.get(key);
     if (!t) this.cache.set(key, t = this.constant([value], [], dtype));
@@ -247,7 +247,7 @@ export class Graph {
   }
 
   /** Runtime value of a dim as a scalar of the given dtype. */
-  dimValue(d: Dim, dtype: DType = "f32"): Tensor {
+  dimValue(d: Dim, dtype: GraphDType = "f32"): Tensor {
     if (typeof canonDim(d) === "number") return this.scalar(canonDim(d) as number, dtype);
     const s = this.reshape(this.dimTensor(d), []);
     return dtype === "i64" ? s : this.cast(s, dtype);
@@ -255,7 +255,7 @@ export class Graph {
 
   // ---------- elementwise ----------
 
-  private binary(op: string, a: TensorLike, b: TensorLike, outType?: DType): Tensor {
+  private binary(op: string, a: TensorLike, b: TensorLike, outType?: GraphDType): Tensor {
     const ta = this.lift(a, b), tb = this.lift(b, a);
     if (ta.dtype !== tb.dtype) throw new Error(`${op}: dtype mismatch ${ta} vs ${tb}`);
     return this.node(op, [ta, tb], {}, outType ?? ta.dtype, broadcastShapes(ta.shape, tb.shape));
@@ -349,7 +349,7 @@ export class Graph {
     return this.unary("Sign", x);
   }
   /** Converts dtype. */
-  cast(x: Tensor, dtype: DType): Tensor {
+  cast(x: Tensor, dtype: GraphDType): Tensor {
     if (x.dtype === dtype) return x;
     return this.node("Cast", [x], { to: ONNX_DTYPE[dtype] }, dtype, x.shape);
   }
@@ -566,12 +566,12 @@ export class Graph {
   }
 
   /** Zeros of a (possibly symbolic) shape. */
-  zeros(shape: Dim[], dtype: DType = "f32"): Tensor {
+  zeros(shape: Dim[], dtype: GraphDType = "f32"): Tensor {
     return this.full(shape, 0, dtype);
   }
 
   /** A filled tensor of a (possibly symbolic) shape. */
-  full(shape: Dim[], value: number, dtype: DType = "f32"): Tensor {
+  full(shape: Dim[], value: number, dtype: GraphDType = "f32"): Tensor {
     return this.expand(this.scalar(value, dtype), shape);
   }
 }

@@ -15,7 +15,7 @@
 export {
   type Attrs,
   type ConstData,
-  type DType,
+  type GraphDType,
   END,
   Graph,
   MASK_VALUE,
@@ -39,7 +39,7 @@ export {
   resolveBackend,
   type ResolvedBackend,
   type SessionOptions,
-  sessionTuning,
   type SessionTuning,
+  sessionTuning,
   tuneNativeMalloc,
 } from "./session.ts";

@@ -83,7 +83,9 @@ export function encodeSafetensors(
     const expected = elementCount(t.shape) * dtypeBytes(t.dtype);
     if (t.data.byteLength !== expected) {
       throw new SafetensorsError(
-        `tensor ${name}: ${t.data.byteLength} bytes for shape ${JSON.stringify(t.shape)} ${t.dtype} (expected ${expected})`,
+        `tensor ${name}: ${t.data.byteLength} bytes for shape ${
+          JSON.stringify(t.shape)
+        } ${t.dtype} (expected ${expected})`,
       );
     }
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + expected] };
@@ -149,7 +151,9 @@ export function decodeSafetensors(
       continue;
     }
     const info = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (typeof info !== "object" || info === null) throw new SafetensorsError(`tensor ${name}: entry must be an object`);
+    if (typeof info !== "object" || info === null) {
+      throw new SafetensorsError(`tensor ${name}: entry must be an object`);
+    }
     const dtype = info.dtype as DType;
     if (typeof dtype !== "string" || !(dtype in DTYPE_BYTES)) {
       throw new SafetensorsError(`tensor ${name}: unsupported dtype ${JSON.stringify(info.dtype)}`);
@@ -162,7 +166,9 @@ export function decodeSafetensors(
       !Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isSafeInteger(o) && o >= 0) ||
       offs[0] > offs[1] || offs[1] > dataLen
     ) {
-      throw new SafetensorsError(`tensor ${name}: data_offsets ${JSON.stringify(offs)} out of bounds (data is ${dataLen} bytes)`);
+      throw new SafetensorsError(
+        `tensor ${name}: data_offsets ${JSON.stringify(offs)} out of bounds (data is ${dataLen} bytes)`,
+      );
     }
     const [begin, end] = offs as [number, number];
     if (end - begin !== count * DTYPE_BYTES[dtype]) {

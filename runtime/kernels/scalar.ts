@@ -4,6 +4,7 @@
  * WebAssembly SIMD is missing.
  */
 import { type AdamWStep, KernelError, type Kernels } from "./types.ts";
+import { popcount32 } from "./bits.ts";
 import {
   checkAdamW,
   checkBits,
@@ -97,13 +98,6 @@ function countOnes(mask: Uint8Array): number {
   let c = 0;
   for (let i = 0; i < mask.length; i++) c += mask[i] !== 0 ? 1 : 0;
   return c;
-}
-
-function popcount32(x: number): number {
-  x = x - ((x >>> 1) & 0x55555555);
-  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-  x = (x + (x >>> 4)) & 0x0f0f0f0f;
-  return Math.imul(x, 0x01010101) >>> 24;
 }
 
 /** Scalar TypeScript implementation of every kernel. */

@@ -1,7 +1,7 @@
 /** Loads a whole model (config, f32 weights, tokenizer) from a folder, URL or hub id. */
 import { type ModelConfig, parseConfig } from "./config.ts";
 import { readJsonOptional, resolveSource } from "./hub.ts";
-import { loadTokenizer, type TextTokenizer } from "./tokenizer.ts";
+import { loadTokenizer, type ModelTokenizer } from "./tokenizer.ts";
 import { checkWeights, loadWeights, type Weights } from "./weights.ts";
 
 /** A model ready for the engine. */
@@ -10,7 +10,7 @@ export interface LoadedModel {
   /** HF names, HF layout, f32. */
   weights: Weights;
   /** Absent when the source has no tokenizer files. */
-  tokenizer?: TextTokenizer;
+  tokenizer?: ModelTokenizer;
   /** Where it came from (absolute folder, URL or hub id). */
   source: string;
 }
@@ -32,7 +32,7 @@ export async function loadModel(dirOrUrl: string, opts: LoadOptions = {}): Promi
   const config = parseConfig(raw);
   const weights = await loadWeights(src);
   checkWeights(config, weights);
-  let tokenizer: TextTokenizer | undefined;
+  let tokenizer: ModelTokenizer | undefined;
   if (opts.tokenizer !== false && (await readJsonOptional(src, "tokenizer.json")) !== null) {
     tokenizer = await loadTokenizer(src);
   }

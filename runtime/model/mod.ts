@@ -20,7 +20,7 @@ export {
   WeightsError,
   type WeightTensor,
 } from "./weights.ts";
-export { loadTokenizer, type TextTokenizer, TokenizerError, tokenizerFromJson } from "./tokenizer.ts";
+export { loadTokenizer, type ModelTokenizer, TokenizerError, tokenizerFromJson } from "./tokenizer.ts";
 export { type LoadedModel, loadModel, type LoadOptions } from "./load.ts";
 export {
   type AdapterEntry,

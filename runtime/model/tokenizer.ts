@@ -1,19 +1,13 @@
 /**
- * Tokenizers through Transformers.js, wrapped into the small `TextTokenizer` interface the data
+ * Tokenizers through Transformers.js, wrapped into the small `ModelTokenizer` interface the data
  * pipeline codes against. Local folders and hub ids go through `AutoTokenizer`; http(s) sources (and
  * in-memory JSON) build the same `PreTrainedTokenizer` from the two JSON files directly.
  */
 import { type ModelSource, readJsonOptional, resolveSource, transformersOptions } from "./hub.ts";
+import type { TextTokenizer } from "../data/types.ts";
 
-/** A tokenizer as the model and data pipeline use it (runtime/data's `TextTokenizer` is this minus `vocabSize`). */
-export interface TextTokenizer {
-  /** Token ids of `text`, without special tokens (templates add BOS/EOS themselves). */
-  encode(text: string): number[];
-  /** Text of `ids`, special tokens dropped. */
-  decode(ids: number[]): string;
-  eosTokenId: number;
-  padTokenId: number;
-  bosTokenId?: number;
+/** A tokenizer as the model uses it: the data pipeline's `TextTokenizer` plus the vocabulary size graphs need. */
+export interface ModelTokenizer extends TextTokenizer {
   vocabSize: number;
 }
 
@@ -32,7 +26,7 @@ type HfTokenizer = any;
 export function wrapTokenizer(
   tok: HfTokenizer,
   fallback: { eosTokenId?: number; padTokenId?: number } = {},
-): TextTokenizer {
+): ModelTokenizer {
   const eos = tok.eos_token_id ?? fallback.eosTokenId;
   if (typeof eos !== "number") {
     throw new TokenizerError("tokenizer has no eos_token (set it in tokenizer_config.json)");
@@ -55,7 +49,7 @@ export function wrapTokenizer(
 export async function tokenizerFromJson(
   tokenizerJson: unknown,
   tokenizerConfig: unknown,
-): Promise<TextTokenizer> {
+): Promise<ModelTokenizer> {
   const { PreTrainedTokenizer } = await import("@huggingface/transformers");
   // deno-lint-ignore no-explicit-any
   const tok = new (PreTrainedTokenizer as any)(tokenizerJson, tokenizerConfig ?? {});
@@ -63,7 +57,7 @@ export async function tokenizerFromJson(
 }
 
 /** Loads the tokenizer of a model folder, URL or hub id. */
-export async function loadTokenizer(pathOrSource: string | ModelSource): Promise<TextTokenizer> {
+export async function loadTokenizer(pathOrSource: string | ModelSource): Promise<ModelTokenizer> {
   const src = typeof pathOrSource === "string" ? resolveSource(pathOrSource) : pathOrSource;
   if (src.kind === "url") {
     const json = await readJsonOptional(src, "tokenizer.json");

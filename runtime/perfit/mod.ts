@@ -1,8 +1,7 @@
-/** PerFIT: expand-then-prune search, parameter-wise aggregation and the upload codec (pure functions). */
+/** PerFIT: expand-then-prune search, parameter-wise aggregation (pure functions; the upload travels in runtime/client/wire.ts). */
 export * from "./layout.ts";
 export * from "./importance.ts";
 export * from "./expansion.ts";
 export * from "./prune.ts";
 export * from "./aggregate.ts";
-export * from "./upload.ts";
 export * from "./reexpand.ts";

@@ -1,20 +1,15 @@
 /**
- * Builds the dashboard payload from the coordinator's Deno KV state (keys in server/records.ts):
+ * Builds the dashboard payload from the coordinator's records (through server/read_model.ts):
  * runs, rounds, clients, the perplexity each client reported with its uploads, and, from the clients'
  * latest masks, pairwise Jaccard overlap and the budget spread over layers and modules.
  *
  * Masks are immutable once uploaded, so they are cached by (run, client, round); each refresh reads
  * only the small records plus masks it has not seen.
  */
-import {
-  type ClientRecord,
-  K,
-  type LastMask,
-  type RoundRecord,
-  type RunRecord,
-  type UploadRecord,
-} from "../records.ts";
-import { readChunks } from "../kv_chunks.ts";
+import type { RunRecord } from "../records.ts";
+import type { ReadModel } from "../read_model.ts";
+import { countRange, jaccardBits } from "../../runtime/kernels/bits.ts";
+import { strategyFor } from "../../runtime/federation/strategies.ts";
 import type {
   BudgetSpread,
   ClientInfo,
@@ -39,47 +34,9 @@ export interface KvDashboardOptions {
   maxMaskClients?: number;
 }
 
-/** Number of set bits of a & b and of a | b. */
-export function andOrCounts(a: Uint32Array, b: Uint32Array): { and: number; or: number } {
-  let and = 0, or = 0;
-  for (let i = 0; i < a.length; i++) {
-    and += popcount32(a[i] & b[i]);
-    or += popcount32(a[i] | b[i]);
-  }
-  return { and, or };
-}
-
-function popcount32(x: number): number {
-  x = x - ((x >>> 1) & 0x55555555);
-  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-  return (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
-}
-
 /** Pairwise Jaccard of bitmasks (1 where both are empty). */
 export function jaccardMatrix(masks: Uint32Array[]): number[][] {
-  return masks.map((a, i) =>
-    masks.map((b, j) => {
-      if (i === j) return 1;
-      const { and, or } = andOrCounts(a, b);
-      return or === 0 ? 1 : and / or;
-    })
-  );
-}
-
-/** Set bits of `bits` in [start, end). */
-export function countRange(bits: Uint32Array, start: number, end: number): number {
-  let c = 0;
-  for (let p = start; p < end;) {
-    const w = p >>> 5, off = p & 31;
-    if (off === 0 && p + 32 <= end) {
-      c += popcount32(bits[w]);
-      p += 32;
-    } else {
-      c += (bits[w] >>> off) & 1;
-      p++;
-    }
-  }
-  return c;
+  return masks.map((a, i) => masks.map((b, j) => (i === j ? 1 : jaccardBits(a, b))));
 }
 
 /** Kept positions per "L{layer}.{module}" group (A and B together), groups in layout order. */
@@ -108,8 +65,11 @@ function pplOf(metrics: Record<string, number> | undefined): number | null {
   return null;
 }
 
-/** Returns a function that snapshots the dashboard data from `kv`. */
-export function kvDashboardSource(kv: Deno.Kv, opts: KvDashboardOptions = {}): () => Promise<DashboardData> {
+/** Returns a function that snapshots the dashboard data from the coordinator's records (the read model). */
+export function kvDashboardSource(
+  reads: ReadModel,
+  opts: KvDashboardOptions = {},
+): () => Promise<DashboardData> {
   const maskCache = new Map<string, Uint32Array>();
   const maxClients = opts.maxMaskClients ?? MAX_MASK_CLIENTS;
 
@@ -117,31 +77,22 @@ export function kvDashboardSource(kv: Deno.Kv, opts: KvDashboardOptions = {}): (
     const key = `${run.id}\u0000${client}\u0000${round}`;
     const hit = maskCache.get(key);
     if (hit) return hit;
-    const words = Math.ceil(run.config.adapterSize / 32);
-    try {
-      const bytes = await readChunks(kv, K.mask(run.id, client, round), new Uint8Array(words * 4));
-      const bits = new Uint32Array(bytes.buffer, bytes.byteOffset, words);
-      maskCache.set(key, bits);
-      return bits;
-    } catch {
-      return null; // mask written but its pointer not yet flipped, or pruned: skip this refresh
-    }
+    // Null: written but its pointer not yet flipped, or pruned: skip this refresh.
+    const bits = await reads.mask(run, client, round);
+    if (bits) maskCache.set(key, bits);
+    return bits;
   }
 
   async function runInfo(run: RunRecord): Promise<RunInfo> {
-    const rounds: RoundRecord[] = [];
-    for await (const e of kv.list<RoundRecord>({ prefix: K.rounds(run.id) })) rounds.push(e.value);
-    rounds.sort((a, b) => a.index - b.index);
-    const clients: ClientRecord[] = [];
-    for await (const e of kv.list<ClientRecord>({ prefix: K.clientsOf(run.id) })) clients.push(e.value);
-    clients.sort((a, b) => a.seq - b.seq);
+    const rounds = await reads.rounds(run.id);
+    const clients = await reads.clients(run.id);
     const ppl = new Map<string, { round: number; ppl: number }[]>();
-    for await (const e of kv.list<UploadRecord>({ prefix: K.uploadsAll(run.id) })) {
-      const v = pplOf(e.value.metrics);
+    for (const u of await reads.uploads(run.id)) {
+      const v = pplOf(u.metrics);
       if (v === null) continue;
-      const list = ppl.get(e.value.client) ?? [];
-      list.push({ round: e.value.round, ppl: v });
-      ppl.set(e.value.client, list);
+      const list = ppl.get(u.client) ?? [];
+      list.push({ round: u.round, ppl: v });
+      ppl.set(u.client, list);
     }
     const clientInfos: ClientInfo[] = clients.map((c) => ({
       id: c.name || c.id,
@@ -163,12 +114,12 @@ export function kvDashboardSource(kv: Deno.Kv, opts: KvDashboardOptions = {}): (
       })),
       clients: clientInfos,
     };
-    if (run.config.method === "perfit") {
+    if (strategyFor(run.config.method).personalMask) {
       const withMasks: { name: string; bits: Uint32Array }[] = [];
       for (const c of clients.slice(0, maxClients)) {
-        const last = (await kv.get<LastMask>(K.lastMask(run.id, c.id))).value;
-        if (!last) continue;
-        const bits = await maskOf(run, c.id, last.round);
+        const last = await reads.lastMaskRound(run.id, c.id);
+        if (last === null) continue;
+        const bits = await maskOf(run, c.id, last);
         if (bits) withMasks.push({ name: c.name || c.id, bits });
       }
       if (withMasks.length > 0) {
@@ -193,9 +144,7 @@ export function kvDashboardSource(kv: Deno.Kv, opts: KvDashboardOptions = {}): (
   }
 
   return async () => {
-    const runs: RunRecord[] = [];
-    for await (const e of kv.list<RunRecord>({ prefix: K.runs() })) runs.push(e.value);
-    runs.sort((a, b) => a.createdAt - b.createdAt);
+    const runs = await reads.runs();
     return { generatedAt: Date.now(), runs: await Promise.all(runs.map(runInfo)) };
   };
 }

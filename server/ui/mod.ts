@@ -2,7 +2,7 @@
  * The coordinator's browser UI: `mountUi(app, deps)` adds
  *   GET /dashboard, GET /client          the two pages
  *   GET /ui/static/*                     stylesheet
- *   GET /ui/dist/*                       the esbuild bundles (built on first request unless prebuilt)
+ *   GET /ui/dist/*                       the esbuild bundles (prebuilt, or built on first request)
  *   GET /ui/ort/*                        onnxruntime-web's .wasm/.mjs runtime files (ort.env.wasm.wasmPaths)
  *   GET /ui/kernels/perfit_kernels.wasm  the pruning/aggregation SIMD kernels
  *   GET /ui/model/*                      the base model folder browser clients train on (when configured)
@@ -15,6 +15,7 @@ import type { DashboardData } from "../../web/dashboard/types.ts";
 import type { RunRecord } from "../records.ts";
 import type { AdapterLayoutLike } from "../../runtime/export/types.ts";
 import { kvDashboardSource, layoutFromModelDir } from "./dashboard_data.ts";
+import { ReadModel } from "../read_model.ts";
 import { ISOLATION_HEADERS, safeJoin, serveFile } from "./static.ts";
 import { timingSafeEqual } from "../tokens.ts";
 
@@ -39,8 +40,12 @@ export interface UiDeps {
    * one unless started with `--public-dashboard`.)
    */
   dashboardToken?: string;
-  /** "lazy" (default): bundle with esbuild on the first /ui/dist request; "prebuilt": serve web/dist as is. */
-  bundle?: "lazy" | "prebuilt";
+  /**
+   * How /ui/dist gets its bundles: "prebuilt" (default) serves web/dist as is; a function builds them,
+   * once, on the first /ui/dist request (the shell passes the build script's `bundle`, so the server
+   * never imports the build tooling itself).
+   */
+  bundle?: "prebuilt" | (() => Promise<unknown>);
 }
 
 const DEFAULT_ROOT = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
@@ -49,16 +54,17 @@ const DEFAULT_ROOT = new URL("../..", import.meta.url).pathname.replace(/\/$/, "
 export function mountUi(app: Hono, deps: UiDeps = {}): void {
   const root = deps.root ?? DEFAULT_ROOT;
   const ortDir = `${root}/node_modules/onnxruntime-web/dist`;
-  let built: Promise<unknown> | null = deps.bundle === "prebuilt" ? Promise.resolve() : null;
+  const build = deps.bundle;
+  let built: Promise<unknown> | null = typeof build === "function" ? null : Promise.resolve();
   const ensureBundle = () => {
-    built ??= import("../../scripts/bundle.ts").then((m) => m.bundle({ root })).catch((e) => {
+    built ??= (build as () => Promise<unknown>)().catch((e) => {
       built = null; // let a later request retry after a fixed source
       throw e;
     });
     return built;
   };
   const source = deps.dashboardData ?? (deps.kv
-    ? kvDashboardSource(deps.kv, {
+    ? kvDashboardSource(new ReadModel(deps.kv), {
       layoutFor: deps.layoutFor ?? (deps.modelDir ? layoutFromModelDir(deps.modelDir) : undefined),
     })
     : null);

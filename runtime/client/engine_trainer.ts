@@ -6,18 +6,14 @@
  * The coordinator works in the run's global layout (rank r * e_max); this client trains in its own
  * rank-(r*e) layout, so values and masks are extracted from / embedded into the global layout here.
  */
-import { Engine, type LoadedModel } from "../../runtime/model/engine.ts";
-import {
-  type AdapterLayout,
-  adapterLayout,
-  initAdapter,
-  type TargetModule,
-} from "../../runtime/model/lora.ts";
-import { embed, extract } from "../../runtime/perfit/layout.ts";
-import { FlClient } from "../../runtime/federation/client.ts";
-import { DEFAULT_SIM, type SimConfig, type TrainEngine } from "../../runtime/federation/types.ts";
-import type { Example, TextTokenizer } from "../../runtime/data/types.ts";
-import type { TaskInfo, Trainer, TrainResult } from "../../runtime/client/federated_client.ts";
+import { Engine, type LoadedModel } from "../model/engine.ts";
+import { type AdapterLayout, adapterLayout, initAdapter, type TargetModule } from "../model/lora.ts";
+import { embed, extract } from "../perfit/layout.ts";
+import { FlClient } from "../federation/client.ts";
+import { strategyFor } from "../federation/strategies.ts";
+import { DEFAULT_SIM, type SimConfig, type TrainEngine } from "../federation/types.ts";
+import type { Example, TextTokenizer } from "../data/types.ts";
+import type { TaskInfo, Trainer, TrainerOutput } from "./federated_client.ts";
 
 /** Progress of local training. */
 export interface TrainProgress {
@@ -120,7 +116,7 @@ export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
     task: TaskInfo,
     adapter: Float32Array,
     mask: Uint8Array | null,
-  ): Promise<TrainResult> => {
+  ): Promise<TrainerOutput> => {
     const h = localHyper(task.train);
     lastTask = task;
     const { global, client } = layouts(task);
@@ -173,18 +169,18 @@ export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
       searchFraction: h.searchFraction,
       seed: task.seed,
     };
-    const search = task.method === "perfit" && !searched;
+    const plan = strategyFor(task.method).configure(task.round, !searched, 0);
     let lastLossStep = 0;
     const res = await fl.fit(
-      { round: task.round, steps: h.steps, search, randomMask: false },
+      { round: task.round, steps: h.steps, ...plan },
       cfg,
-      false,
+      null,
       (_id, step, steps) => {
         lastLossStep = step;
         opts.onProgress?.({ round: task.round, step, steps, phase: "train" });
       },
     );
-    searched ||= search;
+    searched ||= plan.search;
     opts.onProgress?.({ round: task.round, step: lastLossStep, steps: lastLossStep, phase: "eval" });
     const ev = await fl.evaluate();
     const metrics: Record<string, number> = { loss: res.meanLoss };
@@ -193,6 +189,7 @@ export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
     return {
       values: embed(client, fl.adapter, global),
       mask: embed(client, fl.mask, global),
+      support: embed(client, new Uint8Array(client.size).fill(1), global),
       samples: Math.max(1, fl.samples),
       metrics,
     };

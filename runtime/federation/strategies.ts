@@ -1,0 +1,126 @@
+/**
+ * The methods as strategy objects (Flower's Strategy role): what a method is lives here and only
+ * here, and the simulation, the coordinator, the client and the results table ask it rather than
+ * compare method names. Each says whether clients train, upload and expand, how an upload's mask
+ * is constrained, what a sampled client does in a round (`configure`), and how the round's
+ * reported metrics are aggregated. The parameter-wise averaging itself is the same pure math for
+ * every method (runtime/perfit/aggregate.ts in process, server/aggregate.ts streaming): FedIT is the
+ * case where every mask is all ones. Adding a method means adding one object to `STRATEGIES`.
+ */
+
+/** Every method compared in the results table. */
+export type Method = "perfit" | "fedit" | "local" | "base" | "perfit-random-mask" | "perfit-e1";
+/** The methods a coordinator serves (the ablations exist in simulation only). */
+export type DeployedMethod = "perfit" | "fedit" | "local";
+
+/** What a sampled client does this round (the method's part of Flower's FitIns). */
+export interface ClientPlan {
+  /** Run the expand-then-prune search this round. */
+  search: boolean;
+  /** Use a random mask of the budget instead of importance (ablation). */
+  randomMask: boolean;
+}
+
+/** One upload's reported metrics and sample count, as the metrics aggregation sees it. */
+export interface ReportedMetrics {
+  samples: number;
+  metrics: Record<string, number>;
+}
+
+/** A method. */
+export interface MethodStrategy {
+  readonly name: Method;
+  /** Served by the coordinator. */
+  readonly deployed: boolean;
+  /** Clients train (false: the frozen base). */
+  readonly trains: boolean;
+  /** Clients upload and the coordinator aggregates (false: local-only and the frozen base). */
+  readonly aggregates: boolean;
+  /** Clients train at their tier's rank r·e (false: everyone trains the plain rank-r adapter). */
+  readonly expands: boolean;
+  /** Each client has a mask of its own, stored by the coordinator (the PerFIT family). */
+  readonly personalMask: boolean;
+  /** Every upload must cover every position (FedIT): the mask is all ones and never stored. */
+  readonly denseMask: boolean;
+  /**
+   * What a sampled client does in `round`: `firstTime` when it has no mask yet; `researchEvery`
+   * re-runs the search every k rounds (0 = only the first time).
+   */
+  configure(round: number, firstTime: boolean, researchEvery: number): ClientPlan;
+  /** The round's metrics from its accepted uploads: sample-weighted means. */
+  aggregateMetrics(uploads: ReportedMetrics[]): Record<string, number>;
+}
+
+/** Sample-weighted means of every metric that some upload reported. */
+export function weightedMetrics(uploads: ReportedMetrics[]): Record<string, number> {
+  const sums: Record<string, number> = {};
+  const ws: Record<string, number> = {};
+  for (const u of uploads) {
+    for (const [k, v] of Object.entries(u.metrics)) {
+      sums[k] = (sums[k] ?? 0) + v * u.samples;
+      ws[k] = (ws[k] ?? 0) + u.samples;
+    }
+  }
+  const out: Record<string, number> = {};
+  for (const k of Object.keys(sums)) out[k] = sums[k] / ws[k];
+  return out;
+}
+
+const noSearch = (): ClientPlan => ({ search: false, randomMask: false });
+
+/** PerFIT's search the first time a client is sampled, then every `researchEvery` rounds if set. */
+const perfitPlan = (round: number, firstTime: boolean, every: number): ClientPlan => ({
+  search: firstTime || (every > 0 && (round - 1) % every === 0),
+  randomMask: false,
+});
+
+const base = {
+  deployed: false,
+  trains: true,
+  aggregates: true,
+  expands: false,
+  personalMask: false,
+  denseMask: false,
+  aggregateMetrics: weightedMetrics,
+};
+
+/** Every method, by name. */
+export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
+  perfit: {
+    ...base,
+    name: "perfit",
+    deployed: true,
+    expands: true,
+    personalMask: true,
+    configure: perfitPlan,
+  },
+  fedit: { ...base, name: "fedit", deployed: true, denseMask: true, configure: noSearch },
+  local: { ...base, name: "local", deployed: true, aggregates: false, configure: noSearch },
+  base: { ...base, name: "base", trains: false, aggregates: false, configure: noSearch },
+  "perfit-random-mask": {
+    ...base,
+    name: "perfit-random-mask",
+    expands: true,
+    personalMask: true,
+    // The random mask replaces the first search only; a re-search (researchEvery) still uses importance.
+    configure: (round, firstTime, every) => ({
+      search: !firstTime && perfitPlan(round, false, every).search,
+      randomMask: firstTime,
+    }),
+  },
+  // PerFIT with every client at e = 1: nothing to prune, so it must equal FedIT (a code-path check).
+  "perfit-e1": { ...base, name: "perfit-e1", personalMask: true, configure: perfitPlan },
+};
+
+/** Every method name, for CLI validation. */
+export const METHODS = Object.keys(STRATEGIES) as Method[];
+/** The methods a coordinator serves. */
+export const DEPLOYED_METHODS = METHODS.filter((m) => STRATEGIES[m].deployed) as DeployedMethod[];
+
+/** The strategy of a method name; refuses unknown names rather than defaulting. */
+export function strategyFor(method: string): MethodStrategy {
+  if (!Object.hasOwn(STRATEGIES, method)) {
+    throw new RangeError(`unknown method ${JSON.stringify(method)} (known: ${METHODS.join(", ")})`);
+  }
+  return STRATEGIES[method as Method];
+}

@@ -1,0 +1,57 @@
+/** The methods as strategy objects: one registry, refusing unknown names, and each method's plan. */
+import assert from "node:assert/strict";
+import {
+  DEPLOYED_METHODS,
+  METHODS,
+  STRATEGIES,
+  strategyFor,
+  weightedMetrics,
+} from "../runtime/federation/strategies.ts";
+import { parseRunConfig } from "../server/run_config.ts";
+import { ApiError } from "../server/errors.ts";
+import { runBody } from "./server_helpers.ts";
+
+Deno.test("strategies: one object per method; unknown names (and prototype keys) are refused", () => {
+  assert.deepEqual(METHODS, ["perfit", "fedit", "local", "base", "perfit-random-mask", "perfit-e1"]);
+  assert.deepEqual(DEPLOYED_METHODS, ["perfit", "fedit", "local"]);
+  for (const m of METHODS) assert.equal(strategyFor(m).name, m);
+  for (const bad of ["", "FedIT", "__proto__", "constructor", "toString"]) {
+    assert.throws(() => strategyFor(bad), RangeError, bad);
+  }
+  // The deployed coordinator refuses the simulation-only ablations.
+  assert.throws(
+    () => parseRunConfig({ ...runBody("perfit"), method: "perfit-e1" }),
+    (e) => e instanceof ApiError && e.status === 422 && /perfit, fedit, local/.test(e.message),
+  );
+});
+
+Deno.test("strategies: what a sampled client does per method and round", () => {
+  const plans = (m: string, every: number) =>
+    [1, 2, 3, 4, 5].map((r) => strategyFor(m).configure(r, r === 1, every));
+  assert.deepEqual(plans("perfit", 0).map((p) => p.search), [true, false, false, false, false]);
+  assert.deepEqual(plans("perfit", 2).map((p) => p.search), [true, false, true, false, true]);
+  assert.deepEqual(plans("perfit-random-mask", 0).map((p) => [p.search, p.randomMask]), [
+    [false, true],
+    [false, false],
+    [false, false],
+    [false, false],
+    [false, false],
+  ]);
+  assert.deepEqual(plans("perfit-random-mask", 2)[2], { search: true, randomMask: false });
+  for (const m of ["fedit", "local", "base"]) {
+    assert.ok(plans(m, 1).every((p) => !p.search && !p.randomMask), m);
+  }
+  // Only PerFIT and its random-mask ablation expand; only FedIT insists on dense masks.
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].expands), ["perfit", "perfit-random-mask"]);
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].denseMask), ["fedit"]);
+  assert.deepEqual(METHODS.filter((m) => !STRATEGIES[m].aggregates), ["local", "base"]);
+});
+
+Deno.test("strategies: round metrics are sample-weighted means of what was reported", () => {
+  const m = weightedMetrics([
+    { samples: 1, metrics: { loss: 4, ppl: 10 } },
+    { samples: 3, metrics: { loss: 2 } },
+  ]);
+  assert.deepEqual(m, { loss: (4 + 3 * 2) / 4, ppl: 10 });
+  assert.deepEqual(weightedMetrics([]), {});
+});
