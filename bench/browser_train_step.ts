@@ -41,7 +41,7 @@ import type { Page } from "playwright-core";
 import { bundleEntry } from "../scripts/bundle.ts";
 import { ISOLATION_HEADERS, mountUi } from "../server/ui/mod.ts";
 import { chromiumPath, launchBrowser, serveLoopback, type TestBrowser } from "../tests/browser_harness.ts";
-import { fmtSpread, load1 } from "./machine.ts";
+import { fmtSpread, load1, procStatusMb } from "./machine.ts";
 import type { WeightMode } from "../runtime/model/train_step.ts";
 import type {
   BenchPage,
@@ -186,9 +186,7 @@ function chromiumType(pid: number): string | null {
 }
 
 function statusMb(pid: number): { hwm: number; rss: number } | null {
-  const s = Deno.readTextFileSync(`/proc/${pid}/status`);
-  const kb = (f: string) => Number(s.match(new RegExp(`${f}:\\s+(\\d+) kB`))?.[1] ?? NaN) / 1024;
-  const hwm = kb("VmHWM"), rss = kb("VmRSS");
+  const hwm = procStatusMb(pid, "VmHWM"), rss = procStatusMb(pid, "VmRSS");
   return Number.isFinite(hwm) ? { hwm, rss } : null; // a zombie has no memory lines
 }
 

@@ -14,6 +14,24 @@ export function loadAverage(): [number, number, number] | null {
   }
 }
 
+/** "0.12 0.34 0.56": the three load averages as /proc/loadavg prints them, or "n/a". */
+export function loadAverages(): string {
+  return loadAverage()?.map((x) => x.toFixed(2)).join(" ") ?? "n/a";
+}
+
+/**
+ * A memory field of /proc/<pid>/status in MiB (VmHWM: the resident high-water mark; VmRSS: resident
+ * now), or NaN where it cannot be read (not Linux, the process gone, a zombie with no memory lines).
+ */
+export function procStatusMb(pid: number | "self", field: "VmHWM" | "VmRSS"): number {
+  try {
+    const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(Deno.readTextFileSync(`/proc/${pid}/status`));
+    return m ? Number(m[1]) / 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
 /** "0.12" style 1-minute load, or "n/a". */
 export function load1(): string {
   return loadAverage()?.[0].toFixed(2) ?? "n/a";

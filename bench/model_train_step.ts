@@ -23,7 +23,7 @@ import { Engine, type SessionTuningOptions } from "../runtime/model/engine.ts";
 import { initAdapter } from "../runtime/model/lora.ts";
 import { BENCH_BATCH as BATCH, BENCH_SEQ as SEQ, benchBatch, benchModel } from "./model_135m.ts";
 import { matmulGflops } from "./graph_matmul.ts";
-import { fmtSpread, load1, spread } from "./machine.ts";
+import { fmtSpread, load1, procStatusMb, spread } from "./machine.ts";
 
 export { benchModel, SMOLLM2_135M } from "./model_135m.ts";
 
@@ -37,11 +37,8 @@ export function forwardFlopsPerToken(c: ModelConfig, seq: number, loraRank = 0, 
 }
 
 function statusMb(field: "VmHWM" | "VmRSS"): number {
-  try {
-    const m = Deno.readTextFileSync("/proc/self/status").match(new RegExp(`${field}:\\s+(\\d+) kB`));
-    if (m) return Number(m[1]) / 1024;
-  } catch { /* not Linux */ }
-  return Deno.memoryUsage().rss / 2 ** 20;
+  const mb = procStatusMb("self", field);
+  return Number.isFinite(mb) ? mb : Deno.memoryUsage().rss / 2 ** 20; // not Linux
 }
 
 /** Process high-water mark of resident memory (MB). */

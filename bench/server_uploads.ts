@@ -13,21 +13,13 @@
  */
 import { encodeUpdate } from "../runtime/client/wire.ts";
 import { RawHttpConnection } from "./raw_http.ts";
+import { loadAverages, procStatusMb } from "./machine.ts";
 
 const ADMIN = "bench-admin-token-0123456789";
 
 function arg(name: string, dflt: number): number {
   const a = Deno.args.find((x) => x.startsWith(`--${name}=`));
   return a ? Number(a.split("=")[1]) : dflt;
-}
-
-function procStatus(pid: number, field: string): number {
-  try {
-    const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(Deno.readTextFileSync(`/proc/${pid}/status`));
-    return m ? Number(m[1]) * 1024 : NaN;
-  } catch {
-    return NaN;
-  }
 }
 
 async function startServer(kvPath: string): Promise<{ url: string; proc: Deno.ChildProcess }> {
@@ -103,14 +95,6 @@ function threadCpu(pid: number): Map<string, number> {
     }
   } catch { /* not Linux */ }
   return out;
-}
-
-function loadAvg(): string {
-  try {
-    return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
-  } catch {
-    return "n/a";
-  }
 }
 
 function pct(sorted: number[], p: number): number {
@@ -259,7 +243,7 @@ async function uploadRound(
   const cpu0 = cpuSeconds(pid);
   const self0 = cpuSeconds(Deno.pid);
   const threads0 = threadCpu(pid);
-  const load0 = loadAvg();
+  const load0 = loadAverages();
   const t0 = performance.now();
   const path = (c: { id: string }) => `/v1/runs/${runId}/clients/${c.id}/rounds/${round}/update`;
   const headers = (c: { token: string }) => ({
@@ -304,8 +288,8 @@ async function uploadRound(
   const perThread = [...threads1].map(([k, v]) => [k, v - (threads0.get(k) ?? 0)] as const)
     .filter(([, v]) => v > 0).sort((a, b) => b[1] - a[1])
     .map(([k, v]) => `${k} ${((v * 1000) / clients).toFixed(1)}`).join(", ");
-  const load1 = loadAvg();
-  const hwm = procStatus(pid, "VmHWM");
+  const load1 = loadAverages();
+  const hwm = procStatusMb(pid, "VmHWM") * 2 ** 20;
   // The round closes at the last seat; wait for it and check every upload was counted.
   let closed = false;
   for (let t = 0; t < 600 && !closed; t++) {
