@@ -618,6 +618,14 @@ export class Coordinator {
     };
   }
 
+  /** `maskRef` of the all-ones mask over n positions, hashed once per size: every dense upload names it. */
+  private fullMaskRefs = new Map<number, Promise<string>>();
+  private fullMaskRef(n: number): Promise<string> {
+    let ref = this.fullMaskRefs.get(n);
+    if (!ref) this.fullMaskRefs.set(n, ref = maskRef(fullBits(n)));
+    return ref;
+  }
+
   /**
    * Completes an update sent by reference with the client's stored mask, or answers 409
    * `mask_unknown` when we hold no mask under that reference (a client whose acknowledgement we lost,
@@ -632,8 +640,7 @@ export class Coordinator {
     const n = st.run.config.adapterSize;
     let bits: Uint32Array | null = null;
     if (strategyFor(st.run.config.method).denseMask) {
-      const all = fullBits(n);
-      if (await maskRef(all) === u.maskRef) bits = all;
+      if (await this.fullMaskRef(n) === u.maskRef) bits = fullBits(n);
     } else if (last !== null && last.hash === u.maskRef) {
       bits = new Uint32Array(bitWords(n));
       try {
