@@ -500,6 +500,12 @@ export class Coordinator {
     if (st.run.status === "done" || !r) status = "done";
     else if (st.uploads.has(c.id) || st.pending.has(c.id) || st.closing) status = "wait";
     else if (st.uploads.size + st.pending.size >= cfg.clientsPerRound) status = "wait";
+    const strategy = strategyFor(cfg.method);
+    // The strategy decides what this client does (Flower's configure_fit); a client with no stored
+    // mask has not searched yet.
+    const firstTime = strategy.personalMask ? (await this.lastMaskOf(st, c.id)) === null : true;
+    const every = cfg.train.researchEvery;
+    const plan = strategy.configure(st.run.round, firstTime, typeof every === "number" ? every : 0);
     return {
       run: runId,
       round: st.run.round,
@@ -516,6 +522,7 @@ export class Coordinator {
       seed: cfg.seed,
       globalRound: st.run.globalRound,
       train: cfg.train,
+      plan,
     };
   }
 
@@ -779,7 +786,14 @@ export class Coordinator {
     if (dense && u.popcount !== cfg.adapterSize) {
       throw invalid("dense_required", "fedit updates must cover every position (all-ones mask)");
     }
-    if (u.popcount === 0) throw invalid("empty_mask", "mask selects no positions");
+    const aggregates = strategyFor(cfg.method).aggregates;
+    if (u.popcount === 0 && aggregates) throw invalid("empty_mask", "mask selects no positions");
+    if (!aggregates && u.popcount !== 0) {
+      throw invalid(
+        "metrics_only",
+        `${cfg.method} runs aggregate nothing: uploads carry metrics and an empty mask`,
+      );
+    }
     const norm = Math.sqrt(u.sumSq);
     if (!(norm <= cfg.maxNorm)) {
       throw invalid("norm_bound", `update L2 norm ${norm.toFixed(3)} exceeds ${cfg.maxNorm}`);

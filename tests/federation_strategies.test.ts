@@ -13,14 +13,14 @@ import { runBody } from "./server_helpers.ts";
 
 Deno.test("strategies: one object per method; unknown names (and prototype keys) are refused", () => {
   assert.deepEqual(METHODS, ["perfit", "fedit", "local", "base", "perfit-random-mask", "perfit-e1"]);
-  assert.deepEqual(DEPLOYED_METHODS, ["perfit", "fedit", "local"]);
+  // Everything but the frozen base is served: the simulation runs each method through the coordinator.
+  assert.deepEqual(DEPLOYED_METHODS, ["perfit", "fedit", "local", "perfit-random-mask", "perfit-e1"]);
   for (const m of METHODS) assert.equal(strategyFor(m).name, m);
   for (const bad of ["", "FedIT", "__proto__", "constructor", "toString"]) {
     assert.throws(() => strategyFor(bad), RangeError, bad);
   }
-  // The deployed coordinator refuses the simulation-only ablations.
   assert.throws(
-    () => parseRunConfig({ ...runBody("perfit"), method: "perfit-e1" }),
+    () => parseRunConfig({ ...runBody("perfit"), method: "base" }),
     (e) => e instanceof ApiError && e.status === 422 && /perfit, fedit, local/.test(e.message),
   );
 });

@@ -8,7 +8,7 @@
 import { attachMask, decodeSlice, encodeRoundUpdate, packMask } from "./wire.ts";
 import { bitWords, forEachBit, maskRef } from "../kernels/bits.ts";
 import { type ClientStorage, MemoryStorage } from "./storage.ts";
-import type { DeployedMethod } from "../federation/strategies.ts";
+import { type ClientPlan, type DeployedMethod, strategyFor } from "../federation/strategies.ts";
 import type { TargetModule } from "../model/lora.ts";
 
 /** The round task as the server sends it. */
@@ -29,6 +29,8 @@ export interface TaskInfo {
   seed: number;
   globalRound: number;
   train: Record<string, unknown>;
+  /** What the run's strategy has this client do this round (search, random mask). */
+  plan: ClientPlan;
 }
 
 /** What a trainer returns: the whole adapter after training, the mask it trained, and its sample count. */
@@ -328,15 +330,17 @@ export class FederatedClient {
     }
     this.adapterBuf = res.values.slice();
     this.maskBuf = res.mask.slice();
+    // A method that aggregates nothing (local-only) reports its metrics with an empty mask.
+    const shares = strategyFor(task.method).aggregates;
     const { body } = await encodeRoundUpdate({
       run: task.run,
       round: task.round,
       samples: res.samples,
       metrics: res.metrics,
-      values: res.values,
-      mask: res.mask,
+      values: shares ? res.values : new Float32Array(n),
+      mask: shares ? res.mask : new Uint8Array(n),
       support: res.support,
-    }, st.ackedMaskRef);
+    }, shares ? st.ackedMaskRef : undefined);
     await this.storage.set("adapter.f32", new Uint8Array(this.adapterBuf.buffer));
     await this.storage.set("mask.u8", this.maskBuf);
     await this.storage.set("pending.safetensors", body);

@@ -8,7 +8,7 @@ import { ProgressBar } from "./progress.ts";
 import { engineFactory, loadFolder, PRETRAIN_STRIDE } from "./setup.ts";
 import { simulate } from "./simulate.ts";
 import { strategyFor } from "./strategies.ts";
-import type { SimRound, SimConfig, SimResult } from "./types.ts";
+import type { SimConfig, SimResult, SimRound } from "./types.ts";
 
 /** Where the bundled base model and data live, relative to this module. */
 export const BUNDLED_MODEL = new URL("../../models/perfit-tiny", import.meta.url).pathname;

@@ -13,7 +13,7 @@ import { maskFormOf } from "../client/wire.ts";
 import type { ClientData } from "./partition.ts";
 import { PersonalizedStrategy } from "./strategy.ts";
 import { strategyFor } from "./strategies.ts";
-import type { ClientRound, EngineFactory, SimRound, SimConfig, SimResult } from "./types.ts";
+import type { ClientRound, EngineFactory, SimConfig, SimResult, SimRound } from "./types.ts";
 
 /** Everything a simulation needs besides its config. */
 export interface SimulationInputs {

@@ -10,8 +10,8 @@
 
 /** Every method compared in the results table. */
 export type Method = "perfit" | "fedit" | "local" | "base" | "perfit-random-mask" | "perfit-e1";
-/** The methods a coordinator serves (the ablations exist in simulation only). */
-export type DeployedMethod = "perfit" | "fedit" | "local";
+/** The methods a coordinator serves: all but the frozen base, which has nothing to federate. */
+export type DeployedMethod = Exclude<Method, "base">;
 
 /** What a sampled client does this round (the method's part of Flower's FitIns). */
 export interface ClientPlan {
@@ -100,6 +100,7 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
   "perfit-random-mask": {
     ...base,
     name: "perfit-random-mask",
+    deployed: true,
     expands: true,
     personalMask: true,
     // The random mask replaces the first search only; a re-search (researchEvery) still uses importance.
@@ -109,7 +110,7 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     }),
   },
   // PerFIT with every client at e = 1: nothing to prune, so it must equal FedIT (a code-path check).
-  "perfit-e1": { ...base, name: "perfit-e1", personalMask: true, configure: perfitPlan },
+  "perfit-e1": { ...base, name: "perfit-e1", deployed: true, personalMask: true, configure: perfitPlan },
 };
 
 /** Every method name, for CLI validation. */

@@ -136,7 +136,11 @@ export class Graph {
         ? BigInt64Array.from(data.map((v) => BigInt(v)))
         : Uint8Array.from(data);
     } else arr = data;
-    const dt: GraphDType = arr instanceof Float32Array ? "f32" : arr instanceof BigInt64Array ? "i64" : "bool";
+    const dt: GraphDType = arr instanceof Float32Array
+      ? "f32"
+      : arr instanceof BigInt64Array
+      ? "i64"
+      : "bool";
     const shp = shape ?? (isScalar ? [] : [arr.length]);
     const n = shp.reduce((a, b) => a * b, 1);
     if (n !== arr.length) throw new Error(`constant has ${arr.length} values but shape ${fmtShape(shp)}`);

@@ -15,9 +15,9 @@
 export {
   type Attrs,
   type ConstData,
-  type GraphDType,
   END,
   Graph,
+  type GraphDType,
   MASK_VALUE,
   type Node,
   Tensor,
