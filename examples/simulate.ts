@@ -50,6 +50,9 @@ const KNOWN = [
   "data",
   "targets",
   "quiet",
+  "server",
+  "admin-token",
+  "save-adapters",
   "help",
 ];
 
@@ -103,6 +106,8 @@ async function main(args: string[]): Promise<number> {
     maxTrain: intFlag(f, "max-train", 400),
     maxTest: intFlag(f, "max-test", 32),
     progress: !quiet,
+    server: f.server === undefined ? undefined : { url: f.server, adminToken: f["admin-token"] ?? "" },
+    saveAdapters: f["save-adapters"],
     onRound: (r) => quiet || console.log(formatRound(r) + "\n"),
   });
   const out = f.out ?? `out/${method}`;

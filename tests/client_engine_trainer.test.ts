@@ -85,7 +85,7 @@ Deno.test({
       for (const [i, c] of clients.entries()) {
         // Every client keeps exactly the rank-r budget in the run's global layout (rank r · 2).
         assert.equal(c.mask!.reduce((a, b) => a + b, 0), run.config.budget, `client ${i}`);
-        const p = trainers[i].personalized()!;
+        const p = trainers[i].personalized(c.adapter, c.mask)!;
         assert.equal(p.layout.rank, i === 0 ? 4 : 2);
         assert.ok(p.adapter.every(Number.isFinite));
       }

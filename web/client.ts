@@ -182,7 +182,7 @@ async function start(): Promise<void> {
       }
     },
   });
-  const mine = trainer.personalized();
+  const mine = trainer.personalized(client.adapter, client.mask);
   if (mine) {
     // Built in the page: the personalized adapter never has to pass through the coordinator.
     const files = peftAdapterFiles({ ...mine, baseModel: info.baseModel ?? "base" });

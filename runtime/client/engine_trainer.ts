@@ -1,17 +1,19 @@
 /**
- * A `FederatedClient` trainer backed by the ORT engine and the same PerFIT client logic the Deno
- * simulations use (`FlClient`: masked AdamW, expand-then-prune search, personalized evaluation).
- * Works in browsers and in Deno alike; the page only adds a progress callback.
+ * The client's local round on the ORT engine: the `Trainer` a `FederatedClient` calls, with the
+ * PerFIT update of `LocalLearner` (masked AdamW, expand-then-prune search) and evaluation on the
+ * client's own test split. The browser page, a Deno process and the simulation all use it; the
+ * simulation only hands it engines it shares between clients of the same rank.
  *
  * The coordinator works in the run's global layout (rank r * e_max); this client trains in its own
  * rank-(r*e) layout, so values and masks are extracted from / embedded into the global layout here.
  */
 import { Engine, type LoadedModel } from "../model/engine.ts";
-import { type AdapterLayout, adapterLayout, initAdapter, type TargetModule } from "../model/lora.ts";
-import { embed, extract } from "../perfit/layout.ts";
-import { FlClient } from "../federation/client.ts";
-import { strategyFor } from "../federation/strategies.ts";
-import { DEFAULT_SIM, type SimConfig, type TrainEngine } from "../federation/types.ts";
+import { type AdapterLayout, initAdapter, type TargetModule } from "../model/lora.ts";
+import { embed, extract, rankLayout } from "../perfit/layout.ts";
+import type { Allocation, PruneSchedule } from "../perfit/prune.ts";
+import { deriveSeed } from "../data/rng.ts";
+import { LocalLearner } from "./local_update.ts";
+import { DEFAULT_SIM, type EngineFactory, type SimConfig, type TrainEngine } from "../federation/types.ts";
 import type { Example, TextTokenizer } from "../data/types.ts";
 import type { TaskInfo, Trainer, TrainerOutput } from "./federated_client.ts";
 
@@ -25,11 +27,23 @@ export interface TrainProgress {
 
 /** Options of `engineTrainer`. */
 export interface EngineTrainerOptions {
-  model: LoadedModel;
+  /** The base model: engines are created from it per rank. */
+  model?: LoadedModel;
+  /** Or engines handed in (the simulation shares one per rank between its clients). */
+  engines?: EngineFactory;
   tokenizer: TextTokenizer;
   /** The client's local data, already split. */
   data: { id: string; train: Example[]; test: Example[] };
   backend?: "auto" | "node" | "wasm" | "webgpu";
+  /** Seed of this client's batch order (default: the run's seed). */
+  seed?: number;
+  /** Evaluation batch size (default: twice the training batch). */
+  evalBatchSize?: number;
+  /**
+   * Evaluate on the test split after local training and report `ppl` with the upload (default
+   * true). The simulation evaluates the personalized model itself instead.
+   */
+  evaluateAfterTraining?: boolean;
   onProgress?: (p: TrainProgress) => void;
   /** Called after each round's local training with its metrics (mean loss, held-out perplexity). */
   onMetrics?: (round: number, metrics: Record<string, number>) => void;
@@ -41,59 +55,118 @@ export interface EngineTrainerOptions {
 export interface LocalHyper {
   steps: number;
   lr: number;
+  weightDecay: number;
   batchSize: number;
   maxLen: number;
   pruneStages: number;
   searchFraction: number;
   clipNorm: number;
+  schedule: PruneSchedule;
+  allocation: Allocation;
+  importance: SimConfig["importance"];
 }
 
-/** Reads the run's opaque `train` settings with defaults sized for tiny models. */
+/** Reads the run's `train` settings with defaults sized for tiny models. */
 export function localHyper(train: Record<string, unknown>): LocalHyper {
+  const own = (k: string) => (Object.hasOwn(train, k) ? train[k] : undefined);
   const pick = (keys: string[], dflt: number, ok: (v: number) => boolean) => {
     for (const k of keys) {
-      const v = train[k];
+      const v = own(k);
       if (typeof v === "number" && Number.isFinite(v) && ok(v)) return v;
     }
     return dflt;
+  };
+  const choice = <const T extends string>(k: string, dflt: T, all: readonly T[]): T => {
+    const v = own(k);
+    return typeof v === "string" && (all as readonly string[]).includes(v) ? v as T : dflt;
   };
   const posInt = (v: number) => Number.isInteger(v) && v > 0;
   return {
     steps: pick(["localSteps", "steps"], DEFAULT_SIM.localSteps, posInt),
     lr: pick(["lr"], DEFAULT_SIM.lr, (v) => v > 0),
+    weightDecay: pick(["weightDecay"], DEFAULT_SIM.weightDecay, (v) => v >= 0),
     batchSize: pick(["batchSize"], 4, posInt),
     maxLen: pick(["maxLen"], 128, posInt),
     pruneStages: pick(["pruneStages"], DEFAULT_SIM.pruneStages, posInt),
     searchFraction: pick(["searchFraction"], DEFAULT_SIM.searchFraction, (v) => v > 0 && v <= 1),
     clipNorm: pick(["clipNorm"], DEFAULT_SIM.clipNorm, (v) => v >= 0),
+    schedule: choice("schedule", DEFAULT_SIM.schedule, ["cubic", "linear", "one-shot"] as const),
+    allocation: choice("allocation", DEFAULT_SIM.allocation, ["global", "per-module"] as const),
+    importance: {
+      mode: choice("importanceMode", DEFAULT_SIM.importance.mode ?? "ema", ["ema", "sum"] as const),
+      beta: pick(["importanceBeta"], DEFAULT_SIM.importance.beta ?? 0.85, (v) => v >= 0 && v < 1),
+    },
   };
 }
 
 /** The run's global layout: its size is linear in the rank, so the global rank is N / size(rank 1). */
-export function globalLayoutOf(task: TaskInfo, model: LoadedModel): AdapterLayout {
-  const targets = task.lora.targets as TargetModule[];
-  const unit = adapterLayout(model.config, { rank: 1, alpha: task.lora.alpha, targets });
+export function globalLayoutOf(task: TaskInfo, client: AdapterLayout): AdapterLayout {
+  const unit = rankLayout(client, 1);
   const rank = task.adapterSize / unit.size;
   if (!Number.isInteger(rank) || rank < task.rank) {
     throw new Error(
-      `run adapter size ${task.adapterSize} does not fit this model with targets ${targets.join(",")}`,
+      `run adapter size ${task.adapterSize} does not fit this model with targets ${task.lora.targets.join(",")}`,
     );
   }
-  return adapterLayout(model.config, { rank, alpha: task.lora.alpha, targets });
+  return rankLayout(client, rank);
 }
 
-/** Builds the trainer; engines are created per client rank on first use. */
-export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
+/**
+ * The seed every client of a run draws its initial adapter from, in the global layout: positions
+ * mean the same thing in every client, whatever its rank.
+ */
+export const initSeed = (runSeed: number): number => deriveSeed(runSeed, 0x1417);
+
+/** What `engineTrainer` returns: the `Trainer`, plus what the client's owner asks of it. */
+export type EngineTrainer = Trainer & {
   backend(): string;
-  initAdapter(task: TaskInfo): Float32Array;
-  personalized(): { layout: AdapterLayout; adapter: Float32Array; mask: Uint8Array; scale: number } | null;
-} {
+  /** The client's fresh adapter in the global layout (the run's shared init, in its own positions). */
+  initAdapter(task: TaskInfo): Promise<Float32Array>;
+  /** Summed response-token NLL of an adapter (global layout) on the client's test split. */
+  evaluate(task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null): Promise<{ nllSum: number; tokens: number }>;
+  /**
+   * The personalized adapter in the client's own layout, for export: of `adapter`/`mask` (global
+   * layout, e.g. the `FederatedClient`'s after the last slice) when given, else of the last round.
+   */
+  personalized(
+    adapter?: Float32Array | null,
+    mask?: Uint8Array | null,
+  ): { layout: AdapterLayout; adapter: Float32Array; mask: Uint8Array; scale: number } | null;
+  /** The learner (its layout, prune plan, adapter), once created. */
+  learner(): LocalLearner | null;
+};
+
+/** Builds the trainer; engines are created (or fetched from `engines`) per client rank on first use. */
+export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
+  if (!opts.model && !opts.engines) throw new Error("engineTrainer needs a model or an engine factory");
   let lastTask: TaskInfo | null = null;
-  let fl: FlClient | null = null;
-  let engine: Engine | null = null;
+  let fl: LocalLearner | null = null;
+  let engine: TrainEngine | null = null;
+  let backendName = "none";
   let current = { round: 0, step: 0 };
-  // Reports every step's loss as it happens (FlClient only returns the round's mean).
-  const withLoss = (e: Engine): TrainEngine => ({
+  const created = new Map<number, Promise<TrainEngine>>();
+  const engineFor = (task: TaskInfo, steps: number): Promise<TrainEngine> => {
+    if (opts.engines) return opts.engines(task.rank);
+    let e = created.get(task.rank);
+    if (!e) {
+      opts.onProgress?.({ round: task.round, step: 0, steps, phase: "engine" });
+      e = Engine.create(opts.model!, {
+        rank: task.rank,
+        alpha: task.lora.alpha,
+        targets: task.lora.targets as TargetModule[],
+      }, {
+        backend: opts.backend ?? "auto",
+        scale: task.lora.alpha / task.lora.rank,
+      }).then((x) => {
+        backendName = x.backend;
+        return x;
+      });
+      created.set(task.rank, e);
+    }
+    return e;
+  };
+  // Reports every step's loss as it happens (the learner only returns the round's mean).
+  const withLoss = (e: TrainEngine): TrainEngine => ({
     layout: e.layout,
     trainStep: async (b, a, m) => {
       const r = await e.trainStep(b, a, m);
@@ -102,15 +175,25 @@ export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
     },
     evalNll: (b, a, m) => e.evalNll(b, a, m),
   });
-  let searched = false;
-  const layouts = (task: TaskInfo) => {
-    const global = globalLayoutOf(task, opts.model);
-    const client = adapterLayout(opts.model.config, {
-      rank: task.rank,
-      alpha: task.lora.alpha,
-      targets: task.lora.targets as TargetModule[],
-    });
-    return { global, client };
+  /** The learner for this task's rank (a new one when the rank changed). */
+  const learnerFor = async (task: TaskInfo, h: LocalHyper, own: Float32Array | null) => {
+    const e = await engineFor(task, h.steps);
+    if (!fl || engine?.layout.rank !== e.layout.rank) {
+      engine = e;
+      const global = globalLayoutOf(task, e.layout);
+      const init = own ?? extract(global, initAdapter(global, initSeed(task.seed)), e.layout);
+      fl = new LocalLearner(
+        { ...opts.data, categories: {} },
+        task.tier,
+        task.expansion,
+        withLoss(e),
+        task.lora.rank,
+        init,
+        { tokenizer: opts.tokenizer, batchSize: h.batchSize, maxLen: h.maxLen, evalBatchSize: opts.evalBatchSize },
+        opts.seed ?? task.seed,
+      );
+    }
+    return { learner: fl, global: globalLayoutOf(task, e.layout), layout: e.layout };
   };
   const trainer = async (
     task: TaskInfo,
@@ -119,43 +202,11 @@ export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
   ): Promise<TrainerOutput> => {
     const h = localHyper(task.train);
     lastTask = task;
-    const { global, client } = layouts(task);
-    if (!engine || engine.layout.rank !== task.rank) {
-      opts.onProgress?.({ round: task.round, step: 0, steps: h.steps, phase: "engine" });
-      engine = await Engine.create(opts.model, {
-        rank: task.rank,
-        alpha: task.lora.alpha,
-        targets: task.lora.targets as TargetModule[],
-      }, {
-        backend: opts.backend ?? "auto",
-        scale: task.lora.alpha / task.lora.rank,
-      });
-      fl = null;
-    }
-    const own = extract(global, adapter, client);
+    const { learner, global, layout } = await learnerFor(task, h, null);
+    learner.adapter = extract(global, adapter, layout);
+    // Resumed after a crash, or a new learner: the saved mask is the searched architecture.
+    if (mask) learner.setMask(extract(global, mask, layout));
     current = { round: task.round, step: 0 };
-    if (!fl) {
-      fl = new FlClient(
-        { ...opts.data, categories: {} },
-        task.tier,
-        task.expansion,
-        withLoss(engine),
-        task.lora.rank,
-        own,
-        {
-          tokenizer: opts.tokenizer,
-          batchSize: h.batchSize,
-          maxLen: h.maxLen,
-        },
-        task.seed,
-      );
-      if (mask) {
-        fl.setMask(extract(global, mask, client));
-        searched = true; // resumed after a crash: the saved mask is the searched architecture
-      }
-    } else {
-      fl.adapter = own;
-    }
     const cfg: SimConfig = {
       ...DEFAULT_SIM,
       method: task.method,
@@ -164,54 +215,64 @@ export function engineTrainer(opts: EngineTrainerOptions): Trainer & {
       targets: task.lora.targets as TargetModule[],
       localSteps: h.steps,
       lr: h.lr,
+      weightDecay: h.weightDecay,
       clipNorm: h.clipNorm,
       pruneStages: h.pruneStages,
       searchFraction: h.searchFraction,
+      schedule: h.schedule,
+      allocation: h.allocation,
+      importance: h.importance,
       seed: task.seed,
     };
-    const plan = strategyFor(task.method).configure(task.round, !searched, 0);
-    let lastLossStep = 0;
-    const res = await fl.fit(
-      { round: task.round, steps: h.steps, ...plan },
+    let lastStep = 0;
+    const res = await learner.fit(
+      { round: task.round, steps: h.steps, ...task.plan },
       cfg,
-      null,
       (_id, step, steps) => {
-        lastLossStep = step;
+        lastStep = step;
         opts.onProgress?.({ round: task.round, step, steps, phase: "train" });
       },
     );
-    searched ||= plan.search;
-    opts.onProgress?.({ round: task.round, step: lastLossStep, steps: lastLossStep, phase: "eval" });
-    const ev = await fl.evaluate();
     const metrics: Record<string, number> = { loss: res.meanLoss };
-    if (ev.tokens > 0) metrics.ppl = Math.exp(ev.nllSum / ev.tokens);
+    if (opts.evaluateAfterTraining ?? true) {
+      opts.onProgress?.({ round: task.round, step: lastStep, steps: lastStep, phase: "eval" });
+      const ev = await learner.evaluate();
+      if (ev.tokens > 0) metrics.ppl = Math.exp(ev.nllSum / ev.tokens);
+    }
     opts.onMetrics?.(task.round, metrics);
     return {
-      values: embed(client, fl.adapter, global),
-      mask: embed(client, fl.mask, global),
-      support: embed(client, new Uint8Array(client.size).fill(1), global),
-      samples: Math.max(1, fl.samples),
+      values: embed(layout, learner.adapter, global),
+      mask: embed(layout, learner.mask, global),
+      support: embed(layout, new Uint8Array(layout.size).fill(1), global),
+      samples: Math.max(1, learner.samples),
       metrics,
     };
   };
   return Object.assign(trainer, {
-    backend: () => engine?.backend ?? "none",
-    /** The personalized adapter in the client's own layout, for export (null before training). */
-    personalized: ():
-      | { layout: AdapterLayout; adapter: Float32Array; mask: Uint8Array; scale: number }
-      | null =>
-      fl && lastTask
-        ? {
-          layout: fl.layout,
-          adapter: fl.adapter,
-          mask: fl.mask,
-          scale: lastTask.lora.alpha / lastTask.lora.rank,
-        }
-        : null,
-    /** The client's fresh adapter (A seeded per run, B = 0) in the global layout. */
-    initAdapter(task: TaskInfo): Float32Array {
-      const { global, client } = layouts(task);
-      return embed(client, initAdapter(client, task.seed), global);
+    backend: () => (opts.engines ? "shared" : backendName),
+    async initAdapter(task: TaskInfo): Promise<Float32Array> {
+      const e = await engineFor(task, 0);
+      const global = globalLayoutOf(task, e.layout);
+      const own = extract(global, initAdapter(global, initSeed(task.seed)), e.layout);
+      return embed(e.layout, own, global);
     },
+    async evaluate(task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null) {
+      const h = localHyper(task.train);
+      const { learner, global, layout } = await learnerFor(task, h, null);
+      const own = extract(global, adapter, layout);
+      const m = mask ? extract(global, mask, layout) : new Uint8Array(layout.size).fill(1);
+      return await learner.evaluateWith(own, m);
+    },
+    personalized(adapter?: Float32Array | null, mask?: Uint8Array | null) {
+      if (!fl || !lastTask) return null;
+      const global = globalLayoutOf(lastTask, fl.layout);
+      return {
+        layout: fl.layout,
+        adapter: adapter ? extract(global, adapter, fl.layout) : fl.adapter,
+        mask: mask ? extract(global, mask, fl.layout) : fl.mask,
+        scale: lastTask.lora.alpha / lastTask.lora.rank,
+      };
+    },
+    learner: () => fl,
   });
 }

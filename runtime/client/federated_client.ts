@@ -62,8 +62,8 @@ export interface FederatedClientOptions {
   name?: string;
   /** Requested tier (the server assigns one round-robin otherwise). */
   tier?: string;
-  /** Initial adapter (the engine's `initAdapter(layout, task.seed)`); default zeros. */
-  initAdapter?: (task: TaskInfo) => Float32Array;
+  /** Initial adapter in the global layout (`engineTrainer`'s `initAdapter`); default zeros. */
+  initAdapter?: (task: TaskInfo) => Float32Array | Promise<Float32Array>;
   fetch?: typeof fetch;
   retry?: { attempts?: number; baseMs?: number; maxMs?: number };
   sleep?: (ms: number) => Promise<void>;
@@ -93,6 +93,8 @@ interface SavedState {
   pendingRound: number | null;
   /** `maskRef` of the mask the server last acknowledged: an unchanged mask is sent by it alone. */
   ackedMaskRef?: string;
+  /** Global round whose slice is merged into the saved adapter (it is not fetched again). */
+  sliceRound?: number;
 }
 
 /** What one `step()` did. */
@@ -236,10 +238,14 @@ export class FederatedClient {
     return await (await this.request("GET", `${this.base()}/task`)).json();
   }
 
-  /** Pulls the personalized slice and merges it into the adapter (own values stay where not covered). */
+  /**
+   * Pulls the personalized slice and merges it into the adapter (own values stay where not covered);
+   * a slice already merged (same global round) is not fetched again.
+   */
   async pullSlice(task: TaskInfo): Promise<void> {
     const n = task.adapterSize;
-    if (!this.adapterBuf) this.adapterBuf = this.opts.initAdapter?.(task) ?? new Float32Array(n);
+    if (this.adapterBuf && this.state?.sliceRound === task.globalRound) return;
+    if (!this.adapterBuf) this.adapterBuf = (await this.opts.initAdapter?.(task)) ?? new Float32Array(n);
     if (this.adapterBuf.length !== n) {
       throw new Error(`adapter has ${this.adapterBuf.length} values, run needs ${n}`);
     }
@@ -266,6 +272,10 @@ export class FederatedClient {
       "adapter.f32",
       new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength)),
     );
+    if (this.state) {
+      this.state.sliceRound = s.round;
+      await this.save();
+    }
   }
 
   private async post(round: number, body: Uint8Array): Promise<StepOutcome["status"]> {

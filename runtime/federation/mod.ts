@@ -1,9 +1,8 @@
-/** In-process federation: partitioning, clients, strategies and the simulation loop. */
+/** Federations for study: partitioning, strategies, and the simulation over the deployed coordinator. */
 export * from "./types.ts";
 export * from "./partition.ts";
-export * from "./client.ts";
 export * from "./strategies.ts";
-export * from "./strategy.ts";
+export * from "./coordinator_link.ts";
 export * from "./simulate.ts";
 export { ProgressBar } from "./progress.ts";
 export * from "./run.ts";

@@ -7,6 +7,8 @@ import { partition, type PartitionSpec } from "./partition.ts";
 import { ProgressBar } from "./progress.ts";
 import { engineFactory, loadFolder, PRETRAIN_STRIDE } from "./setup.ts";
 import { simulate } from "./simulate.ts";
+import { remoteCoordinator } from "./coordinator_link.ts";
+import { writePeftAdapter } from "../export/write.ts";
 import { strategyFor } from "./strategies.ts";
 import type { SimConfig, SimResult, SimRound } from "./types.ts";
 
@@ -29,6 +31,10 @@ export interface RunOptions {
   skipPretrained?: boolean;
   /** Show a progress bar on stderr. */
   progress?: boolean;
+  /** Drive a running coordinator (`deno task serve`) instead of the app in this process. */
+  server?: { url: string; adminToken: string };
+  /** Write each client's personalized adapter as a PEFT folder `DIR/<client>/` after the last round. */
+  saveAdapters?: string;
   onRound?: (r: SimRound) => void;
 }
 
@@ -68,6 +74,20 @@ export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<Si
       if (s <= cfg.localSteps) bar?.tick(`${cfg.method} round ${round}/${cfg.rounds} train ${id} ${s}/${n}`);
     },
     onEval: (id) => bar?.tick(`${cfg.method} round ${round}/${cfg.rounds} eval ${id}`),
+    coordinator: opts.server ? remoteCoordinator(opts.server.url, opts.server.adminToken) : undefined,
+    baseModel: modelDir,
+    inspect: opts.saveAdapters === undefined ? undefined : async (r, views) => {
+      if (r !== cfg.rounds) return;
+      for (const v of views) {
+        await writePeftAdapter(`${opts.saveAdapters}/${v.id}`, {
+          layout: v.layout,
+          adapter: v.adapter,
+          mask: v.mask,
+          scale: cfg.alpha / cfg.rank,
+          baseModel: modelDir,
+        });
+      }
+    },
     onRound: (r) => {
       bar?.clear();
       round = r.round + 1;

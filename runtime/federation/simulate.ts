@@ -1,19 +1,35 @@
 /**
- * In-process federation: clients, a strategy and the engine, round by round. Every method goes
- * through this one loop; only the strategy's configuration and the clients' expansion differ.
+ * A federation simulated with the deployed system: the coordinator's Hono app (in this process, or
+ * a running one at a URL), one `FederatedClient` + `engineTrainer` per data owner, and the wire
+ * format between them. The simulation adds only what a study needs on top: seeded sampling, each
+ * client driven in turn (so folds land in a fixed order and a seed gives the same numbers on every
+ * carrier), the personalized model's evaluation after every round, and the bytes of the HTTP bodies.
  */
 import type { TextTokenizer } from "../data/types.ts";
 import { deriveSeed } from "../data/rng.ts";
-import { initAdapter } from "../model/lora.ts";
 import { expansionFactor } from "../perfit/expansion.ts";
-import { embed, extract, rankLayout } from "../perfit/layout.ts";
+import { type AdapterLayout, embed, extract, rankLayout } from "../perfit/layout.ts";
+import { makePrunePlan, type PrunePlan } from "../perfit/prune.ts";
 import { kernels } from "../kernels/mod.ts";
-import { FlClient, type StepHook } from "./client.ts";
 import { maskFormOf } from "../client/wire.ts";
+import { FederatedClient, type TaskInfo } from "../client/federated_client.ts";
+import { type EngineTrainer, engineTrainer, type TrainProgress } from "../client/engine_trainer.ts";
 import type { ClientData } from "./partition.ts";
-import { PersonalizedStrategy } from "./strategy.ts";
-import { strategyFor } from "./strategies.ts";
+import { sampleClients, strategyFor } from "./strategies.ts";
+import { type CoordinatorLink, inProcessCoordinator } from "./coordinator_link.ts";
 import type { ClientRound, EngineFactory, SimConfig, SimResult, SimRound } from "./types.ts";
+
+/** Per-step progress callback (drives progress bars). */
+export type StepHook = (clientId: string, step: number, steps: number) => void;
+
+/** A client as a test or a debugger sees it after a round, in its own rank-(r*e) layout. */
+export interface SimClientView {
+  id: string;
+  layout: AdapterLayout;
+  plan: PrunePlan;
+  adapter: Float32Array;
+  mask: Uint8Array;
+}
 
 /** Everything a simulation needs besides its config. */
 export interface SimulationInputs {
@@ -24,14 +40,18 @@ export interface SimulationInputs {
   batchSize: number;
   maxLen: number;
   evalBatchSize?: number;
+  /** The coordinator (default: the Hono app in this process over an in-memory KV). */
+  coordinator?: CoordinatorLink;
+  /** The run's `baseModel` name (default "simulation"). */
+  baseModel?: string;
   /** Called after each client's step of local training. */
   onStep?: StepHook;
   /** Called after each finished round (e.g. to print it). */
   onRound?: (r: SimRound) => void;
   /** Called after each client evaluation (progress). */
   onEval?: (clientId: string) => void;
-  /** Called after each round with the live clients (tests and debugging inspect their state). */
-  inspect?: (round: number, clients: readonly FlClient[]) => void;
+  /** Called after each round with the clients (tests and debugging inspect their state). */
+  inspect?: (round: number, clients: readonly SimClientView[]) => void | Promise<void>;
 }
 
 /** Expansion factor of each client under a method: FedIT and the e=1 ablation expand nobody. */
@@ -41,124 +61,41 @@ export function clientExpansion(cfg: SimConfig, index: number): { tier: string; 
   return { tier, e: strategyFor(cfg.method).expands ? e : 1 };
 }
 
-/** Runs a full simulation and returns per-round, per-client results. */
-export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<SimResult> {
-  const t0 = performance.now();
-  if (inp.clients.length === 0) throw new RangeError("simulation needs at least one client");
-  const assign = inp.clients.map((_, i) => clientExpansion(cfg, i));
-  const eMax = Math.max(...assign.map((a) => a.e));
-  const engines = new Map<number, Awaited<ReturnType<EngineFactory>>>();
-  const engineFor = async (rank: number) => {
-    if (!engines.has(rank)) engines.set(rank, await inp.engineFactory(rank));
-    return engines.get(rank)!;
-  };
-  const first = await engineFor(cfg.rank * assign[0].e);
-  const base = rankLayout(first.layout, cfg.rank);
-  const global = rankLayout(base, cfg.rank * eMax);
-  // Every client starts from the same global init, so positions mean the same thing everywhere.
-  const init = initAdapter(global, deriveSeed(cfg.seed, 0x1417));
-  const clients: FlClient[] = [];
-  for (let i = 0; i < inp.clients.length; i++) {
-    const engine = await engineFor(cfg.rank * assign[i].e);
-    const own = extract(global, init, engine.layout);
-    clients.push(
-      new FlClient(inp.clients[i], assign[i].tier, assign[i].e, engine, cfg.rank, own, {
-        tokenizer: inp.tokenizer,
-        batchSize: inp.batchSize,
-        maxLen: inp.maxLen,
-        evalBatchSize: inp.evalBatchSize,
-      }, deriveSeed(cfg.seed, i, 0xc1)),
-    );
-  }
-  const ids = clients.map((c) => c.id);
-  if (new Set(ids).size !== ids.length) throw new RangeError("client ids must be unique");
-  const strategy = new PersonalizedStrategy(cfg, global, new Map(clients.map((c) => [c.id, c.layout])));
-  const target = { run: `sim-${cfg.method}-${cfg.seed}`, global };
-  const rounds: SimRound[] = [];
-  for (let round = 1; round <= cfg.rounds; round++) {
-    const tr = performance.now();
-    const fitIns = strategy.configureFit(round, ids);
-    const results = [];
-    const losses = new Map<string, number>();
-    for (const c of clients) {
-      const ins = fitIns.get(c.id);
-      if (!ins) continue;
-      const res = await c.fit(ins, cfg, strategy.aggregates ? target : null, inp.onStep);
-      losses.set(c.id, res.meanLoss);
-      results.push(res);
-    }
-    const downloads = await strategy.aggregateFit(round, results);
-    const uploads = new Map(results.map((r) => [r.clientId, r.upload]));
-    const records: ClientRound[] = [];
-    for (const c of clients) {
-      const up = uploads.get(c.id) ?? null;
-      if (up) c.acknowledge();
-      const down = downloads.get(c.id);
-      if (down) c.receive(down);
-      // A client whose adapter did not change since its last evaluation (frozen base) is not re-evaluated.
-      const prev = rounds.length
-        ? rounds[rounds.length - 1].clients.find((x) => x.clientId === c.id)
-        : undefined;
-      const unchanged = !strategy.trains && prev !== undefined;
-      const ev = unchanged ? { nllSum: prev.testNll, tokens: prev.testTokens } : await c.evaluate();
-      inp.onEval?.(c.id);
-      records.push({
-        clientId: c.id,
-        tier: c.tier,
-        expansion: c.expansion,
-        trained: fitIns.has(c.id),
-        meanLoss: losses.get(c.id) ?? null,
-        testNll: ev.nllSum,
-        testTokens: ev.tokens,
-        perplexity: Math.exp(ev.nllSum / Math.max(1, ev.tokens)),
-        uploadBytes: up ? up.length : 0,
-        maskMode: up ? maskFormOf(up) : null,
-        downloadBytes: down ? down.length * 4 : 0,
-      });
-    }
-    const rec: SimRound = {
-      round,
-      clients: records,
-      meanPerplexity: records.reduce((s, r) => s + r.perplexity, 0) / records.length,
-      seconds: (performance.now() - tr) / 1000,
-    };
-    rounds.push(rec);
-    inp.onRound?.(rec);
-    inp.inspect?.(round, clients);
-  }
-  const globalMasks = clients.map((c) => embed(c.layout, c.mask, global));
-  const k = kernels();
-  const maskStats = clients.map((c, i) => {
-    let inA = 0;
-    for (const e of c.layout.entries) {
-      if (e.kind === "A") { for (let j = 0; j < e.size; j++) inA += c.mask[e.offset + j]; }
-    }
-    const others = globalMasks.filter((_, j) => j !== i).map((m) => k.jaccard(globalMasks[i], m));
-    return {
-      id: c.id,
-      fractionInA: inA / Math.max(1, k.popcount(c.mask)),
-      meanJaccard: others.length ? others.reduce((a, b) => a + b, 0) / others.length : 1,
-    };
-  });
+/** The run's `train` settings: every knob of the local round travels to the clients with the task. */
+export function trainSettings(cfg: SimConfig, inp: Pick<SimulationInputs, "batchSize" | "maxLen">) {
   return {
-    method: cfg.method,
-    maskStats,
-    config: cfg,
-    backend: inp.backend ?? "unknown",
-    clients: clients.map((c) => ({
-      id: c.id,
-      tier: c.tier,
-      expansion: c.expansion,
-      train: c.data.train.length,
-      test: c.data.test.length,
-      trainableParams: strategyFor(cfg.method).trains ? c.plan.budget : 0,
-      searchSpace: c.plan.total,
-    })),
-    budget: base.size,
-    rounds,
-    wallSeconds: (performance.now() - t0) / 1000,
+    localSteps: cfg.localSteps,
+    lr: cfg.lr,
+    weightDecay: cfg.weightDecay,
+    clipNorm: cfg.clipNorm,
+    pruneStages: cfg.pruneStages,
+    searchFraction: cfg.searchFraction,
+    schedule: cfg.schedule,
+    allocation: cfg.allocation,
+    importanceMode: cfg.importance.mode,
+    ...(cfg.importance.beta !== undefined ? { importanceBeta: cfg.importance.beta } : {}),
+    researchEvery: cfg.researchEvery,
+    batchSize: inp.batchSize,
+    maxLen: inp.maxLen,
   };
 }
+
+/** One data owner of the simulation. */
+interface Owner {
+  index: number;
+  data: ClientData;
+  tier: string;
+  e: number;
+  trainer: EngineTrainer;
+  client: FederatedClient | null;
+  /** Body bytes sent to the update route per round, and the mask form of the last one. */
+  up: Map<number, { bytes: number; form: string }>;
+  /** Response bytes of slices received. */
+  down: number;
+  losses: Map<number, number>;
+}
+
+const DAY_MS = 24 * 3600_000;
 
 /** Flattens a result into CSV rows: one per (round, client). */
 export function resultToCsv(r: SimResult): string {
@@ -183,4 +120,277 @@ export function resultToCsv(r: SimResult): string {
     )
   );
   return [head, ...rows].join("\n") + "\n";
+}
+
+/** Runs a full simulation and returns per-round, per-client results. */
+export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<SimResult> {
+  const t0 = performance.now();
+  if (inp.clients.length === 0) throw new RangeError("simulation needs at least one client");
+  if (new Set(inp.clients.map((c) => c.id)).size !== inp.clients.length) {
+    throw new RangeError("client ids must be unique");
+  }
+  const strategy = strategyFor(cfg.method);
+  const assign = inp.clients.map((_, i) => clientExpansion(cfg, i));
+  const eMax = Math.max(...assign.map((a) => a.e));
+  const probe = await inp.engineFactory(cfg.rank * assign[0].e);
+  const base = rankLayout(probe.layout, cfg.rank);
+  const global = rankLayout(base, cfg.rank * eMax);
+  const owners: Owner[] = inp.clients.map((data, index) => {
+    const o: Owner = {
+      index,
+      data,
+      ...assign[index],
+      client: null,
+      up: new Map(),
+      down: 0,
+      losses: new Map(),
+      trainer: null as unknown as EngineTrainer,
+    };
+    o.trainer = engineTrainer({
+      engines: inp.engineFactory,
+      tokenizer: inp.tokenizer,
+      data,
+      seed: deriveSeed(cfg.seed, index, 0xc1),
+      evalBatchSize: inp.evalBatchSize,
+      evaluateAfterTraining: false,
+      onProgress: (p: TrainProgress) => {
+        if (p.phase === "train") inp.onStep?.(data.id, p.step, p.steps);
+      },
+      onMetrics: (round, m) => o.losses.set(round, m.loss),
+    });
+    return o;
+  });
+  const rounds: SimRound[] = [];
+  const link = strategy.trains ? (inp.coordinator ?? await inProcessCoordinator()) : null;
+  try {
+    const runId = link ? await createRun(link, cfg, inp, owners.length, global.size, base.size) : null;
+    for (const o of owners) if (link && runId) o.client = await joinOwner(link, runId, o);
+    let previous: Map<string, ClientRound> | null = null;
+    for (let round = 1; round <= cfg.rounds; round++) {
+      const tr = performance.now();
+      const sampled = strategy.trains ? sampleClients(owners, cfg.fractionFit, cfg.seed, round) : [];
+      for (const o of sampled) {
+        const out = await o.client!.step();
+        if (out.kind !== "trained" || out.round !== round || out.status !== "accepted") {
+          throw new Error(`client ${o.data.id} in round ${round}: ${JSON.stringify(out)}`);
+        }
+      }
+      if (link) await untilClosed(link, owners[0].client!, round);
+      const records: ClientRound[] = [];
+      for (const o of owners) {
+        const rec = await evaluateOwner(o, round, sampled.includes(o), previous, global, base, cfg);
+        inp.onEval?.(o.data.id);
+        records.push(rec);
+      }
+      previous = new Map(records.map((r) => [r.clientId, r]));
+      const rec: SimRound = {
+        round,
+        clients: records,
+        meanPerplexity: records.reduce((s, r) => s + r.perplexity, 0) / records.length,
+        seconds: (performance.now() - tr) / 1000,
+      };
+      rounds.push(rec);
+      inp.onRound?.(rec);
+      if (inp.inspect) await inp.inspect(round, await Promise.all(owners.map((o) => viewOf(o, global, base, cfg))));
+    }
+    const views = await Promise.all(owners.map((o) => viewOf(o, global, base, cfg)));
+    return {
+      method: cfg.method,
+      maskStats: maskStats(views, global),
+      config: cfg,
+      backend: inp.backend ?? "unknown",
+      clients: views.map((v, i) => ({
+        id: v.id,
+        tier: owners[i].tier,
+        expansion: owners[i].e,
+        train: owners[i].data.train.length,
+        test: owners[i].data.test.length,
+        trainableParams: strategy.trains ? v.plan.budget : 0,
+        searchSpace: v.plan.total,
+      })),
+      budget: base.size,
+      rounds,
+      wallSeconds: (performance.now() - t0) / 1000,
+    };
+  } finally {
+    if (link && !inp.coordinator) await link.close();
+  }
+}
+
+/** Creates the run on the coordinator through its admin route; returns its id. */
+async function createRun(
+  link: CoordinatorLink,
+  cfg: SimConfig,
+  inp: SimulationInputs,
+  clients: number,
+  adapterSize: number,
+  budget: number,
+): Promise<string> {
+  const strategy = strategyFor(cfg.method);
+  const perRound = sampleClients(Array.from({ length: clients }, (_, i) => i), cfg.fractionFit, cfg.seed, 1).length;
+  const tiers = Object.fromEntries(Object.keys(cfg.tiers).map((t) => [t, strategy.expands ? cfg.tiers[t] : 1]));
+  const res = await link.fetch(`${link.url}/v1/runs`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${link.adminToken}`, "content-type": "application/json" },
+    body: JSON.stringify({
+      baseModel: inp.baseModel ?? "simulation",
+      lora: { rank: cfg.rank, alpha: cfg.alpha, targets: cfg.targets },
+      method: cfg.method,
+      rounds: cfg.rounds,
+      clientsPerRound: perRound,
+      quorum: perRound,
+      roundDeadlineMs: DAY_MS,
+      expansionTiers: tiers,
+      adapterSize,
+      budget,
+      maxNorm: 1e9,
+      maxClients: clients,
+      seed: cfg.seed,
+      train: trainSettings(cfg, inp),
+    }),
+  });
+  if (res.status !== 201) throw new Error(`creating the run failed: HTTP ${res.status} ${await res.text()}`);
+  return (await res.json()).run.id;
+}
+
+/** Joins one owner, with a fetch that meters the HTTP bodies its uploads and slices carry. */
+async function joinOwner(link: CoordinatorLink, runId: string, o: Owner): Promise<FederatedClient> {
+  const metered: typeof fetch = async (input, init) => {
+    const url = String(input instanceof Request ? input.url : input);
+    const up = /\/rounds\/(\d+)\/update$/.exec(url);
+    if (up && init?.body instanceof Uint8Array) {
+      const r = Number(up[1]);
+      const prev = o.up.get(r)?.bytes ?? 0;
+      o.up.set(r, { bytes: prev + init.body.byteLength, form: maskFormOf(init.body) });
+    }
+    const res = await link.fetch(input, init);
+    if (!url.endsWith("/slice") || !res.ok) return res;
+    const body = new Uint8Array(await res.arrayBuffer());
+    o.down += body.byteLength;
+    return new Response(body, { status: res.status, headers: res.headers });
+  };
+  const client = await FederatedClient.create({
+    serverUrl: link.url,
+    runId,
+    trainer: o.trainer,
+    name: o.data.id,
+    tier: o.tier,
+    initAdapter: (t) => o.trainer.initAdapter(t),
+    fetch: metered,
+    pollMs: 5,
+  });
+  await client.join();
+  return client;
+}
+
+/** Waits until the coordinator has closed `round` (in process: until it has no work in flight). */
+async function untilClosed(link: CoordinatorLink, client: FederatedClient, round: number): Promise<void> {
+  await link.settled?.();
+  for (let i = 0;; i++) {
+    const t = await client.task();
+    if (t.round > round || t.status === "done") return;
+    if (i >= 2000) throw new Error(`round ${round} did not close (still at round ${t.round}, ${t.status})`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** The task of a run that has no coordinator (the frozen base evaluates its clients alone). */
+function standaloneTask(cfg: SimConfig, o: Owner, adapterSize: number, budget: number): TaskInfo {
+  return {
+    run: "frozen-base",
+    round: 0,
+    status: "done",
+    deadline: null,
+    method: "local",
+    baseModel: "simulation",
+    lora: { rank: cfg.rank, alpha: cfg.alpha, targets: cfg.targets },
+    tier: o.tier,
+    expansion: o.e,
+    rank: cfg.rank * o.e,
+    budget,
+    adapterSize,
+    seed: cfg.seed,
+    globalRound: 0,
+    train: {},
+    plan: { search: false, randomMask: false },
+  };
+}
+
+/** Installs the round's personalized slice and evaluates it on the client's own test split. */
+async function evaluateOwner(
+  o: Owner,
+  round: number,
+  trained: boolean,
+  previous: Map<string, ClientRound> | null,
+  global: AdapterLayout,
+  base: AdapterLayout,
+  cfg: SimConfig,
+): Promise<ClientRound> {
+  const id = o.data.id;
+  const prev = previous?.get(id);
+  let ev: { nllSum: number; tokens: number };
+  let downloadBytes = 0;
+  if (!o.client) {
+    // The frozen base never changes: evaluate it once.
+    ev = prev
+      ? { nllSum: prev.testNll, tokens: prev.testTokens }
+      : await (async () => {
+        const task = standaloneTask(cfg, o, global.size, base.size);
+        return o.trainer.evaluate(task, await o.trainer.initAdapter(task), null);
+      })();
+  } else {
+    const task = await o.client.task();
+    const before = o.down;
+    await o.client.pullSlice(task);
+    downloadBytes = o.down - before;
+    ev = await o.trainer.evaluate(task, o.client.adapter!, o.client.mask);
+  }
+  const up = trained ? o.up.get(round) : undefined;
+  return {
+    clientId: id,
+    tier: o.tier,
+    expansion: o.e,
+    trained,
+    meanLoss: trained ? o.losses.get(round) ?? null : null,
+    testNll: ev.nllSum,
+    testTokens: ev.tokens,
+    perplexity: Math.exp(ev.nllSum / Math.max(1, ev.tokens)),
+    uploadBytes: up?.bytes ?? 0,
+    maskMode: up?.form ?? null,
+    downloadBytes,
+  };
+}
+
+/** A client's adapter and mask in its own layout. */
+async function viewOf(o: Owner, global: AdapterLayout, base: AdapterLayout, cfg: SimConfig): Promise<SimClientView> {
+  const layout = rankLayout(base, cfg.rank * o.e);
+  const plan = makePrunePlan(layout, cfg.rank, cfg.allocation);
+  const adapter = o.client?.adapter ??
+    await o.trainer.initAdapter(standaloneTask(cfg, o, global.size, base.size));
+  const mask = o.client?.mask;
+  return {
+    id: o.data.id,
+    layout,
+    plan,
+    adapter: extract(global, adapter, layout),
+    mask: mask ? extract(global, mask, layout) : new Uint8Array(layout.size).fill(1),
+  };
+}
+
+/** Share of each final mask in A matrices, and its mean Jaccard overlap with the others (global layout). */
+function maskStats(views: SimClientView[], global: AdapterLayout): SimResult["maskStats"] {
+  const k = kernels();
+  const masks = views.map((v) => embed(v.layout, v.mask, global));
+  return views.map((v, i) => {
+    let inA = 0;
+    for (const e of v.layout.entries) {
+      if (e.kind === "A") { for (let j = 0; j < e.size; j++) inA += v.mask[e.offset + j]; }
+    }
+    const others = masks.filter((_, j) => j !== i).map((m) => k.jaccard(masks[i], m));
+    return {
+      id: v.id,
+      fractionInA: inA / Math.max(1, k.popcount(v.mask)),
+      meanJaccard: others.length ? others.reduce((a, b) => a + b, 0) / others.length : 1,
+    };
+  });
 }

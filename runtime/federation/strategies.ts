@@ -4,9 +4,10 @@
  * compare method names. Each says whether clients train, upload and expand, how an upload's mask
  * is constrained, what a sampled client does in a round (`configure`), and how the round's
  * reported metrics are aggregated. The parameter-wise averaging itself is the same pure math for
- * every method (runtime/perfit/aggregate.ts in process, server/aggregate.ts streaming): FedIT is the
- * case where every mask is all ones. Adding a method means adding one object to `STRATEGIES`.
+ * every method (server/aggregate.ts, streaming): FedIT is the case where every mask is all ones.
+ * Adding a method means adding one object to `STRATEGIES`.
  */
+import { deriveSeed, shuffled } from "../data/rng.ts";
 
 /** Every method compared in the results table. */
 export type Method = "perfit" | "fedit" | "local" | "base" | "perfit-random-mask" | "perfit-e1";
@@ -112,6 +113,18 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
   // PerFIT with every client at e = 1: nothing to prune, so it must equal FedIT (a code-path check).
   "perfit-e1": { ...base, name: "perfit-e1", deployed: true, personalMask: true, configure: perfitPlan },
 };
+
+/**
+ * The clients sampled in a round (Flower's fraction_fit): a seeded share of them, in their given
+ * order, or all of them at fraction 1.
+ */
+export function sampleClients<T>(clients: readonly T[], fraction: number, seed: number, round: number): T[] {
+  if (!(fraction > 0 && fraction <= 1)) throw new RangeError(`fraction must be in (0, 1], got ${fraction}`);
+  const n = Math.max(1, Math.round(clients.length * fraction));
+  if (n >= clients.length) return [...clients];
+  const chosen = new Set(shuffled(clients, deriveSeed(seed, round, 0x5a)).slice(0, n));
+  return clients.filter((c) => chosen.has(c));
+}
 
 /** Every method name, for CLI validation. */
 export const METHODS = Object.keys(STRATEGIES) as Method[];

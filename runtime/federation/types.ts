@@ -92,8 +92,6 @@ export interface FitIns {
 export interface FitRes {
   clientId: string;
   numExamples: number;
-  /** Encoded upload (values + mask), null when the method uploads nothing. */
-  upload: Uint8Array | null;
   meanLoss: number;
 }
 

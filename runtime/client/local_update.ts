@@ -1,6 +1,7 @@
 /**
- * A simulated federated client (Flower's NumPyClient role): local masked training, the PerFIT
- * expand-then-prune search, upload encoding, receiving its personalized slice, and evaluation.
+ * One client's local update (Flower's NumPyClient `fit`/`evaluate`): masked AdamW, the PerFIT
+ * expand-then-prune search, and evaluation, all in the client's own rank-(r*e) layout. It knows
+ * nothing of the wire or the coordinator: `engineTrainer` hands it the adapter and takes its result.
  */
 import { makeBatches } from "../data/batches.ts";
 import { deriveSeed } from "../data/rng.ts";
@@ -8,12 +9,11 @@ import type { Batch, TextTokenizer } from "../data/types.ts";
 import { AdamW, clipGradNorm } from "../model/optim.ts";
 import { kernels } from "../kernels/mod.ts";
 import { accumulateImportance } from "../perfit/importance.ts";
-import { type AdapterLayout, embed } from "../perfit/layout.ts";
-import { makePrunePlan, type PrunePlan, pruneStage, randomMask } from "../perfit/prune.ts";
-import { encodeRoundUpdate } from "../client/wire.ts";
+import type { AdapterLayout } from "../perfit/layout.ts";
+import { type Allocation, makePrunePlan, type PrunePlan, pruneStage, randomMask } from "../perfit/prune.ts";
 import { reviveDeadComponents, stageBoundaries } from "../perfit/reexpand.ts";
-import type { ClientData } from "./partition.ts";
-import type { FitIns, FitRes, SimConfig, TrainEngine } from "./types.ts";
+import type { ClientData } from "../federation/partition.ts";
+import type { FitIns, FitRes, SimConfig, TrainEngine } from "../federation/types.ts";
 
 /** Data-loading options of a client. */
 export interface ClientDataOptions {
@@ -23,32 +23,24 @@ export interface ClientDataOptions {
   evalBatchSize?: number;
 }
 
-/** Where a client's upload goes: the run it belongs to and the run's global layout (rank r · e_max). */
-export interface UploadTarget {
-  run: string;
-  global: AdapterLayout;
-}
-
 /** Per-step progress callback (drives progress bars). */
 export type StepHook = (clientId: string, step: number, steps: number) => void;
 
-/** A client holding its data, its adapter in its own rank-(r*e) layout, and its mask. */
-export class FlClient {
+/** A client's data, its adapter in its own rank-(r*e) layout, and its mask. */
+export class LocalLearner {
   readonly id: string;
   readonly samples: number;
-  readonly plan: PrunePlan;
+  plan: PrunePlan;
   /** Dense adapter values over the client layout; zero outside the mask. */
   adapter: Float32Array;
   /** Positions this client trains and uploads (all ones before the first search). */
   mask: Uint8Array;
-  /** `maskRef` of the mask the coordinator acknowledged, so an unchanged mask travels by reference. */
-  ackedMaskRef: string | undefined;
-  private sentMaskRef: string | undefined;
   private trainBatches: Batch[];
   private readonly testBatches: Batch[];
   private cursor = 0;
   private searched = false;
   private epoch = 0;
+  private allocation: Allocation = "global";
 
   constructor(
     readonly data: ClientData,
@@ -106,11 +98,13 @@ export class FlClient {
 
   /**
    * One local round: `ins.steps` masked AdamW steps. In a search round the first `searchFraction`
-   * of the steps also accumulate importance and prune at T evenly spaced stage boundaries. With an
-   * `upload` target the result carries the update as the deployed client sends it (the wire format
-   * of runtime/client/wire.ts, in the run's global layout).
+   * of the steps also accumulate importance and prune at T evenly spaced stage boundaries.
    */
-  async fit(ins: FitIns, cfg: SimConfig, upload: UploadTarget | null, onStep?: StepHook): Promise<FitRes> {
+  async fit(ins: FitIns, cfg: SimConfig, onStep?: StepHook): Promise<FitRes> {
+    if (cfg.allocation !== this.allocation) {
+      this.plan = makePrunePlan(this.engine.layout, this.baseRank, cfg.allocation);
+      this.allocation = cfg.allocation;
+    }
     const k = kernels();
     const adam = new AdamW(this.adapter.length, { lr: cfg.lr, weightDecay: cfg.weightDecay });
     const T = cfg.pruneStages;
@@ -146,44 +140,20 @@ export class FlClient {
       }
       onStep?.(this.id, s, steps);
     }
-    const res: FitRes = {
-      clientId: this.id,
-      numExamples: this.samples,
-      upload: null,
-      meanLoss: lossSum / Math.max(1, steps),
-    };
-    if (upload) {
-      const { body, maskRef } = await encodeRoundUpdate({
-        run: upload.run,
-        round: ins.round,
-        samples: Math.max(1, this.samples),
-        metrics: { loss: res.meanLoss },
-        values: embed(this.layout, this.adapter, upload.global),
-        mask: embed(this.layout, this.mask, upload.global),
-        support: embed(this.layout, new Uint8Array(this.layout.size).fill(1), upload.global),
-      }, this.ackedMaskRef);
-      res.upload = body;
-      this.sentMaskRef = maskRef;
-    }
-    return res;
-  }
-
-  /** The coordinator accepted our upload: later uploads may name its mask by reference. */
-  acknowledge(): void {
-    this.ackedMaskRef = this.sentMaskRef;
-  }
-
-  /** Installs the personalized values received for our own positions (in index order). */
-  receive(values: Float32Array): void {
-    kernels().scatter(values, this.mask, this.adapter);
+    return { clientId: this.id, numExamples: this.samples, meanLoss: lossSum / Math.max(1, steps) };
   }
 
   /** Summed response-token NLL on the client's own test split. */
-  async evaluate(): Promise<{ nllSum: number; tokens: number }> {
+  evaluate(): Promise<{ nllSum: number; tokens: number }> {
+    return this.evaluateWith(this.adapter, this.mask);
+  }
+
+  /** The same for another adapter and mask of this client's layout (e.g. a personalized slice merged in). */
+  async evaluateWith(adapter: Float32Array, mask: Uint8Array): Promise<{ nllSum: number; tokens: number }> {
     let nllSum = 0;
     let tokens = 0;
     for (const b of this.testBatches) {
-      const r = await this.engine.evalNll(b, this.adapter, this.mask);
+      const r = await this.engine.evalNll(b, adapter, mask);
       nllSum += r.nllSum;
       tokens += r.tokens;
     }
