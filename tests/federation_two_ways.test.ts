@@ -28,7 +28,9 @@ const FLAGS = [
 ];
 
 interface Result {
-  rounds: { clients: { clientId: string; perplexity: number; uploadBytes: number; maskMode: string | null }[] }[];
+  rounds: {
+    clients: { clientId: string; perplexity: number; uploadBytes: number; maskMode: string | null }[];
+  }[];
   budget: number;
 }
 

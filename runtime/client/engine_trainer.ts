@@ -105,7 +105,9 @@ export function globalLayoutOf(task: TaskInfo, client: AdapterLayout): AdapterLa
   const rank = task.adapterSize / unit.size;
   if (!Number.isInteger(rank) || rank < task.rank) {
     throw new Error(
-      `run adapter size ${task.adapterSize} does not fit this model with targets ${task.lora.targets.join(",")}`,
+      `run adapter size ${task.adapterSize} does not fit this model with targets ${
+        task.lora.targets.join(",")
+      }`,
     );
   }
   return rankLayout(client, rank);
@@ -123,7 +125,11 @@ export type EngineTrainer = Trainer & {
   /** The client's fresh adapter in the global layout (the run's shared init, in its own positions). */
   initAdapter(task: TaskInfo): Promise<Float32Array>;
   /** Summed response-token NLL of an adapter (global layout) on the client's test split. */
-  evaluate(task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null): Promise<{ nllSum: number; tokens: number }>;
+  evaluate(
+    task: TaskInfo,
+    adapter: Float32Array,
+    mask: Uint8Array | null,
+  ): Promise<{ nllSum: number; tokens: number }>;
   /**
    * The personalized adapter in the client's own layout, for export: of `adapter`/`mask` (global
    * layout, e.g. the `FederatedClient`'s after the last slice) when given, else of the last round.
@@ -189,7 +195,12 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
         withLoss(e),
         task.lora.rank,
         init,
-        { tokenizer: opts.tokenizer, batchSize: h.batchSize, maxLen: h.maxLen, evalBatchSize: opts.evalBatchSize },
+        {
+          tokenizer: opts.tokenizer,
+          batchSize: h.batchSize,
+          maxLen: h.maxLen,
+          evalBatchSize: opts.evalBatchSize,
+        },
         opts.seed ?? task.seed,
       );
     }

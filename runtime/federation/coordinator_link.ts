@@ -45,7 +45,8 @@ export async function inProcessCoordinator(): Promise<CoordinatorLink> {
   });
   return {
     url: "http://perfit.in-process",
-    fetch: (input, init) => Promise.resolve(app.request(input instanceof Request ? input : String(input), init)),
+    fetch: (input, init) =>
+      Promise.resolve(app.request(input instanceof Request ? input : String(input), init)),
     adminToken,
     settled: () => app.coordinator.settled(),
     async close() {

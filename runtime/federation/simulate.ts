@@ -191,7 +191,12 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
       };
       rounds.push(rec);
       inp.onRound?.(rec);
-      if (inp.inspect) await inp.inspect(round, await Promise.all(owners.map((o) => viewOf(o, global, base, cfg))));
+      if (inp.inspect) {
+        await inp.inspect(
+          round,
+          await Promise.all(owners.map((o) => viewOf(o, global, base, cfg))),
+        );
+      }
     }
     const views = await Promise.all(owners.map((o) => viewOf(o, global, base, cfg)));
     return {
@@ -227,8 +232,11 @@ async function createRun(
   budget: number,
 ): Promise<string> {
   const strategy = strategyFor(cfg.method);
-  const perRound = sampleClients(Array.from({ length: clients }, (_, i) => i), cfg.fractionFit, cfg.seed, 1).length;
-  const tiers = Object.fromEntries(Object.keys(cfg.tiers).map((t) => [t, strategy.expands ? cfg.tiers[t] : 1]));
+  const perRound =
+    sampleClients(Array.from({ length: clients }, (_, i) => i), cfg.fractionFit, cfg.seed, 1).length;
+  const tiers = Object.fromEntries(
+    Object.keys(cfg.tiers).map((t) => [t, strategy.expands ? cfg.tiers[t] : 1]),
+  );
   const res = await link.fetch(`${link.url}/v1/runs`, {
     method: "POST",
     headers: { authorization: `Bearer ${link.adminToken}`, "content-type": "application/json" },
@@ -332,12 +340,10 @@ async function evaluateOwner(
   let downloadBytes = 0;
   if (!o.client) {
     // The frozen base never changes: evaluate it once.
-    ev = prev
-      ? { nllSum: prev.testNll, tokens: prev.testTokens }
-      : await (async () => {
-        const task = standaloneTask(cfg, o, global.size, base.size);
-        return o.trainer.evaluate(task, await o.trainer.initAdapter(task), null);
-      })();
+    ev = prev ? { nllSum: prev.testNll, tokens: prev.testTokens } : await (async () => {
+      const task = standaloneTask(cfg, o, global.size, base.size);
+      return o.trainer.evaluate(task, await o.trainer.initAdapter(task), null);
+    })();
   } else {
     const task = await o.client.task();
     const before = o.down;
@@ -362,7 +368,12 @@ async function evaluateOwner(
 }
 
 /** A client's adapter and mask in its own layout. */
-async function viewOf(o: Owner, global: AdapterLayout, base: AdapterLayout, cfg: SimConfig): Promise<SimClientView> {
+async function viewOf(
+  o: Owner,
+  global: AdapterLayout,
+  base: AdapterLayout,
+  cfg: SimConfig,
+): Promise<SimClientView> {
   const layout = rankLayout(base, cfg.rank * o.e);
   const plan = makePrunePlan(layout, cfg.rank, cfg.allocation);
   const adapter = o.client?.adapter ??

@@ -3,5 +3,4 @@ export * from "./layout.ts";
 export * from "./importance.ts";
 export * from "./expansion.ts";
 export * from "./prune.ts";
-export * from "./aggregate.ts";
 export * from "./reexpand.ts";
