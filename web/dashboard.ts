@@ -6,6 +6,7 @@
 import { Chart, registerables } from "chart.js";
 import { MatrixController, MatrixElement } from "chartjs-chart-matrix";
 import type { DashboardData, RunInfo } from "./dashboard/types.ts";
+import { type Method, STRATEGIES } from "../runtime/federation/strategies.ts";
 import {
   budgetShares,
   clientPplSeries,
@@ -103,7 +104,8 @@ function drawMethods(data: DashboardData): void {
         label: l.label,
         data: rounds.map((r) => l.points.find((p) => p.round === r)?.ppl ?? null),
         borderColor: colour(i),
-        borderDash: l.method === "fedit" ? [6, 4] : [],
+        // Methods without personal masks (the references) are dashed.
+        borderDash: Object.hasOwn(STRATEGIES, l.method) && !STRATEGIES[l.method as Method].personalMask ? [6, 4] : [],
         spanGaps: true,
       })),
     },
