@@ -69,6 +69,10 @@ export interface FederatedClientOptions {
   sleep?: (ms: number) => Promise<void>;
   /** Wait between polls while the round is not ready for this client (default 500 ms). */
   pollMs?: number;
+  /** Called when a request failed and will be retried: what failed, the attempt, the wait before the next. */
+  onRetry?: (what: string, attempt: number, waitMs: number, error: unknown) => void;
+  /** Called once a global round's slice is merged into the adapter (the personalized model of that round). */
+  onSlice?: (globalRound: number) => void | Promise<void>;
 }
 
 /** A refusal from the server that retrying will not fix. */
@@ -167,7 +171,11 @@ export class FederatedClient {
     const max = this.opts.retry?.maxMs ?? 10_000;
     let lastErr: unknown;
     for (let i = 0; i < attempts; i++) {
-      if (i > 0) await this.sleep(Math.min(max, base * 2 ** (i - 1)) * (0.5 + Math.random() / 2));
+      if (i > 0) {
+        const wait = Math.min(max, base * 2 ** (i - 1)) * (0.5 + Math.random() / 2);
+        this.opts.onRetry?.(`${method} ${path}`, i, wait, lastErr);
+        await this.sleep(wait);
+      }
       let res: Response;
       try {
         const headers: Record<string, string> = {};
@@ -276,6 +284,7 @@ export class FederatedClient {
       this.state.sliceRound = s.round;
       await this.save();
     }
+    await this.opts.onSlice?.(s.round);
   }
 
   private async post(round: number, body: Uint8Array): Promise<StepOutcome["status"]> {
