@@ -104,3 +104,39 @@ Deno.test("client: a crash after the server accepted resumes from storage and re
   kv.close();
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("client: an all-zero or missing initial adapter is refused before anything is trained or sent", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const app = makeApp(kv);
+  const runId = await createRun(app, runBody("perfit", { clientsPerRound: 1, quorum: 1, rounds: 1 }));
+  const route = appFetch(() => app);
+  const calls: number[] = [];
+  const sent: string[] = [];
+  const spy: typeof fetch = (input, init) => {
+    if (String(input).includes("/update")) sent.push(String(input));
+    return route(input, init);
+  };
+  const plain = fakeTrainer(0, calls);
+  const zeros = await FederatedClient.create({
+    serverUrl: "http://t",
+    runId,
+    trainer: plain,
+    initAdapter: (t) => new Float32Array(t.adapterSize),
+    fetch: spy,
+    sleep: yieldTask,
+  });
+  await assert.rejects(() => zeros.step(), /all zeros: LoRA then gets no gradient/);
+  // A bare trainer function without an `initAdapter` of its own, and no option: refused too.
+  const bare = await FederatedClient.create({
+    serverUrl: "http://t",
+    runId,
+    trainer: (task, adapter, mask) => plain(task, adapter, mask),
+    fetch: spy,
+    sleep: yieldTask,
+  });
+  await assert.rejects(() => bare.step(), /needs initAdapter/);
+  assert.deepEqual(calls, []);
+  assert.deepEqual(sent, []);
+  await app.close();
+  kv.close();
+});

@@ -41,12 +41,19 @@ Deno.test("federation: loadFolder names categories and skips the base model's pr
 });
 
 Deno.test("federation: progress bar rendering and round/CSV formatting", () => {
-  const bar = new ProgressBar(4, 8);
+  const log: string[] = [];
+  const bar = new ProgressBar(4, 8, { tty: false, write: (s) => log.push(s) });
   assert.equal(bar.render("x"), "[........]   0% x");
   bar.tick("a", 2);
   assert.equal(bar.render("a"), "[####....]  50% a");
   bar.tick("b", 5);
   assert.equal(bar.render(), "[########] 100% ");
+  // Not a terminal: plain lines, one per tenth reached, never a carriage return.
+  assert.deepEqual(log, ["progress 50% a\n", "progress 100% b\n"]);
+  const tty: string[] = [];
+  const live = new ProgressBar(2, 4, { tty: true, write: (s) => tty.push(s) });
+  live.tick("t", 2);
+  assert.ok(tty.length === 1 && tty[0].startsWith("\r[####] 100% t"));
   const rec = {
     round: 1,
     meanPerplexity: 3,

@@ -29,6 +29,9 @@ Deno.test("model_lora: layout order, shapes and offsets follow COMMON.md", () =>
     /unknown LoRA target/,
   );
   assert.equal(loraScale({ rank: 16, alpha: 16, targets: ["q"] }, 8), 2);
+  // An expanded PerFIT adapter keeps the scale of its base rank by default.
+  assert.equal(loraScale({ rank: 16, alpha: 16, targets: ["q"], baseRank: 4 }), 4);
+  assert.equal(loraScale({ rank: 16, alpha: 16, targets: ["q"] }), 1);
 });
 
 Deno.test("model_lora: init is seeded kaiming-uniform A with zero B", () => {

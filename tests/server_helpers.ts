@@ -95,9 +95,13 @@ export function fakeTrain(idx: number, round: number, adapter: Float32Array, mas
 /** Sample count of client idx. */
 export const fakeSamples = (idx: number): number => 5 + idx;
 
-/** A `Trainer` for client idx. */
+/** Client idx's starting adapter: small, deterministic, never all zeros (the client refuses that). */
+export const fakeInit = (idx: number, n: number): Float32Array =>
+  Float32Array.from({ length: n }, (_, p) => Math.fround(0.01 * Math.cos(idx * 1.7 + p * 0.37)));
+
+/** A `Trainer` for client idx (with its `initAdapter`, as `engineTrainer` has). */
 export function fakeTrainer(idx: number, calls?: number[]) {
-  return (task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null): Promise<TrainerOutput> => {
+  const train = (task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null): Promise<TrainerOutput> => {
     calls?.push(task.round);
     const m = mask ?? fakeMask(idx, task.adapterSize, task.budget, task.method === "fedit");
     const loss = 2 / (task.round + idx * 0.1);
@@ -108,6 +112,7 @@ export function fakeTrainer(idx: number, calls?: number[]) {
       metrics: { loss, ppl: Math.exp(loss) },
     });
   };
+  return Object.assign(train, { initAdapter: (task: TaskInfo) => fakeInit(idx, task.adapterSize) });
 }
 
 /**
@@ -121,7 +126,7 @@ export function referenceFederation(
   n: number,
   budget: number,
 ): Float32Array[] {
-  const own: Float32Array[] = Array.from({ length: clients }, () => new Float32Array(n));
+  const own: Float32Array[] = Array.from({ length: clients }, (_, c) => fakeInit(c, n));
   const masks: (Uint8Array | null)[] = Array(clients).fill(null);
   const global = new Float64Array(n);
   const covered = new Uint8Array(n);

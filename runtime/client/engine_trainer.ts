@@ -160,10 +160,8 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
         rank: task.rank,
         alpha: task.lora.alpha,
         targets: task.lora.targets as TargetModule[],
-      }, {
-        backend: opts.backend ?? "auto",
-        scale: task.lora.alpha / task.lora.rank,
-      }).then((x) => {
+        baseRank: task.lora.rank,
+      }, { backend: opts.backend ?? "auto" }).then((x) => {
         backendName = x.backend;
         return x;
       });

@@ -62,7 +62,10 @@ export interface FederatedClientOptions {
   name?: string;
   /** Requested tier (the server assigns one round-robin otherwise). */
   tier?: string;
-  /** Initial adapter in the global layout (`engineTrainer`'s `initAdapter`); default zeros. */
+  /**
+   * Initial adapter in the global layout; default: the trainer's own `initAdapter` (engineTrainer
+   * has one). Required one way or the other, and never all zeros.
+   */
   initAdapter?: (task: TaskInfo) => Float32Array | Promise<Float32Array>;
   fetch?: typeof fetch;
   retry?: { attempts?: number; baseMs?: number; maxMs?: number };
@@ -253,7 +256,7 @@ export class FederatedClient {
   async pullSlice(task: TaskInfo): Promise<void> {
     const n = task.adapterSize;
     if (this.adapterBuf && this.state?.sliceRound === task.globalRound) return;
-    if (!this.adapterBuf) this.adapterBuf = (await this.opts.initAdapter?.(task)) ?? new Float32Array(n);
+    if (!this.adapterBuf) this.adapterBuf = await this.initialAdapter(task);
     if (this.adapterBuf.length !== n) {
       throw new Error(`adapter has ${this.adapterBuf.length} values, run needs ${n}`);
     }
@@ -285,6 +288,31 @@ export class FederatedClient {
       await this.save();
     }
     await this.opts.onSlice?.(s.round);
+  }
+
+  /**
+   * The adapter a client starts from: LoRA's (A random, B zero), from `initAdapter` or the trainer's
+   * own. An all-zero start is refused: with A = B = 0 no gradient reaches either matrix.
+   */
+  private async initialAdapter(task: TaskInfo): Promise<Float32Array> {
+    const init = this.opts.initAdapter ??
+      (this.opts.trainer as { initAdapter?: FederatedClientOptions["initAdapter"] }).initAdapter;
+    if (!init) throw new Error("FederatedClient needs initAdapter (engineTrainer provides one)");
+    const a = await init(task);
+    if (!(a instanceof Float32Array) || a.length !== task.adapterSize) {
+      throw new Error(`initAdapter must give a Float32Array of ${task.adapterSize} values`);
+    }
+    let nonZero = false;
+    for (let i = 0; i < a.length; i++) {
+      if (!Number.isFinite(a[i])) throw new Error(`initAdapter gave a non-finite value at ${i}`);
+      if (a[i] !== 0) nonZero = true;
+    }
+    if (!nonZero) {
+      throw new Error(
+        "initAdapter gave all zeros: LoRA then gets no gradient (initialise A at random, B at zero)",
+      );
+    }
+    return a;
   }
 
   private async post(round: number, body: Uint8Array): Promise<StepOutcome["status"]> {

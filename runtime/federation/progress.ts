@@ -1,29 +1,49 @@
 /** A minimal progress bar on stderr (stdout stays clean for results). */
 
-/** Renders `[#####.....] 42% label` in place; silent when stderr is not a terminal unless forced. */
+/** Where a bar writes: a terminal it redraws in place, or a log that gets one plain line per step of 10%. */
+export interface ProgressSink {
+  tty: boolean;
+  write(s: string): void;
+}
+
+function stderrSink(): ProgressSink {
+  const enc = new TextEncoder();
+  let tty = false;
+  try {
+    tty = Deno.stderr.isTerminal();
+  } catch {
+    tty = false;
+  }
+  return { tty, write: (s) => Deno.stderr.writeSync(enc.encode(s)) };
+}
+
+/**
+ * Renders `[#####.....] 42% label` in place on a terminal. Elsewhere (a CI log, a pipe) a redrawn
+ * line would be noise and silence would look like a hang, so it prints `progress 40% label` lines at
+ * every tenth instead.
+ */
 export class ProgressBar {
   private done = 0;
   private lastDraw = 0;
-  private readonly enc = new TextEncoder();
-  private readonly tty: boolean;
+  private lastTenth = 0;
 
-  constructor(private total: number, private readonly width = 30, force = false) {
-    let tty = false;
-    try {
-      tty = Deno.stderr.isTerminal();
-    } catch {
-      tty = false;
-    }
-    this.tty = tty || force;
-  }
+  constructor(private total: number, private readonly width = 30, private readonly sink = stderrSink()) {}
 
   /** Advances by `n` and redraws (at most every 100 ms, and always at the end). */
   tick(label = "", n = 1): void {
     this.done = Math.min(this.total, this.done + n);
+    if (!this.sink.tty) {
+      const tenth = this.total > 0 ? Math.floor((this.done / this.total) * 10) : 10;
+      if (tenth > this.lastTenth) {
+        this.lastTenth = tenth;
+        this.sink.write(`progress ${tenth * 10}% ${label}\n`);
+      }
+      return;
+    }
     const now = performance.now();
     if (now - this.lastDraw < 100 && this.done < this.total) return;
     this.lastDraw = now;
-    this.draw(label);
+    this.sink.write(`\r${this.render(label).slice(0, 100).padEnd(100)}`);
   }
 
   /** Line for the current state (exposed for tests). */
@@ -35,13 +55,8 @@ export class ProgressBar {
     }% ${label}`;
   }
 
-  private draw(label: string): void {
-    if (!this.tty) return;
-    Deno.stderr.writeSync(this.enc.encode(`\r${this.render(label).slice(0, 100).padEnd(100)}`));
-  }
-
   /** Clears the bar line so the next stdout line starts clean. */
   clear(): void {
-    if (this.tty) Deno.stderr.writeSync(this.enc.encode(`\r${" ".repeat(100)}\r`));
+    if (this.sink.tty) this.sink.write(`\r${" ".repeat(100)}\r`);
   }
 }

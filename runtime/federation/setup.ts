@@ -39,13 +39,13 @@ export function engineFactory(
     if (!cache.has(rank)) {
       cache.set(
         rank,
-        Engine.create(model, { rank, alpha: cfg.alpha, targets: cfg.targets }, {
+        Engine.create(model, { rank, alpha: cfg.alpha, targets: cfg.targets, baseRank: cfg.rank }, {
           backend,
-          scale: cfg.alpha / cfg.rank,
-        }).then((e) => {
-          name = e.backend;
-          return e;
-        }),
+        })
+          .then((e) => {
+            name = e.backend;
+            return e;
+          }),
       );
     }
     return cache.get(rank)!;

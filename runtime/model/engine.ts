@@ -53,7 +53,7 @@ export interface StepResult {
 /** Engine options. */
 export interface EngineOptions {
   backend?: Backend;
-  /** LoRA scale; default alpha / rank. */
+  /** LoRA scale; default alpha / baseRank (see `LoraSpec.baseRank`). */
   scale?: number;
   /**
    * Base weights as initializers or as inputs. Default: inputs on onnxruntime-node (fed zero-copy, one

@@ -10,6 +10,11 @@ export interface LoraSpec {
   rank: number;
   alpha: number;
   targets: TargetModule[];
+  /**
+   * The un-expanded rank r whose alpha / r sets the scale (default `rank`). A PerFIT client trains
+   * at rank r·e but keeps the scale of rank r, so its pruned adapter stays comparable to a plain one.
+   */
+  baseRank?: number;
 }
 export interface AdapterEntry {
   name: string;
@@ -123,6 +128,6 @@ export function entryView<T extends Float32Array | Uint8Array>(flat: T, e: Adapt
 }
 
 /** The LoRA scale alpha / baseRank (baseRank = the un-expanded rank, see COMMON.md). */
-export function loraScale(spec: LoraSpec, baseRank = spec.rank): number {
+export function loraScale(spec: LoraSpec, baseRank = spec.baseRank ?? spec.rank): number {
   return spec.alpha / baseRank;
 }
