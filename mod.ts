@@ -10,9 +10,13 @@
  * import { engineTrainer, FederatedClient, loadModel } from "./mod.ts";
  * const model = await loadModel("models/perfit-tiny");
  * const trainer = engineTrainer({ model, tokenizer: model.tokenizer!, data: { id: "me", train, test } });
- * const client = await FederatedClient.create({ serverUrl, runId, trainer, initAdapter: trainer.initAdapter });
+ * const client = await FederatedClient.create({ serverUrl, runId, trainer });
  * await client.run(); // join, then per round: task, slice, search/prune/train, upload; resumes after a crash
  * ```
+ *
+ * A simulated federation is the same clients against the coordinator's Hono app in process (or a
+ * running coordinator): `simulate(cfg, inputs)`, or `runFederated(cfg, options)` on data and model
+ * folders. Both need `--unstable-kv` (the in-process coordinator keeps its state in Deno KV).
  *
  * Each area is also exported whole as a namespace (`graph`, `model`, `data`, `perfit`,
  * `federation`, `client`, `exporter`, `io`), because some helper names (an `Rng`, a
@@ -32,7 +36,29 @@ export {
 } from "./runtime/model/mod.ts";
 export { AdamW, clipGradNorm, cosineSchedule, evaluatePerplexity, trainLora } from "./runtime/model/mod.ts";
 export { type Example, loadJsonl, makeBatches } from "./runtime/data/mod.ts";
-export { engineTrainer, FederatedClient, FederatedClientError, type Trainer } from "./runtime/client/mod.ts";
+export {
+  type EngineTrainer,
+  engineTrainer,
+  FederatedClient,
+  FederatedClientError,
+  LocalLearner,
+  runDataOwner,
+  type TaskInfo,
+  type Trainer,
+} from "./runtime/client/mod.ts";
+export {
+  type CoordinatorLink,
+  inProcessCoordinator,
+  type Method,
+  type MethodStrategy,
+  remoteCoordinator,
+  runFederated,
+  type SimConfig,
+  type SimResult,
+  simulate,
+  STRATEGIES,
+  strategyFor,
+} from "./runtime/federation/mod.ts";
 export {
   GpuKernels,
   initKernels,

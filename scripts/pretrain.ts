@@ -26,9 +26,9 @@ import {
 } from "../runtime/model/tiny.ts";
 import { tokenizerFromJson } from "../runtime/model/tokenizer.ts";
 import { fromKernelLayout, type KernelWeights, toKernelLayout } from "../runtime/model/train_step.ts";
+import { PRETRAIN_STRIDE } from "../runtime/federation/setup.ts";
 
-/** Records with line index % PRETRAIN_STRIDE === 0 are the pre-training text. */
-export const PRETRAIN_STRIDE = 4;
+// Records with line index % PRETRAIN_STRIDE === 0 are the pre-training text (federated runs skip them).
 
 const { values: args } = parseArgs({
   args: Deno.args,

@@ -1,8 +1,9 @@
 /**
  * Client side of federated runs: `FederatedClient` (join, pull task and slice, train, upload,
- * resume), `engineTrainer` (the PerFIT round on the ORT engine: search, prune, masked training,
- * evaluation, in the client's own layout), its storage back-ends, and the wire format. The browser
- * page, a Deno process and the simulation all train through these.
+ * resume), `engineTrainer` over `LocalLearner` (the PerFIT round on the ORT engine: search, prune,
+ * masked training, evaluation, in the client's own layout), its storage back-ends, the wire format,
+ * and `runDataOwner` (the `deno task client` process). The browser page, a Deno process and the
+ * simulation all train through these.
  */
 export {
   FederatedClient,
@@ -14,10 +15,14 @@ export {
   type TrainerOutput,
 } from "./federated_client.ts";
 export { type ClientStorage, FileStorage, IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.ts";
+export { type DataOwnerOptions, type DataOwnerResult, runDataOwner } from "./data_owner.ts";
+export { LocalLearner, type StepHook } from "./local_update.ts";
 export {
+  type EngineTrainer,
   engineTrainer,
   type EngineTrainerOptions,
   globalLayoutOf,
+  initSeed,
   type LocalHyper,
   localHyper,
   type TrainProgress,

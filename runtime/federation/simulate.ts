@@ -14,13 +14,11 @@ import { kernels } from "../kernels/mod.ts";
 import { maskFormOf } from "../client/wire.ts";
 import { FederatedClient, type TaskInfo } from "../client/federated_client.ts";
 import { type EngineTrainer, engineTrainer, type TrainProgress } from "../client/engine_trainer.ts";
+import type { StepHook } from "../client/local_update.ts";
 import type { ClientData } from "./partition.ts";
 import { sampleClients, strategyFor } from "./strategies.ts";
 import { type CoordinatorLink, inProcessCoordinator } from "./coordinator_link.ts";
 import type { ClientRound, EngineFactory, SimConfig, SimResult, SimRound } from "./types.ts";
-
-/** Per-step progress callback (drives progress bars). */
-export type StepHook = (clientId: string, step: number, steps: number) => void;
 
 /** A client as a test or a debugger sees it after a round, in its own rank-(r*e) layout. */
 export interface SimClientView {
