@@ -161,3 +161,44 @@ Deno.test("federation: re-running the search every round keeps exact budgets and
   assert.deepEqual(kept, [r.budget, r.budget, r.budget]);
   assert.ok(r.rounds[1].clients.every((c) => c.uploadBytes >= 4 * r.budget && Number.isFinite(c.perplexity)));
 });
+
+Deno.test("federation: FedSA-LoRA shares A (equal after aggregation), keeps B private; FFA-LoRA keeps A at the shared init", async () => {
+  const kinds = (v: SimClientView, kind: "A" | "B") =>
+    v.layout.entries.filter((e) => e.kind === kind).flatMap((e) =>
+      Array.from(v.adapter.subarray(e.offset, e.offset + e.size))
+    );
+  const seen: SimClientView[][] = [];
+  const fedsa = await run(
+    "fedsa",
+    { rounds: 2 },
+    (_, c) => seen.push(c.map((v) => ({ ...v, adapter: v.adapter.slice() }))),
+  );
+  const last = seen[1];
+  assert.deepEqual(kinds(last[1], "A"), kinds(last[0], "A"));
+  assert.deepEqual(kinds(last[2], "A"), kinds(last[0], "A"));
+  assert.notDeepEqual(kinds(last[1], "B"), kinds(last[0], "B"));
+  assert.ok(kinds(last[0], "B").some((x) => x !== 0), "B trained");
+  // Only A travels: its values and a header, the fixed A mask by reference after round 1.
+  const aSize = last[0].layout.entries.filter((e) => e.kind === "A").reduce((s, e) => s + e.size, 0);
+  for (const c of fedsa.rounds[1].clients) {
+    assert.equal(c.maskMode, "ref");
+    assert.ok(
+      c.uploadBytes > 4 * aSize && c.uploadBytes <= 4 * aSize + HEADER_MAX,
+      `${c.uploadBytes} vs A ${aSize}`,
+    );
+  }
+
+  const ffaSeen: SimClientView[][] = [];
+  const init: SimClientView[][] = [];
+  await run(
+    "ffa",
+    { rounds: 1 },
+    (_, c) => ffaSeen.push(c.map((v) => ({ ...v, adapter: v.adapter.slice() }))),
+  );
+  await run("base", { rounds: 1 }, (_, c) => init.push(c.map((v) => ({ ...v, adapter: v.adapter.slice() }))));
+  for (let i = 0; i < 3; i++) {
+    assert.deepEqual(kinds(ffaSeen[0][i], "A"), kinds(init[0][i], "A"), "A frozen at the run's init");
+    assert.deepEqual(kinds(ffaSeen[0][i], "B"), kinds(ffaSeen[0][0], "B"), "B aggregated");
+  }
+  assert.ok(kinds(ffaSeen[0][0], "B").some((x) => x !== 0));
+});

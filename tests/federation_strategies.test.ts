@@ -12,9 +12,26 @@ import { ApiError } from "../server/errors.ts";
 import { runBody } from "./server_helpers.ts";
 
 Deno.test("strategies: one object per method; unknown names (and prototype keys) are refused", () => {
-  assert.deepEqual(METHODS, ["perfit", "fedit", "local", "base", "perfit-random-mask", "perfit-e1"]);
+  assert.deepEqual(METHODS, [
+    "perfit",
+    "fedit",
+    "local",
+    "base",
+    "perfit-random-mask",
+    "fedsa",
+    "ffa",
+    "perfit-e1",
+  ]);
   // Everything but the frozen base is served: the simulation runs each method through the coordinator.
-  assert.deepEqual(DEPLOYED_METHODS, ["perfit", "fedit", "local", "perfit-random-mask", "perfit-e1"]);
+  assert.deepEqual(DEPLOYED_METHODS, [
+    "perfit",
+    "fedit",
+    "local",
+    "perfit-random-mask",
+    "fedsa",
+    "ffa",
+    "perfit-e1",
+  ]);
   for (const m of METHODS) assert.equal(strategyFor(m).name, m);
   for (const bad of ["", "FedIT", "__proto__", "constructor", "toString"]) {
     assert.throws(() => strategyFor(bad), RangeError, bad);

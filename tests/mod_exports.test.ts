@@ -40,7 +40,11 @@ Deno.test("no exported name is defined twice across the source", async () => {
       if (e.isDirectory && !["dist", "node_modules", "target"].includes(e.name)) await walk(path);
       else if (e.isFile && e.name.endsWith(".ts")) {
         const text = await Deno.readTextFile(`${root}${path}`);
-        for (const m of text.matchAll(/^export (?:interface|type|class|function|const|enum) ([A-Za-z_$][\w$]*)/gm)) {
+        for (
+          const m of text.matchAll(
+            /^export (?:interface|type|class|function|const|enum) ([A-Za-z_$][\w$]*)/gm,
+          )
+        ) {
           const prev = seen.get(m[1]);
           if (prev) twice.push(`${m[1]}: ${prev} and ${path}`);
           else seen.set(m[1], path);

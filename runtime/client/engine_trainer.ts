@@ -9,7 +9,8 @@
  */
 import { Engine, type LoadedModel } from "../model/engine.ts";
 import { type AdapterLayout, initAdapter, type TargetModule } from "../model/lora.ts";
-import { embed, extract, rankLayout } from "../perfit/layout.ts";
+import { embed, extract, kindMask, rankLayout } from "../perfit/layout.ts";
+import { strategyFor } from "../federation/strategies.ts";
 import type { Allocation, PruneSchedule } from "../perfit/prune.ts";
 import { deriveSeed } from "../data/rng.ts";
 import { LocalLearner } from "./local_update.ts";
@@ -142,6 +143,17 @@ export type EngineTrainer = Trainer & {
   learner(): LocalLearner | null;
 };
 
+/** The A or B positions of a layout, computed once per layout. */
+const kindOf = (() => {
+  const memo = new WeakMap<AdapterLayout, { A: Uint8Array; B: Uint8Array }>();
+  const get = (l: AdapterLayout) => {
+    let m = memo.get(l);
+    if (!m) memo.set(l, m = { A: kindMask(l, "A"), B: kindMask(l, "B") });
+    return m;
+  };
+  return { A: (l: AdapterLayout) => get(l).A, B: (l: AdapterLayout) => get(l).B };
+})();
+
 /** Builds the trainer; engines are created (or fetched from `engines`) per client rank on first use. */
 export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
   if (!opts.model && !opts.engines) throw new Error("engineTrainer needs a model or an engine factory");
@@ -233,9 +245,10 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       importance: h.importance,
       seed: task.seed,
     };
+    const strategy = strategyFor(task.method);
     let lastStep = 0;
     const res = await learner.fit(
-      { round: task.round, steps: h.steps, ...task.plan },
+      { round: task.round, steps: h.steps, ...task.plan, frozen: strategy.frozen },
       cfg,
       (_id, step, steps) => {
         lastStep = step;
@@ -249,9 +262,17 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       if (ev.tokens > 0) metrics.ppl = Math.exp(ev.nllSum / ev.tokens);
     }
     opts.onMetrics?.(task.round, metrics);
+    // What the strategy shares of the mask; the rest stays on this client.
+    const part = strategy.shares;
+    const shared = part === "mask"
+      ? learner.mask
+      : part === "none"
+      ? new Uint8Array(layout.size)
+      : learner.mask.map((m, i) => m & kindOf[part](layout)[i]);
     return {
       values: embed(layout, learner.adapter, global),
       mask: embed(layout, learner.mask, global),
+      share: embed(layout, shared, global),
       support: embed(layout, new Uint8Array(layout.size).fill(1), global),
       samples: Math.max(1, learner.samples),
       metrics,

@@ -39,6 +39,11 @@ export interface TrainerOutput {
   mask: Uint8Array;
   /** The positions the client can ever hold (its own layout in the run's): a new mask is coded over them. */
   support?: Uint8Array;
+  /**
+   * The positions it uploads and gets back aggregated (default: all of `mask`); the rest of the mask
+   * stays private (FedSA-LoRA shares only A).
+   */
+  share?: Uint8Array;
   samples: number;
   metrics?: Record<string, number>;
 }
@@ -119,6 +124,8 @@ export class FederatedClient {
   private state: SavedState | null = null;
   private adapterBuf: Float32Array | null = null;
   private maskBuf: Uint8Array | null = null;
+  /** The part of the mask uploaded (what `ackedMaskRef` names); the mask itself when all is shared. */
+  private shareBuf: Uint8Array | null = null;
   private readonly storage: ClientStorage;
   private readonly fetchImpl: typeof fetch;
   private readonly sleep: (ms: number) => Promise<void>;
@@ -141,6 +148,8 @@ export class FederatedClient {
         if (a && a.byteLength === s.adapterSize * 4) c.adapterBuf = new Float32Array(a.slice().buffer);
         const m = await c.storage.get("mask.u8");
         if (m && m.byteLength === s.adapterSize) c.maskBuf = m;
+        const sh = await c.storage.get("share.u8");
+        c.shareBuf = sh && sh.byteLength === s.adapterSize ? sh : c.maskBuf;
       }
     }
     return c;
@@ -333,14 +342,14 @@ export class FederatedClient {
     } catch (e) {
       // The server does not hold the mask we referenced (it lost our acknowledgement, or another
       // instance moved on): send the same update with the mask itself.
-      if (!(e instanceof FederatedClientError && e.code === "mask_unknown" && this.maskBuf)) throw e;
-      body = attachMask(body, this.maskBuf);
+      if (!(e instanceof FederatedClientError && e.code === "mask_unknown" && this.shareBuf)) throw e;
+      body = attachMask(body, this.shareBuf);
       await this.storage.set("pending.safetensors", body);
       status = await this.post(round, body);
     }
     if (status !== "late") {
       this.state!.lastRound = round;
-      if (this.maskBuf) this.state!.ackedMaskRef = await maskRef(packMask(this.maskBuf));
+      if (this.shareBuf) this.state!.ackedMaskRef = await maskRef(packMask(this.shareBuf));
     }
     this.state!.pendingRound = null;
     await this.save();
@@ -379,17 +388,22 @@ export class FederatedClient {
     this.maskBuf = res.mask.slice();
     // A method that aggregates nothing (local-only) reports its metrics with an empty mask.
     const shares = strategyFor(task.method).aggregates;
+    if (res.share && res.share.length !== n) {
+      throw new Error(`trainer returned a share of ${res.share.length}`);
+    }
+    this.shareBuf = shares ? (res.share ?? res.mask).slice() : new Uint8Array(n);
     const { body } = await encodeRoundUpdate({
       run: task.run,
       round: task.round,
       samples: res.samples,
       metrics: res.metrics,
       values: shares ? res.values : new Float32Array(n),
-      mask: shares ? res.mask : new Uint8Array(n),
+      mask: this.shareBuf,
       support: res.support,
     }, shares ? st.ackedMaskRef : undefined);
     await this.storage.set("adapter.f32", new Uint8Array(this.adapterBuf.buffer));
     await this.storage.set("mask.u8", this.maskBuf);
+    await this.storage.set("share.u8", this.shareBuf);
     await this.storage.set("pending.safetensors", body);
     st.pendingRound = task.round;
     await this.save();

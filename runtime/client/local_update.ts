@@ -9,7 +9,7 @@ import type { Batch, TextTokenizer } from "../data/types.ts";
 import { AdamW, clipGradNorm } from "../model/optim.ts";
 import { kernels } from "../kernels/mod.ts";
 import { accumulateImportance } from "../perfit/importance.ts";
-import type { AdapterLayout } from "../perfit/layout.ts";
+import { type AdapterLayout, kindMask } from "../perfit/layout.ts";
 import { type Allocation, makePrunePlan, type PrunePlan, pruneStage, randomMask } from "../perfit/prune.ts";
 import { reviveDeadComponents, stageBoundaries } from "../perfit/reexpand.ts";
 import type { ClientData } from "../federation/partition.ts";
@@ -125,6 +125,8 @@ export class LocalLearner {
     let stage = 0;
     let lossSum = 0;
     const steps = Math.max(ins.steps, boundaries.length ? boundaries[T - 1] : 0);
+    // Frozen matrices take part in the forward pass but get no update (and no share of the clip norm).
+    const frozen = ins.frozen ? kindMask(this.layout, ins.frozen) : null;
     for (let s = 1; s <= steps; s++) {
       const res = await this.engine.trainStep(this.nextBatch(), this.adapter, this.mask);
       if (!Number.isFinite(res.loss)) {
@@ -132,8 +134,9 @@ export class LocalLearner {
       }
       lossSum += res.loss;
       if (importance && stage < T) accumulateImportance(importance, res.importance, cfg.importance);
+      if (frozen) { for (let i = 0; i < frozen.length; i++) if (frozen[i]) res.grads[i] = 0; }
       if (cfg.clipNorm > 0) clipGradNorm(res.grads, cfg.clipNorm);
-      adam.step(this.adapter, res.grads, this.mask);
+      adam.step(this.adapter, res.grads, frozen ? this.mask.map((m, i) => m & (1 - frozen[i])) : this.mask);
       while (importance && stage < T && s === boundaries[stage]) {
         stage++;
         this.setMask(pruneStage(importance, this.mask, this.plan, stage, T, cfg.schedule, k));

@@ -10,7 +10,15 @@
 import { deriveSeed, shuffled } from "../data/rng.ts";
 
 /** Every method compared in the results table. */
-export type Method = "perfit" | "fedit" | "local" | "base" | "perfit-random-mask" | "perfit-e1";
+export type Method =
+  | "perfit"
+  | "fedit"
+  | "local"
+  | "base"
+  | "perfit-random-mask"
+  | "perfit-e1"
+  | "fedsa"
+  | "ffa";
 /** The methods a coordinator serves: all but the frozen base, which has nothing to federate. */
 export type DeployedMethod = Exclude<Method, "base">;
 
@@ -43,6 +51,14 @@ export interface MethodStrategy {
   readonly personalMask: boolean;
   /** Every upload must cover every position (FedIT): the mask is all ones and never stored. */
   readonly denseMask: boolean;
+  /**
+   * The part of its mask a client uploads and gets back aggregated; the rest stays private:
+   * everything (PerFIT, FedIT), only the A matrices (FedSA-LoRA keeps B local), only B (FFA-LoRA),
+   * or nothing (local-only).
+   */
+  readonly shares: "mask" | "A" | "B" | "none";
+  /** Matrices kept at the run's shared initialisation and never trained (FFA-LoRA: A). */
+  readonly frozen?: "A" | "B";
   /**
    * What a sampled client does in `round`: `firstTime` when it has no mask yet; `researchEvery`
    * re-runs the search every k rounds (0 = only the first time).
@@ -82,6 +98,7 @@ const base = {
   expands: false,
   personalMask: false,
   denseMask: false,
+  shares: "mask" as const,
   aggregateMetrics: weightedMetrics,
 };
 
@@ -96,8 +113,8 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     configure: perfitPlan,
   },
   fedit: { ...base, name: "fedit", deployed: true, denseMask: true, configure: noSearch },
-  local: { ...base, name: "local", deployed: true, aggregates: false, configure: noSearch },
-  base: { ...base, name: "base", trains: false, aggregates: false, configure: noSearch },
+  local: { ...base, name: "local", deployed: true, aggregates: false, shares: "none", configure: noSearch },
+  base: { ...base, name: "base", trains: false, aggregates: false, shares: "none", configure: noSearch },
   "perfit-random-mask": {
     ...base,
     name: "perfit-random-mask",
@@ -109,6 +126,21 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
       search: !firstTime && perfitPlan(round, false, every).search,
       randomMask: firstTime,
     }),
+  },
+  // FedSA-LoRA (Guo et al., ICLR 2025; authors' code: `personalization.local_param: ['lora_B']` with
+  // sample-weighted FedAvg of the rest): A and B trained, only A shared. Its fixed A mask is stored
+  // once like a PerFIT mask and named by reference after.
+  fedsa: { ...base, name: "fedsa", deployed: true, personalMask: true, shares: "A", configure: noSearch },
+  // FFA-LoRA (Sun et al., ICLR 2024; FedSA-LoRA's code: `freeze_A` sets lora_A requires_grad False):
+  // A stays at the shared random init, only B is trained and shared: half of FedIT's traffic.
+  ffa: {
+    ...base,
+    name: "ffa",
+    deployed: true,
+    personalMask: true,
+    shares: "B",
+    frozen: "A",
+    configure: noSearch,
   },
   // PerFIT with every client at e = 1: nothing to prune, so it must equal FedIT (a code-path check).
   "perfit-e1": { ...base, name: "perfit-e1", deployed: true, personalMask: true, configure: perfitPlan },

@@ -86,6 +86,8 @@ export interface FitIns {
   search: boolean;
   /** Use a random mask of the budget instead of importance (ablation). */
   randomMask: boolean;
+  /** Matrices kept at their initialisation (FFA-LoRA freezes A). */
+  frozen?: "A" | "B";
 }
 
 /** A client's answer (Flower FitRes). */

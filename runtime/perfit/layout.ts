@@ -106,3 +106,10 @@ export function moduleGroups(layout: AdapterLayout): { key: string; ranges: [num
   }
   return [...byKey].map(([key, ranges]) => ({ key, ranges }));
 }
+
+/** 0/1 over the layout: 1 at every position of its A matrices (`kind` "A") or of its B matrices. */
+export function kindMask(layout: AdapterLayout, kind: "A" | "B"): Uint8Array {
+  const out = new Uint8Array(layout.size);
+  for (const e of layout.entries) if (e.kind === kind) out.fill(1, e.offset, e.offset + e.size);
+  return out;
+}
