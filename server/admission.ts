@@ -13,14 +13,22 @@ import { RetryableError } from "./run_state.ts";
 
 /** Most uploads per commit: 2 mutations each + 1 must stay under KV's 1000, and 800 KiB in total. */
 export const MAX_GROUP = 400;
+/**
+ * Most metrics one upload may report. Every name an upload reports is kept in its record and may
+ * reach the round summary, so names are few and short whatever the wire format lets through.
+ */
+export const MAX_METRICS = 8;
+/** A metric name: an identifier-like word of at most 32 characters. */
+export const METRIC_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,31}$/;
+
 /** The run's tiers, smallest expansion first: the order in which joins are assigned round-robin. */
 export function tierOrder(cfg: RunConfig): string[] {
   return Object.keys(cfg.expansionTiers).sort((a, b) => cfg.expansionTiers[a] - cfg.expansionTiers[b]);
 }
 
-/** Refuses a requested tier the run does not define. */
+/** Refuses a requested tier the run does not define (an own key: "toString" is not a tier). */
 export function checkTier(cfg: RunConfig, requested: string | undefined): void {
-  if (requested !== undefined && !(requested in cfg.expansionTiers)) {
+  if (requested !== undefined && !Object.hasOwn(cfg.expansionTiers, requested)) {
     throw invalid("unknown_tier", `tier must be one of ${tierOrder(cfg).join(", ")}`);
   }
 }
@@ -113,10 +121,39 @@ export function checkUpdate(cfg: RunConfig, strategy: MethodStrategy, u: Decoded
   if (!(norm <= cfg.maxNorm)) {
     throw invalid("norm_bound", `update L2 norm ${norm.toFixed(3)} exceeds ${cfg.maxNorm}`);
   }
+  checkMetrics(u.metrics);
   return norm;
+}
+
+/** At most MAX_METRICS metrics, each named by METRIC_NAME and a finite number. */
+export function checkMetrics(metrics: Record<string, number>): void {
+  if (metrics === null || typeof metrics !== "object" || Array.isArray(metrics)) {
+    throw invalid("bad_metrics", "metrics must be an object");
+  }
+  const names = Object.keys(metrics);
+  if (names.length > MAX_METRICS) {
+    throw invalid("bad_metrics", `at most ${MAX_METRICS} metrics, got ${names.length}`);
+  }
+  for (const k of names) {
+    if (!METRIC_NAME.test(k)) {
+      throw invalid("bad_metrics", `metric names must match ${METRIC_NAME.source}, got ${JSON.stringify(k)}`);
+    }
+    const v = metrics[k];
+    if (typeof v !== "number" || !Number.isFinite(v)) {
+      throw invalid("bad_metrics", `metric ${k} must be a finite number`);
+    }
+  }
 }
 
 /** The open round's deadline passed with a quorum in (counting uploads queued for commit). */
 export function closeDue(cfg: RunConfig, round: RoundRecord, queued: number, now: number): boolean {
   return round.status === "open" && now >= round.deadline && round.accepted + queued >= cfg.quorum;
+}
+
+/**
+ * Every slot of the open round is durably taken: nothing more can be admitted, so it closes now
+ * (normally right after its last commit; after a crash between that commit and the close, on load).
+ */
+export function roundComplete(cfg: RunConfig, round: RoundRecord, accepted: number): boolean {
+  return round.status === "open" && round.accepted >= cfg.quorum && accepted >= cfg.clientsPerRound;
 }

@@ -8,6 +8,7 @@
  *   round_close.ts   round close through the method's strategy, and the global adapter
  *   mask_store.ts    clients' stored masks and mask references
  *   clients.ts       joins and client records
+ *   sweep.ts         what a crash left behind, deleted when a run is first loaded
  *   read_model.ts    every read of KV for display
  */
 import { chunkCount } from "./kv_chunks.ts";
@@ -24,6 +25,7 @@ import {
 import { andBits, bitWords, gatherBits, maskRef, popcountBits } from "../runtime/kernels/bits.ts";
 import { b64url } from "./tokens.ts";
 import { checksum128 } from "./checksum.ts";
+import { BoundedCache } from "./bounded_cache.ts";
 import { defaultFolder, type Folder } from "./folder.ts";
 import { ReadModel, type RunMetrics } from "./read_model.ts";
 import {
@@ -32,6 +34,7 @@ import {
   checkUpdate,
   priorUpload,
   roundClosed,
+  roundComplete,
   roundNotOpen,
   roundPosition,
 } from "./admission.ts";
@@ -39,7 +42,8 @@ import { ClientRegistry } from "./clients.ts";
 import { GroupCommit } from "./group_commit.ts";
 import { MaskStore } from "./mask_store.ts";
 import { openRound, RoundCloser } from "./round_close.ts";
-import { deferred, type Pending, RetryableError, RunCache } from "./run_state.ts";
+import { deferred, type Pending, RetryableError, RunCache, type RunState } from "./run_state.ts";
+import { sweepRun } from "./sweep.ts";
 
 export { RetryableError } from "./run_state.ts";
 export { summarize } from "./round_close.ts";
@@ -51,6 +55,15 @@ export interface UploadResult {
   round: number;
 }
 
+/** Tuning of one coordinator instance. */
+export interface CoordinatorOptions {
+  /**
+   * Runs whose state (8·N bytes of accumulators each) stays loaded; past it the least recently used
+   * idle ones are dropped and reloaded from KV on their next request.
+   */
+  maxLoadedRuns?: number;
+}
+
 /** Runs, rounds, clients and streaming aggregation, all persisted in one Deno KV. */
 export class Coordinator {
   private readonly reads: ReadModel;
@@ -58,9 +71,11 @@ export class Coordinator {
   private readonly maskStore: MaskStore;
   private readonly commits: GroupCommit;
   private readonly closer: RoundCloser;
+  /** Runs this instance has swept (see sweep.ts): once per run and instance is enough. */
+  private readonly swept = new BoundedCache<true>(10_000);
   /**
    * Clean-up that no request waits for (deleting a closed round's accumulators, replaced masks, an
-   * old global generation, another instance's slot). Tracked so that `settled` and
+   * old global generation, another instance's slot, the load sweep). Tracked so that `settled` and
    * `close` can wait for it: untracked, it lands at an arbitrary later moment, after the KV may be
    * closed.
    */
@@ -75,9 +90,10 @@ export class Coordinator {
     private readonly kv: Deno.Kv,
     private readonly now: () => number = Date.now,
     private readonly folder: Folder = defaultFolder(),
+    options: CoordinatorOptions = {},
   ) {
     this.reads = new ReadModel(kv);
-    this.runs = new RunCache(kv, folder);
+    this.runs = new RunCache(kv, folder, options.maxLoadedRuns ?? 16, (st) => this.loaded(st));
     this.maskStore = new MaskStore(kv);
     this.clients = new ClientRegistry(kv, now);
     const instance = b64url(crypto.getRandomValues(new Uint8Array(6)));
@@ -91,6 +107,18 @@ export class Coordinator {
       cleanUp,
     );
     this.closer = new RoundCloser(kv, now, folder, this.runs, this.commits, this.maskStore, cleanUp);
+  }
+
+  /** A freshly loaded run: sweep what a crash left, and close a round that a crash left full. */
+  private loaded(st: RunState): void {
+    const id = st.run.id;
+    if (!this.swept.get(id)) {
+      this.swept.set(id, true);
+      this.cleanUp(sweepRun(this.kv, st.run, [...st.uploads.values()], this.now()));
+    }
+    if (st.round && roundComplete(st.run.config, st.round, st.uploads.size)) {
+      this.closer.closeRound(st).catch(() => {});
+    }
   }
 
   /** Runs clean-up in the background, tracked. A failure leaves garbage behind, never wrong state. */
@@ -345,6 +373,11 @@ export class Coordinator {
   /** Uploads of a loaded run that are admitted but not yet durably committed (0 if not loaded). */
   inFlight(runId: string): number {
     return this.runs.peek(runId)?.pending.size ?? 0;
+  }
+
+  /** Ids of the runs whose state this instance holds, least recently used first. */
+  loadedRuns(): string[] {
+    return this.runs.ids();
   }
 
   /** Rounds timeline with per-client metrics, for dashboards (read model: server/read_model.ts). */

@@ -1,6 +1,8 @@
 /**
  * Run state and its cache: the in-memory view of each run that this instance serves, rebuilt from
- * KV on first use and after any failed commit.
+ * KV on first use and after any failed commit. A state is the only holder of a round's accumulators
+ * (8·N bytes), so the cache is bounded: past `maxLoaded` runs, the least recently used idle ones are
+ * dropped and reloaded from KV when next asked for.
  */
 import { notFound } from "./errors.ts";
 import { f32Bytes, MissingBlobError, readChunks } from "./kv_chunks.ts";
@@ -53,6 +55,8 @@ export interface RunState {
   closing: boolean;
   dead: boolean;
   chain: Promise<void>;
+  /** Jobs enqueued on `chain` that have not finished (a state with any is never evicted). */
+  running: number;
   /** Incremented by every commit of this instance (see `stale`). */
   commits: number;
   global: GlobalAdapter | null;
@@ -78,13 +82,21 @@ export function deferred(): { done: Promise<void>; resolve: () => void; reject: 
 /** The states of the runs this instance has loaded. */
 export class RunCache {
   private states = new Map<string, Promise<RunState>>();
-  /** The settled state behind each entry of `states` (so a dead state never evicts its successor). */
+  /** The settled state behind each entry of `states` (so a dead state never evicts its successor), LRU first. */
   private loaded = new Map<string, RunState>();
   /** Uploads per run whose bodies are being received (see `expect`). */
   private arriving = new Map<string, number>();
   closed = false;
 
-  constructor(private readonly kv: Deno.Kv, private readonly folder: Folder) {}
+  /** `onLoad` sees every freshly loaded state before any request does. */
+  constructor(
+    private readonly kv: Deno.Kv,
+    private readonly folder: Folder,
+    private readonly maxLoaded: number,
+    private readonly onLoad: (st: RunState) => void,
+  ) {
+    if (!(maxLoaded >= 1)) throw new RangeError("maxLoadedRuns must be at least 1");
+  }
 
   /**
    * The run's state. `revalidate: false` skips the read that detects other instances' commits: the
@@ -98,6 +110,8 @@ export class RunCache {
     if (!p) {
       p = this.load(id).then((st) => {
         this.loaded.set(id, st);
+        this.evict(st);
+        this.onLoad(st);
         return st;
       });
       this.states.set(id, p);
@@ -107,6 +121,10 @@ export class RunCache {
       if (st.dead) {
         if (this.states.get(id) === p) this.states.delete(id);
         return this.get(id, revalidate);
+      }
+      if (this.loaded.get(id) === st) {
+        this.loaded.delete(id);
+        this.loaded.set(id, st);
       }
       if (revalidate && await this.stale(st)) {
         this.kill(st, new Error("another instance changed the run"));
@@ -129,6 +147,11 @@ export class RunCache {
   /** Every state loaded or being loaded. */
   loading(): Promise<RunState>[] {
     return [...this.states.values()];
+  }
+
+  /** Ids of the loaded runs, least recently used first. */
+  ids(): string[] {
+    return [...this.loaded.keys()];
   }
 
   clear(): void {
@@ -155,22 +178,51 @@ export class RunCache {
 
   /** Serializes commits and closes per run. */
   enqueue<T>(st: RunState, f: () => Promise<T>): Promise<T> {
+    st.running++;
     const p = st.chain.then(f);
-    st.chain = p.then(() => {}, () => {});
+    const done = () => {
+      st.running--;
+    };
+    st.chain = p.then(done, done);
     return p;
   }
 
   /** Drops a state whose memory may disagree with KV; everything waiting on it is told to retry. */
   kill(st: RunState, why: unknown): void {
     st.dead = true;
-    if (this.loaded.get(st.run.id) === st) {
-      this.loaded.delete(st.run.id);
-      this.states.delete(st.run.id);
-    }
+    this.forget(st);
     const err = new RetryableError(`state reloaded after a failed commit: ${(why as Error)?.message ?? why}`);
     for (const p of [...st.queue, ...st.pending.values()]) p.reject(err);
     st.queue = [];
     st.pending.clear();
+  }
+
+  private forget(st: RunState): void {
+    if (this.loaded.get(st.run.id) === st) {
+      this.loaded.delete(st.run.id);
+      this.states.delete(st.run.id);
+    }
+  }
+
+  /** Nothing of the run is in flight here: dropping the state loses nothing that KV lacks. */
+  private idle(st: RunState): boolean {
+    return st.running === 0 && st.pending.size === 0 && st.queue.length === 0 && st.folding === 0 &&
+      !st.flushing && !st.closing && this.arrivals(st.run.id) === 0;
+  }
+
+  /**
+   * Past the bound, drops idle states, least recently used first. A dropped state is marked dead so
+   * that a request still holding it reloads (or retries) rather than commit from a detached copy
+   * that `settled` and `close` no longer see. Busy states stay: the cache may exceed the bound by
+   * the runs with work in flight, never by idle ones.
+   */
+  private evict(keep: RunState): void {
+    for (const st of this.loaded.values()) {
+      if (this.loaded.size <= this.maxLoaded) return;
+      if (st === keep || !this.idle(st)) continue;
+      st.dead = true;
+      this.forget(st);
+    }
   }
 
   /**
@@ -222,6 +274,7 @@ export class RunCache {
       closing: false,
       dead: false,
       chain: Promise.resolve(),
+      running: 0,
       commits: 0,
       global: null,
       lastMasks: new Map(),
