@@ -113,3 +113,32 @@ export async function deletePrefix(kv: Deno.Kv, prefix: Deno.KvKey): Promise<voi
 export function f32Bytes(a: Float32Array): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
+
+/**
+ * The distinct key parts right below `prefix`, in key order: one single-entry read per part, so a
+ * walk over a few blob generations reads a chunk of each instead of every chunk. Parts other than
+ * strings and numbers end the walk (this store writes none below the prefixes walked).
+ */
+export async function* childParts(kv: Deno.Kv, prefix: Deno.KvKey): AsyncGenerator<string | number> {
+  let start: Deno.KvKey | null = null;
+  for (;;) {
+    const selector: Deno.KvListSelector = start ? { prefix, start } : { prefix };
+    const first: IteratorResult<Deno.KvEntry<unknown>> = await kv.list(selector, { limit: 1 }).next();
+    if (first.done) return;
+    const part: Deno.KvKeyPart | undefined = first.value.key[prefix.length];
+    if (typeof part === "string") start = [...prefix, `${part}\0`];
+    else if (typeof part === "number" && part < Infinity) start = [...prefix, nextUp(part)];
+    else return;
+    yield part;
+  }
+}
+
+/** The least number above x (x finite): the first key part after every key below `[..., x]`. */
+function nextUp(x: number): number {
+  if (x === 0) return Number.MIN_VALUE;
+  const b = new DataView(new ArrayBuffer(8));
+  b.setFloat64(0, x);
+  const bits = b.getBigUint64(0);
+  b.setBigUint64(0, x > 0 ? bits + 1n : bits - 1n);
+  return b.getFloat64(0);
+}

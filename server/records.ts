@@ -15,7 +15,11 @@
  *   ["upload", run, r, client]            UploadRecord (the accepted marker; its id makes replays idempotent)
  *   ["mask", run, client, r, i]           a client's mask bitmask, stored in the first round it was uploaded
  *                                       (the mask it replaces is deleted when that round closes)
- *   ["lastmask", run, client]             {round, popcount}: which mask is the client's latest
+ *   ["lastmask", run, client]             {round, popcount, hash}: which mask is the client's latest
+ *
+ * Values are bounded whatever clients send: an upload's metrics are admitted only when few and
+ * short (admission.ts), and a round summary keeps a bounded number of them (round_close.ts).
+ * What a crash or a lost clean-up leaves behind is swept when an instance loads the run (sweep.ts).
  */
 import type { RunConfig } from "./run_config.ts";
 
@@ -104,8 +108,10 @@ export const K = {
   rounds: (run: string): Deno.KvKey => ["round", run],
   acc: (run: string, r: number, gen: string, part: "s" | "w"): Deno.KvKey => ["acc", run, r, gen, part],
   accRound: (run: string, r: number): Deno.KvKey => ["acc", run, r],
+  accsOf: (run: string): Deno.KvKey => ["acc", run],
   global: (run: string, gen: string, part: "v" | "c"): Deno.KvKey => ["global", run, gen, part],
   globalGen: (run: string, gen: string): Deno.KvKey => ["global", run, gen],
+  globalsOf: (run: string): Deno.KvKey => ["global", run],
   client: (run: string, c: string): Deno.KvKey => ["client", run, c],
   clientsOf: (run: string): Deno.KvKey => ["client", run],
   clientCount: (run: string): Deno.KvKey => ["clients", run],
@@ -113,5 +119,7 @@ export const K = {
   uploadsOf: (run: string, r: number): Deno.KvKey => ["upload", run, r],
   uploadsAll: (run: string): Deno.KvKey => ["upload", run],
   mask: (run: string, c: string, r: number): Deno.KvKey => ["mask", run, c, r],
+  masksOfClient: (run: string, c: string): Deno.KvKey => ["mask", run, c],
+  masksOf: (run: string): Deno.KvKey => ["mask", run],
   lastMask: (run: string, c: string): Deno.KvKey => ["lastmask", run, c],
 };

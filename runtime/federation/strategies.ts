@@ -68,19 +68,23 @@ export interface MethodStrategy {
   aggregateMetrics(uploads: ReportedMetrics[]): Record<string, number>;
 }
 
-/** Sample-weighted means of every metric that some upload reported. */
+/**
+ * Sample-weighted means of every metric that some upload reported. Metric names are clients' data,
+ * so they key a Map, never a plain object ("constructor" or "__proto__" would find Object.prototype's
+ * members); the result is a plain object whose keys are all own data properties.
+ */
 export function weightedMetrics(uploads: ReportedMetrics[]): Record<string, number> {
-  const sums: Record<string, number> = {};
-  const ws: Record<string, number> = {};
+  const acc = new Map<string, { sum: number; weight: number }>();
   for (const u of uploads) {
     for (const [k, v] of Object.entries(u.metrics)) {
-      sums[k] = (sums[k] ?? 0) + v * u.samples;
-      ws[k] = (ws[k] ?? 0) + u.samples;
+      const a = acc.get(k);
+      if (a) {
+        a.sum += v * u.samples;
+        a.weight += u.samples;
+      } else acc.set(k, { sum: v * u.samples, weight: u.samples });
     }
   }
-  const out: Record<string, number> = {};
-  for (const k of Object.keys(sums)) out[k] = sums[k] / ws[k];
-  return out;
+  return Object.fromEntries([...acc].map(([k, a]) => [k, a.sum / a.weight]));
 }
 
 const noSearch = (): ClientPlan => ({ search: false, randomMask: false });

@@ -1,0 +1,97 @@
+/**
+ * Clients of a run: joining (a counter guarded by its versionstamp assigns each client its join
+ * order and tier) and the cache of client records, which are immutable once joined.
+ */
+import { conflict, gone, notFound } from "./errors.ts";
+import { type ClientRecord, K } from "./records.ts";
+import type { RunConfig } from "./run_config.ts";
+import { b64url } from "./tokens.ts";
+import { BoundedCache } from "./bounded_cache.ts";
+import { assignTier, checkTier } from "./admission.ts";
+import { RetryableError } from "./run_state.ts";
+
+/** Client records kept in memory (a few hundred bytes each). */
+const CLIENT_CACHE = 50_000;
+
+/** What a join needs to know of its run. */
+export interface JoinTarget {
+  id: string;
+  done: boolean;
+  config: RunConfig;
+}
+
+/** Joins and client records of every run. */
+export class ClientRegistry {
+  /** The tail of each run's joins in flight (see `join`). */
+  private locks = new Map<string, Promise<unknown>>();
+  /** Client records are immutable once joined, so every instance may keep the ones it has read. */
+  private records = new BoundedCache<ClientRecord>(CLIENT_CACHE);
+
+  constructor(private readonly kv: Deno.Kv, private readonly now: () => number) {}
+
+  /** Registers a client, assigns its tier (requested, else round-robin by join order). */
+  join(
+    run: () => Promise<JoinTarget>,
+    runId: string,
+    req: { name?: string; tier?: string },
+  ): Promise<ClientRecord> {
+    // Joins of one run are serialized in-process so the counter check rarely conflicts; the
+    // versionstamp check still guards against other instances (Deno Deploy), with retries.
+    const prev = this.locks.get(runId) ?? Promise.resolve();
+    const p = prev.then(async () => this.joinOnce(await run(), req));
+    const tail = p.catch(() => {});
+    this.locks.set(runId, tail);
+    tail.then(() => {
+      if (this.locks.get(runId) === tail) this.locks.delete(runId);
+    });
+    return p;
+  }
+
+  /** Joins in flight (for `settled`). */
+  inFlight(): Promise<unknown>[] {
+    return [...this.locks.values()];
+  }
+
+  private async joinOnce(run: JoinTarget, req: { name?: string; tier?: string }): Promise<ClientRecord> {
+    const { id: runId, config: cfg } = run;
+    if (run.done) throw gone("run_done", `run ${runId} has finished`);
+    checkTier(cfg, req.tier);
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const cnt = await this.kv.get<{ count: number }>(K.clientCount(runId));
+      const seq = cnt.value?.count ?? 0;
+      if (seq >= cfg.maxClients) {
+        throw conflict("run_full", `run ${runId} already has ${cfg.maxClients} clients`);
+      }
+      const id = `c_${b64url(crypto.getRandomValues(new Uint8Array(9)))}`;
+      const tier = assignTier(cfg, req.tier, seq);
+      const rec: ClientRecord = {
+        id,
+        run: runId,
+        name: req.name ?? "",
+        tier,
+        expansion: cfg.expansionTiers[tier],
+        joinedAt: this.now(),
+        seq,
+      };
+      const res = await this.kv.atomic()
+        .check(cnt)
+        .check({ key: K.client(runId, id), versionstamp: null })
+        .set(K.clientCount(runId), { count: seq + 1 })
+        .set(K.client(runId, id), rec)
+        .commit();
+      if (res.ok) return rec;
+    }
+    throw new RetryableError("join contention, retry");
+  }
+
+  /** A client's record, or 404. */
+  async get(runId: string, clientId: string): Promise<ClientRecord> {
+    const key = `${runId}/${clientId}`;
+    const hit = this.records.get(key);
+    if (hit) return hit;
+    const c = await this.kv.get<ClientRecord>(K.client(runId, clientId));
+    if (!c.value) throw notFound(`no client ${clientId} in run ${runId}`);
+    this.records.set(key, c.value);
+    return c.value;
+  }
+}

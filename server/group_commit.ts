@@ -1,0 +1,236 @@
+/**
+ * Group commit: an admitted upload is folded into the open round's in-memory accumulators at once,
+ * then waits for the next commit. A commit writes the sum as a blob generation (`stage`) and, in ONE
+ * atomic operation guarded by the round record's versionstamp, points the round at it and writes
+ * every upload marker of the group (`flip`). So an upload is acknowledged only once its contribution
+ * and its marker are durable together, and a replay finds the marker (idempotent, never counted
+ * twice). A crash loses only unacknowledged uploads, which clients retry. Commits run one at a time
+ * per run; while one is in flight the next group gathers (see `gather`).
+ */
+import { deleteChunks, f32Bytes, writeBlobs } from "./kv_chunks.ts";
+import { strategyFor } from "../runtime/federation/strategies.ts";
+import { K, type RoundRecord } from "./records.ts";
+import type { DecodedUpdate } from "../runtime/client/wire.ts";
+import type { Folder } from "./folder.ts";
+import { MAX_GROUP } from "./admission.ts";
+import { lastMaskRecord } from "./mask_store.ts";
+import { type Pending, RetryableError, type RunCache, type RunState } from "./run_state.ts";
+
+const DEBUG = (() => {
+  try {
+    return Deno.env.get("PERFIT_DEBUG") === "1";
+  } catch {
+    return false;
+  }
+})();
+
+/** Longest a group waits for uploads still being received (see `gather`). */
+const MAX_GATHER_MS = 250;
+
+/** A group whose blobs are written and whose pointer flip is next. */
+interface Staged {
+  group: Pending[];
+  /** The sum slot written, or null for runs without a sum (local). */
+  slot: string | null;
+  t0: number;
+  t1: number;
+}
+
+/** Folds admitted uploads and commits them in groups. */
+export class GroupCommit {
+  /**
+   * `instance` names this instance's accumulator slots; `closeNow` closes a round that the last
+   * commit filled (called inside the run's chain); `cleanUp` tracks background deletions.
+   */
+  constructor(
+    private readonly kv: Deno.Kv,
+    private readonly folder: Folder,
+    private readonly runs: RunCache,
+    private readonly instance: string,
+    private readonly closeNow: (st: RunState) => Promise<void>,
+    private readonly cleanUp: (work: Promise<void>) => void,
+  ) {}
+
+  /**
+   * Takes an admitted upload: it counts as pending from the first (synchronous) statement, so the
+   * caller must call this with no await between its checks and here; resolves once durable.
+   */
+  async commit(st: RunState, p: Pending, u: DecodedUpdate, folded?: () => void): Promise<void> {
+    // From here on a duplicate of this upload waits for this one instead of folding twice.
+    st.pending.set(p.client, p);
+    folded?.(); // from here on `gather` counts it among the group-to-be (as folding, then queued)
+    if (st.acc) {
+      st.folding++;
+      try {
+        await this.folder.fold(st.acc, u.maskBits, u.values, u.samples);
+      } catch (e) {
+        // Inputs are validated before this, so a failed fold means a broken worker, which may have
+        // left a partial fold behind: reload the run from KV (every uncommitted upload is retried).
+        this.runs.kill(st, e);
+        throw new RetryableError(`fold failed: ${(e as Error).message}`);
+      } finally {
+        st.folding--;
+      }
+    }
+    u.values = new Float32Array(0); // the values live on only in the accumulator: free them now
+    if (st.dead) throw new RetryableError("run state was reloaded, retry");
+    st.queue.push(p);
+    this.kickFlush(st);
+    await p.done;
+  }
+
+  private kickFlush(st: RunState): void {
+    if (st.dead) {
+      this.runs.kill(st, new Error("state reloaded"));
+      return;
+    }
+    if (st.flushing) return;
+    st.flushing = true;
+    this.runs.enqueue(st, async () => {
+      try {
+        while (st.queue.length > 0 && !st.dead) {
+          await this.gather(st);
+          if (st.dead || st.queue.length === 0) break;
+          await this.flush(st);
+        }
+      } finally {
+        st.flushing = false;
+      }
+      if (!st.dead && st.round && st.uploads.size >= st.run.config.clientsPerRound && !st.closing) {
+        await this.closeNow(st);
+      }
+    }).catch(() => {});
+  }
+
+  /**
+   * Before a commit, waits (at most MAX_GATHER_MS) while more uploads of the run are still being
+   * received than are queued. Every commit rewrites the whole sum (4·N bytes), so a commit started
+   * by the first upload of a burst would write it for that one upload while the rest of the burst
+   * waits for the next. Waiting only while arrivals outnumber the queue makes a closed loop of C
+   * clients settle into groups of about C/2: one committing on KV's writer thread while the other
+   * is received and folded on the JS thread, so both cores work. With nothing arriving (light load)
+   * it commits at once.
+   */
+  private async gather(st: RunState): Promise<void> {
+    const until = performance.now() + MAX_GATHER_MS;
+    const full = () =>
+      st.queue.length >= MAX_GROUP || st.uploads.size + st.pending.size >= st.run.config.clientsPerRound;
+    const arriving = () => this.runs.arrivals(st.run.id);
+    while (!st.dead && !full() && arriving() > st.queue.length + st.folding && performance.now() < until) {
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  }
+
+  /**
+   * One group commit: `stage`, then `flip`. Must run inside the run's chain. (Pipelining the next
+   * group's `stage` under this group's `flip`, with a third slot, was measured and did not help:
+   * the writer thread is busy either way, and the groups got smaller.)
+   */
+  async flush(st: RunState): Promise<void> {
+    const staged = await this.stage(st);
+    await this.flip(st, staged).catch(() => {});
+  }
+
+  /**
+   * First half of a group commit: takes the queued uploads, snapshots the sum and writes it and the
+   * group's new masks as blobs. Nothing is visible until `flip`. Each instance keeps two sum slots
+   * of its own and writes the one the round does not point at: rewriting a key with a value of the
+   * same size lets SQLite overwrite its pages in place (~2.7x less writer time than inserting a fresh
+   * generation and deleting the old one), and per-instance slots mean two instances (Deno Deploy
+   * isolates) never write the same keys.
+   */
+  private async stage(st: RunState): Promise<Staged> {
+    const runId = st.run.id;
+    const round = st.round!;
+    const t0 = performance.now();
+    const maskBlob = (p: Pending): [Deno.KvKey, Uint8Array] => [
+      K.mask(runId, p.client, round.index),
+      new Uint8Array(p.maskBits!.buffer, p.maskBits!.byteOffset, p.maskBits!.byteLength),
+    ];
+    // Uploads queued now belong to this group whatever else does: their masks are written while the
+    // folder catches up with the snapshot (masks are under round-specific keys: harmless if the flip
+    // never happens, and swept at the next load once the round is closed).
+    const early = st.queue.filter((p) => p.maskBits);
+    const earlyWrite = early.length > 0 ? writeBlobs(this.kv, early.map(maskBlob)) : null;
+    earlyWrite?.catch(() => {});
+    let group: Pending[] = [];
+    try {
+      // The snapshot holds every fold requested so far (the folder keeps them in order), and their
+      // uploads are queued by the time it resolves: the group is exactly those, so no contribution
+      // becomes durable without its marker. Admission keeps them within MAX_GROUP.
+      const last = st.foldSeq;
+      const snapshot = st.acc ? await this.folder.snapshot(st.acc) : null;
+      let take = 0;
+      while (take < st.queue.length && (snapshot === null || st.queue[take].seq <= last)) take++;
+      group = st.queue.splice(0, take);
+      const slot = round.accGen === `${this.instance}.0` ? `${this.instance}.1` : `${this.instance}.0`;
+      const blobs: [Deno.KvKey, Uint8Array][] = [];
+      if (snapshot) blobs.push([K.acc(runId, round.index, slot, "s"), f32Bytes(snapshot)]);
+      const written = new Set(early);
+      for (const p of group) if (p.maskBits && !written.has(p)) blobs.push(maskBlob(p));
+      await Promise.all([writeBlobs(this.kv, blobs), earlyWrite]);
+      return { group, slot: snapshot ? slot : null, t0, t1: performance.now() };
+    } catch (e) {
+      for (const p of group) p.reject(new RetryableError(`commit failed: ${(e as Error).message}`));
+      this.runs.kill(st, e);
+      throw e;
+    }
+  }
+
+  /**
+   * Second half: in one atomic operation guarded by the round's versionstamp, points the round at
+   * the staged sum and writes every upload marker of the group; then acknowledges the group.
+   */
+  private async flip(st: RunState, staged: Staged): Promise<void> {
+    const { group, slot } = staged;
+    const runId = st.run.id;
+    try {
+      if (st.dead) throw new Error("state was reloaded");
+      const round = st.round!;
+      const dense = strategyFor(st.run.config.method).denseMask;
+      const t1 = performance.now();
+      const next: RoundRecord = {
+        ...round,
+        accepted: round.accepted + group.length,
+        samples: round.samples + group.reduce((a, p) => a + p.record.samples, 0),
+        accGen: slot,
+      };
+      const op = this.kv.atomic().check({ key: K.round(runId, round.index), versionstamp: st.roundVs }).set(
+        K.round(runId, round.index),
+        next,
+      );
+      for (const p of group) {
+        op.set(K.upload(runId, round.index, p.client), p.record);
+        if (!dense) op.set(K.lastMask(runId, p.client), lastMaskRecord(p.record));
+      }
+      const res = await op.commit();
+      if (DEBUG) {
+        console.error(
+          `flush: group ${group.length}, blobs ${(staged.t1 - staged.t0).toFixed(0)} ms, flip ${
+            (performance.now() - t1).toFixed(0)
+          } ms`,
+        );
+      }
+      if (!res.ok) throw new Error("round record changed underneath (another instance?)");
+      const oldGen = round.accGen;
+      st.round = next;
+      st.roundVs = res.versionstamp;
+      st.commits++;
+      for (const p of group) {
+        st.uploads.set(p.client, p.record);
+        if (!dense) st.lastMasks.set(p.client, lastMaskRecord(p.record));
+        st.pending.delete(p.client);
+        p.maskBits = null;
+        p.resolve();
+      }
+      // Our own slots are rewritten by later commits; another instance's slot is ours to drop.
+      if (oldGen && st.acc && !oldGen.startsWith(`${this.instance}.`)) {
+        this.cleanUp(deleteChunks(this.kv, K.acc(runId, round.index, oldGen, "s"), st.acc.sum.byteLength));
+      }
+    } catch (e) {
+      for (const p of group) p.reject(new RetryableError(`commit failed: ${(e as Error).message}`));
+      this.runs.kill(st, e);
+      throw e;
+    }
+  }
+}
