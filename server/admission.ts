@@ -13,13 +13,10 @@ import { RetryableError } from "./run_state.ts";
 
 /** Most uploads per commit: 2 mutations each + 1 must stay under KV's 1000, and 800 KiB in total. */
 export const MAX_GROUP = 400;
-/**
- * Most metrics one upload may report. Every name an upload reports is kept in its record and may
- * reach the round summary, so names are few and short whatever the wire format lets through.
- */
-export const MAX_METRICS = 8;
-/** A metric name: an identifier-like word of at most 32 characters. */
-export const METRIC_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,31}$/;
+// The metric rule is the wire format's (one definition); admission re-checks it for callers of the
+// Coordinator API that bypass the wire decoder.
+import { MAX_METRICS, METRIC_NAME } from "../runtime/client/wire.ts";
+export { MAX_METRICS, METRIC_NAME };
 
 /** The run's tiers, smallest expansion first: the order in which joins are assigned round-robin. */
 export function tierOrder(cfg: RunConfig): string[] {

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import {
   decodeUpdate,
   encodeRoundUpdate,
+  encodeUpdate,
   isMaskRef,
   maskFormOf,
   unpackMask,
@@ -97,4 +98,19 @@ Deno.test("wire bytes: after the search a PerFIT upload is within 1.01x of FedIT
   // Rows of one period: a single run pair repeated.
   assert.equal(maskFormOf(clustered.body), "rice-runs-rle");
   assert.ok(clustered.body.length - clusteredRef.body.length < big.size / 64);
+});
+
+Deno.test("wire: metrics outside the rule are refused when encoding, so a client fails before it sends", () => {
+  const base = {
+    run: "r",
+    round: 1,
+    samples: 1,
+    values: new Float32Array(4),
+    mask: new Uint8Array(4).fill(1),
+  };
+  const nine = Object.fromEntries(Array.from({ length: 9 }, (_, k) => [`m${k}`, k]));
+  assert.throws(() => encodeUpdate({ ...base, metrics: nine }), /at most 8 metrics/);
+  assert.throws(() => encodeUpdate({ ...base, metrics: { "9lives": 1 } }), /metric names must match/);
+  assert.throws(() => encodeUpdate({ ...base, metrics: { loss: NaN } }), /finite/);
+  assert.ok(encodeUpdate({ ...base, metrics: { loss: 1, ppl: 2 } }).length > 0);
 });

@@ -40,6 +40,25 @@ function update(
 
 const isApiError = (code: string) => (e: unknown) => e instanceof ApiError && e.code === code;
 
+/**
+ * The same safetensors body with its metadata's `metrics` replaced: what an attacker sends, since
+ * our own encoder refuses metrics outside the rule.
+ */
+function withMetrics(body: Uint8Array, metrics: Record<string, number>): Uint8Array {
+  const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
+  const hlen = Number(view.getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(body.subarray(8, 8 + hlen)));
+  header.__metadata__.metrics = JSON.stringify(metrics);
+  const text = new TextEncoder().encode(JSON.stringify(header));
+  const pad = (8 - (text.length % 8)) % 8;
+  const out = new Uint8Array(8 + text.length + pad + body.length - 8 - hlen);
+  new DataView(out.buffer).setBigUint64(0, BigInt(text.length + pad), true);
+  out.set(text, 8);
+  out.fill(0x20, 8 + text.length, 8 + text.length + pad);
+  out.set(body.subarray(8 + hlen), 8 + text.length + pad);
+  return out;
+}
+
 Deno.test("server hardening: 110 clients × 16 metric names are refused (bad_metrics); the round closes with a bounded summary and the run keeps serving", async () => {
   const kv = await Deno.openKv(":memory:");
   let t = 1_000_000;
@@ -61,14 +80,17 @@ Deno.test("server hardening: 110 clients × 16 metric names are refused (bad_met
       app.request(`/v1/runs/${runId}/clients/${clients[i].id}/rounds/1/update`, {
         method: "POST",
         headers: { authorization: `Bearer ${clients[i].token}` },
-        body: encodeUpdate({
-          run: runId,
-          round: 1,
-          samples: 1 + (i % 3),
-          values: new Float32Array(N).fill(0.01),
-          mask: fakeMask(i, N, 300, false),
+        body: withMetrics(
+          encodeUpdate({
+            run: runId,
+            round: 1,
+            samples: 1 + (i % 3),
+            values: new Float32Array(N).fill(0.01),
+            mask: fakeMask(i, N, 300, false),
+            metrics: {},
+          }),
           metrics,
-        }) as Uint8Array<ArrayBuffer>,
+        ) as Uint8Array<ArrayBuffer>,
       });
 
     // The attack of issue 12: every client reports 16 distinct names (the wire format lets them through).

@@ -167,6 +167,33 @@ function parseMeta(meta: Record<string, string>, key: string): string {
   return v;
 }
 
+/**
+ * Most metrics one upload may report. Every name an upload reports is kept in its record and may
+ * reach the round summary, so names are few and short.
+ */
+export const MAX_METRICS = 8;
+/** A metric name: an identifier-like word of at most 32 characters. */
+export const METRIC_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,31}$/;
+
+/** Refuses metrics outside the rule (both when encoding and when decoding an update). */
+function checkMetricEntries(entries: [string, unknown][]): void {
+  if (entries.length > MAX_METRICS) {
+    throw new WireError(422, "bad_metrics", `at most ${MAX_METRICS} metrics, got ${entries.length}`);
+  }
+  for (const [k, v] of entries) {
+    if (!METRIC_NAME.test(k)) {
+      throw new WireError(
+        422,
+        "bad_metrics",
+        `metric names must match ${METRIC_NAME.source}, got ${JSON.stringify(k)}`,
+      );
+    }
+    if (typeof v !== "number" || !Number.isFinite(v)) {
+      throw new WireError(422, "bad_metrics", `metric ${k} must be a finite number`);
+    }
+  }
+}
+
 function parseMetrics(s: string | undefined): Record<string, number> {
   if (s === undefined) return {};
   if (s.length > 1024) throw new WireError(422, "bad_metrics", "metrics must be at most 1 KiB of JSON");
@@ -179,19 +206,9 @@ function parseMetrics(s: string | undefined): Record<string, number> {
   if (m === null || typeof m !== "object" || Array.isArray(m)) {
     throw new WireError(422, "bad_metrics", "metrics must be a JSON object");
   }
-  const out: Record<string, number> = {};
   const entries = Object.entries(m as Record<string, unknown>);
-  if (entries.length > 16) throw new WireError(422, "bad_metrics", "at most 16 metrics");
-  for (const [k, v] of entries) {
-    if (!/^[A-Za-z0-9_.-]{1,32}$/.test(k)) {
-      throw new WireError(422, "bad_metrics", `bad metric name ${JSON.stringify(k)}`);
-    }
-    if (typeof v !== "number" || !Number.isFinite(v)) {
-      throw new WireError(422, "bad_metrics", `metric ${k} must be a finite number`);
-    }
-    out[k] = v;
-  }
-  return out;
+  checkMetricEntries(entries);
+  return Object.fromEntries(entries) as Record<string, number>;
 }
 
 /**
@@ -410,6 +427,7 @@ export function encodeUpdate(u: UpdateIn): Uint8Array {
   const bits = packMask(u.mask);
   const sparse = new Float32Array(popcountBits(bits));
   forEachBit(bits, (p, r) => (sparse[r] = u.values[p]));
+  checkMetricEntries(Object.entries(u.metrics ?? {}));
   const meta: Record<string, string> = {
     format: "perfit-update/1",
     run: u.run,
