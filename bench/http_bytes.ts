@@ -54,7 +54,7 @@ async function federate(
   try {
     const res = await app.request("/v1/runs", {
       method: "POST",
-      headers: { authorization: `Bearer ${ADMIN}` },
+      headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
       body: JSON.stringify({
         baseModel: "perfit-tiny",
         model: toHfConfig(model.config),
