@@ -131,7 +131,7 @@ export async function run(): Promise<string> {
   try {
     const runRes = await fetch(`${url}/v1/runs`, {
       method: "POST",
-      headers: admin,
+      headers: { ...admin, "content-type": "application/json" },
       body: JSON.stringify({
         baseModel: "bench",
         lora: { rank: 8, alpha: 16, targets: ["q", "v"] },
@@ -151,7 +151,11 @@ export async function run(): Promise<string> {
     const joined: { id: string; token: string }[] = [];
     const idx = Array.from({ length: clients }, (_, i) => i);
     await pool(idx, concurrency, async () => {
-      const j = await (await fetch(`${url}/v1/runs/${runId}/join`, { method: "POST", body: "{}" })).json();
+      const j = await (await fetch(`${url}/v1/runs/${runId}/join`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: "{}",
+      })).json();
       joined.push({ id: j.clientId, token: j.token });
     });
     // A few distinct sparse updates, reused across clients (the server never compares one client's

@@ -1,17 +1,33 @@
 /**
  * The coordinator's HTTP surface: a Hono app over a `Coordinator`. Runs the same on a local Deno
  * (KV file) and on Deno Deploy (distributed KV). Middleware, in order: errors -> CORS -> per-IP rate
- * limit -> route (auth, per-route body limit, validation). `createApp` returns the Hono app so other
- * areas can mount extra routes (e.g. `app.route("/ui", ui)`) before serving.
+ * limit -> route (auth, per-route body limit and read deadline, validation). `createApp` returns the
+ * Hono app so other areas can mount extra routes (e.g. `app.route("/ui", ui)`) before serving.
+ *
+ * Upload bodies, and what bounds them (docs/security.md says why): each client has at most one
+ * upload in flight (429 `upload_in_flight`); a body is read under a deadline that scales with the
+ * bytes it delivers (408 `body_timeout`, server/body.ts) into memory that grows as bytes arrive;
+ * the bytes of all bodies being received are capped (`maxReceivingBytes`, 503 `server_busy`); and
+ * only a body wholly in memory waits for one of the `maxConcurrentUploads` permits to be decoded and
+ * handed to the coordinator. So a slow client holds its own connection and the bytes it really
+ * sent, and nothing any other upload needs.
  */
 import { Hono } from "hono";
 import type { Context } from "hono";
 import { cors } from "hono/cors";
-import { ApiError, invalid } from "./errors.ts";
-import { adminAuth, adminOrClientAuth, type AuthDeps, clientAuth, type ClientVars } from "./auth.ts";
+import { ApiError, invalid, ThrottledLog, tooMany } from "./errors.ts";
+import {
+  adminAuth,
+  adminOrClientAuth,
+  type AuthDeps,
+  clientAuth,
+  type ClientVars,
+  Revocations,
+  tokenExpiresAt,
+} from "./auth.ts";
 import { idParam, intParam } from "./params.ts";
-import { readBody, readJson } from "./body.ts";
-import { type RateLimit, TokenBuckets } from "./ratelimit.ts";
+import { BodyAbortedError, type BodyDeadline, DEFAULT_BODY_DEADLINE, readBody, readJson } from "./body.ts";
+import { clientIp, type RateLimit, TokenBuckets, type TrustProxy } from "./ratelimit.ts";
 import { sha256Hex, TokenSigner } from "./tokens.ts";
 import { Coordinator, RetryableError } from "./coordinator.ts";
 import { parseRunConfig } from "./run_config.ts";
@@ -19,8 +35,9 @@ import type { RunRecord } from "./records.ts";
 import { decodeUpdate, encodeSlice, WireError } from "../runtime/client/wire.ts";
 import { encodeSafetensors } from "../runtime/io/safetensors.ts";
 import { openapi } from "./openapi.ts";
-import { Semaphore } from "./semaphore.ts";
+import { ByteBudget, Semaphore } from "./semaphore.ts";
 import { defaultFolder, InlineFolder } from "./folder.ts";
+import { METRICS_PAGE, ReadModel } from "./read_model.ts";
 
 /** Server settings (main.ts fills them from flags/env; tests pass them directly). */
 export interface ServerConfig {
@@ -38,8 +55,35 @@ export interface ServerConfig {
   maxJsonBytes?: number;
   /** Upper bound of any upload body (default 256 MiB); per run it is also capped by the adapter size. */
   maxUploadBytes?: number;
-  /** Upload bodies read and decoded at once (default 8); the rest wait unread. */
+  /**
+   * Upload bodies decoded and handed to the coordinator at once (default 8). A permit is taken only
+   * once a body is wholly in memory; bodies still arriving wait for nothing.
+   */
   maxConcurrentUploads?: number;
+  /**
+   * Bytes of upload bodies held in memory at once, from their first byte until they are decoded
+   * (default 512 MiB). Past it an upload is refused with 503 `server_busy` (the client retries);
+   * a single body larger than this still passes when it is the only one.
+   */
+  maxReceivingBytes?: number;
+  /**
+   * Read deadline of every request body, in ms (default 30 000; 408 `body_timeout`): a body may
+   * take this long plus 1 s per `bodyMinBytesPerSecond` bytes it has delivered, and never pause
+   * longer than this between two chunks (server/body.ts).
+   */
+  bodyTimeoutMs?: number;
+  /** Slowest sustained pace a body may arrive at, past the grace (default 8 KiB/s = 64 kbit/s). */
+  bodyMinBytesPerSecond?: number;
+  /** Lifetime of a client token from its issue, in ms (default 30 days; 401 `token_expired` after). */
+  tokenTtlMs?: number;
+  /** How long an instance trusts what it read about a client's revocation, in ms (default 5000). */
+  revocationCacheMs?: number;
+  /**
+   * Reverse proxies whose `X-Forwarded-For` names the client for the per-IP rate limit: a number of
+   * hops, or the proxies' addresses (see `TrustProxy` in ratelimit.ts). Default: none, the socket's
+   * peer is the client (the header is ignored: anyone can send it).
+   */
+  trustProxy?: TrustProxy;
   /** Interval of the round-deadline ticker in ms (default 1000; 0 = no timer, deadlines close lazily). */
   tickMs?: number;
   /**
@@ -57,8 +101,27 @@ export interface AppOptions {
   now?: () => number;
 }
 
+/** What the upload route holds right now (tests and benches watch it; nothing else reads it). */
+export interface UploadStats {
+  /** Upload bodies being received. */
+  receiving: number;
+  /** Bytes of upload bodies held in memory (received, not yet decoded). */
+  bytes: number;
+  /** Received bodies decoding or being handed to the coordinator (at most `maxConcurrentUploads`). */
+  decoding: number;
+  /** Received bodies waiting for a permit. */
+  waiting: number;
+}
+
 /** The Hono app plus the coordinator behind it and a `close()` that stops timers and drains commits. */
-export type PerfitApp = Hono & { coordinator: Coordinator; close(): Promise<void> };
+export type PerfitApp = Hono & {
+  coordinator: Coordinator;
+  uploadStats(): UploadStats;
+  close(): Promise<void>;
+};
+
+/** Default lifetime of a client token. */
+export const DEFAULT_TOKEN_TTL_MS = 30 * 24 * 3600_000;
 
 const VERSION = "0.1.0";
 
@@ -85,6 +148,19 @@ export function createApp(opts: AppOptions): PerfitApp {
   const maxJson = config.maxJsonBytes ?? 64 * 1024;
   const maxUpload = config.maxUploadBytes ?? 256 * 1024 * 1024;
   const uploadPermits = new Semaphore(Math.max(1, config.maxConcurrentUploads ?? 8));
+  const received = new ByteBudget(Math.max(1, config.maxReceivingBytes ?? 512 * 1024 * 1024));
+  const deadline: BodyDeadline = {
+    timeoutMs: config.bodyTimeoutMs ?? DEFAULT_BODY_DEADLINE.timeoutMs,
+    minBytesPerSecond: config.bodyMinBytesPerSecond ?? DEFAULT_BODY_DEADLINE.minBytesPerSecond,
+  };
+  /** `run/client` of every upload in flight: one per client at a time. */
+  const uploading = new Set<string>();
+  let receiving = 0;
+  const tokenTtlMs = config.tokenTtlMs ?? DEFAULT_TOKEN_TTL_MS;
+  const revocations = new Revocations(kv, now, config.revocationCacheMs ?? 5_000);
+  const reads = new ReadModel(kv);
+  const trustProxy = config.trustProxy ?? false;
+  const log503 = new ThrottledLog();
 
   const limited = (buckets: TokenBuckets, key: string) => {
     const wait = buckets.take(key);
@@ -101,6 +177,9 @@ export function createApp(opts: AppOptions): PerfitApp {
     clientRecord: (run, client) => coord.client(run, client),
     clientBuckets,
     limit: limited,
+    revocations,
+    tokenTtlMs,
+    now,
   };
   const admin = adminAuth(auth);
   const adminOrClient = adminOrClientAuth(auth);
@@ -108,6 +187,12 @@ export function createApp(opts: AppOptions): PerfitApp {
   const app = new Hono();
 
   app.onError((err, c) => {
+    if (err instanceof BodyAbortedError) {
+      // The client is gone; one line, not a stack trace per dropped connection.
+      console.warn(
+        `perfit server: ${c.req.method} ${c.req.path}: body cut off by the client (${err.detail})`,
+      );
+    }
     if (err instanceof ApiError) {
       for (const [k, v] of Object.entries(err.headers)) c.header(k, v);
       return c.json({ error: { code: err.code, message: err.message } }, err.status as 400);
@@ -115,10 +200,12 @@ export function createApp(opts: AppOptions): PerfitApp {
     if (err instanceof WireError) {
       return c.json({ error: { code: err.code, message: err.message } }, err.status);
     }
-    // SQLite busy (two processes on one KV file) is transient: the client should retry.
+    // SQLite busy (two processes on one KV file) is transient: the client should retry. The detail
+    // (KV's own text, ids, sizes) is for the operator's log, not for the client.
     if (err instanceof RetryableError || /database is locked/.test(String((err as Error)?.message))) {
+      log503.log(`perfit server: answered 503 retry: ${(err as Error)?.message ?? err}`);
       c.header("retry-after", "1");
-      return c.json({ error: { code: "retry", message: err.message } }, 503);
+      return c.json({ error: { code: "retry", message: "temporarily unavailable, retry shortly" } }, 503);
     }
     console.error("perfit server: unhandled error", err);
     return c.json({ error: { code: "internal", message: "internal error" } }, 500);
@@ -133,13 +220,13 @@ export function createApp(opts: AppOptions): PerfitApp {
       cors({
         origin: config.corsOrigins === "*" ? "*" : config.corsOrigins,
         allowHeaders: ["authorization", "content-type"],
-        allowMethods: ["GET", "POST", "OPTIONS"],
+        allowMethods: ["GET", "POST", "DELETE", "OPTIONS"],
         maxAge: 600,
       }),
     );
   }
   app.use("/v1/*", async (c, next) => {
-    limited(ipBuckets, remoteIp(c));
+    limited(ipBuckets, clientIp(remoteIp(c), c.req.header("x-forwarded-for"), trustProxy));
     await next();
   });
 
@@ -149,7 +236,7 @@ export function createApp(opts: AppOptions): PerfitApp {
   const runView = (run: RunRecord) => run;
 
   app.post("/v1/runs", admin, async (c) => {
-    const cfg = parseRunConfig(await readJson(c.req.raw, maxJson));
+    const cfg = parseRunConfig(await readJson(c.req.raw, maxJson, { deadline }));
     return c.json({ run: runView(await coord.createRun(cfg)) }, 201);
   });
 
@@ -165,7 +252,7 @@ export function createApp(opts: AppOptions): PerfitApp {
 
   app.post("/v1/runs/:run/join", async (c) => {
     const run = idParam(c.req.param("run"), "run id");
-    const body = await readJson(c.req.raw, maxJson);
+    const body = await readJson(c.req.raw, maxJson, { deadline });
     if (body === null || typeof body !== "object" || Array.isArray(body)) {
       throw invalid("bad_body", "join body must be an object");
     }
@@ -175,13 +262,15 @@ export function createApp(opts: AppOptions): PerfitApp {
     }
     if (tier !== undefined && typeof tier !== "string") throw invalid("bad_body", "tier must be a string");
     const rec = await coord.join(run, { name: name as string | undefined, tier: tier as string | undefined });
-    const token = await (await signer).sign({ run, client: rec.id, iat: now() });
+    const iat = now();
+    const token = await (await signer).sign({ run, client: rec.id, iat });
     const { run: r } = await coord.getRun(run);
     const cfg = r.config;
     return c.json({
       run,
       clientId: rec.id,
       token,
+      tokenExpiresAt: iat + tokenTtlMs,
       tier: rec.tier,
       expansion: rec.expansion,
       rank: cfg.lora.rank * rec.expansion,
@@ -214,28 +303,105 @@ export function createApp(opts: AppOptions): PerfitApp {
     const n = r.config.adapterSize;
     // Dense F32 values + U8 mask is the largest legal form; 64 KiB covers header and metadata.
     const limit = Math.min(maxUpload, n * 5 + 64 * 1024);
-    // The body goes out of scope before the upload waits for its group commit, so a request
-    // parked on the commit holds only its mask bits (the values are folded and dropped).
-    // Bodies not yet admitted stay in the socket, so server memory is bounded by the permits, not
-    // by how many clients upload at once.
+    // One upload per client at a time: a client cannot hold more than one connection's worth of
+    // the server's attention, however many it opens.
+    const key = `${run}/${clientId}`;
+    if (uploading.has(key)) {
+      throw tooMany("upload_in_flight", "this client already has an upload in flight; wait for its answer");
+    }
+    uploading.add(key);
     const arrived = coord.expectUpload(run);
+    let held = 0;
+    const giveBack = () => {
+      received.give(held);
+      held = 0;
+    };
+    let release = () => {};
     try {
-      const { u, uploadId } = await uploadPermits.run(async () => {
-        const body = await readBody(c.req.raw, limit);
-        const u = decodeUpdate(body, n);
-        return { u, uploadId: Coordinator.uploadId(body) };
+      // Memory grows with the bytes that arrived (within `maxReceivingBytes` for all bodies) and no
+      // permit is held while they arrive, so a slow body stalls only its own request.
+      receiving++;
+      let body: Uint8Array | null;
+      try {
+        body = await readBody(c.req.raw, limit, {
+          deadline,
+          onChunk: (bytes) => {
+            if (!received.take(bytes, held)) {
+              throw new ApiError(
+                503,
+                "server_busy",
+                "the server is receiving too many upload bytes at once; retry shortly",
+                { "retry-after": "1" },
+              );
+            }
+            held += bytes;
+          },
+        });
+      } finally {
+        receiving--;
+      }
+      release = await uploadPermits.acquire();
+      const u = decodeUpdate(body, n);
+      const uploadId = Coordinator.uploadId(body);
+      // The body goes out of scope before the upload waits for its group commit, so a request
+      // parked on the commit holds only its mask bits (the values are folded and dropped).
+      body = null;
+      giveBack();
+      const res = await coord.upload(run, clientId, round, u, uploadId, () => {
+        arrived();
+        release();
       });
-      const res = await coord.upload(run, clientId, round, u, uploadId, arrived);
       return c.json(res, res.status === "accepted" ? 201 : 200);
     } finally {
+      release();
+      giveBack();
       arrived();
+      uploading.delete(key);
     }
   });
+
+  // A fresh token: the client refreshes its own (with a token that is still valid), or the admin
+  // issues one (say, after revoking a leaked token). Registered before the client sub-app, whose
+  // middleware would otherwise demand a client token of the admin.
+  app.post("/v1/runs/:run/clients/:client/token", adminOrClient, async (c) => {
+    const run = idParam(c.req.param("run"), "run id");
+    const clientId = idParam(c.req.param("client"), "client id");
+    if (c.var.viewer.admin) await coord.client(run, clientId); // 404 for a client never joined
+    // After a revocation, issue strictly later than it (clocks of two instances may differ).
+    const revoked = await revocations.revokedAt(run, clientId, true);
+    const iat = Math.max(now(), revoked === null ? -Infinity : revoked + 1);
+    const token = await (await signer).sign({ run, client: clientId, iat });
+    return c.json({
+      run,
+      clientId,
+      token,
+      tokenExpiresAt: tokenExpiresAt({ run, client: clientId, iat }, tokenTtlMs),
+    });
+  });
+
+  // Revokes every token of a client issued until now (each instance notices within
+  // `revocationCacheMs`; this one at once).
+  app.delete("/v1/runs/:run/clients/:client/token", admin, async (c) => {
+    const run = idParam(c.req.param("run"), "run id");
+    const clientId = idParam(c.req.param("client"), "client id");
+    await coord.client(run, clientId);
+    const revokedAt = await revocations.revoke(run, clientId);
+    return c.json({ run, clientId, revokedAt });
+  });
+
   app.route("/v1/runs/:run/clients/:client", client);
 
+  // A page of rounds (`offset`, `limit`; the answer's `next` is the following page's offset). A
+  // client sees its own client record and uploads, and every round's aggregates; the admin, all.
   app.get("/v1/runs/:run/metrics", adminOrClient, async (c) => {
     const run = idParam(c.req.param("run"), "run id");
-    return c.json(await coord.metrics(run));
+    const offset = intParam(c.req.query("offset") ?? "0", "offset");
+    const limit = intParam(c.req.query("limit") ?? String(METRICS_PAGE.default), "limit");
+    const viewer = c.var.viewer;
+    const { run: r } = await coord.getRun(run);
+    return c.json(
+      await reads.metrics(r, { offset, limit, onlyClient: viewer.admin ? undefined : viewer.client.id }),
+    );
   });
 
   app.get("/v1/runs/:run/masks", admin, async (c) => {
@@ -261,6 +427,12 @@ export function createApp(opts: AppOptions): PerfitApp {
 
   return Object.assign(app, {
     coordinator: coord,
+    uploadStats: (): UploadStats => ({
+      receiving,
+      bytes: received.held,
+      decoding: uploadPermits.held,
+      waiting: uploadPermits.waiting,
+    }),
     async close() {
       if (timer !== undefined) clearInterval(timer);
       await coord.close();

@@ -1,10 +1,15 @@
 /**
  * Who may call what, as Hono middleware: `adminAuth` (the admin bearer token), `clientAuth` (a
  * client token of the path's run, and of the path's client when the path names one; the record is
- * then `c.var.client`) and `adminOrClientAuth`. Handlers only read `c.var.client`. Hono's own
- * `bearerAuth` answers every failure with a 401 of its own shape; a token of another run or client
- * must be a 403, and every refusal our `{error: {code, message}}`, so these are written with
- * `createMiddleware`.
+ * then `c.var.client`) and `adminOrClientAuth` (either; `c.var.viewer` says which). Handlers only
+ * read these variables. Hono's own `bearerAuth` answers every failure with a 401 of its own shape; a
+ * token of another run or client must be a 403, and every refusal our `{error: {code, message}}`, so
+ * these are written with `createMiddleware`.
+ *
+ * A client token is refused once it is older than the TTL (`token_expired`: the client refreshes it
+ * before then, POST …/token) or when the admin revoked its client after it was issued
+ * (`token_revoked`). Revocations live in KV under `["revoked", run, client]` so every instance
+ * sees them; each instance caches what it read for `cacheMs` (its own revocations at once).
  */
 import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
@@ -12,10 +17,53 @@ import { ApiError, forbidden, unauthorized } from "./errors.ts";
 import { idParam } from "./params.ts";
 import type { TokenBuckets } from "./ratelimit.ts";
 import type { ClientRecord } from "./records.ts";
-import { adminTokenMatches, type TokenSigner } from "./tokens.ts";
+import { adminTokenMatches, type ClientClaims, type TokenSigner } from "./tokens.ts";
+import { BoundedCache } from "./bounded_cache.ts";
 
 /** The variables the client middleware sets. */
 export type ClientVars = { Variables: { client: ClientRecord } };
+
+/** Who passed `adminOrClientAuth`. */
+export type Viewer = { admin: true } | { admin: false; client: ClientRecord };
+
+/** The variables the admin-or-client middleware sets. */
+export type ViewerVars = { Variables: { viewer: Viewer } };
+
+/** KV key of a client's revocation record `{at}`: tokens issued at or before `at` are refused. */
+export const revokedKey = (run: string, client: string): Deno.KvKey => ["revoked", run, client];
+
+/** Per-client token revocations in KV, with a short per-instance cache of what was read. */
+export class Revocations {
+  private cache: BoundedCache<{ at: number | null; read: number }>;
+
+  constructor(
+    private readonly kv: Deno.Kv,
+    private readonly now: () => number,
+    private readonly cacheMs = 5_000,
+    cacheSize = 50_000,
+  ) {
+    this.cache = new BoundedCache(cacheSize);
+  }
+
+  /** When the client was last revoked (ms), or null; at most `cacheMs` old. */
+  async revokedAt(run: string, client: string, fresh = false): Promise<number | null> {
+    const key = `${run}/${client}`;
+    const t = this.now();
+    const hit = this.cache.get(key);
+    if (!fresh && hit && t - hit.read < this.cacheMs) return hit.at;
+    const at = (await this.kv.get<{ at: number }>(revokedKey(run, client))).value?.at ?? null;
+    this.cache.set(key, { at, read: t });
+    return at;
+  }
+
+  /** Revokes every token of the client issued until now; returns the revocation time. */
+  async revoke(run: string, client: string): Promise<number> {
+    const at = this.now();
+    await this.kv.set(revokedKey(run, client), { at });
+    this.cache.set(`${run}/${client}`, { at, read: at });
+    return at;
+  }
+}
 
 /** What the middleware checks credentials against. */
 export interface AuthDeps {
@@ -27,6 +75,10 @@ export interface AuthDeps {
   /** Per-client token buckets; `limit` throws 429 when one is empty. */
   clientBuckets: TokenBuckets;
   limit: (buckets: TokenBuckets, key: string) => void;
+  revocations: Revocations;
+  /** Lifetime of a client token from its `iat`, in ms. */
+  tokenTtlMs: number;
+  now: () => number;
 }
 
 function bearer(c: Context): string | null {
@@ -41,6 +93,9 @@ async function isAdmin(deps: AuthDeps, c: Context): Promise<boolean> {
   return t !== null && t.length <= 512 && await adminTokenMatches(t, await deps.adminHash);
 }
 
+/** When a token of these claims stops being accepted (ms since epoch). */
+export const tokenExpiresAt = (claims: ClientClaims, ttlMs: number): number => claims.iat + ttlMs;
+
 /** Verifies a client token for the path's run (and its client, when the path names one). */
 async function verifyClient(deps: AuthDeps, c: Context): Promise<ClientRecord> {
   const run = idParam(c.req.param("run") ?? "", "run id");
@@ -54,13 +109,26 @@ async function verifyClient(deps: AuthDeps, c: Context): Promise<ClientRecord> {
   if (client !== undefined && claims.client !== client) {
     throw forbidden("a client may only access its own slice");
   }
+  if (deps.now() >= tokenExpiresAt(claims, deps.tokenTtlMs)) {
+    throw new ApiError(
+      401,
+      "token_expired",
+      "token expired: join again, or refresh tokens before they expire",
+    );
+  }
   deps.limit(deps.clientBuckets, claims.client);
+  let rec: ClientRecord;
   try {
-    return await deps.clientRecord(run, claims.client);
+    rec = await deps.clientRecord(run, claims.client);
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) throw unauthorized("token's client is not registered");
     throw e;
   }
+  const revoked = await deps.revocations.revokedAt(run, claims.client);
+  if (revoked !== null && claims.iat <= revoked) {
+    throw new ApiError(401, "token_revoked", "this client's tokens were revoked by the admin");
+  }
+  return rec;
 }
 
 /** Only the admin passes. */
@@ -77,9 +145,12 @@ export const clientAuth = (deps: AuthDeps) =>
     await next();
   });
 
-/** The admin, or a registered client of the path's run. */
+/** The admin, or a registered client of the path's run; sets `c.var.viewer`. */
 export const adminOrClientAuth = (deps: AuthDeps) =>
-  createMiddleware(async (c, next) => {
-    if (!(await isAdmin(deps, c))) await verifyClient(deps, c);
+  createMiddleware<ViewerVars>(async (c, next) => {
+    c.set(
+      "viewer",
+      await isAdmin(deps, c) ? { admin: true } : { admin: false, client: await verifyClient(deps, c) },
+    );
     await next();
   });

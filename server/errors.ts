@@ -31,3 +31,35 @@ export const notFound = (msg: string): ApiError => new ApiError(404, "not_found"
 export const conflict = (code: string, msg: string): ApiError => new ApiError(409, code, msg);
 /** 410: the round this request targets is closed for good. */
 export const gone = (code: string, msg: string): ApiError => new ApiError(410, code, msg);
+/** 429: slow down (`retry-after` seconds). */
+export const tooMany = (code: string, msg: string, retryAfterS = 1): ApiError =>
+  new ApiError(429, code, msg, { "retry-after": String(retryAfterS) });
+
+/**
+ * Server-side log lines that may repeat on every request (a KV that refuses a value, say): each
+ * distinct line is written once, then at most once per `everyMs` with how often it recurred since,
+ * so a failure that lasts cannot flood the log. The client only ever sees a generic message.
+ */
+export class ThrottledLog {
+  private seen = new Map<string, { at: number; repeats: number }>();
+
+  constructor(
+    private readonly write: (line: string) => void = (l) => console.error(l),
+    private readonly everyMs = 60_000,
+    private readonly now: () => number = Date.now,
+    private readonly maxKeys = 1000,
+  ) {}
+
+  /** Logs `line` unless the same line was logged less than `everyMs` ago. */
+  log(line: string): void {
+    const t = this.now();
+    const s = this.seen.get(line);
+    if (s && t - s.at < this.everyMs) {
+      s.repeats++;
+      return;
+    }
+    if (!s && this.seen.size >= this.maxKeys) this.seen.delete(this.seen.keys().next().value!);
+    this.seen.set(line, { at: t, repeats: 0 });
+    this.write(s && s.repeats > 0 ? `${line} (and ${s.repeats} more times since)` : line);
+  }
+}

@@ -26,7 +26,9 @@ export const openapi = {
     version: "0.1.0",
     description:
       "Personalized federated instruction tuning (PerFIT / FedIT / local). Tensors travel as safetensors; " +
-      "see runtime/client/wire.ts for the update and slice layouts. Errors are `{error: {code, message}}`.",
+      "see runtime/client/wire.ts for the update and slice layouts. Errors are `{error: {code, message}}`. " +
+      "JSON bodies need `content-type: application/json` (415 otherwise); every body is read under a " +
+      "deadline (408 body_timeout); docs/security.md has the threat model.",
   },
   components: {
     securitySchemes: {
@@ -35,7 +37,13 @@ export const openapi = {
         scheme: "bearer",
         description: "Admin token (printed once by `deno task serve`).",
       },
-      client: { type: "http", scheme: "bearer", description: "Client token returned by join (HMAC-signed)." },
+      client: {
+        type: "http",
+        scheme: "bearer",
+        description:
+          "Client token returned by join (HMAC-signed). Expires `tokenExpiresAt` (401 token_expired; " +
+          "refresh before then), and is refused once the admin revokes the client (401 token_revoked).",
+      },
     },
     responses: {
       Error: {
@@ -150,7 +158,9 @@ export const openapi = {
           },
           400: err,
           401: err,
+          408: err,
           413: err,
+          415: err,
           422: err,
         },
       },
@@ -180,15 +190,37 @@ export const openapi = {
         },
         responses: {
           201: {
-            description: "joined: {run, clientId, token, tier, expansion, rank, budget, adapterSize, method}",
+            description:
+              "joined: {run, clientId, token, tokenExpiresAt, tier, expansion, rank, budget, adapterSize, method}",
           },
           400: err,
           404: err,
+          408: err,
+          415: err,
           409: err,
           410: err,
           422: err,
           429: err,
         },
+      },
+    },
+    "/v1/runs/{run}/clients/{client}/token": {
+      post: {
+        summary: "A fresh token for this client: its own (with a still valid token), or issued by the admin",
+        security: [{ admin: [] }, { client: [] }],
+        parameters: [runId, clientId],
+        responses: {
+          200: { description: "{run, clientId, token, tokenExpiresAt}" },
+          401: err,
+          403: err,
+          404: err,
+        },
+      },
+      delete: {
+        summary: "Revoke every token of this client issued until now (the admin may issue a new one)",
+        security: [{ admin: [] }],
+        parameters: [runId, clientId],
+        responses: { 200: { description: "{run, clientId, revokedAt}" }, 401: err, 404: err },
       },
     },
     "/v1/runs/{run}/clients/{client}/task": {
@@ -231,6 +263,7 @@ export const openapi = {
           400: err,
           401: err,
           403: err,
+          408: { description: "the body arrived too slowly (body_timeout)", content: err },
           409: {
             description: "round not open yet, round full, a different update already accepted, or " +
               "mask_unknown: no mask is held under the update's maskRef (resend it with the mask)",
@@ -239,17 +272,41 @@ export const openapi = {
           410: { description: "round closed (late upload)", content: err },
           413: err,
           422: err,
-          429: err,
-          503: { description: "commit lost a race, or the commit queue is full; retry (Retry-After)" },
+          429: {
+            description: "rate limited, or upload_in_flight: this client already has an upload in flight",
+            content: err,
+          },
+          503: {
+            description: "commit lost a race, the commit queue is full, or server_busy: too many upload " +
+              "bytes being received at once; retry (Retry-After)",
+          },
         },
       },
     },
     "/v1/runs/{run}/metrics": {
       get: {
-        summary: "Rounds timeline with per-client metrics (dashboard)",
+        summary: "A page of the rounds timeline with per-client metrics: a client sees its own records " +
+          "and every round's aggregates, the admin everything",
         security: [{ admin: [] }, { client: [] }],
-        parameters: [runId],
-        responses: { 200: { description: "metrics" }, 401: err },
+        parameters: [runId, {
+          name: "offset",
+          in: "query",
+          description: "rounds to skip (the page starts at round offset+1)",
+          schema: { type: "integer", minimum: 0 },
+        }, {
+          name: "limit",
+          in: "query",
+          description: "rounds per page (default 20, at most 100)",
+          schema: { type: "integer", minimum: 1, maximum: 100 },
+        }],
+        responses: {
+          200: {
+            description: "{run, clients, rounds, offset, limit, next: offset of the next page or null}",
+          },
+          400: err,
+          401: err,
+          403: err,
+        },
       },
     },
     "/v1/runs/{run}/masks": {

@@ -44,3 +44,42 @@ export class TokenBuckets {
     if (this.buckets.size >= this.maxKeys) this.buckets.delete(this.buckets.keys().next().value!);
   }
 }
+
+/**
+ * Which proxies in front of the server to believe about the client's address (`X-Forwarded-For`):
+ * `false`/0 none (the socket's peer is the client: the default, since anyone can send the header);
+ * a number N: the last N hops are proxies (the socket's peer and the N-1 rightmost entries of the
+ * header), and the entry before them is the client; a list: the addresses of the proxies, skipped
+ * from the right while they match, so the first address not in it is the client.
+ */
+export type TrustProxy = false | number | string[];
+
+/** An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) as its IPv4 form; everything else lower-cased. */
+function normalizeIp(a: string): string {
+  const s = a.trim().toLowerCase();
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(s);
+  return m ? m[1] : s;
+}
+
+/** Looks like an IPv4 or IPv6 address (what a proxy writes into `X-Forwarded-For`). */
+const IP_LIKE = /^[0-9a-f:.]{2,45}$/;
+
+/**
+ * The client's address for rate limiting: the socket peer `remote`, or, behind trusted proxies,
+ * the address they report. A header entry in a trusted position that is not an address (a broken
+ * proxy) falls back to the socket peer rather than letting its text become a bucket key.
+ */
+export function clientIp(remote: string, forwardedFor: string | null | undefined, trust: TrustProxy): string {
+  const peer = normalizeIp(remote);
+  if (trust === false || trust === 0 || !forwardedFor) return peer;
+  const hops = [...forwardedFor.split(",").map(normalizeIp), peer];
+  let i: number;
+  if (typeof trust === "number") {
+    i = Math.max(0, hops.length - 1 - trust);
+  } else {
+    const proxies = new Set(trust.map(normalizeIp));
+    i = hops.length - 1;
+    while (i > 0 && proxies.has(hops[i])) i--;
+  }
+  return IP_LIKE.test(hops[i]) ? hops[i] : peer;
+}

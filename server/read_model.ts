@@ -21,11 +21,33 @@ export interface StoredMask {
   bits: Uint32Array;
 }
 
-/** A run's timeline: its state, clients, and every round with the uploads accepted in it. */
+/**
+ * A page of a run's timeline: its state, clients, and a range of rounds with the uploads accepted
+ * in them. `next` is the `offset` of the following page, null on the last one.
+ */
 export interface RunMetrics {
   run: Pick<RunRecord, "id" | "status" | "round" | "globalRound" | "config">;
   clients: Pick<ClientRecord, "id" | "name" | "tier" | "expansion" | "joinedAt">[];
   rounds: (RoundRecord & { clients: UploadRecord[] })[];
+  offset: number;
+  limit: number;
+  next: number | null;
+}
+
+/** Rounds per /metrics page: by default, and at most. */
+export const METRICS_PAGE = { default: 20, max: 100 } as const;
+
+/** Which page of `metrics`, and for whom. */
+export interface MetricsQuery {
+  /** Rounds to skip (the page starts at round `offset + 1`). */
+  offset?: number;
+  /** Rounds in the page (clamped to 1..METRICS_PAGE.max; default METRICS_PAGE.default). */
+  limit?: number;
+  /**
+   * A client's id: only its own client record and uploads are included (round records, which hold
+   * the aggregates, are shown in full). Omitted: everything (the admin).
+   */
+  onlyClient?: string;
 }
 
 /** Display reads over one KV. */
@@ -68,15 +90,62 @@ export class ReadModel {
     return out;
   }
 
-  /** The /metrics payload of a run. */
-  async metrics(run: RunRecord): Promise<RunMetrics> {
-    const rounds = (await this.rounds(run.id)).map((r) => ({ ...r, clients: [] as UploadRecord[] }));
+  /** A run's rounds with index in [from, to] (1-based), in order, read without the others. */
+  async roundRange(run: string, from: number, to: number): Promise<RoundRecord[]> {
+    const out: RoundRecord[] = [];
+    if (to < from) return out;
+    const [p0, p1] = K.rounds(run);
+    const it = this.kv.list<RoundRecord>({ start: [p0, p1, from], end: [p0, p1, to + 1] });
+    for await (const e of it) if (typeof e.key[2] === "number") out.push(e.value);
+    return out.sort((a, b) => a.index - b.index);
+  }
+
+  /** The uploads accepted in rounds [from, to], read without the others (all clients, or one). */
+  async uploadRange(run: string, from: number, to: number, client?: string): Promise<UploadRecord[]> {
+    const out: UploadRecord[] = [];
+    if (to < from) return out;
+    if (client !== undefined) {
+      const keys: Deno.KvKey[] = [];
+      for (let r = from; r <= to; r++) keys.push(K.upload(run, r, client));
+      for (let i = 0; i < keys.length; i += 10) {
+        for (const e of await this.kv.getMany<UploadRecord[]>(keys.slice(i, i + 10))) {
+          if (e.value) out.push(e.value);
+        }
+      }
+      return out;
+    }
+    const [p0, p1] = K.uploadsAll(run);
+    const it = this.kv.list<UploadRecord>({ start: [p0, p1, from], end: [p0, p1, to + 1] });
+    for await (const e of it) out.push(e.value);
+    return out;
+  }
+
+  /**
+   * One page of the /metrics payload of a run (see `MetricsQuery`): it reads the page's rounds and
+   * their uploads only, so its cost is bounded by the page, not by the run's history.
+   */
+  async metrics(run: RunRecord, q: MetricsQuery = {}): Promise<RunMetrics> {
+    const offset = Math.max(0, Math.floor(q.offset ?? 0));
+    const limit = Math.min(METRICS_PAGE.max, Math.max(1, Math.floor(q.limit ?? METRICS_PAGE.default)));
+    // Rounds 1..last exist: the open one, or every round once the run is done.
+    const last = Math.min(run.round, run.config.rounds);
+    const from = offset + 1;
+    const to = Math.min(last, offset + limit);
+    const rounds = (await this.roundRange(run.id, from, to)).map((r) => ({
+      ...r,
+      clients: [] as UploadRecord[],
+    }));
     const byIndex = new Map(rounds.map((r) => [r.index, r]));
-    for (const u of await this.uploads(run.id)) byIndex.get(u.round)?.clients.push(u);
+    for (const u of await this.uploadRange(run.id, from, to, q.onlyClient)) {
+      byIndex.get(u.round)?.clients.push(u);
+    }
+    const clients = q.onlyClient === undefined
+      ? await this.clients(run.id)
+      : await this.client(run.id, q.onlyClient).then((c) => (c ? [c] : []));
     const { id, status, round, globalRound, config } = run;
     return {
       run: { id, status, round, globalRound, config },
-      clients: (await this.clients(run.id)).map(({ id, name, tier, expansion, joinedAt }) => ({
+      clients: clients.map(({ id, name, tier, expansion, joinedAt }) => ({
         id,
         name,
         tier,
@@ -84,7 +153,15 @@ export class ReadModel {
         joinedAt,
       })),
       rounds,
+      offset,
+      limit,
+      next: offset + limit < last ? offset + limit : null,
     };
+  }
+
+  /** One client's record, or null. */
+  async client(run: string, client: string): Promise<ClientRecord | null> {
+    return (await this.kv.get<ClientRecord>(K.client(run, client))).value;
   }
 
   /** The round under which a client's latest mask is stored, or null when it has none. */

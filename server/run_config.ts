@@ -67,6 +67,15 @@ function obj(v: unknown, what: string): Record<string, unknown> {
 }
 
 /**
+ * A tier name a client may ask for: short, plain, and not one that every object inherits
+ * (`__proto__`, `constructor`, `toString`, `hasOwnProperty`, …). A client's `tier` indexes this
+ * table, so such a name would be found on every table, or set its prototype when assigned.
+ */
+export function validTierName(n: string): boolean {
+  return /^[A-Za-z0-9_-]{1,32}$/.test(n) && n !== "__proto__" && !(n in Object.prototype);
+}
+
+/**
  * Validates a create-run body. N comes from `adapterSize`, or is computed from a `model` config
  * (Hugging Face config.json) with the model area's layout; `budget` defaults to the rank-r size.
  */
@@ -94,18 +103,22 @@ export function parseRunConfig(raw: unknown): RunConfig {
   const roundDeadlineMs = int(o, "roundDeadlineMs", 1, 30 * 24 * 3600_000);
   let tiers: Record<string, number> = { base: 1 };
   if (o.expansionTiers !== undefined) {
-    tiers = {};
     const t = obj(o.expansionTiers, "expansionTiers");
     const names = Object.keys(t);
     if (names.length < 1 || names.length > 16) {
       throw invalid("invalid_config", "expansionTiers needs 1..16 tiers");
     }
     for (const n of names) {
-      if (!/^[A-Za-z0-9_-]{1,32}$/.test(n)) {
-        throw invalid("invalid_config", `bad tier name ${JSON.stringify(n)}`);
+      if (!validTierName(n)) {
+        throw invalid(
+          "invalid_config",
+          `bad tier name ${JSON.stringify(n)}: 1..32 of A-Z a-z 0-9 _ -, and not a name of Object.prototype`,
+        );
       }
-      tiers[n] = int(t, n, 1, 64);
     }
+    // Own data properties only (defineProperty semantics): no name can reach a setter such as
+    // `__proto__`, and every name was checked above against what a plain object inherits.
+    tiers = Object.fromEntries(names.map((n) => [n, int(t, n, 1, 64)]));
   }
   const maxE = Math.max(...Object.values(tiers));
   if (!strategy.expands && maxE !== 1) {

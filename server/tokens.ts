@@ -1,7 +1,9 @@
 /**
  * Credentials. Client tokens are stateless HMAC-SHA256 signatures over `{run, client, iat}` so any
  * instance holding the secret (a Deno Deploy isolate, a restarted server) verifies them without a
- * lookup; the admin token is only ever stored as its SHA-256. Every comparison of a secret is
+ * lookup; each has exactly one accepted spelling. How long a token lives (`iat` + the server's TTL)
+ * and whether its client was revoked are checked by the auth middleware (auth.ts), not here, so a
+ * changed TTL applies to tokens already issued. The admin token is only ever stored as its SHA-256. Every comparison of a secret is
  * constant-time (the cache of verified tokens is looked up by the whole token, so a hit needs the exact
  * genuine token already).
  */
@@ -25,12 +27,17 @@ export function b64url(bytes: Uint8Array): string {
   return btoa(s).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
 }
 
-/** Inverse of `b64url`; throws on bad characters. */
+/**
+ * Inverse of `b64url`; throws on bad characters, padding, and any non-canonical spelling. The last
+ * character of a length ≡ 2 or 3 (mod 4) string carries 4 or 2 bits that encode nothing, so without
+ * this check each token had several spellings that decode to the same bytes (and all verified).
+ */
 export function unb64url(s: string): Uint8Array {
-  if (!/^[A-Za-z0-9_-]*$/.test(s)) throw new Error("bad base64url");
+  if (!/^[A-Za-z0-9_-]*$/.test(s) || s.length % 4 === 1) throw new Error("bad base64url");
   const b = atob(s.replaceAll("-", "+").replaceAll("_", "/") + "=".repeat((4 - (s.length % 4)) % 4));
   const out = new Uint8Array(b.length);
   for (let i = 0; i < b.length; i++) out[i] = b.charCodeAt(i);
+  if (b64url(out) !== s) throw new Error("non-canonical base64url");
   return out;
 }
 

@@ -31,7 +31,7 @@ Deno.test({
     try {
       const res = await app.request("/v1/runs", {
         method: "POST",
-        headers: { authorization: `Bearer ${ADMIN}` },
+        headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
         body: JSON.stringify({
           baseModel: "tiny",
           model: toHfConfig(cfg),

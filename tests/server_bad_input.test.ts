@@ -8,6 +8,8 @@ import { ADMIN, createRun, dumpKv, fakeMask, makeApp, runBody, SECRET } from "./
 
 const N = 1000;
 const BUDGET = 300;
+/** JSON routes take only application/json (a cross-site text/plain POST gets 415). */
+const json = { "content-type": "application/json" };
 
 interface Ctx {
   kv: Deno.Kv;
@@ -29,7 +31,7 @@ async function setup(): Promise<Ctx> {
   );
   const otherRun = await createRun(app, runBody("perfit"));
   const join = async (run: string) => {
-    const r = await app.request(`/v1/runs/${run}/join`, { method: "POST", body: "{}" });
+    const r = await app.request(`/v1/runs/${run}/join`, { method: "POST", headers: json, body: "{}" });
     assert.equal(r.status, 201);
     const j = await r.json();
     return { id: j.clientId as string, token: j.token as string };
@@ -99,7 +101,7 @@ const admin = { authorization: `Bearer ${ADMIN}` };
 Deno.test("server bad input: admin routes (tokens, malformed JSON, invalid config, oversized body)", async () => {
   const ctx = await setup();
   const post = (body: string, headers: Record<string, string> = admin) => () =>
-    ctx.app.request("/v1/runs", { method: "POST", headers, body });
+    ctx.app.request("/v1/runs", { method: "POST", headers: { ...json, ...headers }, body });
   await refused(ctx, post(JSON.stringify(runBody("perfit")), {}), 401, "unauthorized");
   await refused(ctx, post(JSON.stringify(runBody("perfit")), { authorization: "Bearer wrong-token" }), 401);
   await refused(
@@ -154,7 +156,7 @@ Deno.test("server bad input: admin routes (tokens, malformed JSON, invalid confi
 Deno.test("server bad input: join, task, slice, metrics (forged, foreign and unknown tokens)", async () => {
   const ctx = await setup();
   const join = (body: string, run = ctx.runId) => () =>
-    ctx.app.request(`/v1/runs/${run}/join`, { method: "POST", body });
+    ctx.app.request(`/v1/runs/${run}/join`, { method: "POST", headers: json, body });
   await refused(ctx, join("[1,"), 400, "malformed_json");
   await refused(ctx, join("[1,2]"), 422);
   await refused(ctx, join(JSON.stringify({ tier: "gigantic" })), 422, "unknown_tier");
@@ -387,8 +389,9 @@ Deno.test("server bad input: uploads (safetensors, shapes, dtypes, NaN/Inf, budg
   await ctx.app.coordinator.tick();
   const run = await (await ctx.app.request(`/v1/runs/${ctx.runId}`, { headers: admin })).json();
   assert.equal(run.run.round, 2);
-  const c = await (await ctx.app.request(`/v1/runs/${ctx.runId}/join`, { method: "POST", body: "{}" }))
-    .json();
+  const c =
+    await (await ctx.app.request(`/v1/runs/${ctx.runId}/join`, { method: "POST", headers: json, body: "{}" }))
+      .json();
   const late = { id: c.clientId, token: c.token };
   await refused(ctx, () => upload(ctx, late, update(ctx)), 410, "round_closed");
   // …but a replay of an upload the closed round accepted is still acknowledged.
@@ -407,8 +410,9 @@ Deno.test("server: a round under quorum stays open past its deadline; dropped cl
   let run = await (await ctx.app.request(`/v1/runs/${ctx.runId}`, { headers: admin })).json();
   assert.equal(run.run.round, 1, "one upload < quorum 2: still open");
   // Client b never shows up (dropped); a newcomer fills the quorum and the overdue round closes.
-  const c = await (await ctx.app.request(`/v1/runs/${ctx.runId}/join`, { method: "POST", body: "{}" }))
-    .json();
+  const c =
+    await (await ctx.app.request(`/v1/runs/${ctx.runId}/join`, { method: "POST", headers: json, body: "{}" }))
+      .json();
   assert.equal(
     (await upload(
       ctx,

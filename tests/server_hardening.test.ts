@@ -70,7 +70,11 @@ Deno.test("server hardening: 110 clients × 16 metric names are refused (bad_met
     );
     const clients: { id: string; token: string }[] = [];
     for (let i = 0; i < 110; i++) {
-      const r = await app.request(`/v1/runs/${runId}/join`, { method: "POST", body: "{}" });
+      const r = await app.request(`/v1/runs/${runId}/join`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: "{}",
+      });
       assert.equal(r.status, 201);
       const j = await r.json();
       clients.push({ id: j.clientId, token: j.token });
@@ -306,7 +310,11 @@ Deno.test("server hardening: tiers named after Object.prototype members are unkn
   try {
     const runId = await createRun(app, runBody("perfit"));
     const join = (tier: string) =>
-      app.request(`/v1/runs/${runId}/join`, { method: "POST", body: JSON.stringify({ tier }) });
+      app.request(`/v1/runs/${runId}/join`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ tier }),
+      });
     assert.equal((await join("mid")).status, 201);
     await app.coordinator.settled();
     const before = await dumpKv(kv);

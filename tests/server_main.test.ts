@@ -60,7 +60,7 @@ Deno.test("server main: prints port and a one-time admin token; a restart keeps 
     assert.ok(Array.isArray((await dash.json()).runs));
     const created = await fetch(`${a.url}/v1/runs`, {
       method: "POST",
-      headers: { authorization: `Bearer ${a.token}` },
+      headers: { authorization: `Bearer ${a.token}`, "content-type": "application/json" },
       body: JSON.stringify({
         baseModel: "m",
         lora: { rank: 1, alpha: 1, targets: ["q"] },
@@ -73,7 +73,11 @@ Deno.test("server main: prints port and a one-time admin token; a restart keeps 
     });
     assert.equal(created.status, 201);
     const runId = (await created.json()).run.id;
-    const joined = await (await fetch(`${a.url}/v1/runs/${runId}/join`, { method: "POST", body: "{}" }))
+    const joined = await (await fetch(`${a.url}/v1/runs/${runId}/join`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    }))
       .json();
     await a.stop();
 

@@ -66,7 +66,7 @@ async function federate(method: "perfit" | "fedit") {
   try {
     const res = await fetch(`${url}/v1/runs`, {
       method: "POST",
-      headers: { authorization: `Bearer ${ADMIN}` },
+      headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
       body: JSON.stringify({
         baseModel: "tiny",
         model: toHfConfig(cfg),

@@ -157,7 +157,11 @@ interface Client {
 }
 
 async function join(app: PerfitApp, run: string): Promise<Client> {
-  const r = await app.request(`/v1/runs/${run}/join`, { method: "POST", body: "{}" });
+  const r = await app.request(`/v1/runs/${run}/join`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: "{}",
+  });
   assert.equal(r.status, 201);
   const j = await r.json();
   return { id: j.clientId, token: j.token };
