@@ -140,3 +140,36 @@ Deno.test("client: an all-zero or missing initial adapter is refused before anyt
   await app.close();
   kv.close();
 });
+
+Deno.test("client: the token is refreshed before it expires, so a run longer than the token TTL goes on", async () => {
+  const kv = await Deno.openKv(":memory:");
+  let t = 1_000_000;
+  const app = makeApp(kv, { tokenTtlMs: 10_000 }, () => t);
+  const runId = await createRun(app, runBody("perfit", { clientsPerRound: 1, quorum: 1, rounds: 3 }));
+  const route = appFetch(() => app);
+  const refreshes: string[] = [];
+  const spy: typeof fetch = (input, init) => {
+    if (String(input).endsWith("/token")) refreshes.push(String(input));
+    return route(input, init);
+  };
+  const c = await FederatedClient.create({
+    serverUrl: "http://t",
+    runId,
+    trainer: fakeTrainer(0),
+    fetch: spy,
+    sleep: yieldTask,
+    now: () => t,
+  });
+  await c.join();
+  // A step every 4 s: by the third (12 s) the join's token would have expired; it is traded for a
+  // fresh one once past three quarters of its 10 s lifetime (at 8 s and again at 16 s).
+  const kinds: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    t += 4_000;
+    kinds.push((await c.step()).kind);
+  }
+  assert.deepEqual(kinds, ["trained", "trained", "trained", "done"]);
+  assert.equal(refreshes.length, 2);
+  await app.close();
+  kv.close();
+});

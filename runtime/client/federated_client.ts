@@ -79,6 +79,8 @@ export interface FederatedClientOptions {
   pollMs?: number;
   /** Called when a request failed and will be retried: what failed, the attempt, the wait before the next. */
   onRetry?: (what: string, attempt: number, waitMs: number, error: unknown) => void;
+  /** Clock (ms since epoch) for token refresh; tests inject one. */
+  now?: () => number;
   /** Called once a global round's slice is merged into the adapter (the personalized model of that round). */
   onSlice?: (globalRound: number) => void | Promise<void>;
 }
@@ -107,6 +109,9 @@ interface SavedState {
   ackedMaskRef?: string;
   /** Global round whose slice is merged into the saved adapter (it is not fetched again). */
   sliceRound?: number;
+  /** When the token was issued (by our clock) and when it expires (the server's word). */
+  tokenIssuedAt?: number;
+  tokenExpiresAt?: number;
 }
 
 /** What one `step()` did. */
@@ -176,8 +181,33 @@ export class FederatedClient {
     await this.storage.set("state.json", enc.encode(JSON.stringify(this.state)));
   }
 
-  /** fetch with retries on network errors, 429 and 5xx; other 4xx throw `FederatedClientError`. */
+  private now(): number {
+    return (this.opts.now ?? Date.now)();
+  }
+
+  /**
+   * Trades the token for a fresh one once three quarters of its lifetime have passed, so a run longer
+   * than the server's token TTL goes on (an expired token can no longer be refreshed).
+   */
+  private async refreshToken(): Promise<void> {
+    const st = this.state;
+    if (!st?.tokenExpiresAt || st.tokenIssuedAt === undefined) return;
+    if (this.now() < st.tokenIssuedAt + 0.75 * (st.tokenExpiresAt - st.tokenIssuedAt)) return;
+    const issued = this.now();
+    const j = await (await this.send("POST", `${this.base()}/token`, "{}")).json();
+    st.token = j.token;
+    st.tokenIssuedAt = issued;
+    st.tokenExpiresAt = typeof j.tokenExpiresAt === "number" ? j.tokenExpiresAt : undefined;
+    await this.save();
+  }
+
   private async request(method: string, path: string, body?: Uint8Array | string): Promise<Response> {
+    await this.refreshToken();
+    return await this.send(method, path, body);
+  }
+
+  /** fetch with retries on network errors, 408, 429 and 5xx; other 4xx throw `FederatedClientError`. */
+  private async send(method: string, path: string, body?: Uint8Array | string): Promise<Response> {
     const attempts = this.opts.retry?.attempts ?? 6;
     const base = this.opts.retry?.baseMs ?? 200;
     const max = this.opts.retry?.maxMs ?? 10_000;
@@ -212,7 +242,8 @@ export class FederatedClient {
         message = `${message}: ${j?.error?.message ?? ""}`;
       } catch { /* body was not our JSON error */ }
       const err = new FederatedClientError(res.status, code, message);
-      if (res.status === 429 || res.status >= 500) {
+      // 408: the server gave up on a body that arrived too slowly; a resend may be faster.
+      if (res.status === 408 || res.status === 429 || res.status >= 500) {
         lastErr = err;
         const ra = Number(res.headers.get("retry-after"));
         if (ra > 0) await this.sleep(Math.min(max, ra * 1000));
@@ -242,6 +273,8 @@ export class FederatedClient {
         adapterSize: j.adapterSize,
         lastRound: 0,
         pendingRound: null,
+        tokenIssuedAt: this.now(),
+        tokenExpiresAt: typeof j.tokenExpiresAt === "number" ? j.tokenExpiresAt : undefined,
       };
       await this.save();
     }
