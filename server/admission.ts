@@ -10,6 +10,7 @@ import type { RoundRecord, RunRecord, UploadRecord } from "./records.ts";
 import type { RunConfig } from "./run_config.ts";
 import type { DecodedUpdate } from "../runtime/client/wire.ts";
 import { RetryableError } from "./run_state.ts";
+import { maxSamplesOf } from "./robust.ts";
 
 /** Most uploads per commit: 2 mutations each + 1 must stay under KV's 1000, and 800 KiB in total. */
 export const MAX_GROUP = 400;
@@ -112,6 +113,13 @@ export function checkUpdate(cfg: RunConfig, strategy: MethodStrategy, u: Decoded
     throw invalid(
       "metrics_only",
       `${cfg.method} runs aggregate nothing: uploads carry metrics and an empty mask`,
+    );
+  }
+  const maxSamples = maxSamplesOf(cfg);
+  if (u.samples > maxSamples) {
+    throw invalid(
+      "too_many_samples",
+      `update claims ${u.samples} samples; this run admits at most ${maxSamples}`,
     );
   }
   const norm = Math.sqrt(u.sumSq);

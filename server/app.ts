@@ -30,7 +30,8 @@ import { BodyAbortedError, type BodyDeadline, DEFAULT_BODY_DEADLINE, readBody, r
 import { clientIp, type RateLimit, TokenBuckets, type TrustProxy } from "./ratelimit.ts";
 import { sha256Hex, TokenSigner } from "./tokens.ts";
 import { Coordinator, RetryableError } from "./coordinator.ts";
-import { parseRunConfig } from "./run_config.ts";
+import { parseJoinKey, parseRunConfig } from "./run_config.ts";
+import { inviteCount, inviteUsed } from "./enrollment.ts";
 import type { RunRecord } from "./records.ts";
 import { decodeUpdate, encodeSlice, WireError } from "../runtime/client/wire.ts";
 import { encodeSafetensors } from "../runtime/io/safetensors.ts";
@@ -236,8 +237,11 @@ export function createApp(opts: AppOptions): PerfitApp {
   const runView = (run: RunRecord) => run;
 
   app.post("/v1/runs", admin, async (c) => {
-    const cfg = parseRunConfig(await readJson(c.req.raw, maxJson, { deadline }));
-    return c.json({ run: runView(await coord.createRun(cfg)) }, 201);
+    const raw = await readJson(c.req.raw, maxJson, { deadline });
+    const cfg = parseRunConfig(raw);
+    // The join key is stored only as a salted hash, apart from the run record: never answered.
+    const joinKey = parseJoinKey(raw, cfg.enrollment);
+    return c.json({ run: runView(await coord.createRun(cfg, { joinKey })) }, 201);
   });
 
   app.get("/v1/runs", admin, async (c) => {
@@ -256,12 +260,25 @@ export function createApp(opts: AppOptions): PerfitApp {
     if (body === null || typeof body !== "object" || Array.isArray(body)) {
       throw invalid("bad_body", "join body must be an object");
     }
-    const { name, tier } = body as Record<string, unknown>;
+    const { name, tier, key, invite } = body as Record<string, unknown>;
     if (name !== undefined && (typeof name !== "string" || name.length > 100)) {
       throw invalid("bad_body", "name must be a string of ≤ 100 characters");
     }
     if (tier !== undefined && typeof tier !== "string") throw invalid("bad_body", "tier must be a string");
-    const rec = await coord.join(run, { name: name as string | undefined, tier: tier as string | undefined });
+    for (const [k, v] of [["key", key], ["invite", invite]] as const) {
+      if (v !== undefined && (typeof v !== "string" || v.length > 512)) {
+        throw invalid("bad_body", `${k} must be a string of ≤ 512 characters`);
+      }
+    }
+    const rec = await coord.join(run, {
+      name: name as string | undefined,
+      tier: tier as string | undefined,
+      key: key as string | undefined,
+      invite: invite as string | undefined,
+    });
+    // A replayed invite join gets its client back: never once the admin has revoked that client
+    // (a fresh token would be issued after the revocation, and so accepted).
+    if ((await revocations.revokedAt(run, rec.id, true)) !== null) throw inviteUsed();
     const iat = now();
     const token = await (await signer).sign({ run, client: rec.id, iat });
     const { run: r } = await coord.getRun(run);
@@ -278,6 +295,15 @@ export function createApp(opts: AppOptions): PerfitApp {
       adapterSize: cfg.adapterSize,
       method: cfg.method,
     }, 201);
+  });
+
+  // Single-use invites for a run with enrollment "invite": the tokens are answered once, KV keeps
+  // their hashes (server/enrollment.ts).
+  app.post("/v1/runs/:run/invites", admin, async (c) => {
+    const run = idParam(c.req.param("run"), "run id");
+    const count = inviteCount(await readJson(c.req.raw, maxJson, { deadline }));
+    const invites = await coord.createInvites(run, count);
+    return c.json({ run, invites }, 201);
   });
 
   // Every client route: a token of this run and of this very client (`c.var.client`).

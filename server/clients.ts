@@ -9,6 +9,20 @@ import { b64url } from "./tokens.ts";
 import { BoundedCache } from "./bounded_cache.ts";
 import { assignTier, checkTier } from "./admission.ts";
 import { RetryableError } from "./run_state.ts";
+import {
+  checkJoinKey,
+  type Credentials,
+  findInvite,
+  inviteUsed,
+  isReplay,
+  type PresentedInvite,
+} from "./enrollment.ts";
+
+/** What a join asks for, and the credentials it presents (enrollment.ts). */
+export interface JoinRequest extends Credentials {
+  name?: string;
+  tier?: string;
+}
 
 /** Client records kept in memory (a few hundred bytes each). */
 const CLIENT_CACHE = 50_000;
@@ -33,7 +47,7 @@ export class ClientRegistry {
   join(
     run: () => Promise<JoinTarget>,
     runId: string,
-    req: { name?: string; tier?: string },
+    req: JoinRequest,
   ): Promise<ClientRecord> {
     // Joins of one run are serialized in-process so the counter check rarely conflicts; the
     // versionstamp check still guards against other instances (Deno Deploy), with retries.
@@ -52,11 +66,23 @@ export class ClientRegistry {
     return [...this.locks.values()];
   }
 
-  private async joinOnce(run: JoinTarget, req: { name?: string; tier?: string }): Promise<ClientRecord> {
+  private async joinOnce(run: JoinTarget, req: JoinRequest): Promise<ClientRecord> {
     const { id: runId, config: cfg } = run;
+    // Enrollment first: someone without a key or invite learns nothing more about the run.
+    const enrollment = cfg.enrollment ?? "open";
+    if (enrollment === "key") await checkJoinKey(this.kv, runId, req.key);
     if (run.done) throw gone("run_done", `run ${runId} has finished`);
     checkTier(cfg, req.tier);
     for (let attempt = 0; attempt < 20; attempt++) {
+      let invite: PresentedInvite | null = null;
+      if (enrollment === "invite") {
+        invite = await findInvite(this.kv, runId, req.invite);
+        const used = invite.record.used;
+        if (used) {
+          if (!isReplay(used, req, this.now())) throw inviteUsed();
+          return await this.get(runId, used.client);
+        }
+      }
       const cnt = await this.kv.get<{ count: number }>(K.clientCount(runId));
       const seq = cnt.value?.count ?? 0;
       if (seq >= cfg.maxClients) {
@@ -73,12 +99,20 @@ export class ClientRegistry {
         joinedAt: this.now(),
         seq,
       };
-      const res = await this.kv.atomic()
+      const op = this.kv.atomic()
         .check(cnt)
         .check({ key: K.client(runId, id), versionstamp: null })
         .set(K.clientCount(runId), { count: seq + 1 })
-        .set(K.client(runId, id), rec)
-        .commit();
+        .set(K.client(runId, id), rec);
+      if (invite) {
+        // Used in the same commit that creates the client: of two joins racing for one invite,
+        // one commits and the other sees it used on its retry.
+        op.check(invite.entry).set(invite.entry.key, {
+          ...invite.record,
+          used: { client: id, at: rec.joinedAt, name: req.name ?? null, tier: req.tier ?? null },
+        });
+      }
+      const res = await op.commit();
       if (res.ok) return rec;
     }
     throw new RetryableError("join contention, retry");

@@ -38,12 +38,15 @@ import {
   roundNotOpen,
   roundPosition,
 } from "./admission.ts";
-import { ClientRegistry } from "./clients.ts";
+import { ClientRegistry, type JoinRequest } from "./clients.ts";
+import { joinKeyRecord, newInvite } from "./enrollment.ts";
+import { conflict, gone, invalid, notFound } from "./errors.ts";
 import { GroupCommit } from "./group_commit.ts";
 import { MaskStore } from "./mask_store.ts";
 import { openRound, RoundCloser } from "./round_close.ts";
 import { deferred, type Pending, RetryableError, RunCache, type RunState } from "./run_state.ts";
 import { sweepRun } from "./sweep.ts";
+import { ruleFor } from "./robust.ts";
 
 export { RetryableError } from "./run_state.ts";
 export { summarize } from "./round_close.ts";
@@ -129,8 +132,19 @@ export class Coordinator {
 
   // ---------- runs ----------
 
-  /** Creates a run with round 1 open. */
-  async createRun(config: RunConfig): Promise<RunRecord> {
+  /**
+   * Creates a run with round 1 open. A run with enrollment "key" needs its `joinKey`, of which only
+   * a salted hash is stored (under its own key, never in the run record).
+   */
+  async createRun(config: RunConfig, secrets: { joinKey?: string | null } = {}): Promise<RunRecord> {
+    const keyed = (config.enrollment ?? "open") === "key";
+    if (keyed !== (typeof secrets.joinKey === "string")) {
+      throw invalid(
+        "invalid_config",
+        keyed ? 'enrollment "key" needs a joinKey' : "joinKey without enrollment key",
+      );
+    }
+    const keyRecord = keyed ? await joinKeyRecord(secrets.joinKey!) : null;
     const id = `run_${b64url(crypto.getRandomValues(new Uint8Array(9)))}`;
     const t = this.now();
     const run: RunRecord = {
@@ -142,14 +156,44 @@ export class Coordinator {
       globalGen: null,
       globalRound: 0,
     };
-    const res = await this.kv.atomic()
+    const res = this.kv.atomic()
       .check({ key: K.run(id), versionstamp: null })
       .set(K.run(id), run)
       .set(K.round(id, 1), openRound(id, 1, t, config))
-      .set(K.clientCount(id), { count: 0 })
-      .commit();
-    if (!res.ok) throw new RetryableError("run id collision");
+      .set(K.clientCount(id), { count: 0 });
+    if (keyRecord) res.set(K.joinKey(id), keyRecord);
+    const done = await res.commit();
+    if (!done.ok) throw new RetryableError("run id collision");
     return run;
+  }
+
+  /**
+   * Issues `count` single-use invites to a run with enrollment "invite" (409 `enrollment_mismatch`
+   * otherwise, 410 once it finished). Returns the tokens; KV keeps only their hashes.
+   */
+  async createInvites(runId: string, count: number): Promise<string[]> {
+    const { run } = await this.runs.get(runId);
+    if ((run.config.enrollment ?? "open") !== "invite") {
+      throw conflict(
+        "enrollment_mismatch",
+        `run ${runId} does not take invites (enrollment ${run.config.enrollment ?? "open"})`,
+      );
+    }
+    if (run.status === "done") throw gone("run_done", `run ${runId} has finished`);
+    const t = this.now();
+    const invites = await Promise.all(Array.from({ length: count }, () => newInvite(t)));
+    // 2 mutations per invite: at most 400 invites per atomic operation (KV allows 1000 mutations).
+    for (let i = 0; i < invites.length; i += 400) {
+      const op = this.kv.atomic();
+      for (const inv of invites.slice(i, i + 400)) {
+        op.check({ key: K.invite(runId, inv.id), versionstamp: null }).set(
+          K.invite(runId, inv.id),
+          inv.record,
+        );
+      }
+      if (!(await op.commit()).ok) throw new RetryableError("invite id collision, retry");
+    }
+    return invites.map((inv) => inv.token);
   }
 
   /** Every run, newest first. */
@@ -177,10 +221,16 @@ export class Coordinator {
 
   // ---------- clients ----------
 
-  /** Registers a client, assigns its tier (requested, else round-robin by join order). */
-  join(runId: string, req: { name?: string; tier?: string }): Promise<ClientRecord> {
+  /**
+   * Registers a client, assigns its tier (requested, else round-robin by join order), after the
+   * run's enrollment check (`key` or `invite`, see enrollment.ts).
+   */
+  join(runId: string, req: JoinRequest): Promise<ClientRecord> {
+    // The run record alone (one small read), not the run's state: a join that its enrollment
+    // refuses loads nothing (a state holds 8·N bytes of accumulators).
     const target = async () => {
-      const { run } = await this.runs.get(runId);
+      const run = (await this.kv.get<RunRecord>(K.run(runId))).value;
+      if (!run) throw notFound(`no run ${runId}`);
       return { id: runId, done: run.status === "done", config: run.config };
     };
     return this.clients.join(target, runId, req);
@@ -349,6 +399,9 @@ export class Coordinator {
       taken: st.uploads.size + st.pending.size,
     }, round);
     const norm = checkUpdate(cfg, strategy, u);
+    // The run's aggregation sees the values as it admits them (clipped-mean scales them to clipNorm).
+    const admitted = ruleFor(cfg).admit(u.values, norm);
+    if (admitted !== u.values) u = { ...u, values: admitted };
     const record: UploadRecord = {
       uploadId,
       client: clientId,

@@ -15,6 +15,7 @@ import type { Folder } from "./folder.ts";
 import { MAX_GROUP } from "./admission.ts";
 import { lastMaskRecord } from "./mask_store.ts";
 import { type Pending, RetryableError, type RunCache, type RunState } from "./run_state.ts";
+import { weightOf } from "./robust.ts";
 
 const DEBUG = (() => {
   try {
@@ -59,10 +60,15 @@ export class GroupCommit {
     // From here on a duplicate of this upload waits for this one instead of folding twice.
     st.pending.set(p.client, p);
     folded?.(); // from here on `gather` counts it among the group-to-be (as folding, then queued)
-    if (st.acc) {
+    const weight = weightOf(st.run.config, u.samples);
+    if (st.held) {
+      // Held until the round closes (and written with this upload's group commit): own copies, so
+      // a view into a larger request body does not keep the whole body alive.
+      st.held.set(p.client, { bits: u.maskBits.slice(), values: u.values.slice(), weight });
+    } else if (st.acc) {
       st.folding++;
       try {
-        await this.folder.fold(st.acc, u.maskBits, u.values, u.samples);
+        await this.folder.fold(st.acc, u.maskBits, u.values, weight);
       } catch (e) {
         // Inputs are validated before this, so a failed fold means a broken worker, which may have
         // left a partial fold behind: reload the run from KV (every uncommitted upload is retried).
@@ -168,6 +174,13 @@ export class GroupCommit {
       if (snapshot) blobs.push([K.acc(runId, round.index, slot, "s"), f32Bytes(snapshot)]);
       const written = new Set(early);
       for (const p of group) if (p.maskBits && !written.has(p)) blobs.push(maskBlob(p));
+      // Held values are named by the upload's id, so a staged blob that never gets its marker (or a
+      // stale instance's) never overwrites the values an accepted marker names.
+      for (const p of st.held ? group : []) {
+        const h = st.held!.get(p.client);
+        if (!h) throw new Error(`held upload of ${p.client} is missing`);
+        blobs.push([K.held(runId, round.index, p.client, p.uploadId), f32Bytes(h.values)]);
+      }
       await Promise.all([writeBlobs(this.kv, blobs), earlyWrite]);
       return { group, slot: snapshot ? slot : null, t0, t1: performance.now() };
     } catch (e) {

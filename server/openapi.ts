@@ -80,7 +80,7 @@ export const openapi = {
               },
             },
           },
-          method: { enum: ["perfit", "fedit", "local"] },
+          method: { enum: ["perfit", "fedit", "local", "perfit-random-mask", "perfit-e1", "fedsa", "ffa"] },
           rounds: { type: "integer", minimum: 1 },
           clientsPerRound: {
             type: "integer",
@@ -108,6 +108,50 @@ export const openapi = {
           budget: { type: "integer", description: "Max ones per mask (default: rank-r size, or N/max e)." },
           maxNorm: { type: "number", description: "L2 bound on uploaded values (default 1e4)." },
           maxClients: { type: "integer" },
+          maxSamples: {
+            type: "integer",
+            minimum: 1,
+            maximum: 1e9,
+            description:
+              "Largest self-reported `samples` an upload may claim (default 1e9; 422 too_many_samples above).",
+          },
+          weighting: {
+            enum: ["samples", "equal"],
+            description: "What an upload weighs in the aggregate and the round's metrics: its samples " +
+              "(default, FedAvg) or 1 (every upload alike).",
+          },
+          aggregation: {
+            enum: ["mean", "trimmed-mean", "median", "clipped-mean"],
+            description: "How a position's holders are combined (server/robust.ts). mean (default) and " +
+              "clipped-mean stream; trimmed-mean and median hold the round's uploads until it closes and " +
+              "need clientsPerRound × adapterSize ≤ 67108864.",
+          },
+          trim: {
+            type: "number",
+            exclusiveMinimum: 0,
+            exclusiveMaximum: 0.5,
+            description: "trimmed-mean only (required): fraction of a position's weight dropped at each end.",
+          },
+          clipNorm: {
+            type: "number",
+            exclusiveMinimum: 0,
+            description:
+              "clipped-mean only (required, ≤ maxNorm): each upload's values are scaled to an L2 " +
+              "norm of at most this before the fold.",
+          },
+          enrollment: {
+            enum: ["open", "key", "invite"],
+            description: "Who may join: anyone with the run id (default open; not for production runs), " +
+              "a client presenting `joinKey` (key), or one holding an admin-issued invite (invite).",
+          },
+          joinKey: {
+            type: "string",
+            minLength: 16,
+            maxLength: 256,
+            writeOnly: true,
+            description: "enrollment key only (required): the key joins must present. Stored as a salted " +
+              "hash, never returned.",
+          },
           seed: { type: "integer" },
           train: { type: "object", description: "Opaque hyper-parameters handed to clients." },
         },
@@ -185,7 +229,16 @@ export const openapi = {
         requestBody: {
           content: json({
             type: "object",
-            properties: { name: { type: "string" }, tier: { type: "string" } },
+            properties: {
+              name: { type: "string" },
+              tier: { type: "string" },
+              key: { type: "string", description: "the run's join key (enrollment key)" },
+              invite: {
+                type: "string",
+                description: "a single-use invite (enrollment invite); a replay of the very join that " +
+                  "used it (same name and tier, within 10 minutes) gets the same client back",
+              },
+            },
           }),
         },
         responses: {
@@ -194,6 +247,11 @@ export const openapi = {
               "joined: {run, clientId, token, tokenExpiresAt, tier, expansion, rank, budget, adapterSize, method}",
           },
           400: err,
+          403: {
+            description: "enrollment_required: the run's join key or an invite of this run is missing or " +
+              "wrong; invite_used: the invite was used by another join",
+            content: err,
+          },
           404: err,
           408: err,
           415: err,
@@ -201,6 +259,30 @@ export const openapi = {
           410: err,
           422: err,
           429: err,
+        },
+      },
+    },
+    "/v1/runs/{run}/invites": {
+      post: {
+        summary:
+          "Issue single-use invites to a run with enrollment invite (tokens answered once, stored hashed)",
+        security: [{ admin: [] }],
+        parameters: [runId],
+        requestBody: {
+          required: true,
+          content: json({
+            type: "object",
+            properties: { count: { type: "integer", minimum: 1, maximum: 1000, default: 1 } },
+          }),
+        },
+        responses: {
+          201: { description: "{run, invites: [token, …]}" },
+          401: err,
+          404: err,
+          409: { description: "enrollment_mismatch: the run does not take invites", content: err },
+          410: err,
+          415: err,
+          422: err,
         },
       },
     },
@@ -271,7 +353,11 @@ export const openapi = {
           },
           410: { description: "round closed (late upload)", content: err },
           413: err,
-          422: err,
+          422: {
+            description: "invalid update: shapes, NaN/Inf, budget, norm_bound, bad_metrics, or " +
+              "too_many_samples (samples above the run's maxSamples)",
+            content: err,
+          },
           429: {
             description: "rate limited, or upload_in_flight: this client already has an upload in flight",
             content: err,

@@ -16,6 +16,11 @@
  *   ["mask", run, client, r, i]           a client's mask bitmask, stored in the first round it was uploaded
  *                                       (the mask it replaces is deleted when that round closes)
  *   ["lastmask", run, client]             {round, popcount, hash}: which mask is the client's latest
+ *   ["held", run, r, client, uploadId, i] an upload's values (f32, in mask bit order) for aggregations
+ *                                       that combine at close (trimmed-mean, median); named by the
+ *                                       upload marker's id, deleted when the round closes
+ *   ["enroll", run]                       {salt, hash} of the run's join key (enrollment "key")
+ *   ["invite", run, id]                   InviteRecord: a single-use invite (enrollment "invite")
  *
  * Values are bounded whatever clients send: an upload's metrics are admitted only when few and
  * short (admission.ts), and a round summary keeps a bounded number of them (round_close.ts).
@@ -122,4 +127,10 @@ export const K = {
   masksOfClient: (run: string, c: string): Deno.KvKey => ["mask", run, c],
   masksOf: (run: string): Deno.KvKey => ["mask", run],
   lastMask: (run: string, c: string): Deno.KvKey => ["lastmask", run, c],
+  held: (run: string, r: number, c: string, uploadId: string): Deno.KvKey => ["held", run, r, c, uploadId],
+  heldRound: (run: string, r: number): Deno.KvKey => ["held", run, r],
+  heldOf: (run: string): Deno.KvKey => ["held", run],
+  joinKey: (run: string): Deno.KvKey => ["enroll", run],
+  invite: (run: string, id: string): Deno.KvKey => ["invite", run, id],
+  invitesOf: (run: string): Deno.KvKey => ["invite", run],
 };

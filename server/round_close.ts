@@ -17,6 +17,7 @@ import { closeDue, METRIC_NAME, roundComplete } from "./admission.ts";
 import type { GroupCommit } from "./group_commit.ts";
 import type { MaskStore } from "./mask_store.ts";
 import { type GlobalAdapter, RetryableError, type RunCache, type RunState } from "./run_state.ts";
+import { combineHeld, type HeldUpdate, ruleFor, weightOf } from "./robust.ts";
 
 /**
  * Most metric names a round summary keeps. A summary is one KV value (64 KiB at most) written by
@@ -52,9 +53,14 @@ export function openRound(run: string, index: number, t: number, cfg: RunConfig)
 
 /**
  * The round's summary: its uploads and samples, and its metrics as the run's strategy aggregates
- * them, over at most SUMMARY_METRICS well-formed names (those the most uploads report; ties by name).
+ * them (each upload weighing `weigh(samples)`), over at most SUMMARY_METRICS well-formed names (those the most uploads report; ties by name).
  */
-export function summarize(strategy: MethodStrategy, uploads: UploadRecord[], covered: number): RoundSummary {
+export function summarize(
+  strategy: MethodStrategy,
+  uploads: UploadRecord[],
+  covered: number,
+  weigh: (samples: number) => number = (samples) => samples,
+): RoundSummary {
   const samples = uploads.reduce((a, u) => a + u.samples, 0);
   const counts = new Map<string, number>();
   for (const u of uploads) {
@@ -66,7 +72,12 @@ export function summarize(strategy: MethodStrategy, uploads: UploadRecord[], cov
   );
   const kept = (m: Record<string, number>) =>
     Object.fromEntries(Object.entries(m).filter(([k]) => keep.has(k)));
-  const reported: ReportedMetrics[] = uploads.map((u) => ({ samples: u.samples, metrics: kept(u.metrics) }));
+  // Metrics are weighed like the uploads' values (the run's `weighting`), so an inflated sample
+  // claim moves the round's loss no more than its aggregate.
+  const reported: ReportedMetrics[] = uploads.map((u) => ({
+    samples: weigh(u.samples),
+    metrics: kept(u.metrics),
+  }));
   return { clients: uploads.length, samples, metrics: kept(strategy.aggregateMetrics(reported)), covered };
 }
 
@@ -122,10 +133,21 @@ export class RoundCloser {
       let globalRound = run.globalRound;
       let coveredCount = 0;
       let newGlobal: GlobalAdapter | null = null;
-      if (st.acc && round.accepted > 0) {
+      if ((st.acc || st.held) && round.accepted > 0) {
         const old = await this.loadGlobal(st);
         newGlobal = { v: old.v.slice(), c: old.c.slice(), gen: newGen(t) };
-        finalizeInto(kernels(), st.acc.sum, st.acc.weight, newGlobal.v, newGlobal.c);
+        if (st.acc) finalizeInto(kernels(), st.acc.sum, st.acc.weight, newGlobal.v, newGlobal.c);
+        else {
+          // The rule combines each position's holders: the accepted uploads only (every admitted
+          // upload is accepted by now, the queue having been flushed above).
+          const held: HeldUpdate[] = [];
+          for (const c of st.uploads.keys()) {
+            const h = st.held!.get(c);
+            if (!h) throw new Error(`held upload of ${c} is missing`);
+            held.push(h);
+          }
+          combineHeld(held, cfg.adapterSize, ruleFor(cfg).combine!, newGlobal.v, newGlobal.c);
+        }
         coveredCount = popcountBits(newGlobal.c);
         uncommitted = newGlobal.gen;
         await writeChunks(this.kv, K.global(run.id, newGlobal.gen!, "v"), f32Bytes(newGlobal.v));
@@ -134,7 +156,12 @@ export class RoundCloser {
         globalRound = round.index;
       }
       const closedUploads = [...st.uploads.values()];
-      const summary = summarize(strategyFor(cfg.method), closedUploads, coveredCount);
+      const summary = summarize(
+        strategyFor(cfg.method),
+        closedUploads,
+        coveredCount,
+        (samples) => weightOf(cfg, samples),
+      );
       const closed: RoundRecord = { ...round, status: "closed", closedAt: t, summary };
       const last = round.index >= cfg.rounds;
       const nextRun: RunRecord = {
@@ -166,7 +193,9 @@ export class RoundCloser {
         st.acc.sum.fill(0);
         st.acc.weight.fill(0);
       }
+      st.held?.clear();
       this.cleanUp(deletePrefix(this.kv, K.accRound(run.id, round.index)));
+      if (st.held) this.cleanUp(deletePrefix(this.kv, K.heldRound(run.id, round.index)));
       this.cleanUp(this.masks.dropReplacedMasks(run.id, cfg.adapterSize, closedUploads));
       if (newGlobal && oldGlobal) this.cleanUp(deletePrefix(this.kv, K.globalGen(run.id, oldGlobal)));
     } catch (e) {

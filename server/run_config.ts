@@ -8,6 +8,7 @@ import { parseConfig } from "../runtime/model/config.ts";
 import { adapterLayout, type TargetModule } from "../runtime/model/lora.ts";
 import { budgetOf } from "../runtime/perfit/expansion.ts";
 import { DEPLOYED_METHODS, type DeployedMethod, strategyFor } from "../runtime/federation/strategies.ts";
+import { type Aggregation, AGGREGATIONS, type Weighting, WEIGHTINGS, WIRE_MAX_SAMPLES } from "./robust.ts";
 
 const TARGETS: TargetModule[] = ["q", "k", "v", "o", "gate", "up", "down"];
 
@@ -29,6 +30,22 @@ export interface RunConfig {
   /** Upper bound on the L2 norm of uploaded values. */
   maxNorm: number;
   maxClients: number;
+  /** Largest self-reported `samples` an upload may carry (422 `too_many_samples` above). */
+  maxSamples: number;
+  /** What an upload weighs in the parameter-wise aggregation: its samples, or 1 (server/robust.ts). */
+  weighting: Weighting;
+  /** How the holders of a position are combined (server/robust.ts). */
+  aggregation: Aggregation;
+  /** trimmed-mean: the fraction of weight dropped at each end of a position's sorted holders. */
+  trim?: number;
+  /** clipped-mean: each upload's values are scaled to an L2 norm of at most this before the fold. */
+  clipNorm?: number;
+  /**
+   * Who may join: anyone who knows the run id ("open"), a client presenting the run's join key
+   * ("key"; only its salted hash is stored, apart from the run record), or one holding a
+   * single-use invite the admin issued ("invite"). See server/enrollment.ts.
+   */
+  enrollment: Enrollment;
   seed: number;
   /** Opaque training hyper-parameters handed to clients with each task. */
   train: Record<string, unknown>;
@@ -36,12 +53,24 @@ export interface RunConfig {
   model?: Record<string, unknown>;
 }
 
+/** Who may join a run. */
+export const ENROLLMENTS = ["open", "key", "invite"] as const;
+export type Enrollment = typeof ENROLLMENTS[number];
+
 /** Hard caps that keep one run's state (and a misconfigured request) bounded. */
 export const LIMITS = {
   maxAdapterSize: 64 * 1024 * 1024,
   maxRounds: 100_000,
   maxClients: 1_000_000,
+  /**
+   * Values a round may hold for an aggregation that does not stream (trimmed-mean, median):
+   * clientsPerRound × adapterSize, i.e. 256 MiB of f32 in memory and in KV for the open round.
+   */
+  maxHeldValues: 64 * 1024 * 1024,
 } as const;
+
+/** Join keys: long enough that guessing one through the rate limit is hopeless. */
+export const JOIN_KEY = { min: 16, max: 256 } as const;
 
 function int(o: Record<string, unknown>, k: string, lo: number, hi: number, dflt?: number): number {
   const v = o[k] ?? dflt;
@@ -57,6 +86,14 @@ function num(o: Record<string, unknown>, k: string, lo: number, hi: number, dflt
     throw invalid("invalid_config", `${k} must be a number in (${lo}, ${hi}], got ${JSON.stringify(o[k])}`);
   }
   return v;
+}
+
+function oneOf<T extends string>(o: Record<string, unknown>, k: string, allowed: readonly T[], dflt: T): T {
+  const v = o[k] ?? dflt;
+  if (typeof v !== "string" || !(allowed as readonly string[]).includes(v)) {
+    throw invalid("invalid_config", `${k} must be one of ${allowed.join(", ")}, got ${JSON.stringify(o[k])}`);
+  }
+  return v as T;
 }
 
 function obj(v: unknown, what: string): Record<string, unknown> {
@@ -153,6 +190,39 @@ export function parseRunConfig(raw: unknown): RunConfig {
   const maxNorm = num(o, "maxNorm", 0, 1e12, 1e4);
   const maxClients = int(o, "maxClients", 1, LIMITS.maxClients, 10_000);
   const seed = int(o, "seed", 0, 2 ** 31 - 1, 0);
+  const maxSamples = int(o, "maxSamples", 1, WIRE_MAX_SAMPLES, WIRE_MAX_SAMPLES);
+  const weighting = oneOf(o, "weighting", WEIGHTINGS, "samples");
+  const aggregation = oneOf(o, "aggregation", AGGREGATIONS, "mean");
+  if (!strategy.aggregates && aggregation !== "mean") {
+    throw invalid("invalid_config", `${method} runs aggregate nothing: aggregation must be mean`);
+  }
+  if (o.trim !== undefined && aggregation !== "trimmed-mean") {
+    throw invalid("invalid_config", "trim is the parameter of aggregation trimmed-mean");
+  }
+  if (o.clipNorm !== undefined && aggregation !== "clipped-mean") {
+    throw invalid("invalid_config", "clipNorm is the parameter of aggregation clipped-mean");
+  }
+  let trim: number | undefined;
+  let clipNorm: number | undefined;
+  if (aggregation === "trimmed-mean") {
+    trim = o.trim as number;
+    if (typeof trim !== "number" || !(trim > 0 && trim < 0.5)) {
+      throw invalid("invalid_config", `trimmed-mean needs trim in (0, 0.5), got ${JSON.stringify(o.trim)}`);
+    }
+  }
+  if (aggregation === "clipped-mean") clipNorm = num(o, "clipNorm", 0, maxNorm);
+  if (
+    (aggregation === "trimmed-mean" || aggregation === "median") &&
+    clientsPerRound * adapterSize > LIMITS.maxHeldValues
+  ) {
+    throw invalid(
+      "invalid_config",
+      `${aggregation} holds the round's uploads until it closes: clientsPerRound × adapterSize ` +
+        `(${clientsPerRound} × ${adapterSize}) must be at most ${LIMITS.maxHeldValues}`,
+    );
+  }
+  const enrollment = oneOf(o, "enrollment", ENROLLMENTS, "open");
+  parseJoinKey(o, enrollment);
   const train = o.train === undefined ? {} : obj(o.train, "train");
   if (JSON.stringify(train).length > 8192) throw invalid("invalid_config", "train must serialize to ≤ 8 KiB");
   return {
@@ -168,8 +238,34 @@ export function parseRunConfig(raw: unknown): RunConfig {
     budget,
     maxNorm,
     maxClients,
+    maxSamples,
+    weighting,
+    aggregation,
+    ...(trim !== undefined ? { trim } : {}),
+    ...(clipNorm !== undefined ? { clipNorm } : {}),
+    enrollment,
     seed,
     train,
     ...(o.model !== undefined ? { model: o.model as Record<string, unknown> } : {}),
   };
+}
+
+/**
+ * The join key of a create-run body: required (a string of JOIN_KEY.min..max characters) when
+ * `enrollment` is "key", refused otherwise. It is not part of the RunConfig: the coordinator stores
+ * only a salted hash of it, apart from the run record that GET returns.
+ */
+export function parseJoinKey(raw: unknown, enrollment: Enrollment): string | null {
+  const k = (raw as Record<string, unknown>)?.joinKey;
+  if (enrollment !== "key") {
+    if (k !== undefined) throw invalid("invalid_config", 'joinKey is only for enrollment "key"');
+    return null;
+  }
+  if (typeof k !== "string" || k.length < JOIN_KEY.min || k.length > JOIN_KEY.max) {
+    throw invalid(
+      "invalid_config",
+      `enrollment "key" needs a joinKey of ${JOIN_KEY.min}..${JOIN_KEY.max} characters`,
+    );
+  }
+  return k;
 }

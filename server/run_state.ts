@@ -8,8 +8,9 @@ import { notFound } from "./errors.ts";
 import { f32Bytes, MissingBlobError, readChunks } from "./kv_chunks.ts";
 import { strategyFor } from "../runtime/federation/strategies.ts";
 import { K, type LastMask, type RoundRecord, type RunRecord, type UploadRecord } from "./records.ts";
-import { bitWords } from "../runtime/kernels/bits.ts";
+import { bitWords, fullBits } from "../runtime/kernels/bits.ts";
 import type { Accumulators, Folder } from "./folder.ts";
+import { type HeldUpdate, ruleFor, weightOf } from "./robust.ts";
 
 /** 503 for a commit that lost a race (another instance) or a KV failure: the client retries. */
 export class RetryableError extends Error {
@@ -43,8 +44,16 @@ export interface RunState {
   runVs: string;
   round: RoundRecord | null;
   roundVs: string | null;
-  /** The open round's accumulators (null for runs that aggregate nothing). */
+  /**
+   * The open round's accumulators, for runs whose aggregation streams (mean, clipped-mean); null
+   * for runs that aggregate nothing or hold their uploads instead (`held`).
+   */
   acc: Accumulators | null;
+  /**
+   * For aggregations that combine at close (trimmed-mean, median): the open round's admitted
+   * uploads by client (accepted, or pending: a failed commit reloads the whole state); else null.
+   */
+  held: Map<string, HeldUpdate> | null;
   /** Sequence number of the last fold requested, and how many are still in flight. */
   foldSeq: number;
   folding: number;
@@ -265,6 +274,7 @@ export class RunCache {
       round: null,
       roundVs: null,
       acc: null,
+      held: null,
       foldSeq: 0,
       folding: 0,
       uploads: new Map(),
@@ -287,12 +297,14 @@ export class RunCache {
       for await (const e of this.kv.list<UploadRecord>({ prefix: K.uploadsOf(id, run.round) })) {
         st.uploads.set(e.value.client, e.value);
       }
-      if (strategyFor(run.config.method).aggregates) {
+      if (strategyFor(run.config.method).aggregates && ruleFor(run.config).streams) {
         st.acc = this.folder.alloc(run.config.adapterSize);
         if (st.round.accGen) {
           await readChunks(this.kv, K.acc(id, run.round, st.round.accGen, "s"), f32Bytes(st.acc.sum));
           await this.rebuildWeight(st);
         }
+      } else if (strategyFor(run.config.method).aggregates) {
+        st.held = await this.loadHeld(st);
       }
     }
     return st;
@@ -307,12 +319,15 @@ export class RunCache {
     const w = st.acc!.weight;
     const bits = new Uint32Array(bitWords(n));
     if (strategyFor(st.run.config.method).denseMask) {
-      for (const u of st.uploads.values()) for (let i = 0; i < n; i++) w[i] += Math.fround(u.samples);
+      for (const u of st.uploads.values()) {
+        const x = Math.fround(weightOf(st.run.config, u.samples));
+        for (let i = 0; i < n; i++) w[i] += x;
+      }
       return;
     }
     for (const u of st.uploads.values()) {
       await readChunks(this.kv, K.mask(st.run.id, u.client, u.maskRound), new Uint8Array(bits.buffer));
-      const x = Math.fround(u.samples);
+      const x = Math.fround(weightOf(st.run.config, u.samples));
       for (let wi = 0; wi < bits.length; wi++) {
         let b = bits[wi];
         while (b !== 0) {
@@ -322,5 +337,26 @@ export class RunCache {
         }
       }
     }
+  }
+
+  /**
+   * The open round's held uploads, read back from KV: each accepted upload's values (stored under
+   * its upload id by the group commit that accepted it) at its stored mask (dense runs: all ones).
+   */
+  private async loadHeld(st: RunState): Promise<Map<string, HeldUpdate>> {
+    const n = st.run.config.adapterSize;
+    const held = new Map<string, HeldUpdate>();
+    const dense = strategyFor(st.run.config.method).denseMask ? fullBits(n) : null;
+    for (const u of st.uploads.values()) {
+      let bits = dense;
+      if (!bits) {
+        bits = new Uint32Array(bitWords(n));
+        await readChunks(this.kv, K.mask(st.run.id, u.client, u.maskRound), new Uint8Array(bits.buffer));
+      }
+      const values = new Float32Array(u.popcount);
+      await readChunks(this.kv, K.held(st.run.id, u.round, u.client, u.uploadId), f32Bytes(values));
+      held.set(u.client, { bits, values, weight: weightOf(st.run.config, u.samples) });
+    }
+    return held;
   }
 }

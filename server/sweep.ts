@@ -3,7 +3,7 @@
  * when an instance first loads a run. Clean-up after a close is best effort (see `cleanUp` in
  * coordinator.ts); this is what bounds the garbage anyway. It only deletes what no record can name
  * again:
- *  - accumulator slots of closed rounds (a closed round never reopens);
+ *  - accumulator slots and held upload values of closed rounds (a closed round never reopens);
  *  - masks stored under a closed round that neither the client's `lastmask` pointer nor an upload
  *    of the open round names (a pointer only ever moves to the open round, never back);
  *  - global generations other than the current one that are older than SWEEP_GRACE_MS: a younger one
@@ -29,6 +29,9 @@ export async function sweepRun(
   // Every round below run.round is closed (a finished run's round is past its last).
   for await (const r of childParts(kv, K.accsOf(id))) {
     if (typeof r === "number" && r < run.round) await deletePrefix(kv, K.accRound(id, r));
+  }
+  for await (const r of childParts(kv, K.heldOf(id))) {
+    if (typeof r === "number" && r < run.round) await deletePrefix(kv, K.heldRound(id, r));
   }
 
   const named = new Map<string, Set<number>>();

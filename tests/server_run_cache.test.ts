@@ -126,9 +126,10 @@ Deno.test("server run cache: idle runs are evicted least recently used first; a 
       const run = await coord.createRun(config());
       runs.push(run.id);
       clients.push([(await coord.join(run.id, {})).id, (await coord.join(run.id, {})).id]);
+      await coord.getRun(run.id); // (a join reads the run record only; this loads the run)
     }
     const [r0, r1, r2, r3] = runs;
-    // Joins loaded each run; only the two used last are left.
+    // Each run was loaded in turn; only the two used last are left.
     assert.deepEqual(coord.loadedRuns(), [r2, r3]);
     await coord.getRun(r0);
     assert.deepEqual(coord.loadedRuns(), [r3, r0]);
