@@ -85,6 +85,20 @@ export interface ServerConfig {
    * peer is the client (the header is ignored: anyone can send it).
    */
   trustProxy?: TrustProxy;
+  /**
+   * Tokens an upload refused as invalid (400, 413 or 422: malformed, oversized, or against the run's
+   * policy) costs its client's rate-limit bucket on top of its request (default 10: one second of
+   * the default 10/s). A client sending garbage gets about one full refusal a second, and 429 for the
+   * rest; an honest client, whose uploads are accepted, never pays it. 0 disables.
+   */
+  refusedUploadCost?: number;
+  /**
+   * A 429 of the per-client bucket is answered after holding it until the client's next token, at
+   * most this long, in ms (default 1000; 0 answers at once). The hold costs a timer, no CPU, so a
+   * client that ignores Retry-After and retries at once gets at most one answer per hold and
+   * connection, not as many as the server can write.
+   */
+  rateLimitHoldMs?: number;
   /** Interval of the round-deadline ticker in ms (default 1000; 0 = no timer, deadlines close lazily). */
   tickMs?: number;
   /**
@@ -171,13 +185,25 @@ export function createApp(opts: AppOptions): PerfitApp {
       });
     }
   };
+  const holdMs = Math.max(0, config.rateLimitHoldMs ?? 1000);
+  const refusedUploadCost = Math.max(0, config.refusedUploadCost ?? 10);
+  /** The per-client limit: a 429 is held until the client's next token (at most `holdMs`). */
+  const clientLimited = async (buckets: TokenBuckets, key: string) => {
+    const wait = buckets.take(key);
+    if (wait <= 0) return;
+    const hold = Math.min(wait * 1000, holdMs);
+    if (hold > 0) await new Promise((r) => setTimeout(r, hold));
+    throw new ApiError(429, "rate_limited", "too many requests", {
+      "retry-after": String(Math.max(1, Math.ceil(wait - hold / 1000))),
+    });
+  };
 
   const auth: AuthDeps = {
     adminHash,
     signer,
     clientRecord: (run, client) => coord.client(run, client),
     clientBuckets,
-    limit: limited,
+    limit: clientLimited,
     revocations,
     tokenTtlMs,
     now,
@@ -378,6 +404,14 @@ export function createApp(opts: AppOptions): PerfitApp {
         release();
       });
       return c.json(res, res.status === "accepted" ? 201 : 200);
+    } catch (e) {
+      // A refusal for what the client sent (not for the round's state, 409/410, or for load, 503)
+      // costs it more than a request: see `refusedUploadCost`.
+      const status = e instanceof ApiError || e instanceof WireError ? e.status : 0;
+      if (status === 400 || status === 413 || status === 422) {
+        clientBuckets.charge(clientId, refusedUploadCost);
+      }
+      throw e;
     } finally {
       release();
       giveBack();

@@ -72,9 +72,9 @@ export interface AuthDeps {
   signer: Promise<TokenSigner>;
   /** A client's record, or an `ApiError` 404 when it is not registered. */
   clientRecord: (run: string, client: string) => Promise<ClientRecord>;
-  /** Per-client token buckets; `limit` throws 429 when one is empty. */
+  /** Per-client token buckets; `limit` throws 429 when one is empty (possibly after holding it). */
   clientBuckets: TokenBuckets;
-  limit: (buckets: TokenBuckets, key: string) => void;
+  limit: (buckets: TokenBuckets, key: string) => void | Promise<void>;
   revocations: Revocations;
   /** Lifetime of a client token from its `iat`, in ms. */
   tokenTtlMs: number;
@@ -116,7 +116,7 @@ async function verifyClient(deps: AuthDeps, c: Context): Promise<ClientRecord> {
       "token expired: join again, or refresh tokens before they expire",
     );
   }
-  deps.limit(deps.clientBuckets, claims.client);
+  await deps.limit(deps.clientBuckets, claims.client);
   let rec: ClientRecord;
   try {
     rec = await deps.clientRecord(run, claims.client);

@@ -243,8 +243,14 @@ export class Coordinator {
 
   /** The next thing a client should do. */
   async task(runId: string, c: ClientRecord): Promise<TaskInfo> {
-    const st = await this.runs.get(runId);
+    let st = await this.runs.get(runId);
     await this.closer.advance(st);
+    if (st.closing) {
+      // The round is being closed (often by this client's own upload, the last seat): answer with
+      // the round that follows rather than "wait", which would cost the client a poll.
+      await st.chain;
+      st = await this.runs.get(runId);
+    }
     const cfg = st.run.config;
     const r = st.round;
     let status: TaskInfo["status"] = "train";

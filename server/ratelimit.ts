@@ -36,6 +36,24 @@ export class TokenBuckets {
     return (1 - b.tokens) / rate;
   }
 
+  /**
+   * Takes `n` more tokens from `key`'s bucket whatever it holds: a debt of at most one burst that the
+   * refill pays back before `take` allows anything again (no-op when limiting is off).
+   */
+  charge(key: string, n: number): void {
+    const { rate, burst } = this.limit;
+    if (rate <= 0 || !(n > 0)) return;
+    const t = this.now();
+    let b = this.buckets.get(key);
+    if (!b) {
+      if (this.buckets.size >= this.maxKeys) this.evict(t);
+      b = { tokens: burst, at: t };
+      this.buckets.set(key, b);
+    }
+    b.tokens = Math.max(-burst, Math.min(burst, b.tokens + ((t - b.at) / 1000) * rate) - n);
+    b.at = t;
+  }
+
   private evict(t: number): void {
     // Full buckets carry no state worth keeping; drop them (and, if none, the oldest).
     for (const [k, b] of this.buckets) {

@@ -30,12 +30,14 @@ export interface RunConfig {
   /** Upper bound on the L2 norm of uploaded values. */
   maxNorm: number;
   maxClients: number;
+  // The next four are always set by parseRunConfig; runs stored before they existed lack them, so
+  // they are read through `maxSamplesOf`, `weightOf`, `ruleFor` (server/robust.ts) and `?? "open"`.
   /** Largest self-reported `samples` an upload may carry (422 `too_many_samples` above). */
-  maxSamples: number;
+  maxSamples?: number;
   /** What an upload weighs in the parameter-wise aggregation: its samples, or 1 (server/robust.ts). */
-  weighting: Weighting;
+  weighting?: Weighting;
   /** How the holders of a position are combined (server/robust.ts). */
-  aggregation: Aggregation;
+  aggregation?: Aggregation;
   /** trimmed-mean: the fraction of weight dropped at each end of a position's sorted holders. */
   trim?: number;
   /** clipped-mean: each upload's values are scaled to an L2 norm of at most this before the fold. */
@@ -45,7 +47,7 @@ export interface RunConfig {
    * ("key"; only its salted hash is stored, apart from the run record), or one holding a
    * single-use invite the admin issued ("invite"). See server/enrollment.ts.
    */
-  enrollment: Enrollment;
+  enrollment?: Enrollment;
   seed: number;
   /** Opaque training hyper-parameters handed to clients with each task. */
   train: Record<string, unknown>;
@@ -255,7 +257,7 @@ export function parseRunConfig(raw: unknown): RunConfig {
  * `enrollment` is "key", refused otherwise. It is not part of the RunConfig: the coordinator stores
  * only a salted hash of it, apart from the run record that GET returns.
  */
-export function parseJoinKey(raw: unknown, enrollment: Enrollment): string | null {
+export function parseJoinKey(raw: unknown, enrollment: Enrollment = "open"): string | null {
   const k = (raw as Record<string, unknown>)?.joinKey;
   if (enrollment !== "key") {
     if (k !== undefined) throw invalid("invalid_config", 'joinKey is only for enrollment "key"');
