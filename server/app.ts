@@ -35,6 +35,7 @@ import type { RunRecord } from "./records.ts";
 import { decodeUpdate, encodeSlice, WireError } from "../runtime/client/wire.ts";
 import { encodeSafetensors } from "../runtime/io/safetensors.ts";
 import { openapi } from "./openapi.ts";
+import { type EventLog, silentLog } from "./event_log.ts";
 import { ByteBudget, Semaphore } from "./semaphore.ts";
 import { defaultFolder, InlineFolder } from "./folder.ts";
 import { METRICS_PAGE, ReadModel } from "./read_model.ts";
@@ -99,6 +100,8 @@ export interface AppOptions {
   config: ServerConfig;
   /** Clock (ms since epoch); tests inject one to cross deadlines. */
   now?: () => number;
+  /** Where the coordinator says what it does: joins, rounds, accepted uploads, refusals (default: nowhere). */
+  events?: EventLog;
 }
 
 /** What the upload route holds right now (tests and benches watch it; nothing else reads it). */
@@ -142,7 +145,13 @@ export function createApp(opts: AppOptions): PerfitApp {
     : sha256Hex(config.adminToken!);
   const signer = TokenSigner.create(config.secret);
   signer.catch(() => {});
-  const coord = new Coordinator(kv, now, config.foldWorker === false ? new InlineFolder() : defaultFolder());
+  const events = opts.events ?? silentLog;
+  const coord = new Coordinator(
+    kv,
+    now,
+    config.foldWorker === false ? new InlineFolder() : defaultFolder(),
+    { events },
+  );
   const ipBuckets = new TokenBuckets(config.rateLimit?.ip ?? { rate: 50, burst: 100 }, now);
   const clientBuckets = new TokenBuckets(config.rateLimit?.client ?? { rate: 10, burst: 40 }, now);
   const maxJson = config.maxJsonBytes ?? 64 * 1024;
@@ -192,6 +201,9 @@ export function createApp(opts: AppOptions): PerfitApp {
       console.warn(
         `perfit server: ${c.req.method} ${c.req.path}: body cut off by the client (${err.detail})`,
       );
+    }
+    if (err instanceof ApiError || err instanceof WireError) {
+      events.emit({ kind: "refused", status: err.status, code: err.code });
     }
     if (err instanceof ApiError) {
       for (const [k, v] of Object.entries(err.headers)) c.header(k, v);

@@ -44,6 +44,7 @@ import { MaskStore } from "./mask_store.ts";
 import { openRound, RoundCloser } from "./round_close.ts";
 import { deferred, type Pending, RetryableError, RunCache, type RunState } from "./run_state.ts";
 import { sweepRun } from "./sweep.ts";
+import { type EventLog, silentLog } from "./event_log.ts";
 
 export { RetryableError } from "./run_state.ts";
 export { summarize } from "./round_close.ts";
@@ -62,10 +63,14 @@ export interface CoordinatorOptions {
    * idle ones are dropped and reloaded from KV on their next request.
    */
   maxLoadedRuns?: number;
+  /** Where the coordinator says what it does (default: nowhere). */
+  events?: EventLog;
 }
 
 /** Runs, rounds, clients and streaming aggregation, all persisted in one Deno KV. */
 export class Coordinator {
+  /** Where events go (`CoordinatorOptions.events`). */
+  readonly events: EventLog;
   private readonly reads: ReadModel;
   private readonly runs: RunCache;
   private readonly maskStore: MaskStore;
@@ -106,7 +111,17 @@ export class Coordinator {
       (st) => this.closer.closeNow(st),
       cleanUp,
     );
-    this.closer = new RoundCloser(kv, now, folder, this.runs, this.commits, this.maskStore, cleanUp);
+    this.events = options.events ?? silentLog;
+    this.closer = new RoundCloser(
+      kv,
+      now,
+      folder,
+      this.runs,
+      this.commits,
+      this.maskStore,
+      cleanUp,
+      this.events,
+    );
   }
 
   /** A freshly loaded run: sweep what a crash left, and close a round that a crash left full. */
@@ -149,6 +164,15 @@ export class Coordinator {
       .set(K.clientCount(id), { count: 0 })
       .commit();
     if (!res.ok) throw new RetryableError("run id collision");
+    const c = config;
+    this.events.emit({
+      kind: "run_created",
+      run: id,
+      method: c.method,
+      rounds: c.rounds,
+      clientsPerRound: c.clientsPerRound,
+    });
+    this.events.emit({ kind: "round_opened", run: id, round: 1 });
     return run;
   }
 
@@ -183,7 +207,16 @@ export class Coordinator {
       const { run } = await this.runs.get(runId);
       return { id: runId, done: run.status === "done", config: run.config };
     };
-    return this.clients.join(target, runId, req);
+    return this.clients.join(target, runId, req).then((rec) => {
+      this.events.emit({
+        kind: "joined",
+        run: runId,
+        client: rec.id,
+        tier: rec.tier,
+        expansion: rec.expansion,
+      });
+      return rec;
+    });
   }
 
   /** A client's record, or 404. */
@@ -365,6 +398,10 @@ export class Coordinator {
     const maskBits = dense || reuseMask ? null : u.maskBits;
     const p: Pending = { seq: ++st.foldSeq, client: clientId, uploadId, record, maskBits, ...deferred() };
     await this.commits.commit(st, p, u, folded);
+    if (st.round?.index === round) {
+      const e = { run: runId, round, accepted: st.round.accepted, clientsPerRound: cfg.clientsPerRound };
+      this.events.emit({ kind: "accepted", ...e });
+    }
     return { status: "accepted", uploadId, round };
   }
 
