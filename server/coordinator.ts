@@ -44,7 +44,7 @@ import { MaskStore } from "./mask_store.ts";
 import { openRound, RoundCloser } from "./round_close.ts";
 import { deferred, type Pending, RetryableError, RunCache, type RunState } from "./run_state.ts";
 import { sweepRun } from "./sweep.ts";
-import { type EventLog, silentLog } from "./event_log.ts";
+import { accepted, type EventLog, joined, runCreated, silentLog } from "./event_log.ts";
 
 export { RetryableError } from "./run_state.ts";
 export { summarize } from "./round_close.ts";
@@ -164,15 +164,7 @@ export class Coordinator {
       .set(K.clientCount(id), { count: 0 })
       .commit();
     if (!res.ok) throw new RetryableError("run id collision");
-    const c = config;
-    this.events.emit({
-      kind: "run_created",
-      run: id,
-      method: c.method,
-      rounds: c.rounds,
-      clientsPerRound: c.clientsPerRound,
-    });
-    this.events.emit({ kind: "round_opened", run: id, round: 1 });
+    for (const e of runCreated(run)) this.events.emit(e);
     return run;
   }
 
@@ -207,16 +199,7 @@ export class Coordinator {
       const { run } = await this.runs.get(runId);
       return { id: runId, done: run.status === "done", config: run.config };
     };
-    return this.clients.join(target, runId, req).then((rec) => {
-      this.events.emit({
-        kind: "joined",
-        run: runId,
-        client: rec.id,
-        tier: rec.tier,
-        expansion: rec.expansion,
-      });
-      return rec;
-    });
+    return this.clients.join(target, runId, req).then((rec) => (this.events.emit(joined(rec)), rec));
   }
 
   /** A client's record, or 404. */
@@ -398,10 +381,7 @@ export class Coordinator {
     const maskBits = dense || reuseMask ? null : u.maskBits;
     const p: Pending = { seq: ++st.foldSeq, client: clientId, uploadId, record, maskBits, ...deferred() };
     await this.commits.commit(st, p, u, folded);
-    if (st.round?.index === round) {
-      const e = { run: runId, round, accepted: st.round.accepted, clientsPerRound: cfg.clientsPerRound };
-      this.events.emit({ kind: "accepted", ...e });
-    }
+    if (st.round?.index === round) this.events.emit(accepted(st.run, st.round));
     return { status: "accepted", uploadId, round };
   }
 

@@ -5,6 +5,8 @@
  * interval, refusals as counts per reason per interval.
  */
 
+import type { ClientRecord, RoundRecord, RunRecord } from "./records.ts";
+
 /** Something the coordinator did. */
 export type CoordinatorEvent =
   | { kind: "run_created"; run: string; method: string; rounds: number; clientsPerRound: number }
@@ -14,6 +16,39 @@ export type CoordinatorEvent =
   | { kind: "round_closed"; run: string; round: number; clients: number; samples: number; seconds: number }
   | { kind: "run_finished"; run: string; rounds: number }
   | { kind: "refused"; status: number; code: string };
+
+/** The events of a new run: created, and its first round open. */
+export function runCreated(run: RunRecord): CoordinatorEvent[] {
+  const c = run.config;
+  return [
+    {
+      kind: "run_created",
+      run: run.id,
+      method: c.method,
+      rounds: c.rounds,
+      clientsPerRound: c.clientsPerRound,
+    },
+    { kind: "round_opened", run: run.id, round: run.round },
+  ];
+}
+
+/** A client joined. */
+export const joined = (c: ClientRecord): CoordinatorEvent => ({
+  kind: "joined",
+  run: c.run,
+  client: c.id,
+  tier: c.tier,
+  expansion: c.expansion,
+});
+
+/** The running count of a round's accepted uploads. */
+export const accepted = (run: RunRecord, round: RoundRecord): CoordinatorEvent => ({
+  kind: "accepted",
+  run: run.id,
+  round: round.index,
+  accepted: round.accepted,
+  clientsPerRound: run.config.clientsPerRound,
+});
 
 /** Where events go. */
 export interface EventLog {
