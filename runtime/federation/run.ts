@@ -30,6 +30,10 @@ export interface RunOptions {
   /** Show a progress bar on stderr. */
   progress?: boolean;
   onRound?: (r: SimRound) => void;
+  /** Run against a coordinator instead of in process (`--server URL --admin-token T`). */
+  server?: { url: string; adminToken: string };
+  /** Write each client's PEFT adapter under this folder (`simulate --save-adapters DIR`). */
+  saveAdapters?: string;
 }
 
 /** Loads model and data, partitions, and runs the simulation. */
