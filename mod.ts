@@ -14,6 +14,12 @@
  * await client.run(); // join, then per round: task, slice, search/prune/train, upload; resumes after a crash
  * ```
  *
+ * Import it from anywhere, with no config and no flag beyond permissions (its packages are `npm:`
+ * specifiers pinned to package.json's versions, in runtime/deps.ts):
+ * - Deno, by path or URL: `import { loadModel } from "/path/to/perfit/mod.ts"` (or `https://…/mod.ts`);
+ * - npm: `npm install ./perfit-0.1.0.tgz` (`npm run pack` makes it), then `import … from "perfit"`;
+ * - browsers: `import … from "…/perfit/dist/browser/perfit.js"` (the prebuilt ESM bundle in the tarball).
+ *
  * Each area is also exported whole as a namespace (`graph`, `model`, `data`, `perfit`,
  * `federation`, `client`, `exporter`, `io`), because some helper names (an `Rng`, a
  * `Batch`) exist in more than one area.
@@ -33,6 +39,13 @@ export {
 export { AdamW, clipGradNorm, cosineSchedule, evaluatePerplexity, trainLora } from "./runtime/model/mod.ts";
 export { type Example, loadJsonl, makeBatches } from "./runtime/data/mod.ts";
 export { engineTrainer, FederatedClient, FederatedClientError, type Trainer } from "./runtime/client/mod.ts";
+export {
+  defaultTrainSettings,
+  parseTrainSettings,
+  TRAIN_SETTINGS,
+  type TrainSettings,
+  trainSettingsDoc,
+} from "./runtime/client/train_settings.ts";
 export {
   GpuKernels,
   initKernels,

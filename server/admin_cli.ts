@@ -63,9 +63,8 @@ const trainKeys = Object.keys(TRAIN_SETTINGS).join(", ");
 const createCli = defineCli({
   name: "admin create",
   usage: "deno task admin create [flags]",
-  summary:
-    "Creates a run. The adapter size and budget come from --model's config.json; --config FILE gives a whole\n" +
-    "create-run body (see /openapi.json), and flags that are given override its fields.",
+  summary: "Creates a run sized from the model folder's config.json (adapter size and budget).\n" +
+    "--config FILE gives a whole create-run body (see /openapi.json); flags that are given override its fields.",
   flags: {
     ...CONNECTION,
     config: { type: "string", value: "FILE", help: "a JSON create-run body to start from" },

@@ -116,7 +116,7 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     max: 1,
     maxExclusive: true,
     default: DEFAULT_SIM.importance.beta ?? 0.85,
-    doc: "PerFIT: EMA factor of the |θ·∇θ| importance scores",
+    doc: "PerFIT: EMA factor of the Taylor importance scores (θ·∇θ magnitudes)",
   },
 };
 
