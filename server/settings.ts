@@ -62,6 +62,7 @@ export const serveCli = defineCli({
       value: "PATH",
       default: "./data/perfit.kv",
       env: "PERFIT_KV",
+      emptyEnv: true,
       help: 'Deno KV file; --kv="" = the Deno.openKv() default (Deno Deploy: the project\'s KV)',
     },
     "admin-token": {

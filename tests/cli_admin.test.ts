@@ -17,7 +17,7 @@ const MODEL = new URL("../models/perfit-tiny", import.meta.url).pathname;
 async function admin(args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", CLI, ...args],
-    env: { NO_COLOR: "1", PERFIT_ADMIN_TOKEN: "", PERFIT_ADMIN_TOKEN_FILE: "", PERFIT_SERVER: "", ...env },
+    env: { NO_COLOR: "1", PERFIT_ADMIN_TOKEN: "", PERFIT_ADMIN_TOKEN_FILE: "", ...env },
     stdout: "piped",
     stderr: "piped",
     stdin: "null",

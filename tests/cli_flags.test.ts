@@ -94,6 +94,10 @@ Deno.test("cli flags: a flag beats its env var, which beats the default; bad env
     () => parseFlagTable(spec, [], () => "x"),
     /T_PORT \(the environment's --port\) must be an integer/,
   );
+  // An empty variable is unset, unless the flag takes "" as a value (serve's PERFIT_KV="").
+  assert.equal(parseFlagTable(spec, [], () => "").values.port, 8787);
+  assert.equal(serveCli.tryParse([], (k) => (k === "PERFIT_KV" ? "" : undefined)).values.kv, "");
+  assert.equal(serveCli.tryParse([], () => undefined).values.kv, "./data/perfit.kv");
 });
 
 Deno.test("cli flags: bad values and unknown flags throw one line naming what is valid", () => {

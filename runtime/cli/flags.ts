@@ -7,6 +7,9 @@
  * - answers a bad value or an unknown flag with ONE line on stderr that names what is valid, and exits 2;
  * - prints every flag with its default (and its environment variable, where it has one) under `--help`.
  *
+ * A flag's environment variable is read when the flag is not given; an empty variable counts as unset
+ * unless the flag says `emptyEnv` ("" is a value, e.g. PERFIT_KV="" = the Deno.openKv() default).
+ *
  * ```ts
  * const cli = defineCli({
  *   name: "simulate",
@@ -33,6 +36,8 @@ interface FlagBase<T> {
   defaultText?: string;
   /** Environment variable read when the flag is not given (the flag wins). */
   env?: string;
+  /** An empty `env` variable is a value (default: it counts as unset). */
+  emptyEnv?: boolean;
   /** Further check of a parsed value: returns what is expected (an error text) or undefined when fine. */
   validate?: (v: T) => string | undefined;
   /** A secret: error messages give its length, never its value. */
@@ -319,7 +324,7 @@ export function parseFlagTable<T extends FlagTable>(
     if (fromFlag !== undefined) {
       values[n] = convert(s, fromFlag, `--${n}`);
       sources[n as keyof T] = "flag";
-    } else if (fromEnv !== undefined && fromEnv !== "") {
+    } else if (fromEnv !== undefined && (fromEnv !== "" || s.emptyEnv)) {
       values[n] = convert(s, fromEnv, `${s.env} (the environment's --${n})`);
       sources[n as keyof T] = "env";
     } else {
