@@ -2,9 +2,11 @@
  * `deno task serve`: the coordinator with embedded defaults. Local: KV file under ./data, port
  * printed at start, admin token generated and printed once (only its hash is kept, in KV). On Deno
  * Deploy (DENO_DEPLOYMENT_ID set) the same file runs with the project's KV and Deploy's port.
+ * `--help` lists every flag (server/settings.ts); a bad flag or value is one line on stderr and exit 2.
+ * The port is bound before the admin token is generated, so a port in use loses nothing.
  */
 import { createApp } from "./app.ts";
-import { parseSettings, USAGE } from "./settings.ts";
+import { parseSettings, serveCli, type Settings } from "./settings.ts";
 import { randomToken, sha256Hex } from "./tokens.ts";
 import { initKernels } from "../runtime/kernels/mod.ts";
 import { mountUi } from "./ui/mod.ts";
@@ -49,13 +51,37 @@ async function configuredOrStored(
 }
 
 async function main(): Promise<void> {
-  if (Deno.args.includes("--help")) {
-    console.log(USAGE);
-    return;
+  serveCli.parse(); // --help prints every flag and exits 0; a bad flag or value: one line, exit 2
+  let s: Settings;
+  try {
+    s = parseSettings(Deno.args, (k) => Deno.env.get(k));
+  } catch (e) {
+    return serveCli.fail(e); // an unreadable --secret-file, a short secret: one line, exit 2
   }
-  const s = parseSettings(Deno.args, (k) => Deno.env.get(k));
   const onDeploy = Deno.env.get("DENO_DEPLOYMENT_ID") !== undefined;
   const kvPath = onDeploy ? "" : s.kvPath;
+  // Bind before anything is printed or stored: a port in use must not eat the "shown once" admin token.
+  // Requests that arrive while the app is being built get a 503 with retry-after.
+  let handler: (req: Request) => Response | Promise<Response> = () =>
+    new Response(JSON.stringify({ error: { code: "retry", message: "starting" } }), {
+      status: 503,
+      headers: { "retry-after": "1", "content-type": "application/json" },
+    });
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = onDeploy
+      ? Deno.serve((req) => handler(req)) as Deno.HttpServer<Deno.NetAddr>
+      : Deno.serve({ port: s.port, hostname: s.hostname, onListen: () => {} }, (req) => handler(req));
+  } catch (e) {
+    if (e instanceof Deno.errors.AddrInUse) {
+      console.error(
+        `serve: port ${s.port} on ${s.hostname} is already in use (another coordinator?); pick another with --port N, or --port 0 for any free port`,
+      );
+    } else {
+      console.error(`serve: cannot listen on ${s.hostname}:${s.port}: ${(e as Error).message}`);
+    }
+    Deno.exit(1);
+  }
   if (kvPath) await Deno.mkdir(kvPath.replace(/[/\\][^/\\]*$/, "") || ".", { recursive: true });
   const kv = await Deno.openKv(kvPath || undefined);
   await initKernels().catch(() => {});
@@ -84,18 +110,16 @@ async function main(): Promise<void> {
     dashboardToken,
     bundle: onDeploy ? "prebuilt" : () => import("../scripts/bundle.ts").then((m) => m.bundle()),
   });
-  const server = onDeploy ? Deno.serve(app.fetch) : Deno.serve({
-    port: s.port,
-    hostname: s.hostname,
-    onListen: ({ hostname, port }) => {
-      console.log(`perfit coordinator listening on http://${hostname}:${port} (kv: ${kvPath})`);
-      console.log(
-        dashboardToken === undefined
-          ? `dashboard (public): http://${hostname}:${port}/dashboard`
-          : `dashboard: http://${hostname}:${port}/dashboard?token=${dashboardToken}`,
-      );
-    },
-  }, app.fetch);
+  handler = app.fetch;
+  if (!onDeploy) {
+    const { hostname, port } = server.addr;
+    console.log(`perfit coordinator listening on http://${hostname}:${port} (kv: ${kvPath})`);
+    console.log(
+      dashboardToken === undefined
+        ? `dashboard (public): http://${hostname}:${port}/dashboard`
+        : `dashboard: http://${hostname}:${port}/dashboard?token=${dashboardToken}`,
+    );
+  }
   const stop = async () => {
     await server.shutdown();
     await app.close();

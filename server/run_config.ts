@@ -8,6 +8,7 @@ import { parseConfig } from "../runtime/model/config.ts";
 import { adapterLayout, type TargetModule } from "../runtime/model/lora.ts";
 import { budgetOf } from "../runtime/perfit/expansion.ts";
 import { DEPLOYED_METHODS, type DeployedMethod, strategyFor } from "../runtime/federation/strategies.ts";
+import { parseTrainSettings } from "../runtime/client/train_settings.ts";
 
 const TARGETS: TargetModule[] = ["q", "k", "v", "o", "gate", "up", "down"];
 
@@ -30,7 +31,7 @@ export interface RunConfig {
   maxNorm: number;
   maxClients: number;
   seed: number;
-  /** Opaque training hyper-parameters handed to clients with each task. */
+  /** Training hyper-parameters handed to clients with each task (runtime/client/train_settings.ts). */
   train: Record<string, unknown>;
   /** The model config.json the sizes were computed from (dashboards rebuild the layout from it). */
   model?: Record<string, unknown>;
@@ -155,6 +156,11 @@ export function parseRunConfig(raw: unknown): RunConfig {
   const seed = int(o, "seed", 0, 2 ** 31 - 1, 0);
   const train = o.train === undefined ? {} : obj(o.train, "train");
   if (JSON.stringify(train).length > 8192) throw invalid("invalid_config", "train must serialize to ≤ 8 KiB");
+  try {
+    parseTrainSettings(train); // every key a client reads, typed and ranged; unknown keys are refused
+  } catch (e) {
+    throw invalid("invalid_config", (e as Error).message);
+  }
   return {
     baseModel,
     lora: { rank, alpha, targets: targets as TargetModule[] },

@@ -3,6 +3,7 @@
  * WASM, or onnxruntime-web WebGPU. Runtimes are imported lazily so browser bundles never see
  * onnxruntime-node. Sessions are cached per (model bytes digest, backend, threads).
  */
+import { importOrtWeb, importOrtWebGpu, ORT_NODE } from "../deps.ts";
 
 /** Backend choice; "auto" picks node, then webgpu, then wasm. */
 export type Backend = "auto" | "node" | "wasm" | "webgpu";
@@ -123,7 +124,7 @@ const isNode = !isDeno &&
   typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === "string";
 
 // A non-literal specifier keeps browser bundlers from trying to resolve the native addon.
-const NODE_SPEC = ["onnxruntime", "node"].join("-");
+const NODE_SPEC = ORT_NODE;
 
 const modules = new Map<ResolvedBackend, Promise<Ort | null>>();
 
@@ -134,9 +135,9 @@ export function loadOrt(backend: ResolvedBackend): Promise<Ort | null> {
     p = (async () => {
       try {
         if (backend === "node") return (isDeno || isNode) ? await import(NODE_SPEC) : null;
-        if (backend === "wasm") return await import("onnxruntime-web");
+        if (backend === "wasm") return await importOrtWeb();
         if (!(await webgpuAdapter())) return null;
-        return await import("onnxruntime-web/webgpu");
+        return await importOrtWebGpu();
       } catch {
         return null;
       }
