@@ -6,6 +6,7 @@
  * The port is bound before the admin token is generated, so a port in use loses nothing.
  */
 import { createApp } from "./app.ts";
+import { LineLog, silentLog } from "./event_log.ts";
 import { parseSettings, serveCli, type Settings } from "./settings.ts";
 import { randomToken, sha256Hex } from "./tokens.ts";
 import { initKernels } from "../runtime/kernels/mod.ts";
@@ -89,8 +90,10 @@ async function main(): Promise<void> {
   const dashboardToken = s.publicDashboard
     ? undefined
     : await configuredOrStored(kv, ["server", "dashboardToken"], s.dashboardToken);
+  const events = s.log === "off" ? silentLog : new LineLog(s.log);
   const app = createApp({
     kv,
+    events,
     config: {
       adminTokenHash: await adminHash(kv, s.adminToken, s.resetAdminToken),
       secret: await tokenSecret(kv, s.secret),
@@ -100,13 +103,16 @@ async function main(): Promise<void> {
       maxConcurrentUploads: s.maxConcurrentUploads,
       tickMs: s.tickMs,
       foldWorker: s.foldWorker,
+      tokenTtlMs: s.tokenTtlMs,
+      bodyTimeoutMs: s.bodyTimeoutMs,
+      ...(s.trustProxy !== undefined ? { trustProxy: s.trustProxy } : {}),
     },
   });
   // Deploy has no esbuild at request time: it serves the bundles committed under web/dist.
   mountUi(app, {
     kv,
-    modelDir: BUNDLED_MODEL,
-    baseModelName: "perfit-tiny",
+    modelDir: s.modelDir ?? BUNDLED_MODEL,
+    baseModelName: s.modelDir ? s.modelDir.replace(/\/+$/, "").replace(/^.*\//, "") : "perfit-tiny",
     dashboardToken,
     bundle: onDeploy ? "prebuilt" : () => import("../scripts/bundle.ts").then((m) => m.bundle()),
   });
@@ -123,6 +129,7 @@ async function main(): Promise<void> {
   const stop = async () => {
     await server.shutdown();
     await app.close();
+    events.close();
     kv.close();
     Deno.exit(0);
   };

@@ -3,7 +3,7 @@
  * with the shared flag parser (runtime/cli/flags.ts): every flag has a PERFIT_* fallback, the flag wins.
  */
 import type { RateLimit } from "./ratelimit.ts";
-import { defineCli, UsageError } from "../runtime/cli/flags.ts";
+import { defineCli, isDirectory, UsageError } from "../runtime/cli/flags.ts";
 import { ADMIN_TOKEN_FLAGS, secretFrom } from "../runtime/cli/common.ts";
 
 /** Everything main.ts needs to start a server. */
@@ -26,6 +26,12 @@ export interface Settings {
   dashboardToken?: string;
   /** No dashboard token at all: the dashboard data is public. */
   publicDashboard: boolean;
+  log: "text" | "json" | "off";
+  /** Base model folder served to browser clients (undefined: the bundled one). */
+  modelDir?: string;
+  trustProxy?: number | string[];
+  tokenTtlMs: number;
+  bodyTimeoutMs: number;
 }
 
 /** The token signer's minimum (server/tokens.ts refuses shorter HMAC keys). */
@@ -154,6 +160,49 @@ export const serveCli = defineCli({
       type: "boolean",
       help: "generate and print a new admin token",
     },
+    log: {
+      type: "string",
+      choices: ["text", "json", "off"],
+      default: "text",
+      env: "PERFIT_LOG",
+      help:
+        "what the coordinator does, one line per event: joins, rounds, accepted uploads, refusals by reason",
+    },
+    model: {
+      type: "string",
+      value: "DIR",
+      defaultText: "models/perfit-tiny",
+      env: "PERFIT_MODEL",
+      validate: isDirectory,
+      help: "base model folder served to browser clients at /ui/model/",
+    },
+    "trust-proxy": {
+      type: "string",
+      value: "N|IPS",
+      env: "PERFIT_TRUST_PROXY",
+      defaultText: "off",
+      validate: (
+        v,
+      ) => (/^\d+$/.test(v) || v.split(",").every((x) => x.trim().length > 0)
+        ? undefined
+        : "a hop count or proxy IPs a,b"),
+      help: "behind a reverse proxy: hops to trust in X-Forwarded-For, or the proxies' addresses",
+    },
+    "token-ttl-days": {
+      type: "number",
+      min: 0,
+      exclusiveMin: true,
+      default: 30,
+      env: "PERFIT_TOKEN_TTL_DAYS",
+      help: "client tokens expire after this (clients refresh them before)",
+    },
+    "body-timeout-ms": {
+      type: "int",
+      min: 1,
+      default: 30_000,
+      env: "PERFIT_BODY_TIMEOUT_MS",
+      help: "an upload body may take this plus 1 s per 8 KiB delivered, and never pause longer",
+    },
   },
 });
 
@@ -210,5 +259,14 @@ export function parseSettings(
     resetAdminToken: f["reset-admin-token"],
     dashboardToken: f["dashboard-token"] || undefined,
     publicDashboard: f["public-dashboard"],
+    log: f.log,
+    modelDir: f.model,
+    trustProxy: f["trust-proxy"] === undefined
+      ? undefined
+      : /^\d+$/.test(f["trust-proxy"])
+      ? Number(f["trust-proxy"])
+      : f["trust-proxy"].split(",").map((x) => x.trim()),
+    tokenTtlMs: f["token-ttl-days"] * 24 * 3600_000,
+    bodyTimeoutMs: f["body-timeout-ms"],
   };
 }

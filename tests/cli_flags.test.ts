@@ -9,6 +9,7 @@ import { serveCli } from "../server/settings.ts";
 import { simulateCli } from "../examples/simulate.ts";
 import { demoCli } from "../examples/demo.ts";
 import { resultsCli } from "../bench/results_table.ts";
+import { clientCli } from "../examples/client.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const CLIS = {
@@ -16,6 +17,7 @@ const CLIS = {
   simulate: { file: `${root}examples/simulate.ts`, cli: simulateCli },
   demo: { file: `${root}examples/demo.ts`, cli: demoCli },
   results: { file: `${root}bench/results_table.ts`, cli: resultsCli },
+  client: { file: `${root}examples/client.ts`, cli: clientCli },
 } as const;
 type Name = keyof typeof CLIS;
 

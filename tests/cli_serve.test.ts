@@ -150,7 +150,7 @@ Deno.test("cli serve: --admin-token-file and --secret-file: the file's token is 
     ]);
     try {
       assert.doesNotMatch(s.out, /shown once/, "a configured token is not generated or printed");
-      const auth = { authorization: "Bearer file-admin-token-1234" };
+      const auth = { authorization: "Bearer file-admin-token-1234", "content-type": "application/json" };
       const created = await fetch(`${s.url}/v1/runs`, {
         method: "POST",
         headers: auth,
@@ -166,7 +166,11 @@ Deno.test("cli serve: --admin-token-file and --secret-file: the file's token is 
       });
       assert.equal(created.status, 201, "the file's token (without its newline) is the admin token");
       const run = (await created.json()).run.id;
-      const joined = await fetch(`${s.url}/v1/runs/${run}/join`, { method: "POST", body: "{}" });
+      const joined = await fetch(`${s.url}/v1/runs/${run}/join`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: "{}",
+      });
       assert.equal(joined.status, 201, "client tokens sign with the file's secret");
       await joined.body?.cancel();
       const wrong = await fetch(`${s.url}/v1/runs`, {

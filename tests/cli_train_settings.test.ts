@@ -85,7 +85,7 @@ Deno.test("train settings: the coordinator refuses a bad train object with 422 i
     const post = (train: unknown) =>
       app.request("/v1/runs", {
         method: "POST",
-        headers: { authorization: `Bearer ${ADMIN}` },
+        headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
         body: JSON.stringify(runBody("perfit", { train })),
       });
     const bad = await post({ localSteps: 4, warmup: 10 });

@@ -23,6 +23,7 @@ export interface TrainSettings {
   researchEvery: number;
   schedule: "cubic" | "linear" | "one-shot";
   allocation: "global" | "per-module";
+  importanceMode: "ema" | "sum";
   importanceBeta: number;
 }
 
@@ -110,6 +111,12 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     default: DEFAULT_SIM.allocation,
     doc: "PerFIT: the budget is ranked over the whole adapter, or split per module",
   },
+  importanceMode: {
+    type: "enum",
+    choices: ["ema", "sum"],
+    default: DEFAULT_SIM.importance.mode ?? "ema",
+    doc: "PerFIT: how per-step importance accumulates over the search (EMA, or a plain sum)",
+  },
   importanceBeta: {
     type: "number",
     min: 0,
@@ -157,7 +164,12 @@ export function parseTrainSettings(raw: unknown): TrainSettings {
   const out = defaultTrainSettings() as unknown as Record<string, unknown>;
   const seen = new Map<string, string>();
   for (const [given, v] of Object.entries(raw as Record<string, unknown>)) {
-    const key = (TRAIN_SETTINGS as Record<string, unknown>)[given] ? given : TRAIN_ALIASES[given];
+    // Own keys only: a key like "constructor" must not find Object.prototype's.
+    const key = Object.hasOwn(TRAIN_SETTINGS, given)
+      ? given
+      : Object.hasOwn(TRAIN_ALIASES, given)
+      ? TRAIN_ALIASES[given]
+      : undefined;
     if (!key) {
       const known = [...KEYS, ...Object.keys(TRAIN_ALIASES)];
       const near = known.find((k) => k.toLowerCase() === given.toLowerCase().replace(/[-_]/g, ""));

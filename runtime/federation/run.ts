@@ -36,10 +36,6 @@ export interface RunOptions {
   /** Write each client's personalized adapter as a PEFT folder `DIR/<client>/` after the last round. */
   saveAdapters?: string;
   onRound?: (r: SimRound) => void;
-  /** Run against a coordinator instead of in process (`--server URL --admin-token T`). */
-  server?: { url: string; adminToken: string };
-  /** Write each client's PEFT adapter under this folder (`simulate --save-adapters DIR`). */
-  saveAdapters?: string;
 }
 
 /** Loads model and data, partitions, and runs the simulation. */
