@@ -28,3 +28,9 @@ export const importOrtWebGpu = () => import("npm:onnxruntime-web@1.30.0/webgpu")
 
 /** Transformers.js (tokenizers, AutoConfig). */
 export const importTransformers = () => import("npm:@huggingface/transformers@4.3.1");
+
+// The coordinator (server/), which the simulation runs in process: Hono and the middleware it uses.
+export { Hono } from "npm:hono@4.13.19";
+export type { Context } from "npm:hono@4.13.19";
+export { cors } from "npm:hono@4.13.19/cors";
+export { createMiddleware } from "npm:hono@4.13.19/factory";

@@ -12,9 +12,7 @@
  * handed to the coordinator. So a slow client holds its own connection and the bytes it really
  * sent, and nothing any other upload needs.
  */
-import { Hono } from "hono";
-import type { Context } from "hono";
-import { cors } from "hono/cors";
+import { type Context, cors, Hono } from "../runtime/deps.ts";
 import { ApiError, invalid, ThrottledLog, tooMany } from "./errors.ts";
 import {
   adminAuth,

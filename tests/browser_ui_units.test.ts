@@ -297,11 +297,14 @@ Deno.test({
 });
 
 Deno.test("browser_ui_units: run train settings with defaults and validation", () => {
-  const h = localHyper({ localSteps: 3, lr: 0.01, batchSize: 0, maxLen: "x" });
+  const h = localHyper({ localSteps: 3, lr: 0.01 });
   assert.equal(h.steps, 3);
   assert.equal(h.lr, 0.01);
-  assert.equal(h.batchSize, 4); // 0 is invalid -> default
+  assert.equal(h.batchSize, 4); // unset -> default
   assert.equal(h.maxLen, 128);
+  // A bad value is refused with its key, not replaced by a default in silence.
+  assert.throws(() => localHyper({ batchSize: 0 }), /train\.batchSize must be an integer/);
+  assert.throws(() => localHyper({ maxLen: "x" }), /train\.maxLen/);
 });
 
 Deno.test("browser_ui_units: a dashboard token guards the data endpoint", async () => {

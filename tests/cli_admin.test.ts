@@ -1,5 +1,5 @@
 /**
- * `deno task admin` (server/admin_cli.ts) as a subprocess against a coordinator on a loopback port:
+ * `deno task admin` (examples/admin.ts) as a subprocess against a coordinator on a loopback port:
  * create from the model folder (sizes from its config.json) or from a JSON file, list, show, metrics,
  * masks; a bad flag or `train` key is one line and exit 2 before anything is sent; HTTP failures say why.
  */
@@ -9,9 +9,9 @@ import { parseConfig } from "../runtime/model/config.ts";
 import { adapterLayout } from "../runtime/model/lora.ts";
 import { budgetOf } from "../runtime/perfit/expansion.ts";
 import { decodeSafetensors } from "../runtime/io/safetensors.ts";
-import { ADMIN_COMMANDS } from "../server/admin_cli.ts";
+import { ADMIN_COMMANDS } from "../examples/admin.ts";
 
-const CLI = new URL("../server/admin_cli.ts", import.meta.url).pathname;
+const CLI = new URL("../examples/admin.ts", import.meta.url).pathname;
 const MODEL = new URL("../models/perfit-tiny", import.meta.url).pathname;
 
 async function admin(args: string[], env: Record<string, string> = {}) {

@@ -123,7 +123,7 @@ Deno.test({
           DENO,
           "run",
           "-A",
-          "server/admin_cli.ts",
+          "examples/admin.ts",
           "create",
           "--server",
           server.url,

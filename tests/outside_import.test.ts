@@ -104,6 +104,8 @@ Deno.test("outside import: the library has no bare specifier, and its npm: pins 
     }
   };
   await walk("runtime");
+  // The simulation runs the coordinator in process, so server/ is part of the library too.
+  await walk("server");
   const spec = /(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)"([^"]+)"/gm;
   for (const f of files) {
     // Code only: doc comments show imports too.

@@ -3,11 +3,12 @@
  * onnxruntime backend, and how a secret is read from a file.
  */
 import type { FlagSource, FlagTable } from "./flags.ts";
+import type { Backend } from "../graph/session.ts";
+export type { Backend };
 import { UsageError } from "./flags.ts";
 
 /** The onnxruntime backends a CLI can pick. */
-export const BACKENDS = ["auto", "node", "wasm", "webgpu"] as const;
-export type Backend = typeof BACKENDS[number];
+export const BACKENDS = ["auto", "node", "wasm", "webgpu"] as const satisfies readonly Backend[];
 
 /** LoRA target modules. */
 export const TARGET_CHOICES = ["q", "k", "v", "o", "gate", "up", "down"] as const;

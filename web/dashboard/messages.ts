@@ -13,7 +13,7 @@ export interface UiInfo {
 }
 
 /** The bundled model folder of a checkout (the admin CLI's default `--model`). */
-export const BUNDLED_MODEL = "models/perfit-tiny";
+export const BUNDLED_MODEL_DIR = "models/perfit-tiny";
 
 /**
  * The two ways to create a first PerFIT run on this coordinator, as commands to paste in a shell
@@ -22,12 +22,12 @@ export const BUNDLED_MODEL = "models/perfit-tiny";
 export function createRunCommands(origin: string, info: UiInfo): { admin: string; curl: string } {
   const base = info.baseModel ?? "perfit-tiny";
   const admin = `deno task admin create --server ${origin} \\\n` +
-    `  --model ${BUNDLED_MODEL} --method perfit --rounds 4 --clients-per-round 2`;
+    `  --model ${BUNDLED_MODEL_DIR} --method perfit --rounds 4 --clients-per-round 2`;
   // The adapter size and budget come from the model's config.json, sent as `model`: the one this
   // coordinator serves to browser clients, or the bundled one of a checkout.
   const config = info.modelUrl
     ? `curl -sS ${new URL(`${info.modelUrl.replace(/\/$/, "")}/config.json`, origin).href}`
-    : `cat ${BUNDLED_MODEL}/config.json`;
+    : `cat ${BUNDLED_MODEL_DIR}/config.json`;
   const body = JSON.stringify({
     baseModel: base,
     method: "perfit",

@@ -20,8 +20,8 @@ import { DEPLOYED_METHODS, strategyFor } from "../runtime/federation/strategies.
 import { DEFAULT_SIM } from "../runtime/federation/types.ts";
 import { parseTrainSettings, TRAIN_SETTINGS, type TrainSettings } from "../runtime/client/train_settings.ts";
 import { decodeSafetensors, encodeSafetensors } from "../runtime/io/safetensors.ts";
-import { parseRunConfig } from "./run_config.ts";
-import { ApiError } from "./errors.ts";
+import { parseRunConfig } from "../server/run_config.ts";
+import { ApiError } from "../server/errors.ts";
 
 /** The bundled base model (the default of `create --model`). */
 const BUNDLED_MODEL = new URL("../models/perfit-tiny", import.meta.url).pathname;
