@@ -5,7 +5,7 @@ import {
   chooseBackend,
   classifyAdapter,
   readAdapterFacts,
-} from "../web/backend_choice.ts";
+} from "../runtime/graph/adapter_choice.ts";
 
 // What adapters report (the SwiftShader one as headless Chromium 156 reports it here).
 const SWIFTSHADER: AdapterFacts = {

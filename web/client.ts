@@ -19,7 +19,12 @@ import { parseJsonl } from "../runtime/data/jsonl.ts";
 import { splitTrainTest } from "../runtime/federation/partition.ts";
 import { FederatedClient, type StepOutcome } from "../runtime/client/federated_client.ts";
 import { IndexedDbStorage } from "../runtime/client/storage.ts";
-import { type AdapterVerdict, chooseBackend, classifyAdapter, readAdapterFacts } from "./backend_choice.ts";
+import {
+  type AdapterVerdict,
+  chooseBackend,
+  classifyAdapter,
+  readAdapterFacts,
+} from "../runtime/graph/adapter_choice.ts";
 import {
   forgetStore,
   ForgettableStorage,
