@@ -328,11 +328,13 @@ Deno.test({
         assertAcksKept(m, lb.acks);
       }
       const worst = compareWithSingle(clients, single, ms[0]);
+      const served = lb.served.join("/");
+      const failed = lb.failed.join("/");
       console.log(
-        `server_denokv: killed instance ${k} after round 2's upload #${round2 >= 3 ? 3 : round2}; ` +
-          `requests per instance ${
-            lb.served.join("/")
-          }; acks ${lb.acks.length}; adapters vs one instance: max |diff| ${worst}`,
+        `server_denokv: killed instance ${k} right after it acknowledged round 2's upload #3 (exit ${
+          JSON.stringify(status)
+        }); requests per instance ${served}, failed connections ${failed}; acks ${lb.acks.length}; ` +
+          `adapters vs one instance: max |diff| ${worst}`,
       );
     } finally {
       await teardown(c, dir);
