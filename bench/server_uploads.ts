@@ -23,7 +23,8 @@
  * its first try to its acceptance, and the retries are counted.
  *
  * `--kv-bytes` (denokv only) puts a byte-counting TCP proxy between the coordinators and denokv and
- * reports the bytes of each KV Connect endpoint per round (atomic writes up, snapshot reads down).
+ * reports the bytes each way per round (up: writes; down: reads), beside the group commits the
+ * coordinators log.
  * The proxy costs CPU on the same cores: figures taken with it are for traffic, not for speed.
  *
  * `--client=raw` (default) plays the clients with a lean keep-alive HTTP/1.1 client (raw_http.ts) so
@@ -71,14 +72,15 @@ function setupName(s: Setup): string {
 }
 
 /**
- * A TCP proxy in front of denokv that counts the bytes of each KV Connect endpoint: request bytes
- * (what the coordinators send: atomic writes) and response bytes (what they receive: reads) by the
- * path of the HTTP request each byte belongs to. Requests on one connection are sequential (HTTP/1.1
- * keep-alive; Deno's KV client does not pipeline), so a response belongs to the last request seen.
+ * A TCP proxy in front of denokv that counts bytes each way. Deno's KV client speaks HTTP/2 (prior
+ * knowledge) to it, many requests multiplexed on one connection, so bytes are counted by direction,
+ * not by endpoint: up (coordinators → denokv) is almost all atomic writes (a snapshot read's request
+ * holds only its key ranges), down (denokv → coordinators) almost all snapshot reads (a write's answer
+ * is a versionstamp).
  */
 class CountingProxy {
-  readonly up = new Map<string, number>();
-  readonly down = new Map<string, number>();
+  up = 0;
+  down = 0;
   private listener: Deno.TcpListener;
   private conns = new Set<Deno.Conn>();
   readonly url: string;
@@ -104,20 +106,14 @@ class CountingProxy {
       return;
     }
     this.conns.add(c).add(u);
-    let path = "other";
-    const dec = new TextDecoder();
-    const copy = async (from: Deno.Conn, to: Deno.Conn, count: Map<string, number>, sniff: boolean) => {
+    const copy = async (from: Deno.Conn, to: Deno.Conn, up: boolean) => {
       const buf = new Uint8Array(256 * 1024);
       try {
         for (;;) {
           const n = await from.read(buf);
           if (n === null) break;
-          if (sniff) {
-            const head = dec.decode(buf.subarray(0, Math.min(n, 64)));
-            const m = /^(?:GET|POST|PUT) (\/[^ ?]*)/.exec(head);
-            if (m) path = m[1];
-          }
-          count.set(path, (count.get(path) ?? 0) + n);
+          if (up) this.up += n;
+          else this.down += n;
           let off = 0;
           while (off < n) off += await to.write(buf.subarray(off, n));
         }
@@ -126,16 +122,15 @@ class CountingProxy {
         to.close();
       } catch { /* already closed */ }
     };
-    await Promise.all([copy(c, u, this.up, true), copy(u, c, this.down, false)]);
+    await Promise.all([copy(c, u, true), copy(u, c, false)]);
     this.conns.delete(c);
     this.conns.delete(u);
   }
 
-  /** Bytes up/down per path since the last call. */
-  take(): { up: Map<string, number>; down: Map<string, number> } {
-    const out = { up: new Map(this.up), down: new Map(this.down) };
-    this.up.clear();
-    this.down.clear();
+  /** Bytes up and down since the last call. */
+  take(): { up: number; down: number } {
+    const out = { up: this.up, down: this.down };
+    this.up = this.down = 0;
     return out;
   }
 
@@ -212,8 +207,10 @@ interface RoundRow {
   retries: number;
   closed: boolean;
   load: string;
-  /** With --kv-bytes: KV Connect bytes per endpoint during the round. */
-  kvBytes?: { up: Map<string, number>; down: Map<string, number> };
+  /** With --kv-bytes: KV Connect bytes each way during the round. */
+  kvBytes?: { up: number; down: number };
+  /** With --kv-bytes: group commits attempted in the round (all instances) and the uploads they held. */
+  commits?: { count: number; uploads: number };
 }
 
 /** One measured run of one setup. */
@@ -264,6 +261,8 @@ async function measure(setup: Setup, kvBytes: boolean): Promise<Measured> {
           kv,
           kvToken,
           via: "run",
+          // --kv-bytes: the coordinators log each group commit ("flush: group N"), counted per round.
+          env: kvBytes ? { PERFIT_DEBUG: "1" } : undefined,
           // e.g. PERFIT_BENCH_DENO_FLAGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the server.
           denoFlags,
           flags: [
@@ -343,6 +342,7 @@ async function measure(setup: Setup, kvBytes: boolean): Promise<Measured> {
     for (let round = 1; round <= rounds; round++) {
       const bodies = updates.map((u) => encodeUpdate({ run: runId, round, ...u, metrics: { loss: 2 } }));
       proxy?.take();
+      const logAt = nodes.map((x) => x.log().length);
       const row = await uploadRound(
         urls,
         nodes.map((x) => x.pid),
@@ -354,7 +354,13 @@ async function measure(setup: Setup, kvBytes: boolean): Promise<Measured> {
         concurrency,
         conns,
       );
-      if (proxy) row.kvBytes = proxy.take();
+      if (proxy) {
+        row.kvBytes = proxy.take();
+        const groups = nodes.flatMap((x, k) =>
+          [...x.log().slice(logAt[k]).matchAll(/flush: group (\d+)/g)].map((m) => Number(m[1]))
+        );
+        row.commits = { count: groups.length, uploads: groups.reduce((a, b) => a + b, 0) };
+      }
       rows.push(row);
     }
     for (const c of conns) c.close();
@@ -419,18 +425,30 @@ function section(m: Measured): string {
     ``,
   ];
   if (m.rows.some((r) => r.kvBytes)) {
+    const n = arg("n", 1 << 20);
+    const mib = (x: number) => `${(x / 2 ** 20).toFixed(0)} MiB`;
     out.push(
-      `KV Connect traffic through the counting proxy (MiB; up = coordinators → denokv, down = denokv → coordinators):`,
+      `KV Connect traffic through the counting proxy. Up (coordinators → denokv) is almost all atomic writes, ` +
+        `down (denokv → coordinators) almost all reads. What the writes hold follows from the commits the ` +
+        `coordinators logged (PERFIT_DEBUG=1): each group commit writes the whole sum (4·N = ${
+          mib(4 * n)
+        }), ` +
+        `and each new mask is written once (N/8 = ${
+          (n / 8 / 1024).toFixed(0)
+        } KiB; in the search round every ` +
+        `mask is new). A reload after another instance's commit reads the sum and every accepted upload's mask.`,
       ``,
-      `| round | endpoint | up | down |`,
-      `|---|---|---|---|`,
+      `| round | bytes up | bytes down | group commits (attempted, all instances) | uploads in them | of the bytes up: sums (commits × 4·N) | new masks (uploads × N/8) |`,
+      `|---|---|---|---|---|---|---|`,
     );
     for (const r of m.rows) {
-      const paths = new Set([...r.kvBytes!.up.keys(), ...r.kvBytes!.down.keys()]);
-      for (const p of [...paths].sort()) {
-        const f = (x?: number) => ((x ?? 0) / 2 ** 20).toFixed(1);
-        out.push(`| ${r.round} | ${p} | ${f(r.kvBytes!.up.get(p))} | ${f(r.kvBytes!.down.get(p))} |`);
-      }
+      const c = r.commits!;
+      const masks = r.round === 1 ? (arg("clients", 1000) * n) / 8 : 0;
+      out.push(
+        `| ${r.round} | ${mib(r.kvBytes!.up)} | ${mib(r.kvBytes!.down)} | ${c.count} | ${c.uploads} | ${
+          mib(c.count * 4 * n)
+        } | ${mib(masks)} |`,
+      );
     }
     out.push(``);
   }
