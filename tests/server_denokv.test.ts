@@ -44,7 +44,11 @@ if (!BIN && !REQUIRED) {
   );
 }
 
-/** The run both the single instance and the three instances federate. */
+/**
+ * The run both the single instance and the three instances federate. A short deadline: on a loaded
+ * machine a round's deadline then passes while its last uploads commit, which once made a queued
+ * close shut the next round with no upload in it (a close now names its round).
+ */
 const RUN = runBody("perfit", { roundDeadlineMs: 2_000 });
 const LB = "http://lb.test";
 
