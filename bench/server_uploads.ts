@@ -37,6 +37,7 @@ import { fmtSpread, loadAverages, procStatusMb } from "./machine.ts";
 import {
   type CoordinatorProcess,
   type DenoKvServer,
+  removeStrayKvDir,
   startCoordinator,
   startDenokv,
 } from "../scripts/denokv.ts";
@@ -372,6 +373,7 @@ async function measure(setup: Setup, kvBytes: boolean): Promise<Measured> {
     await Promise.all(nodes.map((x) => x.stop()));
     proxy?.close();
     await denokv?.stop();
+    removeStrayKvDir();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }
