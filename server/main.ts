@@ -83,7 +83,10 @@ async function main(): Promise<void> {
     }
     Deno.exit(1);
   }
-  if (kvPath) await Deno.mkdir(kvPath.replace(/[/\\][^/\\]*$/, "") || ".", { recursive: true });
+  // A file KV's folder is made; a remote KV (denokv, `http(s)://…`) has none.
+  if (kvPath && !/^https?:\/\//.test(kvPath)) {
+    await Deno.mkdir(kvPath.replace(/[/\\][^/\\]*$/, "") || ".", { recursive: true });
+  }
   const kv = await Deno.openKv(kvPath || undefined);
   await initKernels().catch(() => {});
   // The dashboard shows run ids, client names and metrics: private unless asked otherwise.
