@@ -202,3 +202,20 @@ Deno.test("federation: FedSA-LoRA shares A (equal after aggregation), keeps B pr
   }
   assert.ok(kinds(ffaSeen[0][0], "B").some((x) => x !== 0));
 });
+
+Deno.test("federation: fraction_fit samples a seeded share of the clients each round; the others still get their slice", async () => {
+  const r = await run("perfit", { rounds: 2, fractionFit: 0.67 });
+  for (const rd of r.rounds) {
+    const trained = rd.clients.filter((c) => c.trained);
+    assert.equal(trained.length, 2, `round ${rd.round}`);
+    assert.ok(trained.every((c) => c.uploadBytes > 0));
+    assert.ok(
+      rd.clients.filter((c) => !c.trained).every((c) => c.uploadBytes === 0 && Number.isFinite(c.perplexity)),
+    );
+  }
+  const again = await run("perfit", { rounds: 2, fractionFit: 0.67 });
+  assert.deepEqual(
+    again.rounds.map((x) => x.clients.map((c) => c.trained)),
+    r.rounds.map((x) => x.clients.map((c) => c.trained)),
+  );
+});
