@@ -121,6 +121,12 @@ export const simulateCli = defineCli({
       defaultText: "datasets/lexicon-instruct",
       help: "folder of JSONL files, one category per file",
     },
+    "proximal-mu": {
+      type: "number",
+      min: 0,
+      default: 0,
+      help: "FedProx: μ of the proximal term on the shared positions (0 = off)",
+    },
     "save-adapters": {
       type: "string",
       value: "DIR",
@@ -154,6 +160,7 @@ async function main(args: string[]): Promise<number> {
     schedule: f.schedule,
     allocation: f.allocation,
     researchEvery: f["research-every"],
+    proximalMu: f["proximal-mu"],
     fractionFit: f["fraction-fit"],
     clientTiers: f.tiers,
     targets: f.targets,

@@ -219,3 +219,27 @@ Deno.test("federation: fraction_fit samples a seeded share of the clients each r
     r.rounds.map((x) => x.clients.map((c) => c.trained)),
   );
 });
+
+Deno.test("federation: FedProx's proximal term keeps a round's update near the adapter it started from", async () => {
+  const drift: number[] = [];
+  const init: SimClientView[][] = [];
+  await run("base", { rounds: 1 }, (_, c) => init.push(c.map((v) => ({ ...v, adapter: v.adapter.slice() }))));
+  for (const mu of [0, 50]) {
+    await run("local", { rounds: 1, proximalMu: mu }, (_, c) => {
+      let d = 0;
+      c.forEach((v, i) => v.adapter.forEach((x, j) => (d += (x - init[0][i].adapter[j]) ** 2)));
+      drift.push(Math.sqrt(d));
+    });
+  }
+  // Local-only shares nothing, so the term has nothing to pull: it is off there.
+  assert.equal(drift[1], drift[0]);
+  drift.length = 0;
+  for (const mu of [0, 50]) {
+    await run("fedit", { rounds: 1, proximalMu: mu }, (_, c) => {
+      let d = 0;
+      c.forEach((v, i) => v.adapter.forEach((x, j) => (d += (x - init[0][i].adapter[j]) ** 2)));
+      drift.push(Math.sqrt(d));
+    });
+  }
+  assert.ok(drift[1] < 0.8 * drift[0], `drift with mu 50 ${drift[1]} vs without ${drift[0]}`);
+});

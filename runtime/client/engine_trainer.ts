@@ -66,6 +66,8 @@ export interface LocalHyper {
   schedule: PruneSchedule;
   allocation: Allocation;
   importance: SimConfig["importance"];
+  /** FedProx's μ (0: off). */
+  proximalMu: number;
 }
 
 /** Reads the run's `train` settings through the one table (runtime/client/train_settings.ts). */
@@ -83,6 +85,7 @@ export function localHyper(train: Record<string, unknown>): LocalHyper {
     schedule: t.schedule,
     allocation: t.allocation,
     importance: { mode: t.importanceMode, beta: t.importanceBeta },
+    proximalMu: t.proximalMu,
   };
 }
 
@@ -232,9 +235,20 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       seed: task.seed,
     };
     const strategy = strategyFor(task.method);
+    const part = strategy.shares;
+    // What this client shares of its layout.
+    const sharedOf = (mask: Uint8Array) =>
+      part === "mask"
+        ? mask
+        : part === "none"
+        ? new Uint8Array(layout.size)
+        : mask.map((m, i) => m & kindOf[part](layout)[i]);
+    const proximal = h.proximalMu > 0 && part !== "none"
+      ? { mu: h.proximalMu, anchor: learner.adapter.slice(), positions: sharedOf(learner.mask) }
+      : undefined;
     let lastStep = 0;
     const res = await learner.fit(
-      { round: task.round, steps: h.steps, ...task.plan, frozen: strategy.frozen },
+      { round: task.round, steps: h.steps, ...task.plan, frozen: strategy.frozen, proximal },
       cfg,
       (_id, step, steps) => {
         lastStep = step;
@@ -249,12 +263,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     }
     opts.onMetrics?.(task.round, metrics);
     // What the strategy shares of the mask; the rest stays on this client.
-    const part = strategy.shares;
-    const shared = part === "mask"
-      ? learner.mask
-      : part === "none"
-      ? new Uint8Array(layout.size)
-      : learner.mask.map((m, i) => m & kindOf[part](layout)[i]);
+    const shared = sharedOf(learner.mask);
     return {
       values: embed(layout, learner.adapter, global),
       mask: embed(layout, learner.mask, global),

@@ -25,6 +25,7 @@ export interface TrainSettings {
   allocation: "global" | "per-module";
   importanceMode: "ema" | "sum";
   importanceBeta: number;
+  proximalMu: number;
 }
 
 /** One key of the table. */
@@ -124,6 +125,13 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     maxExclusive: true,
     default: DEFAULT_SIM.importance.beta ?? 0.85,
     doc: "PerFIT: EMA factor of the Taylor importance scores (θ·∇θ magnitudes)",
+  },
+  proximalMu: {
+    type: "number",
+    min: 0,
+    max: 1e3,
+    default: 0,
+    doc: "FedProx: μ of the proximal term μ/2·‖θ − θ_round‖² on the shared positions; 0 = off",
   },
 };
 
