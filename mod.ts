@@ -18,6 +18,12 @@
  * running coordinator): `simulate(cfg, inputs)`, or `runFederated(cfg, options)` on data and model
  * folders. Both need `--unstable-kv` (the in-process coordinator keeps its state in Deno KV).
  *
+ * Import it from anywhere, with no config and no flag beyond permissions (its packages are `npm:`
+ * specifiers pinned to package.json's versions, in runtime/deps.ts):
+ * - Deno, by path or URL: `import { loadModel } from "/path/to/perfit/mod.ts"` (or `https://…/mod.ts`);
+ * - npm: `npm install ./perfit-0.1.0.tgz` (`npm run pack` makes it), then `import … from "perfit"`;
+ * - browsers: `import … from "…/perfit/dist/browser/perfit.js"` (the prebuilt ESM bundle in the tarball).
+ *
  * Each area is also exported whole as a namespace (`graph`, `model`, `data`, `perfit`,
  * `federation`, `client`, `exporter`, `io`), because some helper names (an `Rng`, a
  * `Batch`) exist in more than one area.
@@ -59,6 +65,13 @@ export {
   STRATEGIES,
   strategyFor,
 } from "./runtime/federation/mod.ts";
+export {
+  defaultTrainSettings,
+  parseTrainSettings,
+  TRAIN_SETTINGS,
+  type TrainSettings,
+  trainSettingsDoc,
+} from "./runtime/client/train_settings.ts";
 export {
   GpuKernels,
   initKernels,

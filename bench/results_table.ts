@@ -10,13 +10,12 @@
  * settings come again, so methods can run as parallel processes (`--methods fedit --cache DIR --out /dev/null`)
  * and one final `deno task results --cache DIR` assembles the table.
  */
+import { defineCli, isDirectory } from "../runtime/cli/flags.ts";
+import { BACKENDS, TARGET_CHOICES } from "../runtime/cli/common.ts";
 import {
   DEFAULT_SIM,
-  intFlag,
   type Method,
   METHODS,
-  numFlag,
-  parseFlags,
   runFederated,
   type SimConfig,
   type SimResult,
@@ -326,49 +325,111 @@ export async function run(): Promise<string> {
   return await runResults({ ...DEFAULT_RESULTS, rounds: 2, localSteps: 6, maxTrain: 200, maxTest: 24 });
 }
 
+/** The results CLI's flags. */
+export const resultsCli = defineCli({
+  name: "results",
+  summary: "Every method on lexicon-instruct, 8 clients (one per category); writes the markdown table.",
+  flags: {
+    rounds: { type: "int", min: 1, default: DEFAULT_RESULTS.rounds, help: "federated rounds" },
+    "local-steps": {
+      type: "int",
+      min: 1,
+      default: DEFAULT_RESULTS.localSteps,
+      help: "optimizer steps per round",
+    },
+    seeds: {
+      type: "list",
+      value: "0,1,2",
+      default: DEFAULT_RESULTS.seeds.map(String),
+      validate: (
+        v,
+      ) => (v.every((x) => /^\d+$/.test(x)) ? undefined : "a comma-separated list of integers ≥ 0"),
+      help: "one run per seed and method",
+    },
+    tiers: {
+      type: "list",
+      choices: Object.keys(DEFAULT_SIM.tiers),
+      default: DEFAULT_RESULTS.tiers,
+      help: "device tiers assigned to clients in turn",
+    },
+    "max-train": {
+      type: "int",
+      min: 1,
+      default: DEFAULT_RESULTS.maxTrain,
+      help: "training examples per client",
+    },
+    "max-test": {
+      type: "int",
+      min: 1,
+      default: DEFAULT_RESULTS.maxTest,
+      help: "held-out examples per client",
+    },
+    backend: {
+      type: "string",
+      choices: BACKENDS,
+      default: DEFAULT_RESULTS.backend,
+      help: "onnxruntime backend",
+    },
+    out: {
+      type: "string",
+      value: "PATH",
+      defaultText: "bench/results/perfit.md",
+      help: "where the markdown table goes",
+    },
+    methods: { type: "list", choices: METHODS, default: DEFAULT_RESULTS.methods, help: "methods to run" },
+    model: {
+      type: "string",
+      value: "DIR",
+      validate: isDirectory,
+      defaultText: "models/perfit-tiny",
+      help: "base model folder",
+    },
+    lr: { type: "number", min: 0, exclusiveMin: true, default: DEFAULT_RESULTS.lr, help: "learning rate" },
+    "batch-size": { type: "int", min: 1, default: DEFAULT_RESULTS.batchSize, help: "examples per step" },
+    "max-len": { type: "int", min: 2, default: DEFAULT_RESULTS.maxLen, help: "tokens per example, at most" },
+    rank: { type: "int", min: 1, default: DEFAULT_RESULTS.rank, help: "LoRA base rank r" },
+    targets: {
+      type: "list",
+      choices: TARGET_CHOICES,
+      default: DEFAULT_RESULTS.targets,
+      help: "LoRA targets",
+    },
+    cache: {
+      type: "string",
+      value: "DIR",
+      help: "reuse finished (method, seed) runs saved under DIR, and save new ones there",
+    },
+  },
+});
+
 if (import.meta.main) {
-  const f = parseFlags(Deno.args, [
-    "rounds",
-    "local-steps",
-    "seeds",
-    "tiers",
-    "max-train",
-    "max-test",
-    "backend",
-    "out",
-    "methods",
-    "model",
-    "lr",
-    "batch-size",
-    "max-len",
-    "rank",
-    "targets",
-    "cache",
-  ]);
-  const methods = (f.methods ? f.methods.split(",") : METHODS) as Method[];
-  for (const m of methods) if (!METHODS.includes(m)) throw new Error(`unknown method ${m}`);
+  const { values: f } = resultsCli.parse();
   const opts: ResultsOptions = {
     ...DEFAULT_RESULTS,
-    rounds: intFlag(f, "rounds", DEFAULT_RESULTS.rounds),
-    localSteps: intFlag(f, "local-steps", DEFAULT_RESULTS.localSteps),
-    seeds: f.seeds ? f.seeds.split(",").map(Number) : DEFAULT_RESULTS.seeds,
-    tiers: f.tiers ? f.tiers.split(",") : DEFAULT_RESULTS.tiers,
-    maxTrain: intFlag(f, "max-train", DEFAULT_RESULTS.maxTrain),
-    maxTest: intFlag(f, "max-test", DEFAULT_RESULTS.maxTest),
-    batchSize: intFlag(f, "batch-size", DEFAULT_RESULTS.batchSize),
-    maxLen: intFlag(f, "max-len", DEFAULT_RESULTS.maxLen),
-    lr: numFlag(f, "lr", DEFAULT_RESULTS.lr),
-    rank: intFlag(f, "rank", DEFAULT_RESULTS.rank),
-    targets: (f.targets ? f.targets.split(",") : DEFAULT_RESULTS.targets) as SimConfig["targets"],
-    backend: (f.backend ?? "auto") as ResultsOptions["backend"],
-    methods,
+    rounds: f.rounds,
+    localSteps: f["local-steps"],
+    seeds: f.seeds.map(Number),
+    tiers: f.tiers,
+    maxTrain: f["max-train"],
+    maxTest: f["max-test"],
+    batchSize: f["batch-size"],
+    maxLen: f["max-len"],
+    lr: f.lr,
+    rank: f.rank,
+    targets: f.targets,
+    backend: f.backend,
+    methods: f.methods,
     modelDir: f.model,
     cacheDir: f.cache,
     log: (s) => console.error(s),
   };
-  const md = await runResults(opts);
-  const out = f.out ?? new URL("./results/perfit.md", import.meta.url).pathname;
-  await Deno.writeTextFile(out, md);
-  console.log(md);
-  console.error(`wrote ${out}`);
+  try {
+    const md = await runResults(opts);
+    const out = f.out ?? new URL("./results/perfit.md", import.meta.url).pathname;
+    await Deno.writeTextFile(out, md);
+    console.log(md);
+    console.error(`wrote ${out}`);
+  } catch (e) {
+    resultsCli.fail(e);
+  }
 }

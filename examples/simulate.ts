@@ -3,112 +3,182 @@
  *
  *   deno task simulate --method perfit --clients 8 --rounds 3 --partition category --backend auto --out out/perfit
  *
- * --method perfit|fedit|local|base|perfit-random-mask|perfit-e1
- * --partition category | category:K | dirichlet:ALPHA   (--clients sets the Dirichlet client count;
- *   for category partitions a multiple of the category count gives several clients per category)
- * Also: --local-steps --rank --alpha --lr --seed --max-train --max-test --batch-size --max-len
- *       --prune-stages --schedule cubic|linear|one-shot --allocation global|per-module --research-every
- *       --fraction-fit --tiers high,mid,low --targets q,v --model DIR --data DIR --quiet
+ * `deno task simulate --help` lists every flag with its default.
  */
+import { defineCli, isDirectory } from "../runtime/cli/flags.ts";
+import { BACKENDS, COORDINATOR_FLAGS, coordinatorOf, TARGET_CHOICES } from "../runtime/cli/common.ts";
 import {
   DEFAULT_SIM,
   formatRound,
-  intFlag,
-  type Method,
   METHODS,
-  numFlag,
-  parseFlags,
   parsePartition,
   resultToCsv,
   runFederated,
   type SimConfig,
 } from "../runtime/federation/mod.ts";
 
-const KNOWN = [
-  "method",
-  "clients",
-  "rounds",
-  "partition",
-  "backend",
-  "out",
-  "local-steps",
-  "rank",
-  "alpha",
-  "lr",
-  "seed",
-  "max-train",
-  "max-test",
-  "batch-size",
-  "max-len",
-  "prune-stages",
-  "schedule",
-  "allocation",
-  "research-every",
-  "fraction-fit",
-  "tiers",
-  "model",
-  "data",
-  "targets",
-  "quiet",
-  "server",
-  "admin-token",
-  "save-adapters",
-  "help",
-];
+const partitionCheck = (v: string) => {
+  try {
+    parsePartition(v, 1);
+    return undefined;
+  } catch {
+    return "category, category:K or dirichlet:ALPHA (K ≥ 1, ALPHA > 0)";
+  }
+};
+
+/** The simulate CLI's flags (also what --help prints). */
+export const simulateCli = defineCli({
+  name: "simulate",
+  summary:
+    "One federated run in this process (or against a coordinator with --server); writes OUT.json and OUT.csv.",
+  flags: {
+    method: { type: "string", value: "M", choices: METHODS, default: "perfit", help: "federated method" },
+    clients: {
+      type: "int",
+      min: 1,
+      default: 8,
+      help: "clients: the Dirichlet client count; for category partitions a multiple of the 8 categories",
+    },
+    rounds: { type: "int", min: 1, default: DEFAULT_SIM.rounds, help: "federated rounds" },
+    partition: {
+      type: "string",
+      value: "P",
+      default: "category",
+      validate: partitionCheck,
+      help: "category (one client per category), category:K (K per category) or dirichlet:ALPHA",
+    },
+    backend: { type: "string", choices: BACKENDS, default: "auto", help: "onnxruntime backend" },
+    out: {
+      type: "string",
+      value: "PATH",
+      defaultText: "out/<method>",
+      help: "writes PATH.json and PATH.csv",
+    },
+    "local-steps": {
+      type: "int",
+      min: 1,
+      default: DEFAULT_SIM.localSteps,
+      help: "optimizer steps per round",
+    },
+    rank: { type: "int", min: 1, default: DEFAULT_SIM.rank, help: "LoRA base rank r" },
+    alpha: { type: "number", min: 0, exclusiveMin: true, default: DEFAULT_SIM.alpha, help: "LoRA alpha" },
+    lr: { type: "number", min: 0, exclusiveMin: true, default: DEFAULT_SIM.lr, help: "learning rate" },
+    seed: { type: "int", min: 0, default: DEFAULT_SIM.seed, help: "seed of partition, init and sampling" },
+    "max-train": { type: "int", min: 1, default: 400, help: "training examples per client, at most" },
+    "max-test": { type: "int", min: 1, default: 32, help: "held-out examples per client, at most" },
+    "batch-size": { type: "int", min: 1, default: 8, help: "examples per step" },
+    "max-len": { type: "int", min: 2, default: 96, help: "tokens per example, at most" },
+    "prune-stages": { type: "int", min: 1, default: DEFAULT_SIM.pruneStages, help: "PerFIT pruning stages" },
+    schedule: {
+      type: "string",
+      choices: ["cubic", "linear", "one-shot"],
+      default: DEFAULT_SIM.schedule,
+      help: "PerFIT pruning schedule",
+    },
+    allocation: {
+      type: "string",
+      choices: ["global", "per-module"],
+      default: DEFAULT_SIM.allocation,
+      help: "PerFIT budget allocation",
+    },
+    "research-every": {
+      type: "int",
+      min: 0,
+      default: DEFAULT_SIM.researchEvery,
+      help: "re-run the PerFIT search every K rounds; 0 = only in round 1",
+    },
+    "fraction-fit": {
+      type: "number",
+      min: 0,
+      exclusiveMin: true,
+      max: 1,
+      default: DEFAULT_SIM.fractionFit,
+      help: "fraction of clients sampled per round",
+    },
+    tiers: {
+      type: "list",
+      choices: Object.keys(DEFAULT_SIM.tiers),
+      default: ["high", "mid", "low"],
+      help: "device tiers assigned to clients in turn",
+    },
+    targets: {
+      type: "list",
+      choices: TARGET_CHOICES,
+      default: DEFAULT_SIM.targets,
+      help: "LoRA target modules",
+    },
+    model: {
+      type: "string",
+      value: "DIR",
+      validate: isDirectory,
+      defaultText: "models/perfit-tiny",
+      help: "base model folder",
+    },
+    data: {
+      type: "string",
+      value: "DIR",
+      validate: isDirectory,
+      defaultText: "datasets/lexicon-instruct",
+      help: "folder of JSONL files, one category per file",
+    },
+    "proximal-mu": {
+      type: "number",
+      min: 0,
+      default: 0,
+      help: "FedProx: μ of the proximal term on the shared positions (0 = off)",
+    },
+    "save-adapters": {
+      type: "string",
+      value: "DIR",
+      help: "write each client's PEFT adapter under DIR/<client>",
+    },
+    ...COORDINATOR_FLAGS,
+    quiet: { type: "boolean", help: "no progress bar, no per-round table" },
+  },
+});
 
 async function main(args: string[]): Promise<number> {
-  const f = parseFlags(args, KNOWN);
-  if (f.help) {
-    console.log(
-      "usage: deno task simulate --method perfit --clients 8 --rounds 3 --partition category --backend auto --out out/run",
-    );
-    return 0;
-  }
-  const method = (f.method ?? "perfit") as Method;
-  if (!METHODS.includes(method)) throw new Error(`unknown --method "${method}" (use ${METHODS.join(", ")})`);
-  const clients = intFlag(f, "clients", 8);
-  let spec = parsePartition(f.partition ?? "category", clients);
-  if (spec.kind === "category" && f.clients !== undefined && !(f.partition ?? "").includes(":")) {
+  const { values: f, sources } = simulateCli.parse(args);
+  const server = coordinatorOf(f, sources);
+  const method = f.method;
+  const clients = f.clients;
+  let spec = parsePartition(f.partition, clients);
+  if (spec.kind === "category" && sources.clients !== "default" && !f.partition.includes(":")) {
     // 8 categories: --clients 16 means two clients per category.
     spec = { kind: "category", clientsPerCategory: Math.max(1, Math.round(clients / 8)) };
   }
-  const schedule = (f.schedule ?? DEFAULT_SIM.schedule) as SimConfig["schedule"];
-  if (!["cubic", "linear", "one-shot"].includes(schedule)) throw new Error(`bad --schedule ${schedule}`);
-  const allocation = (f.allocation ?? DEFAULT_SIM.allocation) as SimConfig["allocation"];
-  if (!["global", "per-module"].includes(allocation)) throw new Error(`bad --allocation ${allocation}`);
-  const backend = (f.backend ?? "auto") as "auto" | "node" | "wasm" | "webgpu";
-  if (!["auto", "node", "wasm", "webgpu"].includes(backend)) throw new Error(`bad --backend ${backend}`);
   const cfg: SimConfig = {
     ...DEFAULT_SIM,
     method,
-    rounds: intFlag(f, "rounds", DEFAULT_SIM.rounds),
-    localSteps: intFlag(f, "local-steps", DEFAULT_SIM.localSteps),
-    rank: intFlag(f, "rank", DEFAULT_SIM.rank),
-    alpha: numFlag(f, "alpha", DEFAULT_SIM.alpha),
-    lr: numFlag(f, "lr", DEFAULT_SIM.lr),
-    seed: intFlag(f, "seed", DEFAULT_SIM.seed),
-    pruneStages: intFlag(f, "prune-stages", DEFAULT_SIM.pruneStages),
-    schedule,
-    allocation,
-    researchEvery: intFlag(f, "research-every", 0),
-    fractionFit: numFlag(f, "fraction-fit", 1),
-    clientTiers: (f.tiers ?? "high,mid,low").split(","),
-    targets: (f.targets ? f.targets.split(",") : DEFAULT_SIM.targets) as SimConfig["targets"],
+    rounds: f.rounds,
+    localSteps: f["local-steps"],
+    rank: f.rank,
+    alpha: f.alpha,
+    lr: f.lr,
+    seed: f.seed,
+    pruneStages: f["prune-stages"],
+    schedule: f.schedule,
+    allocation: f.allocation,
+    researchEvery: f["research-every"],
+    proximalMu: f["proximal-mu"],
+    fractionFit: f["fraction-fit"],
+    clientTiers: f.tiers,
+    targets: f.targets,
   };
-  const quiet = f.quiet === "true";
+  const quiet = f.quiet;
   const result = await runFederated(cfg, {
     modelDir: f.model,
     dataDir: f.data,
     partition: spec,
-    backend,
-    batchSize: intFlag(f, "batch-size", 8),
-    maxLen: intFlag(f, "max-len", 96),
-    maxTrain: intFlag(f, "max-train", 400),
-    maxTest: intFlag(f, "max-test", 32),
+    backend: f.backend,
+    batchSize: f["batch-size"],
+    maxLen: f["max-len"],
+    maxTrain: f["max-train"],
+    maxTest: f["max-test"],
     progress: !quiet,
-    server: f.server === undefined ? undefined : { url: f.server, adminToken: f["admin-token"] ?? "" },
-    saveAdapters: f["save-adapters"],
     onRound: (r) => quiet || console.log(formatRound(r) + "\n"),
+    ...(server ? { server } : {}),
+    ...(f["save-adapters"] !== undefined ? { saveAdapters: f["save-adapters"] } : {}),
   });
   const out = f.out ?? `out/${method}`;
   const dir = out.includes("/") ? out.slice(0, out.lastIndexOf("/")) : ".";
@@ -125,7 +195,6 @@ if (import.meta.main) {
   try {
     Deno.exit(await main(Deno.args));
   } catch (e) {
-    console.error(`simulate: ${(e as Error).message}`);
-    Deno.exit(2);
+    simulateCli.fail(e);
   }
 }

@@ -6,7 +6,12 @@
  * (served by server/ui) instead of being inlined. Node-only modules reachable from shared runtime code
  * (behind `typeof Deno` guards or dynamic imports) resolve to a stub that throws if ever called.
  *
- * Usage: deno run -A scripts/bundle.ts [--minify] [--watch]
+ * The library's `npm:name@version` specifiers (runtime/deps.ts) resolve to the bare package in node_modules.
+ *
+ * `--lib` builds the library's browser ESM bundle instead (`bundleLibrary`): dist/browser/perfit.js from
+ * mod.ts, with lazily loaded chunks and onnxruntime-web's runtime files next to it (npm pack ships it).
+ *
+ * Usage: deno run -A scripts/bundle.ts [--minify] [--lib]
  */
 import * as esbuild from "esbuild";
 
@@ -41,6 +46,23 @@ const stubNodeOnly: esbuild.Plugin = {
   },
 };
 
+/** `npm:name@version/sub` → `name/sub`, resolved from node_modules like the bare import it pins. */
+const npmSpecifiers: esbuild.Plugin = {
+  name: "npm-specifiers",
+  setup(build) {
+    build.onResolve({ filter: /^npm:/ }, (args) => {
+      const m = /^npm:((?:@[^/@]+\/)?[^/@]+)(?:@[^/]*)?(\/.*)?$/.exec(args.path);
+      if (!m) return { errors: [{ text: `bad npm: specifier ${args.path}` }] };
+      return build.resolve(m[1] + (m[2] ?? ""), {
+        kind: args.kind,
+        resolveDir: args.resolveDir,
+        importer: args.importer,
+        pluginData: args.pluginData,
+      });
+    });
+  },
+};
+
 /** Options of `bundle`. */
 export interface BundleOptions {
   /** Repository root (default: the folder above scripts/). */
@@ -64,7 +86,7 @@ function browserBuild(root: string, opts: BundleOptions): esbuild.BuildOptions {
     minify: opts.minify ?? false,
     logLevel: opts.verbose ? "warning" : "error",
     define: { "process.env.NODE_ENV": '"production"' },
-    plugins: [stubNodeOnly],
+    plugins: [npmSpecifiers, stubNodeOnly],
   };
 }
 
@@ -106,7 +128,92 @@ export async function bundle(opts: BundleOptions = {}): Promise<Record<string, n
   return sizes;
 }
 
-if (import.meta.main) {
+/**
+ * Where `bundleLibrary` writes: the browser build (packages inlined) and the ESM build for Deno and
+ * bundlers (packages left as bare imports). Both lie two folders below the package root, so that the
+ * library's `new URL("../../wasm/perfit_kernels.wasm", import.meta.url)` (and ../../models/) still point
+ * into the package.
+ */
+export const LIB_DIRS = { browser: "dist/browser", esm: "dist/esm" } as const;
+
+/** onnxruntime-web's runtime files the browser build's WebGPU/WASM backend fetches from next to itself. */
+const ORT_RUNTIME = ["ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"];
+
+/** The `npm:name@version/sub` specifiers of runtime/deps.ts as bare `name/sub` (for the ESM build). */
+const bareDeps: esbuild.Plugin = {
+  name: "bare-deps",
+  setup(build) {
+    build.onResolve({ filter: /^npm:/ }, (args) => {
+      const m = /^npm:((?:@[^/@]+\/)?[^/@]+)(?:@[^/]*)?(\/.*)?$/.exec(args.path)!;
+      return { path: m[1] + (m[2] ?? ""), external: true };
+    });
+    // ORT_NODE is a string (imported dynamically by value): rewrite it too.
+    build.onLoad({ filter: /[/\\]runtime[/\\]deps\.ts$/ }, async (args) => ({
+      contents: (await Deno.readTextFile(args.path)).replace(
+        /"npm:((?:@[^/@"]+\/)?[^/@"]+)(?:@[^/"]*)?(\/[^"]*)?"/g,
+        (_m, name, sub) => JSON.stringify(name + (sub ?? "")),
+      ),
+      loader: "ts",
+    }));
+  },
+};
+
+/**
+ * Builds the library for the npm tarball: `dist/browser/perfit.js` (mod.ts for browsers, packages inlined,
+ * Transformers.js and ORT in chunks loaded on first use, ORT's runtime files next to it) and
+ * `dist/esm/perfit.js` (mod.ts as one ES module whose packages are bare imports, for Deno programs that
+ * npm-installed the tarball: Deno does not strip types under node_modules). Returns paths and sizes.
+ */
+export async function bundleLibrary(opts: BundleOptions = {}): Promise<Record<string, number>> {
+  const root = opts.root ?? defaultRoot();
+  const sizes: Record<string, number> = {};
+  const record = (meta: esbuild.Metafile) => {
+    for (const [path, info] of Object.entries(meta.outputs)) {
+      if (path.endsWith(".js")) sizes[path] = info.bytes;
+    }
+  };
+  for (const dir of Object.values(LIB_DIRS)) {
+    await Deno.remove(`${root}/${dir}`, { recursive: true }).catch(() => {});
+  }
+  const browser = await esbuild.build({
+    ...browserBuild(root, opts),
+    entryPoints: { perfit: "mod.ts" },
+    outdir: LIB_DIRS.browser,
+    splitting: true,
+    // Chunks next to perfit.js: the same relative URLs (wasm/, ORT's files) hold in every one of them.
+    chunkNames: "[name]-[hash]",
+    sourcemap: "linked",
+    metafile: true,
+  });
+  record(browser.metafile!);
+  for (const f of ORT_RUNTIME) {
+    await Deno.copyFile(`${root}/node_modules/onnxruntime-web/dist/${f}`, `${root}/${LIB_DIRS.browser}/${f}`);
+    sizes[`${LIB_DIRS.browser}/${f}`] = (await Deno.stat(`${root}/${LIB_DIRS.browser}/${f}`)).size;
+  }
+  const esm = await esbuild.build({
+    absWorkingDir: root,
+    entryPoints: { perfit: "mod.ts" },
+    outdir: LIB_DIRS.esm,
+    bundle: true,
+    format: "esm",
+    platform: "node",
+    target: "es2022",
+    packages: "external",
+    minify: opts.minify ?? false,
+    logLevel: opts.verbose ? "warning" : "error",
+    sourcemap: "linked",
+    metafile: true,
+    plugins: [bareDeps],
+  });
+  record(esm.metafile!);
+  return sizes;
+}
+
+if (import.meta.main && Deno.args.includes("--lib")) {
+  const sizes = await bundleLibrary({ minify: Deno.args.includes("--minify") });
+  for (const [p, n] of Object.entries(sizes)) console.log(`${p}  ${(n / 1024).toFixed(0)} KiB`);
+  await esbuild.stop();
+} else if (import.meta.main) {
   const sizes = await bundle({
     minify: Deno.args.includes("--minify"),
     verbose: Deno.args.includes("--verbose"),

@@ -12,9 +12,7 @@
  * handed to the coordinator. So a slow client holds its own connection and the bytes it really
  * sent, and nothing any other upload needs.
  */
-import { Hono } from "hono";
-import type { Context } from "hono";
-import { cors } from "hono/cors";
+import { type Context, cors, Hono } from "../runtime/deps.ts";
 import { ApiError, invalid, ThrottledLog, tooMany } from "./errors.ts";
 import {
   adminAuth,
@@ -27,15 +25,16 @@ import {
 } from "./auth.ts";
 import { idParam, intParam } from "./params.ts";
 import { BodyAbortedError, type BodyDeadline, DEFAULT_BODY_DEADLINE, readBody, readJson } from "./body.ts";
-import { clientIp, type RateLimit, TokenBuckets, type TrustProxy } from "./ratelimit.ts";
+import { clientIp, heldLimit, type RateLimit, TokenBuckets, type TrustProxy } from "./ratelimit.ts";
 import { sha256Hex, TokenSigner } from "./tokens.ts";
 import { Coordinator, RetryableError } from "./coordinator.ts";
 import { parseJoinKey, parseRunConfig } from "./run_config.ts";
-import { inviteCount, inviteUsed } from "./enrollment.ts";
+import { inviteCount, inviteUsed, parseCredentials } from "./enrollment.ts";
 import type { RunRecord } from "./records.ts";
 import { decodeUpdate, encodeSlice, WireError } from "../runtime/client/wire.ts";
 import { encodeSafetensors } from "../runtime/io/safetensors.ts";
 import { openapi } from "./openapi.ts";
+import { type EventLog, silentLog } from "./event_log.ts";
 import { ByteBudget, Semaphore } from "./semaphore.ts";
 import { defaultFolder, InlineFolder } from "./folder.ts";
 import { METRICS_PAGE, ReadModel } from "./read_model.ts";
@@ -114,6 +113,8 @@ export interface AppOptions {
   config: ServerConfig;
   /** Clock (ms since epoch); tests inject one to cross deadlines. */
   now?: () => number;
+  /** Where the coordinator says what it does: joins, rounds, accepted uploads, refusals (default: nowhere). */
+  events?: EventLog;
 }
 
 /** What the upload route holds right now (tests and benches watch it; nothing else reads it). */
@@ -157,7 +158,13 @@ export function createApp(opts: AppOptions): PerfitApp {
     : sha256Hex(config.adminToken!);
   const signer = TokenSigner.create(config.secret);
   signer.catch(() => {});
-  const coord = new Coordinator(kv, now, config.foldWorker === false ? new InlineFolder() : defaultFolder());
+  const events = opts.events ?? silentLog;
+  const coord = new Coordinator(
+    kv,
+    now,
+    config.foldWorker === false ? new InlineFolder() : defaultFolder(),
+    { events },
+  );
   const ipBuckets = new TokenBuckets(config.rateLimit?.ip ?? { rate: 50, burst: 100 }, now);
   const clientBuckets = new TokenBuckets(config.rateLimit?.client ?? { rate: 10, burst: 40 }, now);
   const maxJson = config.maxJsonBytes ?? 64 * 1024;
@@ -185,18 +192,8 @@ export function createApp(opts: AppOptions): PerfitApp {
       });
     }
   };
-  const holdMs = Math.max(0, config.rateLimitHoldMs ?? 1000);
   const refusedUploadCost = Math.max(0, config.refusedUploadCost ?? 10);
-  /** The per-client limit: a 429 is held until the client's next token (at most `holdMs`). */
-  const clientLimited = async (buckets: TokenBuckets, key: string) => {
-    const wait = buckets.take(key);
-    if (wait <= 0) return;
-    const hold = Math.min(wait * 1000, holdMs);
-    if (hold > 0) await new Promise((r) => setTimeout(r, hold));
-    throw new ApiError(429, "rate_limited", "too many requests", {
-      "retry-after": String(Math.max(1, Math.ceil(wait - hold / 1000))),
-    });
-  };
+  const clientLimited = heldLimit(Math.max(0, config.rateLimitHoldMs ?? 1000));
 
   const auth: AuthDeps = {
     adminHash,
@@ -219,6 +216,9 @@ export function createApp(opts: AppOptions): PerfitApp {
       console.warn(
         `perfit server: ${c.req.method} ${c.req.path}: body cut off by the client (${err.detail})`,
       );
+    }
+    if (err instanceof ApiError || err instanceof WireError) {
+      events.emit({ kind: "refused", status: err.status, code: err.code });
     }
     if (err instanceof ApiError) {
       for (const [k, v] of Object.entries(err.headers)) c.header(k, v);
@@ -286,21 +286,15 @@ export function createApp(opts: AppOptions): PerfitApp {
     if (body === null || typeof body !== "object" || Array.isArray(body)) {
       throw invalid("bad_body", "join body must be an object");
     }
-    const { name, tier, key, invite } = body as Record<string, unknown>;
+    const { name, tier } = body as Record<string, unknown>;
     if (name !== undefined && (typeof name !== "string" || name.length > 100)) {
       throw invalid("bad_body", "name must be a string of ≤ 100 characters");
     }
     if (tier !== undefined && typeof tier !== "string") throw invalid("bad_body", "tier must be a string");
-    for (const [k, v] of [["key", key], ["invite", invite]] as const) {
-      if (v !== undefined && (typeof v !== "string" || v.length > 512)) {
-        throw invalid("bad_body", `${k} must be a string of ≤ 512 characters`);
-      }
-    }
     const rec = await coord.join(run, {
       name: name as string | undefined,
       tier: tier as string | undefined,
-      key: key as string | undefined,
-      invite: invite as string | undefined,
+      ...parseCredentials(body as Record<string, unknown>),
     });
     // A replayed invite join gets its client back: never once the admin has revoked that client
     // (a fresh token would be issued after the revocation, and so accepted).

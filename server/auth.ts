@@ -11,8 +11,7 @@
  * (`token_revoked`). Revocations live in KV under `["revoked", run, client]` so every instance
  * sees them; each instance caches what it read for `cacheMs` (its own revocations at once).
  */
-import type { Context } from "hono";
-import { createMiddleware } from "hono/factory";
+import { type Context, createMiddleware } from "../runtime/deps.ts";
 import { ApiError, forbidden, unauthorized } from "./errors.ts";
 import { idParam } from "./params.ts";
 import type { TokenBuckets } from "./ratelimit.ts";

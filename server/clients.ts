@@ -3,7 +3,7 @@
  * order and tier) and the cache of client records, which are immutable once joined.
  */
 import { conflict, gone, notFound } from "./errors.ts";
-import { type ClientRecord, K } from "./records.ts";
+import { type ClientRecord, K, type RunRecord } from "./records.ts";
 import type { RunConfig } from "./run_config.ts";
 import { b64url } from "./tokens.ts";
 import { BoundedCache } from "./bounded_cache.ts";
@@ -44,11 +44,14 @@ export class ClientRegistry {
   constructor(private readonly kv: Deno.Kv, private readonly now: () => number) {}
 
   /** Registers a client, assigns its tier (requested, else round-robin by join order). */
-  join(
-    run: () => Promise<JoinTarget>,
-    runId: string,
-    req: JoinRequest,
-  ): Promise<ClientRecord> {
+  join(runId: string, req: JoinRequest): Promise<ClientRecord> {
+    // The run record alone (one small read), not the run's state: a join that its enrollment
+    // refuses loads nothing (a state holds 8·N bytes of accumulators).
+    const run = async (): Promise<JoinTarget> => {
+      const r = (await this.kv.get<RunRecord>(K.run(runId))).value;
+      if (!r) throw notFound(`no run ${runId}`);
+      return { id: runId, done: r.status === "done", config: r.config };
+    };
     // Joins of one run are serialized in-process so the counter check rarely conflicts; the
     // versionstamp check still guards against other instances (Deno Deploy), with retries.
     const prev = this.locks.get(runId) ?? Promise.resolve();

@@ -39,14 +39,14 @@ import {
   roundPosition,
 } from "./admission.ts";
 import { ClientRegistry, type JoinRequest } from "./clients.ts";
-import { joinKeyRecord, newInvite } from "./enrollment.ts";
-import { conflict, gone, invalid, notFound } from "./errors.ts";
+import { issueInvites, joinKeyFor } from "./enrollment.ts";
 import { GroupCommit } from "./group_commit.ts";
 import { MaskStore } from "./mask_store.ts";
 import { openRound, RoundCloser } from "./round_close.ts";
 import { deferred, type Pending, RetryableError, RunCache, type RunState } from "./run_state.ts";
 import { sweepRun } from "./sweep.ts";
 import { ruleFor } from "./robust.ts";
+import { accepted, type EventLog, joined, runCreated, silentLog } from "./event_log.ts";
 
 export { RetryableError } from "./run_state.ts";
 export { summarize } from "./round_close.ts";
@@ -65,10 +65,14 @@ export interface CoordinatorOptions {
    * idle ones are dropped and reloaded from KV on their next request.
    */
   maxLoadedRuns?: number;
+  /** Where the coordinator says what it does (default: nowhere). */
+  events?: EventLog;
 }
 
 /** Runs, rounds, clients and streaming aggregation, all persisted in one Deno KV. */
 export class Coordinator {
+  /** Where events go (`CoordinatorOptions.events`). */
+  readonly events: EventLog;
   private readonly reads: ReadModel;
   private readonly runs: RunCache;
   private readonly maskStore: MaskStore;
@@ -109,7 +113,17 @@ export class Coordinator {
       (st) => this.closer.closeNow(st),
       cleanUp,
     );
-    this.closer = new RoundCloser(kv, now, folder, this.runs, this.commits, this.maskStore, cleanUp);
+    this.events = options.events ?? silentLog;
+    this.closer = new RoundCloser(
+      kv,
+      now,
+      folder,
+      this.runs,
+      this.commits,
+      this.maskStore,
+      cleanUp,
+      this.events,
+    );
   }
 
   /** A freshly loaded run: sweep what a crash left, and close a round that a crash left full. */
@@ -132,19 +146,9 @@ export class Coordinator {
 
   // ---------- runs ----------
 
-  /**
-   * Creates a run with round 1 open. A run with enrollment "key" needs its `joinKey`, of which only
-   * a salted hash is stored (under its own key, never in the run record).
-   */
+  /** Creates a run with round 1 open (enrollment "key": with the salted hash of `joinKey`, apart). */
   async createRun(config: RunConfig, secrets: { joinKey?: string | null } = {}): Promise<RunRecord> {
-    const keyed = (config.enrollment ?? "open") === "key";
-    if (keyed !== (typeof secrets.joinKey === "string")) {
-      throw invalid(
-        "invalid_config",
-        keyed ? 'enrollment "key" needs a joinKey' : "joinKey without enrollment key",
-      );
-    }
-    const keyRecord = keyed ? await joinKeyRecord(secrets.joinKey!) : null;
+    const keyRecord = await joinKeyFor(config, secrets.joinKey);
     const id = `run_${b64url(crypto.getRandomValues(new Uint8Array(9)))}`;
     const t = this.now();
     const run: RunRecord = {
@@ -164,36 +168,13 @@ export class Coordinator {
     if (keyRecord) res.set(K.joinKey(id), keyRecord);
     const done = await res.commit();
     if (!done.ok) throw new RetryableError("run id collision");
+    for (const e of runCreated(run)) this.events.emit(e);
     return run;
   }
 
-  /**
-   * Issues `count` single-use invites to a run with enrollment "invite" (409 `enrollment_mismatch`
-   * otherwise, 410 once it finished). Returns the tokens; KV keeps only their hashes.
-   */
+  /** Issues single-use invites to a run with enrollment "invite" (see enrollment.ts). */
   async createInvites(runId: string, count: number): Promise<string[]> {
-    const { run } = await this.runs.get(runId);
-    if ((run.config.enrollment ?? "open") !== "invite") {
-      throw conflict(
-        "enrollment_mismatch",
-        `run ${runId} does not take invites (enrollment ${run.config.enrollment ?? "open"})`,
-      );
-    }
-    if (run.status === "done") throw gone("run_done", `run ${runId} has finished`);
-    const t = this.now();
-    const invites = await Promise.all(Array.from({ length: count }, () => newInvite(t)));
-    // 2 mutations per invite: at most 400 invites per atomic operation (KV allows 1000 mutations).
-    for (let i = 0; i < invites.length; i += 400) {
-      const op = this.kv.atomic();
-      for (const inv of invites.slice(i, i + 400)) {
-        op.check({ key: K.invite(runId, inv.id), versionstamp: null }).set(
-          K.invite(runId, inv.id),
-          inv.record,
-        );
-      }
-      if (!(await op.commit()).ok) throw new RetryableError("invite id collision, retry");
-    }
-    return invites.map((inv) => inv.token);
+    return await issueInvites(this.kv, (await this.runs.get(runId)).run, count, this.now());
   }
 
   /** Every run, newest first. */
@@ -221,19 +202,9 @@ export class Coordinator {
 
   // ---------- clients ----------
 
-  /**
-   * Registers a client, assigns its tier (requested, else round-robin by join order), after the
-   * run's enrollment check (`key` or `invite`, see enrollment.ts).
-   */
+  /** Registers a client after the run's enrollment check; assigns its tier (requested, else round-robin). */
   join(runId: string, req: JoinRequest): Promise<ClientRecord> {
-    // The run record alone (one small read), not the run's state: a join that its enrollment
-    // refuses loads nothing (a state holds 8·N bytes of accumulators).
-    const target = async () => {
-      const run = (await this.kv.get<RunRecord>(K.run(runId))).value;
-      if (!run) throw notFound(`no run ${runId}`);
-      return { id: runId, done: run.status === "done", config: run.config };
-    };
-    return this.clients.join(target, runId, req);
+    return this.clients.join(runId, req).then((rec) => (this.events.emit(joined(rec)), rec));
   }
 
   /** A client's record, or 404. */
@@ -245,12 +216,8 @@ export class Coordinator {
   async task(runId: string, c: ClientRecord): Promise<TaskInfo> {
     let st = await this.runs.get(runId);
     await this.closer.advance(st);
-    if (st.closing) {
-      // The round is being closed (often by this client's own upload, the last seat): answer with
-      // the round that follows rather than "wait", which would cost the client a poll.
-      await st.chain;
-      st = await this.runs.get(runId);
-    }
+    // A round being closed (often by this client's upload, its last seat): answer for the next.
+    if (st.closing) st = await st.chain.then(() => this.runs.get(runId));
     const cfg = st.run.config;
     const r = st.round;
     let status: TaskInfo["status"] = "train";
@@ -424,6 +391,7 @@ export class Coordinator {
     const maskBits = dense || reuseMask ? null : u.maskBits;
     const p: Pending = { seq: ++st.foldSeq, client: clientId, uploadId, record, maskBits, ...deferred() };
     await this.commits.commit(st, p, u, folded);
+    if (st.round?.index === round) this.events.emit(accepted(st.run, st.round));
     return { status: "accepted", uploadId, round };
   }
 

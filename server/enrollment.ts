@@ -15,8 +15,10 @@
  * Every refusal is a 403: `enrollment_required` (missing, wrong or unknown key or invite, or an
  * invite of another run), `invite_used`.
  */
-import { ApiError, invalid } from "./errors.ts";
-import { K } from "./records.ts";
+import { ApiError, conflict, gone, invalid } from "./errors.ts";
+import { K, type RunRecord } from "./records.ts";
+import type { RunConfig } from "./run_config.ts";
+import { RetryableError } from "./run_state.ts";
 import { b64url, sha256Hex, timingSafeEqual } from "./tokens.ts";
 
 const enc = new TextEncoder();
@@ -130,4 +132,65 @@ export function inviteCount(body: unknown): number {
     throw invalid("bad_body", `count must be an integer in [1, ${MAX_INVITES_PER_REQUEST}]`);
   }
   return count;
+}
+
+/**
+ * The join key record a new run stores under `["enroll", run]`: for enrollment "key", which needs
+ * `joinKey`, its salted hash; for any other enrollment null (and a `joinKey` is refused).
+ */
+export async function joinKeyFor(
+  config: RunConfig,
+  joinKey: string | null | undefined,
+): Promise<JoinKeyRecord | null> {
+  const keyed = (config.enrollment ?? "open") === "key";
+  if (keyed !== (typeof joinKey === "string")) {
+    throw invalid(
+      "invalid_config",
+      keyed ? 'enrollment "key" needs a joinKey' : "joinKey without enrollment key",
+    );
+  }
+  return keyed ? await joinKeyRecord(joinKey!) : null;
+}
+
+/**
+ * Issues `count` single-use invites to a run with enrollment "invite" (409 `enrollment_mismatch`
+ * otherwise, 410 once it finished). Returns the tokens; KV keeps only their hashes.
+ */
+export async function issueInvites(
+  kv: Deno.Kv,
+  run: RunRecord,
+  count: number,
+  now: number,
+): Promise<string[]> {
+  const enrollment = run.config.enrollment ?? "open";
+  if (enrollment !== "invite") {
+    throw conflict("enrollment_mismatch", `run ${run.id} does not take invites (enrollment ${enrollment})`);
+  }
+  if (run.status === "done") throw gone("run_done", `run ${run.id} has finished`);
+  const invites = await Promise.all(Array.from({ length: count }, () => newInvite(now)));
+  // 2 mutations per invite: at most 400 invites per atomic operation (KV allows 1000 mutations).
+  for (let i = 0; i < invites.length; i += 400) {
+    const op = kv.atomic();
+    for (const inv of invites.slice(i, i + 400)) {
+      op.check({ key: K.invite(run.id, inv.id), versionstamp: null }).set(
+        K.invite(run.id, inv.id),
+        inv.record,
+      );
+    }
+    if (!(await op.commit()).ok) throw new RetryableError("invite id collision, retry");
+  }
+  return invites.map((inv) => inv.token);
+}
+
+/** The credentials of a join body: `key` and `invite`, strings of at most 512 characters if given. */
+export function parseCredentials(body: Record<string, unknown>): Credentials {
+  const out: Credentials = {};
+  for (const k of ["key", "invite"] as const) {
+    const v = body[k];
+    if (v !== undefined && (typeof v !== "string" || v.length > 512)) {
+      throw invalid("bad_body", `${k} must be a string of ≤ 512 characters`);
+    }
+    if (v !== undefined) out[k] = v as string;
+  }
+  return out;
 }

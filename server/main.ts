@@ -2,9 +2,12 @@
  * `deno task serve`: the coordinator with embedded defaults. Local: KV file under ./data, port
  * printed at start, admin token generated and printed once (only its hash is kept, in KV). On Deno
  * Deploy (DENO_DEPLOYMENT_ID set) the same file runs with the project's KV and Deploy's port.
+ * `--help` lists every flag (server/settings.ts); a bad flag or value is one line on stderr and exit 2.
+ * The port is bound before the admin token is generated, so a port in use loses nothing.
  */
 import { createApp } from "./app.ts";
-import { parseSettings, USAGE } from "./settings.ts";
+import { LineLog, silentLog } from "./event_log.ts";
+import { parseSettings, serveCli, type Settings } from "./settings.ts";
 import { randomToken, sha256Hex } from "./tokens.ts";
 import { initKernels } from "../runtime/kernels/mod.ts";
 import { mountUi } from "./ui/mod.ts";
@@ -49,22 +52,51 @@ async function configuredOrStored(
 }
 
 async function main(): Promise<void> {
-  if (Deno.args.includes("--help")) {
-    console.log(USAGE);
-    return;
+  serveCli.parse(); // --help prints every flag and exits 0; a bad flag or value: one line, exit 2
+  let s: Settings;
+  try {
+    s = parseSettings(Deno.args, (k) => Deno.env.get(k));
+  } catch (e) {
+    return serveCli.fail(e); // an unreadable --secret-file, a short secret: one line, exit 2
   }
-  const s = parseSettings(Deno.args, (k) => Deno.env.get(k));
   const onDeploy = Deno.env.get("DENO_DEPLOYMENT_ID") !== undefined;
   const kvPath = onDeploy ? "" : s.kvPath;
-  if (kvPath) await Deno.mkdir(kvPath.replace(/[/\\][^/\\]*$/, "") || ".", { recursive: true });
+  // Bind before anything is printed or stored: a port in use must not eat the "shown once" admin token.
+  // Requests that arrive while the app is being built get a 503 with retry-after.
+  let handler: (req: Request) => Response | Promise<Response> = () =>
+    new Response(JSON.stringify({ error: { code: "retry", message: "starting" } }), {
+      status: 503,
+      headers: { "retry-after": "1", "content-type": "application/json" },
+    });
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = onDeploy
+      ? Deno.serve((req) => handler(req)) as Deno.HttpServer<Deno.NetAddr>
+      : Deno.serve({ port: s.port, hostname: s.hostname, onListen: () => {} }, (req) => handler(req));
+  } catch (e) {
+    if (e instanceof Deno.errors.AddrInUse) {
+      console.error(
+        `serve: port ${s.port} on ${s.hostname} is already in use (another coordinator?); pick another with --port N, or --port 0 for any free port`,
+      );
+    } else {
+      console.error(`serve: cannot listen on ${s.hostname}:${s.port}: ${(e as Error).message}`);
+    }
+    Deno.exit(1);
+  }
+  // A file KV's folder is made; a remote KV (denokv, `http(s)://…`) has none.
+  if (kvPath && !/^https?:\/\//.test(kvPath)) {
+    await Deno.mkdir(kvPath.replace(/[/\\][^/\\]*$/, "") || ".", { recursive: true });
+  }
   const kv = await Deno.openKv(kvPath || undefined);
   await initKernels().catch(() => {});
   // The dashboard shows run ids, client names and metrics: private unless asked otherwise.
   const dashboardToken = s.publicDashboard
     ? undefined
     : await configuredOrStored(kv, ["server", "dashboardToken"], s.dashboardToken);
+  const events = s.log === "off" ? silentLog : new LineLog(s.log);
   const app = createApp({
     kv,
+    events,
     config: {
       adminTokenHash: await adminHash(kv, s.adminToken, s.resetAdminToken),
       secret: await tokenSecret(kv, s.secret),
@@ -74,31 +106,33 @@ async function main(): Promise<void> {
       maxConcurrentUploads: s.maxConcurrentUploads,
       tickMs: s.tickMs,
       foldWorker: s.foldWorker,
+      tokenTtlMs: s.tokenTtlMs,
+      bodyTimeoutMs: s.bodyTimeoutMs,
+      ...(s.trustProxy !== undefined ? { trustProxy: s.trustProxy } : {}),
     },
   });
   // Deploy has no esbuild at request time: it serves the bundles committed under web/dist.
   mountUi(app, {
     kv,
-    modelDir: BUNDLED_MODEL,
-    baseModelName: "perfit-tiny",
+    modelDir: s.modelDir ?? BUNDLED_MODEL,
+    baseModelName: s.modelDir ? s.modelDir.replace(/\/+$/, "").replace(/^.*\//, "") : "perfit-tiny",
     dashboardToken,
     bundle: onDeploy ? "prebuilt" : () => import("../scripts/bundle.ts").then((m) => m.bundle()),
   });
-  const server = onDeploy ? Deno.serve(app.fetch) : Deno.serve({
-    port: s.port,
-    hostname: s.hostname,
-    onListen: ({ hostname, port }) => {
-      console.log(`perfit coordinator listening on http://${hostname}:${port} (kv: ${kvPath})`);
-      console.log(
-        dashboardToken === undefined
-          ? `dashboard (public): http://${hostname}:${port}/dashboard`
-          : `dashboard: http://${hostname}:${port}/dashboard?token=${dashboardToken}`,
-      );
-    },
-  }, app.fetch);
+  handler = app.fetch;
+  if (!onDeploy) {
+    const { hostname, port } = server.addr;
+    console.log(`perfit coordinator listening on http://${hostname}:${port} (kv: ${kvPath})`);
+    console.log(
+      dashboardToken === undefined
+        ? `dashboard (public): http://${hostname}:${port}/dashboard`
+        : `dashboard: http://${hostname}:${port}/dashboard?token=${dashboardToken}`,
+    );
+  }
   const stop = async () => {
     await server.shutdown();
     await app.close();
+    events.close();
     kv.close();
     Deno.exit(0);
   };

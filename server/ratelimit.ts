@@ -1,4 +1,5 @@
 /** Token buckets keyed by client id or IP: `rate` tokens/s refill, `burst` capacity. */
+import { ApiError } from "./errors.ts";
 
 /** Bucket parameters; rate 0 disables limiting. */
 export interface RateLimit {
@@ -100,4 +101,21 @@ export function clientIp(remote: string, forwardedFor: string | null | undefined
     while (i > 0 && proxies.has(hops[i])) i--;
   }
   return IP_LIKE.test(hops[i]) ? hops[i] : peer;
+}
+
+/**
+ * A limit check that answers 429 only after holding the request until the key's next token, at
+ * most `holdMs` (0: at once). The hold costs a timer, no CPU: a client that ignores Retry-After
+ * gets one answer per hold and connection, not as many as the server can write.
+ */
+export function heldLimit(holdMs: number): (buckets: TokenBuckets, key: string) => Promise<void> {
+  return async (buckets, key) => {
+    const wait = buckets.take(key);
+    if (wait <= 0) return;
+    const hold = Math.min(wait * 1000, holdMs);
+    if (hold > 0) await new Promise((r) => setTimeout(r, hold));
+    throw new ApiError(429, "rate_limited", "too many requests", {
+      "retry-after": String(Math.max(1, Math.ceil(wait - hold / 1000))),
+    });
+  };
 }

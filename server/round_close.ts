@@ -4,6 +4,7 @@
  * its summary), points the run at the new adapter and opens the next round. The strategy of the
  * run's method decides what is aggregated and how the round's metrics are summarized.
  */
+import { type EventLog, silentLog } from "./event_log.ts";
 import { deletePrefix, f32Bytes, MissingBlobError, readChunks, writeChunks } from "./kv_chunks.ts";
 import { finalizeInto } from "./aggregate.ts";
 import { type MethodStrategy, type ReportedMetrics, strategyFor } from "../runtime/federation/strategies.ts";
@@ -91,6 +92,7 @@ export class RoundCloser {
     private readonly commits: GroupCommit,
     private readonly masks: MaskStore,
     private readonly cleanUp: (work: Promise<void>) => void,
+    private readonly events: EventLog = silentLog,
   ) {}
 
   /** Closes the open round when its deadline passed with a quorum in, or when every slot is taken. */
@@ -194,6 +196,19 @@ export class RoundCloser {
         st.acc.weight.fill(0);
       }
       st.held?.clear();
+      this.events.emit({
+        kind: "round_closed",
+        run: run.id,
+        round: round.index,
+        clients: summary.clients,
+        samples: summary.samples,
+        seconds: (t - round.openedAt) / 1000,
+      });
+      this.events.emit(
+        last
+          ? { kind: "run_finished", run: run.id, rounds: round.index }
+          : { kind: "round_opened", run: run.id, round: round.index + 1 },
+      );
       this.cleanUp(deletePrefix(this.kv, K.accRound(run.id, round.index)));
       if (st.held) this.cleanUp(deletePrefix(this.kv, K.heldRound(run.id, round.index)));
       this.cleanUp(this.masks.dropReplacedMasks(run.id, cfg.adapterSize, closedUploads));

@@ -9,6 +9,7 @@ import { adapterLayout, type TargetModule } from "../runtime/model/lora.ts";
 import { budgetOf } from "../runtime/perfit/expansion.ts";
 import { DEPLOYED_METHODS, type DeployedMethod, strategyFor } from "../runtime/federation/strategies.ts";
 import { type Aggregation, AGGREGATIONS, type Weighting, WEIGHTINGS, WIRE_MAX_SAMPLES } from "./robust.ts";
+import { parseTrainSettings } from "../runtime/client/train_settings.ts";
 
 const TARGETS: TargetModule[] = ["q", "k", "v", "o", "gate", "up", "down"];
 
@@ -49,7 +50,7 @@ export interface RunConfig {
    */
   enrollment?: Enrollment;
   seed: number;
-  /** Opaque training hyper-parameters handed to clients with each task. */
+  /** Training hyper-parameters handed to clients with each task (runtime/client/train_settings.ts). */
   train: Record<string, unknown>;
   /** The model config.json the sizes were computed from (dashboards rebuild the layout from it). */
   model?: Record<string, unknown>;
@@ -227,6 +228,11 @@ export function parseRunConfig(raw: unknown): RunConfig {
   parseJoinKey(o, enrollment);
   const train = o.train === undefined ? {} : obj(o.train, "train");
   if (JSON.stringify(train).length > 8192) throw invalid("invalid_config", "train must serialize to ≤ 8 KiB");
+  try {
+    parseTrainSettings(train); // every key a client reads, typed and ranged; unknown keys are refused
+  } catch (e) {
+    throw invalid("invalid_config", (e as Error).message);
+  }
   return {
     baseModel,
     lora: { rank, alpha, targets: targets as TargetModule[] },

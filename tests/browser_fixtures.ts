@@ -17,6 +17,8 @@ import type { AdapterLayoutLike } from "../runtime/export/types.ts";
 export interface Seeded {
   perfitRun: string;
   feditRun: string;
+  /** A FedIT run on other data (other clients): the dashboard must not compare it with the PerFIT run. */
+  otherDataRun: string;
   clients: string[];
   totalRounds: number;
   /** Client name -> mask bits as written. */
@@ -50,15 +52,22 @@ function lcg(seed: number): () => number {
   return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
 }
 
-/** Writes two runs (PerFIT, FedIT) x 2 closed rounds x 3 clients with perplexities and PerFIT masks. */
+/**
+ * Writes three runs x 2 closed rounds x 3 clients with perplexities and PerFIT masks: PerFIT and FedIT
+ * on the same clients, and (newest) a FedIT run on other clients with far lower perplexities.
+ */
 export async function seedKv(kv: Deno.Kv, layout: AdapterLayoutLike): Promise<Seeded> {
   const t0 = Date.UTC(2026, 10, 25, 10, 0, 0);
   const clients = ["computing", "satire", "acronyms"];
   const masks = new Map<string, Uint32Array>();
   const rnd = lcg(7);
   const words = Math.ceil(layout.size / 32);
-  for (const [runIdx, method] of (["perfit", "fedit"] as const).entries()) {
-    const id = `run-${method}`;
+  const runs = [
+    { id: "run-perfit", method: "perfit", clients, ppl: 8 },
+    { id: "run-fedit", method: "fedit", clients, ppl: 10 },
+    { id: "run-fedit-other-data", method: "fedit", clients: ["computing", "satire", "dolly"], ppl: 3 },
+  ] as const;
+  for (const [runIdx, { id, method, clients, ppl: pplBase }] of runs.entries()) {
     const run: RunRecord = {
       id,
       config: config(method, layout.size),
@@ -89,8 +98,8 @@ export async function seedKv(kv: Deno.Kv, layout: AdapterLayoutLike): Promise<Se
       const rec: ClientRecord = { id: cid, run: id, name, tier: "base", expansion: 1, joinedAt: t0, seq: ci };
       await kv.set(K.client(id, cid), rec);
       for (let r = 1; r <= 2; r++) {
-        // PerFIT ends lower than FedIT, as the gain text asserts.
-        const ppl = (method === "perfit" ? 8 : 10) + ci - r;
+        // PerFIT ends lower than FedIT on the same data, as the gain text asserts.
+        const ppl = pplBase + ci - r;
         const up: UploadRecord = {
           uploadId: `${cid}-${r}`,
           client: cid,
@@ -117,8 +126,9 @@ export async function seedKv(kv: Deno.Kv, layout: AdapterLayoutLike): Promise<Se
   return {
     perfitRun: "run-perfit",
     feditRun: "run-fedit",
+    otherDataRun: "run-fedit-other-data",
     clients,
-    totalRounds: 4,
+    totalRounds: 6,
     masks,
     async addRound() {
       const rd: RoundRecord = {

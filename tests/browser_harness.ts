@@ -74,14 +74,19 @@ export async function screenshot(page: Page, name: string): Promise<string> {
   return path;
 }
 
-/** Serves a Hono-style fetch handler on a random loopback port. */
+/**
+ * Serves a Hono-style fetch handler on a loopback port: a random one, or `port` (to bring a closed
+ * server back up on the address its pages already use).
+ */
 export function serveLoopback(
   handler: (req: Request) => Response | Promise<Response>,
-): { url: string; close(): Promise<void> } {
+  port = 0,
+): { url: string; port: number; close(): Promise<void> } {
   const ac = new AbortController();
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} }, handler);
+  const server = Deno.serve({ hostname: "127.0.0.1", port, signal: ac.signal, onListen() {} }, handler);
   return {
     url: `http://127.0.0.1:${server.addr.port}`,
+    port: server.addr.port,
     async close() {
       ac.abort();
       await server.finished;

@@ -166,6 +166,8 @@ Deno.test("client: the token is refreshed before it expires, so a run longer tha
   const kinds: string[] = [];
   for (let i = 0; i < 4; i++) {
     t += 4_000;
+    // The previous round's close lands after its upload is acknowledged: wait for it, not for time.
+    await app.coordinator.settled();
     kinds.push((await c.step()).kind);
   }
   assert.deepEqual(kinds, ["trained", "trained", "trained", "done"]);

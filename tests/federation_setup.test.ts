@@ -1,25 +1,9 @@
 import assert from "node:assert/strict";
-import { intFlag, loadFolder, numFlag, parseFlags } from "../runtime/federation/setup.ts";
+import { loadFolder } from "../runtime/federation/setup.ts";
 import { ProgressBar } from "../runtime/federation/progress.ts";
 import { formatRound, resultToCsv } from "../runtime/federation/mod.ts";
 import type { SimResult } from "../runtime/federation/types.ts";
 import { DEFAULT_SIM } from "../runtime/federation/types.ts";
-
-Deno.test("federation: CLI flags parse both forms and reject unknown flags and bad numbers", () => {
-  const f = parseFlags(["--method", "fedit", "--rounds=4", "--quiet", "--partition", "dirichlet:0.5"], [
-    "method",
-    "rounds",
-    "quiet",
-    "partition",
-  ]);
-  assert.deepEqual(f, { method: "fedit", rounds: "4", quiet: "true", partition: "dirichlet:0.5" });
-  assert.equal(intFlag(f, "rounds", 1), 4);
-  assert.equal(intFlag(f, "missing", 7), 7);
-  assert.throws(() => intFlag({ rounds: "x" }, "rounds", 1), /non-negative integer/);
-  assert.throws(() => numFlag({ lr: "abc" }, "lr", 1), /must be a number/);
-  assert.throws(() => parseFlags(["--bogus", "1"], ["method"]), /unknown flag --bogus/);
-  assert.throws(() => parseFlags(["stray"], ["method"]), /unexpected argument/);
-});
 
 Deno.test("federation: loadFolder names categories and skips the base model's pre-training records", async () => {
   const dir = await Deno.makeTempDir();

@@ -202,3 +202,44 @@ Deno.test("federation: FedSA-LoRA shares A (equal after aggregation), keeps B pr
   }
   assert.ok(kinds(ffaSeen[0][0], "B").some((x) => x !== 0));
 });
+
+Deno.test("federation: fraction_fit samples a seeded share of the clients each round; the others still get their slice", async () => {
+  const r = await run("perfit", { rounds: 2, fractionFit: 0.67 });
+  for (const rd of r.rounds) {
+    const trained = rd.clients.filter((c) => c.trained);
+    assert.equal(trained.length, 2, `round ${rd.round}`);
+    assert.ok(trained.every((c) => c.uploadBytes > 0));
+    assert.ok(
+      rd.clients.filter((c) => !c.trained).every((c) => c.uploadBytes === 0 && Number.isFinite(c.perplexity)),
+    );
+  }
+  const again = await run("perfit", { rounds: 2, fractionFit: 0.67 });
+  assert.deepEqual(
+    again.rounds.map((x) => x.clients.map((c) => c.trained)),
+    r.rounds.map((x) => x.clients.map((c) => c.trained)),
+  );
+});
+
+Deno.test("federation: FedProx's proximal term keeps a round's update near the adapter it started from", async () => {
+  const drift: number[] = [];
+  const init: SimClientView[][] = [];
+  await run("base", { rounds: 1 }, (_, c) => init.push(c.map((v) => ({ ...v, adapter: v.adapter.slice() }))));
+  for (const mu of [0, 50]) {
+    await run("local", { rounds: 1, proximalMu: mu }, (_, c) => {
+      let d = 0;
+      c.forEach((v, i) => v.adapter.forEach((x, j) => (d += (x - init[0][i].adapter[j]) ** 2)));
+      drift.push(Math.sqrt(d));
+    });
+  }
+  // Local-only shares nothing, so the term has nothing to pull: it is off there.
+  assert.equal(drift[1], drift[0]);
+  drift.length = 0;
+  for (const mu of [0, 50]) {
+    await run("fedit", { rounds: 1, proximalMu: mu }, (_, c) => {
+      let d = 0;
+      c.forEach((v, i) => v.adapter.forEach((x, j) => (d += (x - init[0][i].adapter[j]) ** 2)));
+      drift.push(Math.sqrt(d));
+    });
+  }
+  assert.ok(drift[1] < 0.8 * drift[0], `drift with mu 50 ${drift[1]} vs without ${drift[0]}`);
+});

@@ -11,13 +11,16 @@ import {
   budgetShares,
   clientPplSeries,
   colour,
+  gainText,
   heatColour,
+  heatScale,
   meanPpl,
   methodComparison,
   overlapCells,
   runLabel,
   timelineBars,
 } from "./dashboard/series.ts";
+import { createRunCommands, refreshErrorText, type UiInfo } from "./dashboard/messages.ts";
 
 Chart.register(...registerables, MatrixController, MatrixElement);
 Chart.defaults.animation = false;
@@ -28,6 +31,7 @@ const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as 
 const charts = new Map<string, { type: string; chart: Chart }>();
 let selected: string | null = new URLSearchParams(location.search).get("run");
 let refreshes = 0;
+let comparison: unknown = null;
 
 function upsert(id: string, config: any): void {
   const existing = charts.get(id);
@@ -94,7 +98,7 @@ function drawPpl(run: RunInfo | undefined): void {
 }
 
 function drawMethods(data: DashboardData): void {
-  const cmp = methodComparison(data);
+  const cmp = methodComparison(data, selected);
   const rounds = [...new Set(cmp.lines.flatMap((l) => l.points.map((p) => p.round)))].sort((a, b) => a - b);
   upsert("methods", {
     type: "line",
@@ -105,17 +109,23 @@ function drawMethods(data: DashboardData): void {
         data: rounds.map((r) => l.points.find((p) => p.round === r)?.ppl ?? null),
         borderColor: colour(i),
         // Methods without personal masks (the references) are dashed.
-        borderDash: Object.hasOwn(STRATEGIES, l.method) && !STRATEGIES[l.method as Method].personalMask ? [6, 4] : [],
+        borderDash: Object.hasOwn(STRATEGIES, l.method) && !STRATEGIES[l.method as Method].personalMask
+          ? [6, 4]
+          : [],
         spanGaps: true,
       })),
     },
     options: { scales: { y: { title: { display: true, text: "mean perplexity" } } } },
   });
-  $("gain").textContent = cmp.perfitVsFedit === null
-    ? "Run PerFIT and FedIT on the same data to compare them."
-    : `PerFIT perplexity is ${(100 * cmp.perfitVsFedit).toFixed(1)}% ${
-      cmp.perfitVsFedit >= 0 ? "lower" : "higher"
-    } than FedIT at the last common round.`;
+  $("gain").textContent = gainText(cmp);
+  // Runs on other data or settings are not plotted against these: say which, and why.
+  $("methods-left").replaceChildren(...cmp.left.map((l) => {
+    const li = document.createElement("li");
+    li.dataset.run = l.run;
+    li.textContent = `${l.label} left out: ${l.reason}`;
+    return li;
+  }));
+  comparison = cmp;
 }
 
 function drawOverlap(run: RunInfo | undefined): void {
@@ -152,16 +162,31 @@ function drawOverlap(run: RunInfo | undefined): void {
       },
       scales: {
         x: { type: "category", labels: m?.clients ?? [], offset: true, grid: { display: false } },
+        // A category y axis lists its first label at the top, but the matrix controller's defaults
+        // reverse y: unreversed, the diagonal (each client with itself) runs from the top-left
+        // corner to the bottom-right one, as a matrix is read.
         y: {
           type: "category",
           labels: m?.clients ?? [],
           offset: true,
-          reverse: true,
+          reverse: false,
           grid: { display: false },
         },
       },
     },
   });
+}
+
+/** The heatmap's colour legend: the gradient heatColour draws, ticked from 1 (top) to 0. */
+function drawScale(): void {
+  const stops = heatScale(5);
+  const bar = document.querySelector<HTMLElement>("#overlap-scale .scale-bar")!;
+  bar.style.background = `linear-gradient(to bottom, ${stops.map((s) => s.colour).join(", ")})`;
+  document.querySelector("#overlap-scale .scale-ticks")!.replaceChildren(...stops.map((s) => {
+    const t = document.createElement("span");
+    t.textContent = s.v.toFixed(2);
+    return t;
+  }));
 }
 
 function drawBudget(run: RunInfo | undefined): void {
@@ -218,6 +243,30 @@ function syncSelect(data: DashboardData): RunInfo | undefined {
   return data.runs.find((r) => r.id === selected);
 }
 
+let info: Promise<UiInfo> | null = null;
+/** Shows how to create a run while there is none. */
+async function drawEmpty(data: DashboardData): Promise<void> {
+  const empty = data.runs.length === 0;
+  $("empty").hidden = !empty;
+  document.body.dataset.empty = String(empty);
+  if (!empty) return;
+  info ??= fetch("/ui/api/info").then((r) => r.json()).catch(() => ({ modelUrl: null, baseModel: null }));
+  const cmds = createRunCommands(location.origin, await info);
+  $("empty-admin").textContent = cmds.admin;
+  $("empty-curl").textContent = cmds.curl;
+  ($("empty-client") as HTMLAnchorElement).href = `${location.origin}/client?run=RUN_ID`;
+  $("empty-client").textContent = `${location.origin}/client?run=RUN_ID`;
+}
+
+/** A refresh that failed: in words in the header (and a banner for a missing or wrong token). */
+function showError(kind: "unauthorized" | "error", text: string): void {
+  document.body.dataset.error = kind;
+  const banner = $("auth-error");
+  banner.hidden = kind !== "unauthorized";
+  banner.textContent = kind === "unauthorized" ? text : "";
+  $("status").textContent = kind === "unauthorized" ? "no access" : text;
+}
+
 async function refresh(): Promise<void> {
   try {
     const token = new URLSearchParams(location.search).get("token");
@@ -225,9 +274,16 @@ async function refresh(): Promise<void> {
       cache: "no-store",
       headers: token ? { authorization: `Bearer ${token}` } : {},
     });
-    if (!res.ok) throw new Error(`${res.status} ${await res.text()}`);
+    if (!res.ok) {
+      const e = refreshErrorText(res.status, await res.text(), token !== null);
+      showError(e.kind, e.text);
+      return;
+    }
     const data = (await res.json()) as DashboardData;
+    delete document.body.dataset.error;
+    $("auth-error").hidden = true;
     const run = syncSelect(data);
+    await drawEmpty(data);
     drawTimeline(data);
     drawPpl(run);
     drawMethods(data);
@@ -242,6 +298,8 @@ async function refresh(): Promise<void> {
     // Read-only hook for tests and the browser console: what each chart currently draws.
     (globalThis as unknown as { perfitDashboard: unknown }).perfitDashboard = {
       data,
+      comparison,
+      overlap: overlapGeometry(),
       charts: Object.fromEntries(
         [...charts].map((
           [id, c],
@@ -252,13 +310,27 @@ async function refresh(): Promise<void> {
       ),
     };
   } catch (e) {
-    $("status").textContent = `refresh failed: ${(e as Error).message}`;
+    showError("error", `Refresh failed: ${(e as Error).message}`);
   }
+}
+
+/** Where the heatmap drew each cell (pixels), so a test can check the diagonal's direction. */
+function overlapGeometry(): { x: string; y: string; px: number; py: number }[] {
+  const c = charts.get("overlap")?.chart;
+  if (!c) return [];
+  const meta = c.getDatasetMeta(0);
+  return (c.data.datasets[0].data as { x: string; y: string }[]).map((d, i) => ({
+    x: d.x,
+    y: d.y,
+    px: (meta.data[i] as unknown as { x: number }).x,
+    py: (meta.data[i] as unknown as { y: number }).y,
+  }));
 }
 
 $<HTMLSelectElement>("run-select").addEventListener("change", (e) => {
   selected = (e.target as HTMLSelectElement).value;
   void refresh();
 });
+drawScale();
 await refresh();
 setInterval(refresh, POLL_MS);

@@ -13,6 +13,7 @@ import { embed, extract, kindMask, rankLayout } from "../perfit/layout.ts";
 import { strategyFor } from "../federation/strategies.ts";
 import type { Allocation, PruneSchedule } from "../perfit/prune.ts";
 import { deriveSeed } from "../data/rng.ts";
+import { parseTrainSettings } from "./train_settings.ts";
 import { LocalLearner } from "./local_update.ts";
 import { DEFAULT_SIM, type EngineFactory, type SimConfig, type TrainEngine } from "../federation/types.ts";
 import type { Example, TextTokenizer } from "../data/types.ts";
@@ -52,7 +53,7 @@ export interface EngineTrainerOptions {
   onLoss?: (round: number, step: number, loss: number) => void;
 }
 
-/** Training hyper-parameters read from the run's `train` object (unknown or bad fields use defaults). */
+/** The local round's settings, from the run's `train` object (validated by the coordinator already). */
 export interface LocalHyper {
   steps: number;
   lr: number;
@@ -65,38 +66,26 @@ export interface LocalHyper {
   schedule: PruneSchedule;
   allocation: Allocation;
   importance: SimConfig["importance"];
+  /** FedProx's μ (0: off). */
+  proximalMu: number;
 }
 
-/** Reads the run's `train` settings with defaults sized for tiny models. */
+/** Reads the run's `train` settings through the one table (runtime/client/train_settings.ts). */
 export function localHyper(train: Record<string, unknown>): LocalHyper {
-  const own = (k: string) => (Object.hasOwn(train, k) ? train[k] : undefined);
-  const pick = (keys: string[], dflt: number, ok: (v: number) => boolean) => {
-    for (const k of keys) {
-      const v = own(k);
-      if (typeof v === "number" && Number.isFinite(v) && ok(v)) return v;
-    }
-    return dflt;
-  };
-  const choice = <const T extends string>(k: string, dflt: T, all: readonly T[]): T => {
-    const v = own(k);
-    return typeof v === "string" && (all as readonly string[]).includes(v) ? v as T : dflt;
-  };
-  const posInt = (v: number) => Number.isInteger(v) && v > 0;
+  const t = parseTrainSettings(train);
   return {
-    steps: pick(["localSteps", "steps"], DEFAULT_SIM.localSteps, posInt),
-    lr: pick(["lr"], DEFAULT_SIM.lr, (v) => v > 0),
-    weightDecay: pick(["weightDecay"], DEFAULT_SIM.weightDecay, (v) => v >= 0),
-    batchSize: pick(["batchSize"], 4, posInt),
-    maxLen: pick(["maxLen"], 128, posInt),
-    pruneStages: pick(["pruneStages"], DEFAULT_SIM.pruneStages, posInt),
-    searchFraction: pick(["searchFraction"], DEFAULT_SIM.searchFraction, (v) => v > 0 && v <= 1),
-    clipNorm: pick(["clipNorm"], DEFAULT_SIM.clipNorm, (v) => v >= 0),
-    schedule: choice("schedule", DEFAULT_SIM.schedule, ["cubic", "linear", "one-shot"] as const),
-    allocation: choice("allocation", DEFAULT_SIM.allocation, ["global", "per-module"] as const),
-    importance: {
-      mode: choice("importanceMode", DEFAULT_SIM.importance.mode ?? "ema", ["ema", "sum"] as const),
-      beta: pick(["importanceBeta"], DEFAULT_SIM.importance.beta ?? 0.85, (v) => v >= 0 && v < 1),
-    },
+    steps: t.localSteps,
+    lr: t.lr,
+    weightDecay: t.weightDecay,
+    batchSize: t.batchSize,
+    maxLen: t.maxLen,
+    pruneStages: t.pruneStages,
+    searchFraction: t.searchFraction,
+    clipNorm: t.clipNorm,
+    schedule: t.schedule,
+    allocation: t.allocation,
+    importance: { mode: t.importanceMode, beta: t.importanceBeta },
+    proximalMu: t.proximalMu,
   };
 }
 
@@ -246,9 +235,20 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       seed: task.seed,
     };
     const strategy = strategyFor(task.method);
+    const part = strategy.shares;
+    // What this client shares of its layout.
+    const sharedOf = (mask: Uint8Array) =>
+      part === "mask"
+        ? mask
+        : part === "none"
+        ? new Uint8Array(layout.size)
+        : mask.map((m, i) => m & kindOf[part](layout)[i]);
+    const proximal = h.proximalMu > 0 && part !== "none"
+      ? { mu: h.proximalMu, anchor: learner.adapter.slice(), positions: sharedOf(learner.mask) }
+      : undefined;
     let lastStep = 0;
     const res = await learner.fit(
-      { round: task.round, steps: h.steps, ...task.plan, frozen: strategy.frozen },
+      { round: task.round, steps: h.steps, ...task.plan, frozen: strategy.frozen, proximal },
       cfg,
       (_id, step, steps) => {
         lastStep = step;
@@ -263,12 +263,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     }
     opts.onMetrics?.(task.round, metrics);
     // What the strategy shares of the mask; the rest stays on this client.
-    const part = strategy.shares;
-    const shared = part === "mask"
-      ? learner.mask
-      : part === "none"
-      ? new Uint8Array(layout.size)
-      : learner.mask.map((m, i) => m & kindOf[part](layout)[i]);
+    const shared = sharedOf(learner.mask);
     return {
       values: embed(layout, learner.adapter, global),
       mask: embed(layout, learner.mask, global),

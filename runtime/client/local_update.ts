@@ -135,6 +135,12 @@ export class LocalLearner {
       lossSum += res.loss;
       if (importance && stage < T) accumulateImportance(importance, res.importance, cfg.importance);
       if (frozen) { for (let i = 0; i < frozen.length; i++) if (frozen[i]) res.grads[i] = 0; }
+      if (ins.proximal && ins.proximal.mu > 0) {
+        const { mu, anchor, positions } = ins.proximal;
+        for (let i = 0; i < positions.length; i++) {
+          if (positions[i]) res.grads[i] += mu * (this.adapter[i] - anchor[i]);
+        }
+      }
       if (cfg.clipNorm > 0) clipGradNorm(res.grads, cfg.clipNorm);
       adam.step(this.adapter, res.grads, frozen ? this.mask.map((m, i) => m & (1 - frozen[i])) : this.mask);
       while (importance && stage < T && s === boundaries[stage]) {

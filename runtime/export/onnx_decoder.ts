@@ -8,7 +8,7 @@
  * This is an inference-only graph built straight from standard ONNX ops (opset 17), separate from the
  * training graphs, which have no cache and carry a backward pass.
  */
-import onnxProto from "onnx-proto";
+import { onnxProto } from "../deps.ts";
 import { ExportError } from "./types.ts";
 import type { F32Tensor } from "./merge.ts";
 import type { ModelConfig } from "../model/config.ts";

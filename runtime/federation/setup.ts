@@ -52,37 +52,3 @@ export function engineFactory(
   };
   return Object.assign(f, { backendName: () => name });
 }
-
-/** Parses `--key value` and `--key=value` flags (and bare `--flag` as "true"). */
-export function parseFlags(args: string[], known: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i];
-    if (!a.startsWith("--")) throw new Error(`unexpected argument "${a}"`);
-    let [k, v] = a.slice(2).split(/=(.*)/s, 2);
-    if (v === undefined) v = i + 1 < args.length && !args[i + 1].startsWith("--") ? args[++i] : "true";
-    if (!known.includes(k)) {
-      throw new Error(`unknown flag --${k} (known: ${known.map((x) => "--" + x).join(" ")})`);
-    }
-    out[k] = v;
-  }
-  return out;
-}
-
-/** A positive-integer flag, or the default. */
-export function intFlag(flags: Record<string, string>, key: string, dflt: number): number {
-  if (flags[key] === undefined) return dflt;
-  const v = Number(flags[key]);
-  if (!Number.isInteger(v) || v < 0) {
-    throw new Error(`--${key} must be a non-negative integer, got "${flags[key]}"`);
-  }
-  return v;
-}
-
-/** A finite number flag, or the default. */
-export function numFlag(flags: Record<string, string>, key: string, dflt: number): number {
-  if (flags[key] === undefined) return dflt;
-  const v = Number(flags[key]);
-  if (!Number.isFinite(v)) throw new Error(`--${key} must be a number, got "${flags[key]}"`);
-  return v;
-}

@@ -73,6 +73,7 @@ export function trainSettings(cfg: SimConfig, inp: Pick<SimulationInputs, "batch
     importanceMode: cfg.importance.mode,
     ...(cfg.importance.beta !== undefined ? { importanceBeta: cfg.importance.beta } : {}),
     researchEvery: cfg.researchEvery,
+    ...(cfg.proximalMu > 0 ? { proximalMu: cfg.proximalMu } : {}),
     batchSize: inp.batchSize,
     maxLen: inp.maxLen,
   };

@@ -50,6 +50,8 @@ export interface SimConfig {
   searchFraction: number;
   /** Re-run the search every k rounds (0 = search once, in round 1). */
   researchEvery: number;
+  /** FedProx's μ on the shared positions (0 = plain local training). */
+  proximalMu: number;
   /** Tier table and the tier of each client (cycled when shorter than the client list). */
   tiers: TierTable;
   clientTiers: string[];
@@ -74,6 +76,7 @@ export const DEFAULT_SIM: SimConfig = {
   importance: { mode: "ema", beta: 0.85 },
   searchFraction: 0.5,
   researchEvery: 0,
+  proximalMu: 0,
   tiers: { low: 1, mid: 2, high: 4 },
   clientTiers: ["high"],
 };
@@ -88,6 +91,11 @@ export interface FitIns {
   randomMask: boolean;
   /** Matrices kept at their initialisation (FFA-LoRA freezes A). */
   frozen?: "A" | "B";
+  /**
+   * FedProx: adds μ·(θ − anchor) to the gradient at `positions` (the shared ones), pulling the local
+   * round toward the adapter it started from.
+   */
+  proximal?: { mu: number; anchor: Float32Array; positions: Uint8Array };
 }
 
 /** A client's answer (Flower FitRes). */

@@ -1,5 +1,5 @@
 /** Serializes a Graph to an ONNX ModelProto (IR 8, opset 17) with onnx-proto (protobufjs). */
-import onnxproto from "onnx-proto";
+import { onnxProto as onnxproto } from "../deps.ts";
 import { type Graph, type Node, ONNX_DTYPE, type Tensor } from "./graph.ts";
 import type { Shape } from "./shape.ts";
 

@@ -3,6 +3,8 @@
  * WASM, or onnxruntime-web WebGPU. Runtimes are imported lazily so browser bundles never see
  * onnxruntime-node. Sessions are cached per (model bytes digest, backend, threads).
  */
+import { classifyAdapter, type GpuLike, readAdapterFacts } from "./adapter_choice.ts";
+import { importOrtWeb, importOrtWebGpu, ORT_NODE } from "../deps.ts";
 
 /** Backend choice; "auto" picks node, then webgpu, then wasm. */
 export type Backend = "auto" | "node" | "wasm" | "webgpu";
@@ -123,7 +125,7 @@ const isNode = !isDeno &&
   typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === "string";
 
 // A non-literal specifier keeps browser bundlers from trying to resolve the native addon.
-const NODE_SPEC = ["onnxruntime", "node"].join("-");
+const NODE_SPEC = ORT_NODE;
 
 const modules = new Map<ResolvedBackend, Promise<Ort | null>>();
 
@@ -134,9 +136,9 @@ export function loadOrt(backend: ResolvedBackend): Promise<Ort | null> {
     p = (async () => {
       try {
         if (backend === "node") return (isDeno || isNode) ? await import(NODE_SPEC) : null;
-        if (backend === "wasm") return await import("onnxruntime-web");
+        if (backend === "wasm") return await importOrtWeb();
         if (!(await webgpuAdapter())) return null;
-        return await import("onnxruntime-web/webgpu");
+        return await importOrtWebGpu();
       } catch {
         return null;
       }
@@ -159,17 +161,12 @@ let adapterProbe: Promise<GpuProbe> | undefined;
 export function probeWebgpu(): Promise<GpuProbe> {
   adapterProbe ??= (async () => {
     try {
-      type Info = { isFallbackAdapter?: boolean; description?: string };
-      type Adapter = { info?: Info; isFallbackAdapter?: boolean };
-      const gpu =
-        (globalThis.navigator as { gpu?: { requestAdapter(): Promise<Adapter | null> } } | undefined)?.gpu;
-      const a = gpu ? await gpu.requestAdapter() : null;
-      if (!a) return { available: false, fallback: false };
-      return {
-        available: true,
-        fallback: !!(a.info?.isFallbackAdapter ?? a.isFallbackAdapter),
-        description: a.info?.description,
-      };
+      const gpu = (globalThis.navigator as { gpu?: GpuLike } | undefined)?.gpu;
+      const facts = await readAdapterFacts(gpu);
+      if (!facts) return { available: false, fallback: false };
+      // Software adapters (SwiftShader, llvmpipe, …) by name too: some do not set isFallbackAdapter.
+      const v = classifyAdapter(facts);
+      return { available: true, fallback: v.software, description: v.label };
     } catch {
       return { available: false, fallback: false };
     }

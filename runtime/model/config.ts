@@ -185,7 +185,7 @@ export async function readConfigFile(dir: string): Promise<ModelConfig> {
  * and parses it. Transformers.js keeps the raw fields, so the same parser applies.
  */
 export async function loadConfigAuto(pathOrId: string): Promise<ModelConfig> {
-  const { AutoConfig } = await import("@huggingface/transformers");
+  const { AutoConfig } = await (await import("../deps.ts")).importTransformers();
   const { resolveSource, transformersOptions } = await import("./hub.ts");
   const src = resolveSource(pathOrId);
   const cfg = await AutoConfig.from_pretrained(src.location, transformersOptions(src));

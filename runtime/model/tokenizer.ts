@@ -4,6 +4,7 @@
  * in-memory JSON) build the same `PreTrainedTokenizer` from the two JSON files directly.
  */
 import { type ModelSource, readJsonOptional, resolveSource, transformersOptions } from "./hub.ts";
+import { importTransformers } from "../deps.ts";
 import type { TextTokenizer } from "../data/types.ts";
 
 /** A tokenizer as the model uses it: the data pipeline's `TextTokenizer` plus the vocabulary size graphs need. */
@@ -50,7 +51,7 @@ export async function tokenizerFromJson(
   tokenizerJson: unknown,
   tokenizerConfig: unknown,
 ): Promise<ModelTokenizer> {
-  const { PreTrainedTokenizer } = await import("@huggingface/transformers");
+  const { PreTrainedTokenizer } = await importTransformers();
   // deno-lint-ignore no-explicit-any
   const tok = new (PreTrainedTokenizer as any)(tokenizerJson, tokenizerConfig ?? {});
   return wrapTokenizer(tok);
@@ -64,7 +65,7 @@ export async function loadTokenizer(pathOrSource: string | ModelSource): Promise
     if (json === null) throw new TokenizerError(`no tokenizer.json at ${src.location}`);
     return tokenizerFromJson(json, await readJsonOptional(src, "tokenizer_config.json"));
   }
-  const { AutoTokenizer } = await import("@huggingface/transformers");
+  const { AutoTokenizer } = await importTransformers();
   let tok: HfTokenizer;
   try {
     tok = await AutoTokenizer.from_pretrained(src.location, transformersOptions(src));

@@ -16,6 +16,7 @@ import type {
   DashboardData,
   OverlapMatrix,
   RunInfo,
+  RunSetting,
 } from "../../web/dashboard/types.ts";
 import type { AdapterLayoutLike } from "../../runtime/export/types.ts";
 import { type ModelConfig, readConfigFile } from "../../runtime/model/config.ts";
@@ -55,6 +56,18 @@ export function budgetCounts(
     counts[idx.get(g)!] += countRange(bits, e.offset, e.offset + e.size);
   }
   return { groups: [...idx.keys()], counts };
+}
+
+/** The parts of a run's data/setting fingerprint: what must match for two runs to be compared. */
+export function runSetting(run: RunRecord, clientNames: string[]): RunSetting {
+  const { baseModel, lora, rounds, train } = run.config;
+  return {
+    baseModel,
+    lora: { rank: lora.rank, alpha: lora.alpha, targets: [...lora.targets].sort() },
+    rounds,
+    train: train ?? {},
+    clients: [...new Set(clientNames)].sort(),
+  };
 }
 
 function pplOf(metrics: Record<string, number> | undefined): number | null {
@@ -105,6 +118,7 @@ export function kvDashboardSource(
       state: run.status,
       createdAt: run.createdAt,
       totalRounds: run.config.rounds,
+      setting: runSetting(run, clients.map((c) => c.name || c.id)),
       rounds: rounds.map((r) => ({
         round: r.index,
         state: r.status,

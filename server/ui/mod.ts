@@ -10,7 +10,7 @@
  *   GET /ui/api/info                     what the client page needs to start (model URL, defaults)
  * Every response carries COOP/COEP so pages are cross-origin isolated and ORT can run WASM threads.
  */
-import type { Hono } from "hono";
+import type { Hono } from "../../runtime/deps.ts";
 import type { DashboardData } from "../../web/dashboard/types.ts";
 import type { RunRecord } from "../records.ts";
 import type { AdapterLayoutLike } from "../../runtime/export/types.ts";

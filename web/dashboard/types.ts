@@ -40,6 +40,19 @@ export interface BudgetSpread {
   counts: number[][];
 }
 
+/**
+ * What a run's numbers depend on besides its method: runs are compared only when these match (the
+ * same base model, LoRA shape, rounds and training settings, trained by clients of the same names).
+ */
+export interface RunSetting {
+  baseModel: string;
+  lora: { rank: number; alpha: number; targets: string[] };
+  rounds: number;
+  train: Record<string, unknown>;
+  /** Names of the clients that joined, sorted. */
+  clients: string[];
+}
+
 /** One federated run. */
 export interface RunInfo {
   id: string;
@@ -47,6 +60,8 @@ export interface RunInfo {
   state: string;
   createdAt?: number;
   totalRounds?: number;
+  /** Its data/setting fingerprint's parts (absent from sources that do not know them). */
+  setting?: RunSetting;
   rounds: RoundInfo[];
   clients: ClientInfo[];
   overlap?: OverlapMatrix;
