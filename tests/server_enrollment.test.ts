@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import type { PerfitApp } from "../server/app.ts";
 import { INVITE_REPLAY_MS } from "../server/enrollment.ts";
-import { ADMIN, dumpKv, makeApp, runBody } from "./server_helpers.ts";
+import { ADMIN, appFetch, dumpKv, fakeTrainer, makeApp, runBody } from "./server_helpers.ts";
+import { FederatedClient, FederatedClientError } from "../runtime/client/mod.ts";
 import { keyCount } from "./server_faults.ts";
 
 const JSON_HEADERS = { "content-type": "application/json" };
@@ -247,6 +248,48 @@ Deno.test("enrollment invite: single use (403 invite_used), replays of the same 
   } finally {
     await app.close();
     await twin.close();
+    kv.close();
+  }
+});
+
+Deno.test("enrollment from the shipped client: FederatedClient joins a key run with its key and an invite run with an invite", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const app = makeApp(kv);
+  try {
+    const keyed = await create(app, {
+      enrollment: "key",
+      joinKey: KEY,
+      clientsPerRound: 1,
+      quorum: 1,
+      rounds: 1,
+    });
+    const invited = await create(app, { enrollment: "invite", clientsPerRound: 1, quorum: 1, rounds: 1 });
+    const [invite] = await invites(app, invited, 1);
+    const route = appFetch(() => app);
+    const make = (runId: string, enrollment?: { key?: string; invite?: string }, name = "alice") =>
+      FederatedClient.create({
+        serverUrl: "http://t",
+        runId,
+        name,
+        trainer: fakeTrainer(0),
+        fetch: route,
+        enrollment,
+      });
+    await assert.rejects(
+      async () => (await make(keyed)).join(),
+      (e) => e instanceof FederatedClientError && e.status === 403 && e.code === "enrollment_required",
+    );
+    const withKey = await make(keyed, { key: KEY });
+    assert.match((await withKey.join()).clientId, /^c_/);
+    const withInvite = await make(invited, { invite });
+    assert.match((await withInvite.join()).clientId, /^c_/);
+    // The same invite for someone else (the very same join again would be a replay: the same client).
+    await assert.rejects(
+      async () => (await make(invited, { invite }, "mallory")).join(),
+      (e) => e instanceof FederatedClientError && e.status === 403 && e.code === "invite_used",
+    );
+  } finally {
+    await app.close();
     kv.close();
   }
 });

@@ -22,6 +22,8 @@ export interface DataOwnerOptions {
   model: string;
   /** Requested tier (default: the coordinator assigns one). */
   tier?: string;
+  /** The run's join key or an invite, where the run needs one. */
+  enrollment?: { key?: string; invite?: string };
   backend?: "auto" | "node" | "wasm" | "webgpu";
   /** Where the client keeps its token, adapter, mask and pending upload (resumes from it). */
   stateDir: string;
@@ -87,6 +89,7 @@ export async function runDataOwner(o: DataOwnerOptions): Promise<DataOwnerResult
     storage: new FileStorage(o.stateDir),
     name,
     tier: o.tier,
+    enrollment: o.enrollment,
     initAdapter: (t) => trainer.initAdapter(t),
     pollMs: o.pollMs ?? 1000,
     onRetry: (what, attempt, waitMs, e) =>

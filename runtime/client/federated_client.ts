@@ -67,6 +67,8 @@ export interface FederatedClientOptions {
   name?: string;
   /** Requested tier (the server assigns one round-robin otherwise). */
   tier?: string;
+  /** What a run that does not take everyone needs at join: its join key, or a single-use invite. */
+  enrollment?: { key?: string; invite?: string };
   /**
    * Initial adapter in the global layout; default: the trainer's own `initAdapter` (engineTrainer
    * has one). Required one way or the other, and never all zeros.
@@ -260,7 +262,7 @@ export class FederatedClient {
       const res = await this.request(
         "POST",
         `/v1/runs/${this.opts.runId}/join`,
-        JSON.stringify({ name: this.opts.name, tier: this.opts.tier }),
+        JSON.stringify({ name: this.opts.name, tier: this.opts.tier, ...this.opts.enrollment }),
       );
       const j = await res.json();
       this.state = {
