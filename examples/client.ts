@@ -45,7 +45,13 @@ export const clientCli = defineCli({
       defaultText: "models/perfit-tiny",
       help: "base model folder",
     },
-    tier: { type: "string", value: "T", defaultText: "assigned by the coordinator", help: "requested tier" },
+    tier: {
+      type: "string",
+      value: "T",
+      defaultText: "assigned by the coordinator",
+      help:
+        "requested tier, or auto: the largest whose round fits half the deadline on this device (a probe)",
+    },
     key: {
       type: "string",
       value: "K",

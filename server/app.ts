@@ -24,16 +24,18 @@ import {
   tokenExpiresAt,
 } from "./auth.ts";
 import { idParam, intParam } from "./params.ts";
-import { BodyAbortedError, type BodyDeadline, DEFAULT_BODY_DEADLINE, readBody, readJson } from "./body.ts";
+import { type BodyDeadline, DEFAULT_BODY_DEADLINE, readBody, readJson } from "./body.ts";
 import { clientIp, heldLimit, type RateLimit, TokenBuckets, type TrustProxy } from "./ratelimit.ts";
 import { sha256Hex, TokenSigner } from "./tokens.ts";
-import { Coordinator, RetryableError } from "./coordinator.ts";
+import { Coordinator } from "./coordinator.ts";
 import { parseJoinKey, parseRunConfig } from "./run_config.ts";
 import { inviteCount, inviteUsed, parseCredentials } from "./enrollment.ts";
 import type { RunRecord } from "./records.ts";
 import { decodeUpdate, encodeSlice, WireError } from "../runtime/client/wire.ts";
 import { encodeSafetensors } from "../runtime/io/safetensors.ts";
 import { openapi } from "./openapi.ts";
+import { errorAnswer } from "./error_answer.ts";
+import { parseTrainSettings } from "../runtime/client/train_settings.ts";
 import { type EventLog, silentLog } from "./event_log.ts";
 import { ByteBudget, Semaphore } from "./semaphore.ts";
 import { defaultFolder, InlineFolder } from "./folder.ts";
@@ -210,33 +212,7 @@ export function createApp(opts: AppOptions): PerfitApp {
 
   const app = new Hono();
 
-  app.onError((err, c) => {
-    if (err instanceof BodyAbortedError) {
-      // The client is gone; one line, not a stack trace per dropped connection.
-      console.warn(
-        `perfit server: ${c.req.method} ${c.req.path}: body cut off by the client (${err.detail})`,
-      );
-    }
-    if (err instanceof ApiError || err instanceof WireError) {
-      events.emit({ kind: "refused", status: err.status, code: err.code });
-    }
-    if (err instanceof ApiError) {
-      for (const [k, v] of Object.entries(err.headers)) c.header(k, v);
-      return c.json({ error: { code: err.code, message: err.message } }, err.status as 400);
-    }
-    if (err instanceof WireError) {
-      return c.json({ error: { code: err.code, message: err.message } }, err.status);
-    }
-    // SQLite busy (two processes on one KV file) is transient: the client should retry. The detail
-    // (KV's own text, ids, sizes) is for the operator's log, not for the client.
-    if (err instanceof RetryableError || /database is locked/.test(String((err as Error)?.message))) {
-      log503.log(`perfit server: answered 503 retry: ${(err as Error)?.message ?? err}`);
-      c.header("retry-after", "1");
-      return c.json({ error: { code: "retry", message: "temporarily unavailable, retry shortly" } }, 503);
-    }
-    console.error("perfit server: unhandled error", err);
-    return c.json({ error: { code: "internal", message: "internal error" } }, 500);
-  });
+  app.onError((err, c) => errorAnswer(err, c, events, log503));
   app.notFound((c) =>
     c.json({ error: { code: "not_found", message: `no route ${c.req.method} ${c.req.path}` } }, 404)
   );
@@ -278,6 +254,26 @@ export function createApp(opts: AppOptions): PerfitApp {
     const run = idParam(c.req.param("run"), "run id");
     const { run: r, round } = await coord.getRun(run);
     return c.json({ run: runView(r), round });
+  });
+
+  // What a data owner needs to decide before joining (its tier, e.g. `deno task client --tier auto`).
+  // No client names, metrics or secrets: the run id is the only credential it takes.
+  app.get("/v1/runs/:run/join", async (c) => {
+    const r = await coord.joinable(idParam(c.req.param("run"), "run id"));
+    const cfg = r.config;
+    return c.json({
+      run: r.id,
+      status: r.status,
+      method: cfg.method,
+      baseModel: cfg.baseModel,
+      lora: cfg.lora,
+      tiers: cfg.expansionTiers,
+      enrollment: cfg.enrollment ?? "open",
+      roundDeadlineMs: cfg.roundDeadlineMs,
+      ...(({ localSteps, batchSize, maxLen }) => ({ localSteps, batchSize, maxLen }))(
+        parseTrainSettings(cfg.train),
+      ),
+    });
   });
 
   app.post("/v1/runs/:run/join", async (c) => {

@@ -43,6 +43,13 @@ export class ClientRegistry {
 
   constructor(private readonly kv: Deno.Kv, private readonly now: () => number) {}
 
+  /** A run's record (one small read, no state loaded), or 404: what a joiner may learn before joining. */
+  async runRecord(runId: string): Promise<RunRecord> {
+    const r = (await this.kv.get<RunRecord>(K.run(runId))).value;
+    if (!r) throw notFound(`no run ${runId}`);
+    return r;
+  }
+
   /** Registers a client, assigns its tier (requested, else round-robin by join order). */
   join(runId: string, req: JoinRequest): Promise<ClientRecord> {
     // The run record alone (one small read), not the run's state: a join that its enrollment

@@ -207,6 +207,11 @@ export class Coordinator {
     return this.clients.join(runId, req).then((rec) => (this.events.emit(joined(rec)), rec));
   }
 
+  /** What anyone with the run id may read before joining (the run record, no state loaded). */
+  joinable(runId: string): Promise<RunRecord> {
+    return this.clients.runRecord(runId);
+  }
+
   /** A client's record, or 404. */
   client(runId: string, clientId: string): Promise<ClientRecord> {
     return this.clients.get(runId, clientId);

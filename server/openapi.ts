@@ -223,6 +223,13 @@ export const openapi = {
       },
     },
     "/v1/runs/{run}/join": {
+      get: {
+        summary:
+          "What joining needs, for anyone with the run id: method, base model, LoRA, tiers, enrollment " +
+          "mode, round deadline and the local round's size (localSteps, batchSize, maxLen); nothing secret",
+        parameters: [runId],
+        responses: { 200: { description: "the run's join information" }, 404: err },
+      },
       post: {
         summary: "Join a run: returns a client token and the client's tier/expansion",
         parameters: [runId],

@@ -293,3 +293,25 @@ Deno.test("enrollment from the shipped client: FederatedClient joins a key run w
     kv.close();
   }
 });
+
+Deno.test("join info: anyone with the run id reads what joining needs (tiers, enrollment, round length), and nothing secret", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const app = makeApp(kv);
+  try {
+    const run = await create(app, { enrollment: "key", joinKey: KEY, train: { localSteps: 7 } });
+    const res = await app.request(`/v1/runs/${run}/join`);
+    assert.equal(res.status, 200);
+    const text = await res.text();
+    const info = JSON.parse(text);
+    assert.deepEqual(info.tiers, { low: 1, mid: 2, high: 4 });
+    assert.equal(info.enrollment, "key");
+    assert.equal(info.localSteps, 7);
+    assert.equal(info.roundDeadlineMs, 60_000);
+    assert.ok(!text.includes(KEY) && !/hash|salt|secret/i.test(text), text);
+    assert.equal((await app.request(`/v1/runs/run_nothere/join`)).status, 404);
+    assert.equal(await clients(kv, run), 0, "reading it joins nobody");
+  } finally {
+    await app.close();
+    kv.close();
+  }
+});

@@ -42,6 +42,11 @@ Deno.test({
       assert.match(out, /alice\.log:run run_\S+ finished after round 2/);
       assert.match(out, /bob\.log:run run_\S+ finished after round 2/);
       assert.match(out, /Transformers\.js: ".*"/);
+      // Bob's tier came from the probe: it says which and why.
+      assert.match(
+        await Deno.readTextFile(`${work}/bob.log`),
+        /tier auto: (low|high) \(x[12]\): .*s\/step at rank/,
+      );
       // The coordinator said what happened, line by line.
       assert.match(serveLog, /round 1 closed: 2 clients, \d+ samples/);
       assert.match(serveLog, /finished after 2 rounds/);

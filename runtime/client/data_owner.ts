@@ -8,6 +8,7 @@ import { splitTrainTest } from "../federation/partition.ts";
 import { loadModel } from "../model/engine.ts";
 import { writePeftAdapter } from "../export/write.ts";
 import { engineTrainer } from "./engine_trainer.ts";
+import { type JoinInfo, pickTier, probeStepSeconds } from "./tier_probe.ts";
 import { FederatedClient, type StepOutcome } from "./federated_client.ts";
 import { FileStorage } from "./storage.ts";
 
@@ -20,7 +21,10 @@ export interface DataOwnerOptions {
   data: string;
   /** Base model folder (config.json, model.safetensors, tokenizer.json). */
   model: string;
-  /** Requested tier (default: the coordinator assigns one). */
+  /**
+   * Requested tier (default: the coordinator assigns one); "auto": the largest tier whose round fits
+   * half the round deadline on this device, from a one-step probe at each tier's rank.
+   */
   tier?: string;
   /** The run's join key or an invite, where the run needs one. */
   enrollment?: { key?: string; invite?: string };
@@ -82,13 +86,27 @@ export async function runDataOwner(o: DataOwnerOptions): Promise<DataOwnerResult
     });
     if (personalized) log(`round ${round}: personalized adapter written to ${adapterDir}`);
   };
+  let tier = o.tier;
+  if (tier === "auto") {
+    const res = await fetch(`${o.server.replace(/\/$/, "")}/v1/runs/${o.run}/join`);
+    if (!res.ok) throw new Error(`cannot read run ${o.run} to pick a tier: HTTP ${res.status}`);
+    const info = (await res.json()) as JoinInfo;
+    const times = await probeStepSeconds(model, info, split.train, {
+      backend: o.backend,
+      batchSize: info.batchSize,
+      maxLen: info.maxLen,
+    });
+    const choice = pickTier(info.tiers, times, info.localSteps, info.roundDeadlineMs);
+    log(`tier auto: ${choice.tier} (x${choice.expansion}): ${choice.why}`);
+    tier = choice.tier;
+  }
   client = await FederatedClient.create({
     serverUrl: o.server.replace(/\/$/, ""),
     runId: o.run,
     trainer,
     storage: new FileStorage(o.stateDir),
     name,
-    tier: o.tier,
+    tier,
     enrollment: o.enrollment,
     initAdapter: (t) => trainer.initAdapter(t),
     pollMs: o.pollMs ?? 1000,

@@ -14,6 +14,8 @@ export interface JoinInfo {
   lora: { rank: number; alpha: number; targets: TargetModule[] };
   roundDeadlineMs: number;
   localSteps: number;
+  batchSize: number;
+  maxLen: number;
 }
 
 /** The choice and why. */
