@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { readPeftAdapter } from "../runtime/export/peft_read.ts";
 import { BUNDLED_DATA, BUNDLED_MODEL } from "../runtime/federation/run.ts";
 import { chromiumPath, launchBrowser, type TestBrowser } from "./browser_harness.ts";
+import { startCoordinator } from "../scripts/denokv.ts";
 
 const chromium = chromiumPath();
 
@@ -26,49 +27,6 @@ function peftPython(): string | null {
     } catch { /* not there */ }
   }
   return null;
-}
-
-async function startServe(kv: string) {
-  const child = new Deno.Command("bash", {
-    args: [
-      DENO,
-      "run",
-      "-A",
-      "--unstable-kv",
-      "server/main.ts",
-      "--port=0",
-      `--kv=${kv}`,
-      `--admin-token=${ADMIN}`,
-    ],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  let url: string | null = null;
-  while (url === null) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    seen += value;
-    url = /listening on (http:\/\/[^\s]+)/.exec(seen)?.[1] ?? null;
-  }
-  const drain = (async () => {
-    try {
-      while (!(await reader.read()).done) { /* discard */ }
-    } catch { /* closed */ }
-  })();
-  const err = new Response(child.stderr).text();
-  if (!url) throw new Error(`serve did not start: ${seen} ${await err}`);
-  return {
-    url,
-    async stop() {
-      child.kill("SIGTERM");
-      await child.status;
-      await drain;
-      await err;
-    },
-  };
 }
 
 let browser: TestBrowser | null = null;
@@ -115,7 +73,7 @@ Deno.test({
   sanitizeOps: false,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "perfit-client-e2e-" });
-    const server = await startServe(`${dir}/coordinator.kv`);
+    const server = await startCoordinator({ kv: `${dir}/coordinator.kv`, flags: [`--admin-token=${ADMIN}`] });
     browser = null;
     try {
       const admin = await new Deno.Command("bash", {

@@ -8,6 +8,7 @@
  * mean the carriers compute differently).
  */
 import assert from "node:assert/strict";
+import { startCoordinator } from "../scripts/denokv.ts";
 
 const DENO = new URL("../scripts/deno.sh", import.meta.url).pathname;
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -47,57 +48,6 @@ async function simulate(out: string, extra: string[]): Promise<Result> {
   return JSON.parse(await Deno.readTextFile(`${out}.json`));
 }
 
-/** Starts `deno task serve` on a free port and returns its URL once it listens. */
-async function serve(kvPath: string): Promise<{ url: string; stop: () => Promise<void> }> {
-  const child = new Deno.Command("bash", {
-    args: [
-      DENO,
-      "run",
-      "-A",
-      "--unstable-kv",
-      "server/main.ts",
-      "--port=0",
-      `--kv=${kvPath}`,
-      `--admin-token=${ADMIN}`,
-      "--rate-ip=0",
-      "--rate-client=0",
-    ],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  let url: string | null = null;
-  while (url === null) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    seen += value;
-    url = /listening on (http:\/\/[^\s]+)/.exec(seen)?.[1] ?? null;
-  }
-  // Keep draining stdout so the server never blocks on a full pipe.
-  const drain = (async () => {
-    try {
-      while (!(await reader.read()).done) { /* discard */ }
-    } catch { /* closed */ }
-  })();
-  const errText = new Response(child.stderr).text();
-  if (url === null) {
-    child.kill("SIGKILL");
-    await child.status;
-    throw new Error(`serve did not start:\n${seen}\n${await errText}`);
-  }
-  return {
-    url,
-    stop: async () => {
-      child.kill("SIGTERM");
-      await child.status;
-      await drain;
-      await errText;
-    },
-  };
-}
-
 Deno.test({
   name: "one federation: simulate in process and over loopback HTTP against `deno task serve` agree exactly",
   sanitizeResources: false,
@@ -106,7 +56,10 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     try {
       const local = await simulate(`${dir}/in-process`, []);
-      const server = await serve(`${dir}/coordinator.kv`);
+      const server = await startCoordinator({
+        kv: `${dir}/coordinator.kv`,
+        flags: [`--admin-token=${ADMIN}`, "--rate-ip=0", "--rate-client=0"],
+      });
       let remote: Result;
       try {
         remote = await simulate(`${dir}/over-http`, [`--server=${server.url}`, `--admin-token=${ADMIN}`]);

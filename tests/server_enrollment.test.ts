@@ -309,6 +309,14 @@ Deno.test("join info: anyone with the run id reads what joining needs (tiers, en
     assert.equal(info.roundDeadlineMs, 60_000);
     assert.ok(!text.includes(KEY) && !/hash|salt|secret/i.test(text), text);
     assert.equal((await app.request(`/v1/runs/run_nothere/join`)).status, 404);
+    // `__proto__` is a well-formed id of no run (a KV key, never an object's property).
+    assert.equal((await app.request(`/v1/runs/__proto__/join`)).status, 404);
+    // A malformed id is refused before any read.
+    for (const bad of ["a".repeat(300), "run%00x"]) {
+      const r = await app.request(`/v1/runs/${bad}/join`);
+      assert.equal(r.status, 400, bad);
+      assert.match((await r.json()).error.code, /^bad_/);
+    }
     assert.equal(await clients(kv, run), 0, "reading it joins nobody");
   } finally {
     await app.close();

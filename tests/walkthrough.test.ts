@@ -3,15 +3,9 @@
  * variables and background jobs carry over), with PORT a free port and WORK a temporary folder.
  */
 import assert from "node:assert/strict";
+import { freePort } from "../scripts/denokv.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
 
 Deno.test({
   name: "walkthrough: every command of docs/walkthrough.md runs, in order, and each step checks its result",

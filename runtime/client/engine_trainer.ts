@@ -109,6 +109,10 @@ export function globalLayoutOf(task: TaskInfo, client: AdapterLayout): AdapterLa
  */
 export const initSeed = (runSeed: number): number => deriveSeed(runSeed, 0x1417);
 
+/** The run's shared initial adapter at this client's own positions (its own layout). */
+const sharedInit = (task: TaskInfo, global: AdapterLayout, own: AdapterLayout): Float32Array =>
+  extract(global, initAdapter(global, initSeed(task.seed)), own);
+
 /** What `engineTrainer` returns: the `Trainer`, plus what the client's owner asks of it. */
 export type EngineTrainer = Trainer & {
   backend(): string;
@@ -181,19 +185,18 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     evalNll: (b, a, m) => e.evalNll(b, a, m),
   });
   /** The learner for this task's rank (a new one when the rank changed). */
-  const learnerFor = async (task: TaskInfo, h: LocalHyper, own: Float32Array | null) => {
+  const learnerFor = async (task: TaskInfo, h: LocalHyper) => {
     const e = await engineFor(task, h.steps);
+    const global = globalLayoutOf(task, e.layout);
     if (!fl || engine?.layout.rank !== e.layout.rank) {
       engine = e;
-      const global = globalLayoutOf(task, e.layout);
-      const init = own ?? extract(global, initAdapter(global, initSeed(task.seed)), e.layout);
       fl = new LocalLearner(
         { ...opts.data, categories: {} },
         task.tier,
         task.expansion,
         withLoss(e),
         task.lora.rank,
-        init,
+        sharedInit(task, global, e.layout),
         {
           tokenizer: opts.tokenizer,
           batchSize: h.batchSize,
@@ -203,7 +206,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
         opts.seed ?? task.seed,
       );
     }
-    return { learner: fl, global: globalLayoutOf(task, e.layout), layout: e.layout };
+    return { learner: fl, global, layout: e.layout };
   };
   const trainer = async (
     task: TaskInfo,
@@ -212,7 +215,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
   ): Promise<TrainerOutput> => {
     const h = localHyper(task.train);
     lastTask = task;
-    const { learner, global, layout } = await learnerFor(task, h, null);
+    const { learner, global, layout } = await learnerFor(task, h);
     learner.adapter = extract(global, adapter, layout);
     // Resumed after a crash, or a new learner: the saved mask is the searched architecture.
     if (mask) learner.setMask(extract(global, mask, layout));
@@ -278,12 +281,11 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     async initAdapter(task: TaskInfo): Promise<Float32Array> {
       const e = await engineFor(task, 0);
       const global = globalLayoutOf(task, e.layout);
-      const own = extract(global, initAdapter(global, initSeed(task.seed)), e.layout);
-      return embed(e.layout, own, global);
+      return embed(e.layout, sharedInit(task, global, e.layout), global);
     },
     async evaluate(task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null) {
       const h = localHyper(task.train);
-      const { learner, global, layout } = await learnerFor(task, h, null);
+      const { learner, global, layout } = await learnerFor(task, h);
       const own = extract(global, adapter, layout);
       const m = mask ? extract(global, mask, layout) : new Uint8Array(layout.size).fill(1);
       return await learner.evaluateWith(own, m);

@@ -127,6 +127,12 @@ export class LocalLearner {
     const steps = Math.max(ins.steps, boundaries.length ? boundaries[T - 1] : 0);
     // Frozen matrices take part in the forward pass but get no update (and no share of the clip norm).
     const frozen = ins.frozen ? kindMask(this.layout, ins.frozen) : null;
+    // The positions the optimizer may move: recomputed only when the mask itself changes (a search).
+    let trainMask: { of: Uint8Array; bits: Uint8Array } | null = null;
+    const trainable = (mask: Uint8Array) => {
+      if (trainMask?.of !== mask) trainMask = { of: mask, bits: mask.map((m, i) => m & (1 - frozen![i])) };
+      return trainMask.bits;
+    };
     for (let s = 1; s <= steps; s++) {
       const res = await this.engine.trainStep(this.nextBatch(), this.adapter, this.mask);
       if (!Number.isFinite(res.loss)) {
@@ -142,7 +148,7 @@ export class LocalLearner {
         }
       }
       if (cfg.clipNorm > 0) clipGradNorm(res.grads, cfg.clipNorm);
-      adam.step(this.adapter, res.grads, frozen ? this.mask.map((m, i) => m & (1 - frozen[i])) : this.mask);
+      adam.step(this.adapter, res.grads, frozen ? trainable(this.mask) : this.mask);
       while (importance && stage < T && s === boundaries[stage]) {
         stage++;
         this.setMask(pruneStage(importance, this.mask, this.plan, stage, T, cfg.schedule, k));
