@@ -21,6 +21,7 @@ import {
   type SimResult,
   strategyFor,
 } from "../runtime/federation/mod.ts";
+import { parsePartition, type PartitionSpec } from "../runtime/federation/partition.ts";
 
 /** Settings of a results run. */
 export interface ResultsOptions {
@@ -40,6 +41,10 @@ export interface ResultsOptions {
   modelDir?: string;
   /** Folder of finished runs (one JSON per method and seed, keyed by the settings): reused, and new runs saved there. */
   cacheDir?: string;
+  /** How the data is split into clients: one per category (8), or Dirichlet over categories. */
+  partition: PartitionSpec;
+  /** Write each run's final personalized PEFT adapters under DIR/<cache key>/<client> (for ROUGE-L later). */
+  saveAdaptersDir?: string;
   log?: (s: string) => void;
 }
 
@@ -62,6 +67,7 @@ export const DEFAULT_RESULTS: ResultsOptions = {
   targets: ["q", "k", "v", "o", "gate", "up", "down"],
   backend: "auto",
   methods: METHODS,
+  partition: { kind: "category", clientsPerCategory: 1 },
 };
 
 interface MethodSummary {
@@ -143,8 +149,9 @@ export async function runResults(o: ResultsOptions = DEFAULT_RESULTS): Promise<s
       const cached = o.cacheDir ? await readCached(o.cacheDir, key) : null;
       const r = cached ?? await runFederated(cfg, {
         modelDir: o.modelDir,
-        partition: { kind: "category", clientsPerCategory: 1 },
+        partition: o.partition,
         backend: o.backend,
+        saveAdapters: o.saveAdaptersDir === undefined ? undefined : `${o.saveAdaptersDir}/${key}`,
         batchSize: o.batchSize,
         maxLen: o.maxLen,
         maxTrain: o.maxTrain,
@@ -185,6 +192,8 @@ export function cacheKey(o: ResultsOptions, method: Method, seed: number): strin
     o.targets,
     o.backend,
     o.modelDir ?? "",
+    // Appended only off the default, so the category runs cached before partitions were a setting keep their keys.
+    ...(partitionName(o.partition) === "category" ? [] : [partitionName(o.partition)]),
   ]);
   let h = 0x811c9dc5;
   for (let i = 0; i < relevant.length; i++) h = Math.imul(h ^ relevant.charCodeAt(i), 0x01000193) >>> 0;
@@ -198,6 +207,14 @@ async function readCached(dir: string, key: string): Promise<SimResult | null> {
     if (e instanceof Deno.errors.NotFound) return null;
     throw e;
   }
+}
+
+/** A partition as its flag spells it: `category`, `category:2`, `dirichlet:0.5x16`. */
+export function partitionName(p: PartitionSpec): string {
+  if (p.kind === "category") {
+    return p.clientsPerCategory === 1 ? "category" : `category:${p.clientsPerCategory}`;
+  }
+  return `dirichlet:${p.alpha}x${p.clients}`;
 }
 
 /** The `deno task results` command line that reproduces these options. */
@@ -217,6 +234,9 @@ export function commandLine(o: ResultsOptions): string {
   add("rank", String(o.rank), String(d.rank));
   add("targets", o.targets.join(","), d.targets.join(","));
   add("methods", o.methods.join(","), d.methods.join(","));
+  if (o.partition.kind === "dirichlet") {
+    flags.push(`--partition dirichlet:${o.partition.alpha} --clients ${o.partition.clients}`);
+  } else add("partition", partitionName(o.partition), "category");
   return ["deno task results", ...flags].join(" ");
 }
 
@@ -230,7 +250,12 @@ function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): st
   const ref = s[0].runs[0];
   const B = ref.budget;
   const lines: string[] = [];
-  lines.push("# PerFIT results on lexicon-instruct (8 clients, one per category)", "");
+  const split = o.partition.kind === "category"
+    ? `${ref.clients.length} clients, ${
+      o.partition.clientsPerCategory === 1 ? "one" : o.partition.clientsPerCategory
+    } per category`
+    : `${o.partition.clients} clients, Dirichlet α=${o.partition.alpha} over categories`;
+  lines.push(`# PerFIT results on lexicon-instruct (${split})`, "");
   lines.push(
     `Command: \`${commandLine(o)}\` — backend **${ref.backend}**, ` +
       `2-core x86-64 VM shared with other jobs (wall times are noisy). Sum of the runs' wall times: ${
@@ -394,6 +419,25 @@ export const resultsCli = defineCli({
       default: DEFAULT_RESULTS.targets,
       help: "LoRA targets",
     },
+    partition: {
+      type: "string",
+      value: "P",
+      default: "category",
+      validate: (v) => {
+        try {
+          parsePartition(v, 16);
+        } catch (e) {
+          return (e as Error).message;
+        }
+      },
+      help: "category (one client per category), category:K, or dirichlet:ALPHA (with --clients)",
+    },
+    clients: { type: "int", min: 2, default: 16, help: "clients of a Dirichlet partition" },
+    "save-adapters": {
+      type: "string",
+      value: "DIR",
+      help: "write each run's final personalized PEFT adapters under DIR/<run key>/<client>",
+    },
     cache: {
       type: "string",
       value: "DIR",
@@ -421,6 +465,8 @@ if (import.meta.main) {
     methods: f.methods,
     modelDir: f.model,
     cacheDir: f.cache,
+    partition: parsePartition(f.partition, f.clients),
+    saveAdaptersDir: f["save-adapters"],
     log: (s) => console.error(s),
   };
   try {
