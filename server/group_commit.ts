@@ -16,6 +16,8 @@ import { MAX_GROUP } from "./admission.ts";
 import { lastMaskRecord } from "./mask_store.ts";
 import { type Pending, RetryableError, type RunCache, type RunState } from "./run_state.ts";
 import { weightOf } from "./robust.ts";
+import { foldTerms } from "../runtime/federation/aggregation.ts";
+import { runLayout } from "./run_config.ts";
 
 const DEBUG = (() => {
   try {
@@ -68,7 +70,33 @@ export class GroupCommit {
     } else if (st.acc) {
       st.folding++;
       try {
-        await this.folder.fold(st.acc, u.maskBits, u.values, weight);
+        // The method's aggregation makes the terms; all are posted before any await, so the
+        // folder's order (which `stage`'s snapshot relies on) keeps this upload's terms together.
+        const cfg = st.run.config;
+        const agg = strategyFor(cfg.method).aggregation;
+        const terms = foldTerms(
+          agg,
+          { bits: u.maskBits, values: u.values, weight },
+          cfg.adapterSize,
+          runLayout(cfg),
+        );
+        if (agg.name !== "holders") p.record.termWeights = terms.map((t) => t.weight);
+        const acc = st.acc;
+        await Promise.all(
+          terms.map((t) =>
+            t.start === 0 && t.length === acc.sum.length
+              ? this.folder.fold(acc, t.bits, t.values, t.weight)
+              : this.folder.fold(
+                {
+                  sum: acc.sum.subarray(t.start, t.start + t.length),
+                  weight: acc.weight.subarray(t.start, t.start + t.length),
+                },
+                t.bits,
+                t.values,
+                t.weight,
+              )
+          ),
+        );
       } catch (e) {
         // Inputs are validated before this, so a failed fold means a broken worker, which may have
         // left a partial fold behind: reload the run from KV (every uncommitted upload is retried).

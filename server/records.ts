@@ -96,6 +96,11 @@ export interface UploadRecord {
    * once this round closes (it is deleted then).
    */
   replacesMaskRound?: number;
+  /**
+   * The weights of this upload's fold terms when its method's aggregation does not weigh by samples
+   * alone (HetLoRA: one ‖B·A‖_F per projection), so a restart rebuilds the round's weight sums.
+   */
+  termWeights?: number[];
 }
 
 /** Pointer to a client's latest mask. */

@@ -5,7 +5,7 @@
  */
 import { invalid } from "./errors.ts";
 import { parseConfig } from "../runtime/model/config.ts";
-import { adapterLayout, type TargetModule } from "../runtime/model/lora.ts";
+import { type AdapterLayout, adapterLayout, type TargetModule } from "../runtime/model/lora.ts";
 import { budgetOf } from "../runtime/perfit/expansion.ts";
 import { DEPLOYED_METHODS, type DeployedMethod, strategyFor } from "../runtime/federation/strategies.ts";
 import { type Aggregation, AGGREGATIONS, type Weighting, WEIGHTINGS, WIRE_MAX_SAMPLES } from "./robust.ts";
@@ -189,7 +189,13 @@ export function parseRunConfig(raw: unknown): RunConfig {
     budget = Math.floor(adapterSize / maxE);
   }
   if (o.budget !== undefined) budget = int(o, "budget", 1, adapterSize);
-  if (!strategy.expands) budget = adapterSize;
+  if (!strategy.prunes) budget = adapterSize;
+  if (strategy.aggregation.needsLayout && o.model === undefined) {
+    throw invalid(
+      "invalid_config",
+      `${method} aggregates per projection: create the run with its model's config (model), not adapterSize alone`,
+    );
+  }
   const maxNorm = num(o, "maxNorm", 0, 1e12, 1e4);
   const maxClients = int(o, "maxClients", 1, LIMITS.maxClients, 10_000);
   const seed = int(o, "seed", 0, 2 ** 31 - 1, 0);
@@ -198,6 +204,12 @@ export function parseRunConfig(raw: unknown): RunConfig {
   const aggregation = oneOf(o, "aggregation", AGGREGATIONS, "mean");
   if (!strategy.aggregates && aggregation !== "mean") {
     throw invalid("invalid_config", `${method} runs aggregate nothing: aggregation must be mean`);
+  }
+  if (strategy.aggregation.name !== "holders" && aggregation !== "mean" && aggregation !== "clipped-mean") {
+    throw invalid(
+      "invalid_config",
+      `${method} has its own aggregation: the run may clip updates (clipped-mean) but not replace its mean`,
+    );
   }
   if (o.trim !== undefined && aggregation !== "trimmed-mean") {
     throw invalid("invalid_config", "trim is the parameter of aggregation trimmed-mean");
@@ -276,4 +288,25 @@ export function parseJoinKey(raw: unknown, enrollment: Enrollment = "open"): str
     );
   }
   return k;
+}
+
+const layouts = new WeakMap<RunConfig, AdapterLayout | null>();
+
+/**
+ * The run's global layout (rank r·max e), from the model config it was created with; null for a run
+ * created from `adapterSize` alone. Computed once per config object.
+ */
+export function runLayout(cfg: RunConfig): AdapterLayout | null {
+  let l = layouts.get(cfg);
+  if (l === undefined) {
+    const maxE = Math.max(...Object.values(cfg.expansionTiers));
+    l = cfg.model === undefined
+      ? null
+      : adapterLayout(parseConfig(cfg.model), { ...cfg.lora, rank: cfg.lora.rank * maxE });
+    if (l && l.size !== cfg.adapterSize) {
+      throw new Error(`run layout ${l.size} != adapterSize ${cfg.adapterSize}`);
+    }
+    layouts.set(cfg, l);
+  }
+  return l;
 }

@@ -8,7 +8,8 @@ import { notFound } from "./errors.ts";
 import { f32Bytes, MissingBlobError, readChunks } from "./kv_chunks.ts";
 import { strategyFor } from "../runtime/federation/strategies.ts";
 import { K, type LastMask, type RoundRecord, type RunRecord, type UploadRecord } from "./records.ts";
-import { bitWords, fullBits } from "../runtime/kernels/bits.ts";
+import { bitWords, forEachBit, fullBits } from "../runtime/kernels/bits.ts";
+import { runLayout } from "./run_config.ts";
 import type { Accumulators, Folder } from "./folder.ts";
 import { type HeldUpdate, ruleFor, weightOf } from "./robust.ts";
 
@@ -325,8 +326,23 @@ export class RunCache {
       }
       return;
     }
+    const cfg = st.run.config;
+    const agg = strategyFor(cfg.method).aggregation;
     for (const u of st.uploads.values()) {
       await readChunks(this.kv, K.mask(st.run.id, u.client, u.maskRound), new Uint8Array(bits.buffer));
+      if (agg.name !== "holders") {
+        // The method's terms and the weights recorded with the upload, added as the fold added them.
+        const shapes = agg.shapes(bits, n, runLayout(cfg));
+        const tw = u.termWeights;
+        if (!tw || tw.length !== shapes.length) {
+          throw new Error(`upload of ${u.client} lacks its term weights`);
+        }
+        shapes.forEach((sh, t) => {
+          const x = Math.fround(tw[t]);
+          forEachBit(sh.bits, (p) => (w[sh.start + p] += x));
+        });
+        continue;
+      }
       const x = Math.fround(weightOf(st.run.config, u.samples));
       for (let wi = 0; wi < bits.length; wi++) {
         let b = bits[wi];

@@ -6,6 +6,8 @@ import { partitionByCategory } from "../runtime/federation/partition.ts";
 import { type SimClientView, simulate } from "../runtime/federation/simulate.ts";
 import { DEFAULT_SIM, type SimConfig } from "../runtime/federation/types.ts";
 import type { Method } from "../runtime/federation/strategies.ts";
+import { toHfConfig } from "../runtime/model/config.ts";
+import { embed, rankLayout } from "../runtime/perfit/layout.ts";
 
 /** An upload of the budget's values by reference: 4·B bytes of values plus a safetensors header. */
 const HEADER_MAX = 320;
@@ -33,6 +35,7 @@ async function run(
   method: Method,
   over: Partial<SimConfig> = {},
   inspect?: (r: number, c: readonly SimClientView[]) => void,
+  maxLen = 48,
 ) {
   const m = await tiny();
   const cfg: SimConfig = {
@@ -64,8 +67,9 @@ async function run(
       return engines.get(rank)!;
     },
     batchSize: 4,
-    maxLen: 48,
+    maxLen,
     inspect,
+    modelConfig: toHfConfig(m.config) as Record<string, unknown>,
   });
 }
 
@@ -129,6 +133,15 @@ Deno.test("federation: FedIT gives every client the same adapter; base never cha
     base.rounds[1].clients.map((c) => c.perplexity),
   );
   assert.ok(base.rounds[0].clients.every((c) => c.uploadBytes === 0 && !c.trained));
+  // Every method is evaluated on the same tokens: the frozen base, which has no coordinator's task,
+  // too (it once fell back to the default max length); 12 tokens cuts every test example short.
+  const short = [
+    await run("base", { rounds: 1 }, undefined, 12),
+    await run("fedit", { rounds: 1 }, undefined, 12),
+  ];
+  const tokens = short.map((r) => r.rounds[0].clients.map((c) => c.testTokens));
+  assert.deepEqual(tokens[0], tokens[1]);
+  assert.ok(tokens[0].every((t, i) => t < fedit.rounds[0].clients[i].testTokens), JSON.stringify(tokens));
   const local = await run("local");
   assert.ok(
     local.rounds[1].meanPerplexity < base.rounds[1].meanPerplexity,
@@ -201,6 +214,35 @@ Deno.test("federation: FedSA-LoRA shares A (equal after aggregation), keeps B pr
     assert.deepEqual(kinds(ffaSeen[0][i], "B"), kinds(ffaSeen[0][0], "B"), "B aggregated");
   }
   assert.ok(kinds(ffaSeen[0][0], "B").some((x) => x !== 0));
+});
+
+Deno.test("federation: HetLoRA trains each tier's whole rank and gives every client the same global, truncated", async () => {
+  const seen: SimClientView[][] = [];
+  const r = await run(
+    "hetlora",
+    { rounds: 2 },
+    (_, c) => seen.push(c.map((v) => ({ ...v, adapter: v.adapter.slice() }))),
+  );
+  const unit = rankLayout(seen[0][0].layout, 1).size;
+  // Tiers high/mid/low: ranks 2·4, 2·2, 2·1, each trained whole (no budget, no pruning).
+  assert.deepEqual(r.clients.map((c) => c.trainableParams), [8 * unit, 4 * unit, 2 * unit]);
+  const last = seen[1];
+  assert.ok(last.every((v) => v.mask.every((m) => m === 1)));
+  const global = rankLayout(last[0].layout, 8);
+  const inGlobal = last.map((v) => embed(v.layout, v.adapter, global));
+  const lowPositions = embed(last[2].layout, new Uint8Array(last[2].layout.size).fill(1), global);
+  // The low-tier client holds the leading components of the one global adapter the others hold too.
+  for (let p = 0; p < global.size; p++) {
+    if (!lowPositions[p]) continue;
+    assert.equal(inGlobal[0][p], inGlobal[2][p]);
+    assert.equal(inGlobal[1][p], inGlobal[2][p]);
+  }
+  // Uploads grow with the rank: the whole own adapter, the fixed mask by reference after round 1.
+  const up = r.rounds[1].clients.map((c) => c.uploadBytes);
+  assert.ok(r.rounds[1].clients.every((c) => c.maskMode === "ref"));
+  for (const [i, units] of [8, 4, 2].entries()) {
+    assert.ok(up[i] > 4 * units * unit && up[i] <= 4 * units * unit + HEADER_MAX, JSON.stringify(up));
+  }
 });
 
 Deno.test("federation: fraction_fit samples a seeded share of the clients each round; the others still get their slice", async () => {

@@ -21,6 +21,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "fedsa",
     "ffa",
     "perfit-e1",
+    "hetlora",
   ]);
   // Everything but the frozen base is served: the simulation runs each method through the coordinator.
   assert.deepEqual(DEPLOYED_METHODS, [
@@ -31,6 +32,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "fedsa",
     "ffa",
     "perfit-e1",
+    "hetlora",
   ]);
   for (const m of METHODS) assert.equal(strategyFor(m).name, m);
   for (const bad of ["", "FedIT", "__proto__", "constructor", "toString"]) {
@@ -55,11 +57,18 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
     [false, false],
   ]);
   assert.deepEqual(plans("perfit-random-mask", 2)[2], { search: true, randomMask: false });
-  for (const m of ["fedit", "local", "base"]) {
+  for (const m of ["fedit", "local", "base", "fedsa", "ffa", "hetlora"]) {
     assert.ok(plans(m, 1).every((p) => !p.search && !p.randomMask), m);
   }
-  // Only PerFIT and its random-mask ablation expand; only FedIT insists on dense masks.
-  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].expands), ["perfit", "perfit-random-mask"]);
+  // PerFIT, its random-mask ablation and HetLoRA expand; only the PerFIT family prunes back to the
+  // budget; only FedIT insists on dense masks; only HetLoRA has an aggregation of its own.
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].expands), ["perfit", "perfit-random-mask", "hetlora"]);
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].prunes), [
+    "perfit",
+    "perfit-random-mask",
+    "perfit-e1",
+  ]);
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].aggregation.name !== "holders"), ["hetlora"]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].denseMask), ["fedit"]);
   assert.deepEqual(METHODS.filter((m) => !STRATEGIES[m].aggregates), ["local", "base"]);
 });

@@ -9,6 +9,7 @@ import { engineFactory, loadFolder, PRETRAIN_STRIDE } from "./setup.ts";
 import { simulate } from "./simulate.ts";
 import { remoteCoordinator } from "./coordinator_link.ts";
 import { writePeftAdapter } from "../export/write.ts";
+import { toHfConfig } from "../model/config.ts";
 import { strategyFor } from "./strategies.ts";
 import type { SimConfig, SimResult, SimRound } from "./types.ts";
 
@@ -66,6 +67,7 @@ export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<Si
     clients,
     tokenizer: model.tokenizer,
     engineFactory: factory,
+    modelConfig: toHfConfig(model.config) as Record<string, unknown>,
     batchSize: opts.batchSize,
     maxLen: opts.maxLen,
     evalBatchSize: opts.batchSize * 2,

@@ -42,6 +42,11 @@ export interface SimulationInputs {
   coordinator?: CoordinatorLink;
   /** The run's `baseModel` name (default "simulation"). */
   baseModel?: string;
+  /**
+   * The base model's config.json, for methods whose coordinator aggregates per projection (HetLoRA):
+   * the run is then created with it and the coordinator rebuilds the layout.
+   */
+  modelConfig?: Record<string, unknown>;
   /** Called after each client's step of local training. */
   onStep?: StepHook;
   /** Called after each finished round (e.g. to print it). */
@@ -92,6 +97,8 @@ interface Owner {
   /** Response bytes of slices received. */
   down: number;
   losses: Map<number, number>;
+  /** The run's train settings, for evaluating without a coordinator's task (the frozen base). */
+  train: Record<string, unknown>;
 }
 
 const DAY_MS = 24 * 3600_000;
@@ -143,6 +150,7 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
       up: new Map(),
       down: 0,
       losses: new Map(),
+      train: trainSettings(cfg, inp),
       trainer: null as unknown as EngineTrainer,
     };
     o.trainer = engineTrainer({
@@ -209,7 +217,7 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
         expansion: owners[i].e,
         train: owners[i].data.train.length,
         test: owners[i].data.test.length,
-        trainableParams: strategy.trains ? v.plan.budget : 0,
+        trainableParams: !strategy.trains ? 0 : strategy.prunes ? v.plan.budget : v.plan.total,
         searchSpace: v.plan.total,
       })),
       budget: base.size,
@@ -250,6 +258,7 @@ async function createRun(
       expansionTiers: tiers,
       adapterSize,
       budget,
+      ...(strategy.aggregation.needsLayout ? { model: modelConfigFor(cfg.method, inp) } : {}),
       maxNorm: 1e9,
       maxClients: clients,
       seed: cfg.seed,
@@ -258,6 +267,11 @@ async function createRun(
   });
   if (res.status !== 201) throw new Error(`creating the run failed: HTTP ${res.status} ${await res.text()}`);
   return (await res.json()).run.id;
+}
+
+function modelConfigFor(method: string, inp: SimulationInputs): Record<string, unknown> {
+  if (!inp.modelConfig) throw new RangeError(`${method} needs the base model's config.json (modelConfig)`);
+  return inp.modelConfig;
 }
 
 /** Joins one owner, with a fetch that meters the HTTP bodies its uploads and slices carry. */
@@ -318,7 +332,8 @@ function standaloneTask(cfg: SimConfig, o: Owner, adapterSize: number, budget: n
     adapterSize,
     seed: cfg.seed,
     globalRound: 0,
-    train: {},
+    // The run's settings, so the base is evaluated on the same batches (max length) as every method.
+    train: o.train,
     plan: { search: false, randomMask: false },
   };
 }

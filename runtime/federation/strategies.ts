@@ -8,6 +8,7 @@
  * Adding a method means adding one object to `STRATEGIES`.
  */
 import { deriveSeed, shuffled } from "../data/rng.ts";
+import { HOLDERS, type RoundAggregation, ZERO_PADDED } from "./aggregation.ts";
 
 /** Every method compared in the results table. */
 export type Method =
@@ -18,7 +19,8 @@ export type Method =
   | "perfit-random-mask"
   | "perfit-e1"
   | "fedsa"
-  | "ffa";
+  | "ffa"
+  | "hetlora";
 /** The methods a coordinator serves: all but the frozen base, which has nothing to federate. */
 export type DeployedMethod = Exclude<Method, "base">;
 
@@ -47,6 +49,11 @@ export interface MethodStrategy {
   readonly aggregates: boolean;
   /** Clients train at their tier's rank r·e (false: everyone trains the plain rank-r adapter). */
   readonly expands: boolean;
+  /**
+   * Expanded clients prune back to the rank-r budget (the PerFIT family); false: a client trains and
+   * uploads its whole rank-r·e adapter (HetLoRA's heterogeneous ranks), so the run has no budget.
+   */
+  readonly prunes: boolean;
   /** Each client has a mask of its own, stored by the coordinator (the PerFIT family). */
   readonly personalMask: boolean;
   /** Every upload must cover every position (FedIT): the mask is all ones and never stored. */
@@ -66,6 +73,8 @@ export interface MethodStrategy {
   configure(round: number, firstTime: boolean, researchEvery: number): ClientPlan;
   /** The round's metrics from its accepted uploads: sample-weighted means. */
   aggregateMetrics(uploads: ReportedMetrics[]): Record<string, number>;
+  /** How an accepted upload is folded into the round (runtime/federation/aggregation.ts). */
+  readonly aggregation: RoundAggregation;
 }
 
 /**
@@ -100,10 +109,12 @@ const base = {
   trains: true,
   aggregates: true,
   expands: false,
+  prunes: false,
   personalMask: false,
   denseMask: false,
   shares: "mask" as const,
   aggregateMetrics: weightedMetrics,
+  aggregation: HOLDERS,
 };
 
 /** Every method, by name. */
@@ -113,6 +124,7 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     name: "perfit",
     deployed: true,
     expands: true,
+    prunes: true,
     personalMask: true,
     configure: perfitPlan,
   },
@@ -124,6 +136,7 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     name: "perfit-random-mask",
     deployed: true,
     expands: true,
+    prunes: true,
     personalMask: true,
     // The random mask replaces the first search only; a re-search (researchEvery) still uses importance.
     configure: (round, firstTime, every) => ({
@@ -147,7 +160,29 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     configure: noSearch,
   },
   // PerFIT with every client at e = 1: nothing to prune, so it must equal FedIT (a code-path check).
-  "perfit-e1": { ...base, name: "perfit-e1", deployed: true, personalMask: true, configure: perfitPlan },
+  "perfit-e1": {
+    ...base,
+    name: "perfit-e1",
+    deployed: true,
+    prunes: true,
+    personalMask: true,
+    configure: perfitPlan,
+  },
+  // HetLoRA (Cho et al., EMNLP 2024): each client trains the leading r·e rank components of the
+  // global adapter (its tier's rank, the same tiers as PerFIT) and gets them back truncated; the
+  // coordinator zero-pads to the largest rank and weighs each projection by its ‖B·A‖_F. No public
+  // code from the authors; checked against two re-implementations (sparsity_weighted_aggregation:
+  // per-projection norm weights over all of the round's clients, zero padding). Its fixed mask (the
+  // leading components) is stored once and named by reference after. Rank self-pruning: not built.
+  hetlora: {
+    ...base,
+    name: "hetlora",
+    deployed: true,
+    expands: true,
+    personalMask: true,
+    configure: noSearch,
+    aggregation: ZERO_PADDED,
+  },
 };
 
 /**
