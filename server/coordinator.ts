@@ -15,7 +15,7 @@ import { chunkCount } from "./kv_chunks.ts";
 import type { TaskInfo } from "../runtime/client/federated_client.ts";
 import { strategyFor } from "../runtime/federation/strategies.ts";
 import { type ClientRecord, K, type RoundRecord, type RunRecord, type UploadRecord } from "./records.ts";
-import type { RunConfig } from "./run_config.ts";
+import { researchEveryOf, type RunConfig, slotOf } from "./run_config.ts";
 import {
   type DecodedSlice,
   type DecodedUpdate,
@@ -233,8 +233,7 @@ export class Coordinator {
     // The strategy decides what this client does (Flower's configure_fit); a client with no stored
     // mask has not searched yet.
     const firstTime = strategy.personalMask ? (await this.maskStore.lastMaskOf(st, c.id)) === null : true;
-    const every = cfg.train.researchEvery;
-    const plan = strategy.configure(st.run.round, firstTime, typeof every === "number" ? every : 0);
+    const plan = strategy.configure(st.run.round, firstTime, researchEveryOf(cfg), slotOf(cfg, c.seq));
     return {
       run: runId,
       round: st.run.round,
@@ -275,7 +274,7 @@ export class Coordinator {
       return { ...base, maskBits: mask?.bits ?? empty, coveredBits: empty, values: new Float32Array(0) };
     }
     const g = await this.closer.loadGlobal(st);
-    const covered = andBits(mask.bits, g.c);
+    const covered = strategyFor(st.run.config.method).stacks ? g.c.slice() : andBits(mask.bits, g.c);
     return {
       ...base,
       maskBits: mask.bits,

@@ -173,7 +173,7 @@ export function parseRunConfig(raw: unknown): RunConfig {
     try {
       const cfg = parseConfig(o.model);
       const layout = adapterLayout(cfg, { rank: rank * maxE, alpha, targets: targets as TargetModule[] });
-      adapterSize = layout.size;
+      adapterSize = layout.size * slotsOf(strategy, o);
       budget = budgetOf(layout, rank);
     } catch (e) {
       throw invalid("invalid_config", `model: ${(e as Error).message}`);
@@ -189,7 +189,7 @@ export function parseRunConfig(raw: unknown): RunConfig {
     budget = Math.floor(adapterSize / maxE);
   }
   if (o.budget !== undefined) budget = int(o, "budget", 1, adapterSize);
-  if (!strategy.prunes) budget = adapterSize;
+  if (!strategy.prunes) budget = strategy.stacks ? adapterSize / slotsOf(strategy, o) : adapterSize;
   if (strategy.aggregation.needsLayout && o.model === undefined) {
     throw invalid(
       "invalid_config",
@@ -290,6 +290,33 @@ export function parseJoinKey(raw: unknown, enrollment: Enrollment = "open"): str
   return k;
 }
 
+/** Most clients of a stacking run (FLoRA): its layout holds one slot per client. */
+export const MAX_STACK_SLOTS = 64;
+
+/** Slots of a create-run body: `maxClients` for a stacking method (required, ≤ MAX_STACK_SLOTS), else 1. */
+function slotsOf(strategy: { stacks?: boolean; name: string }, o: Record<string, unknown>): number {
+  if (!strategy.stacks) return 1;
+  const m = o.maxClients;
+  if (typeof m !== "number" || !Number.isInteger(m) || m < 1 || m > MAX_STACK_SLOTS) {
+    throw invalid(
+      "invalid_config",
+      `${strategy.name} stacks one slot per client: maxClients must be an integer in 1..${MAX_STACK_SLOTS}`,
+    );
+  }
+  return m;
+}
+
+/** Where client number `seq` (join order) starts in a stacking run's layout, in rank components. */
+export function slotOf(cfg: RunConfig, seq: number): number {
+  return seq * cfg.lora.rank * Math.max(...Object.values(cfg.expansionTiers));
+}
+
+/** The run's `researchEvery` train setting (0: search only the first time). */
+export function researchEveryOf(cfg: RunConfig): number {
+  const every = cfg.train.researchEvery;
+  return typeof every === "number" ? every : 0;
+}
+
 const layouts = new WeakMap<RunConfig, AdapterLayout | null>();
 
 /**
@@ -300,9 +327,10 @@ export function runLayout(cfg: RunConfig): AdapterLayout | null {
   let l = layouts.get(cfg);
   if (l === undefined) {
     const maxE = Math.max(...Object.values(cfg.expansionTiers));
+    const slots = strategyFor(cfg.method).stacks ? cfg.maxClients : 1;
     l = cfg.model === undefined
       ? null
-      : adapterLayout(parseConfig(cfg.model), { ...cfg.lora, rank: cfg.lora.rank * maxE });
+      : adapterLayout(parseConfig(cfg.model), { ...cfg.lora, rank: cfg.lora.rank * maxE * slots });
     if (l && l.size !== cfg.adapterSize) {
       throw new Error(`run layout ${l.size} != adapterSize ${cfg.adapterSize}`);
     }

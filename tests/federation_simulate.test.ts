@@ -245,6 +245,24 @@ Deno.test("federation: HetLoRA trains each tier's whole rank and gives every cli
   }
 });
 
+Deno.test("federation: FLoRA uploads its slot, every client downloads the whole stack and merges it", async () => {
+  const r = await run("flora", { rounds: 2 });
+  const [r1, r2] = r.rounds;
+  const unit = r.budget / 2; // rank r = 2
+  // Each uploads a fresh LoRA of its tier's rank (8, 4, 2 components), in its own slot.
+  for (const [i, units] of [8, 4, 2].entries()) {
+    const up = r1.clients[i].uploadBytes;
+    assert.ok(up > 4 * units * unit && up <= 4 * units * unit + HEADER_MAX + 64, `${i}: ${up}`);
+  }
+  assert.ok(r2.clients.every((c) => c.maskMode === "ref"));
+  // Everyone receives the same stack: every slot's A (3 slots of 8 components) and the used B's.
+  const down = r1.clients.map((c) => c.downloadBytes);
+  assert.ok(down.every((d) => d === down[0]));
+  assert.ok(down[0] > 4 * (3 * 8 / 2 + (8 + 4 + 2) / 2) * unit, `${down[0]}`);
+  // The merged base moves the model: round 2 is better than round 1 on average.
+  assert.ok(r2.meanPerplexity < r1.meanPerplexity, `${r2.meanPerplexity} vs ${r1.meanPerplexity}`);
+});
+
 Deno.test("federation: fraction_fit samples a seeded share of the clients each round; the others still get their slice", async () => {
   const r = await run("perfit", { rounds: 2, fractionFit: 0.67 });
   for (const rd of r.rounds) {

@@ -22,6 +22,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "ffa",
     "perfit-e1",
     "hetlora",
+    "flora",
   ]);
   // Everything but the frozen base is served: the simulation runs each method through the coordinator.
   assert.deepEqual(DEPLOYED_METHODS, [
@@ -33,6 +34,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "ffa",
     "perfit-e1",
     "hetlora",
+    "flora",
   ]);
   for (const m of METHODS) assert.equal(strategyFor(m).name, m);
   for (const bad of ["", "FedIT", "__proto__", "constructor", "toString"]) {
@@ -46,7 +48,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
 
 Deno.test("strategies: what a sampled client does per method and round", () => {
   const plans = (m: string, every: number) =>
-    [1, 2, 3, 4, 5].map((r) => strategyFor(m).configure(r, r === 1, every));
+    [1, 2, 3, 4, 5].map((r) => strategyFor(m).configure(r, r === 1, every, 40));
   assert.deepEqual(plans("perfit", 0).map((p) => p.search), [true, false, false, false, false]);
   assert.deepEqual(plans("perfit", 2).map((p) => p.search), [true, false, true, false, true]);
   assert.deepEqual(plans("perfit-random-mask", 0).map((p) => [p.search, p.randomMask]), [
@@ -57,18 +59,24 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
     [false, false],
   ]);
   assert.deepEqual(plans("perfit-random-mask", 2)[2], { search: true, randomMask: false });
-  for (const m of ["fedit", "local", "base", "fedsa", "ffa", "hetlora"]) {
+  assert.equal(plans("flora", 0)[0].slot, 40);
+  for (const m of ["fedit", "local", "base", "fedsa", "ffa", "hetlora", "flora"]) {
     assert.ok(plans(m, 1).every((p) => !p.search && !p.randomMask), m);
   }
   // PerFIT, its random-mask ablation and HetLoRA expand; only the PerFIT family prunes back to the
   // budget; only FedIT insists on dense masks; only HetLoRA has an aggregation of its own.
-  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].expands), ["perfit", "perfit-random-mask", "hetlora"]);
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].expands), [
+    "perfit",
+    "perfit-random-mask",
+    "hetlora",
+    "flora",
+  ]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].prunes), [
     "perfit",
     "perfit-random-mask",
     "perfit-e1",
   ]);
-  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].aggregation.name !== "holders"), ["hetlora"]);
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].aggregation.name !== "holders"), ["hetlora", "flora"]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].denseMask), ["fedit"]);
   assert.deepEqual(METHODS.filter((m) => !STRATEGIES[m].aggregates), ["local", "base"]);
 });

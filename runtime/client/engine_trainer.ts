@@ -15,6 +15,7 @@ import type { Allocation, PruneSchedule } from "../perfit/prune.ts";
 import { deriveSeed } from "../data/rng.ts";
 import { parseTrainSettings } from "./train_settings.ts";
 import { LocalLearner } from "./local_update.ts";
+import { freshAdapter, MergedBase, slotMask } from "./flora.ts";
 import { DEFAULT_SIM, type EngineFactory, type SimConfig, type TrainEngine } from "../federation/types.ts";
 import type { Example, TextTokenizer } from "../data/types.ts";
 import type { TaskInfo, Trainer, TrainerOutput } from "./federated_client.ts";
@@ -183,6 +184,8 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       return r;
     },
     evalNll: (b, a, m) => e.evalNll(b, a, m),
+    model: e.model,
+    rebased: e.rebased && (async (model) => withLoss(await e.rebased!(model))),
   });
   /** The learner for this task's rank (a new one when the rank changed). */
   const learnerFor = async (task: TaskInfo, h: LocalHyper) => {
@@ -208,6 +211,22 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     }
     return { learner: fl, global, layout: e.layout };
   };
+  let merged: MergedBase | null = null;
+  /** FLoRA: the learner over the base with the slice's stack merged (once per global round). */
+  const rebase = async (
+    task: TaskInfo,
+    learner: LocalLearner,
+    global: AdapterLayout,
+    stack: Float32Array,
+  ) => {
+    merged ??= new MergedBase(learner.engine);
+    learner.engine = await merged.engineFor(
+      task.globalRound,
+      global,
+      stack,
+      task.lora.alpha / task.lora.rank,
+    );
+  };
   const trainer = async (
     task: TaskInfo,
     adapter: Float32Array,
@@ -216,9 +235,17 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     const h = localHyper(task.train);
     lastTask = task;
     const { learner, global, layout } = await learnerFor(task, h);
-    learner.adapter = extract(global, adapter, layout);
-    // Resumed after a crash, or a new learner: the saved mask is the searched architecture.
-    if (mask) learner.setMask(extract(global, mask, layout));
+    const stacks = strategyFor(task.method).stacks === true;
+    const slot = task.plan.slot ?? 0;
+    if (stacks) {
+      // A fresh LoRA every round, over the base with every earlier round merged.
+      await rebase(task, learner, global, adapter);
+      learner.adapter = freshAdapter(layout, task.seed, task.round, slot);
+    } else {
+      learner.adapter = extract(global, adapter, layout);
+      // Resumed after a crash, or a new learner: the saved mask is the searched architecture.
+      if (mask) learner.setMask(extract(global, mask, layout));
+    }
     current = { round: task.round, step: 0 };
     const cfg: SimConfig = {
       ...DEFAULT_SIM,
@@ -265,6 +292,17 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       if (ev.tokens > 0) metrics.ppl = Math.exp(ev.nllSum / ev.tokens);
     }
     opts.onMetrics?.(task.round, metrics);
+    if (stacks) {
+      const own = slotMask(layout, global, slot);
+      return {
+        values: embed(layout, learner.adapter, global, undefined, slot),
+        mask: own,
+        share: own,
+        support: own,
+        samples: Math.max(1, learner.samples),
+        metrics,
+      };
+    }
     // What the strategy shares of the mask; the rest stays on this client.
     const shared = sharedOf(learner.mask);
     return {
@@ -286,6 +324,11 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     async evaluate(task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null) {
       const h = localHyper(task.train);
       const { learner, global, layout } = await learnerFor(task, h);
+      if (strategyFor(task.method).stacks) {
+        // The model is the merged base; its fresh LoRA (B = 0) adds nothing.
+        await rebase(task, learner, global, adapter);
+        return await learner.evaluateWith(new Float32Array(layout.size), new Uint8Array(layout.size).fill(1));
+      }
       const own = extract(global, adapter, layout);
       const m = mask ? extract(global, mask, layout) : new Uint8Array(layout.size).fill(1);
       return await learner.evaluateWith(own, m);

@@ -46,7 +46,7 @@ export class LocalLearner {
     readonly data: ClientData,
     readonly tier: string,
     readonly expansion: number,
-    readonly engine: TrainEngine,
+    public engine: TrainEngine,
     readonly baseRank: number,
     init: Float32Array,
     private readonly opts: ClientDataOptions,

@@ -14,13 +14,21 @@
  *    by the weight of every client of the round, not only its holders. The term's weight is the
  *    Frobenius norm of that projection's update ‖B·A‖_F, so clients whose update is sparser (smaller)
  *    count less; sample counts do not enter, as in the method's description.
+ *  - `stacked`: FLoRA's stacking. The run's layout holds one slot of rank components per client
+ *    (runtime/client/flora.ts); a client uploads its slot. Its B enters over its own positions (one
+ *    holder: the value itself), its A over every A position of every slot with zeros outside its
+ *    own (as zero padding does), both weighing its samples: each slot's A comes out as p_k·A_k with
+ *    p_k = n_k / Σ n over the round, B as B_k, so B_stack·A_stack = Σ_k p_k B_k A_k, which is the
+ *    authors' stacking (fed_utils/model_aggregation.py: A scaled by the sample weight, B not). Slots
+ *    of clients absent from the round get A = 0 and add nothing.
  *
  * A term's weight is recomputed from the mask alone for `holders`; other rules' weights are
  * recorded with the upload (`termWeights`) so a restarted coordinator can rebuild its weight sums.
  */
 import type { AdapterLayout } from "../model/lora.ts";
-import { moduleGroups } from "../perfit/layout.ts";
-import { forEachBit, fullBits, gatherBits, popcountBits } from "../kernels/bits.ts";
+import { kindMask, moduleGroups } from "../perfit/layout.ts";
+import { scalarKernels } from "../kernels/mod.ts";
+import { andBits, forEachBit, fullBits, gatherBits, popcountBits } from "../kernels/bits.ts";
 
 /** The positions one fold term covers: the set bits of `bits` (local), offset by `start`. */
 export interface TermShape {
@@ -45,7 +53,7 @@ export interface AcceptedUpload {
 
 /** How a method turns an accepted upload into fold terms. */
 export interface RoundAggregation {
-  readonly name: "holders" | "zero-padded";
+  readonly name: "holders" | "zero-padded" | "stacked";
   /** The coordinator needs the run's layout (the run is created with its model's config). */
   readonly needsLayout: boolean;
   /** The positions of each term of an upload with mask `bits`, in term order. */
@@ -156,6 +164,32 @@ export const ZERO_PADDED: RoundAggregation = {
     }
     return out;
   },
+};
+
+const kindBits = (() => {
+  const memo = new WeakMap<AdapterLayout, { A: Uint32Array; B: Uint32Array }>();
+  return (l: AdapterLayout, kind: "A" | "B"): Uint32Array => {
+    let m = memo.get(l);
+    if (!m) {
+      const pack = (u8: Uint8Array) => scalarKernels.maskToBits(u8);
+      memo.set(l, m = { A: pack(kindMask(l, "A")), B: pack(kindMask(l, "B")) });
+    }
+    return m[kind];
+  };
+})();
+
+/** FLoRA's stacking (see the module comment): every slot's A as zero-padded terms, the own B as held. */
+export const STACKED: RoundAggregation = {
+  name: "stacked",
+  needsLayout: true,
+  shapes: (bits, size, layout) => {
+    const l = needLayout(layout);
+    return [
+      { start: 0, length: size, bits: kindBits(l, "A") },
+      { start: 0, length: size, bits: andBits(bits, kindBits(l, "B")) },
+    ];
+  },
+  weights: (u) => [u.weight, u.weight],
 };
 
 /** The fold terms of an accepted upload: shapes, weights and each term's values in its bit order. */

@@ -78,18 +78,21 @@ export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<Si
     onEval: (id) => bar?.tick(`${cfg.method} round ${round}/${cfg.rounds} eval ${id}`),
     coordinator: opts.server ? remoteCoordinator(opts.server.url, opts.server.adminToken) : undefined,
     baseModel: modelDir,
-    inspect: opts.saveAdapters === undefined ? undefined : async (r, views) => {
-      if (r !== cfg.rounds) return;
-      for (const v of views) {
-        await writePeftAdapter(`${opts.saveAdapters}/${v.id}`, {
-          layout: v.layout,
-          adapter: v.adapter,
-          mask: v.mask,
-          scale: cfg.alpha / cfg.rank,
-          baseModel: modelDir,
-        });
-      }
-    },
+    // A stacking method's model is its merged base, which no LoRA adapter holds: nothing to save.
+    inspect: opts.saveAdapters === undefined || strategyFor(cfg.method).stacks
+      ? undefined
+      : async (r, views) => {
+        if (r !== cfg.rounds) return;
+        for (const v of views) {
+          await writePeftAdapter(`${opts.saveAdapters}/${v.id}`, {
+            layout: v.layout,
+            adapter: v.adapter,
+            mask: v.mask,
+            scale: cfg.alpha / cfg.rank,
+            baseModel: modelDir,
+          });
+        }
+      },
     onRound: (r) => {
       bar?.clear();
       round = r.round + 1;

@@ -140,7 +140,8 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
   const eMax = Math.max(...assign.map((a) => a.e));
   const probe = await inp.engineFactory(cfg.rank * assign[0].e);
   const base = rankLayout(probe.layout, cfg.rank);
-  const global = rankLayout(base, cfg.rank * eMax);
+  // A stacking method (FLoRA) holds one slot of rank r·e_max per client.
+  const global = rankLayout(base, cfg.rank * eMax * (strategy.stacks ? inp.clients.length : 1));
   const owners: Owner[] = inp.clients.map((data, index) => {
     const o: Owner = {
       index,

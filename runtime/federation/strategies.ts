@@ -8,7 +8,7 @@
  * Adding a method means adding one object to `STRATEGIES`.
  */
 import { deriveSeed, shuffled } from "../data/rng.ts";
-import { HOLDERS, type RoundAggregation, ZERO_PADDED } from "./aggregation.ts";
+import { HOLDERS, type RoundAggregation, STACKED, ZERO_PADDED } from "./aggregation.ts";
 
 /** Every method compared in the results table. */
 export type Method =
@@ -20,7 +20,8 @@ export type Method =
   | "perfit-e1"
   | "fedsa"
   | "ffa"
-  | "hetlora";
+  | "hetlora"
+  | "flora";
 /** The methods a coordinator serves: all but the frozen base, which has nothing to federate. */
 export type DeployedMethod = Exclude<Method, "base">;
 
@@ -30,6 +31,8 @@ export interface ClientPlan {
   search: boolean;
   /** Use a random mask of the budget instead of importance (ablation). */
   randomMask: boolean;
+  /** FLoRA: the first rank component of this client's slot in the run's stacked layout. */
+  slot?: number;
 }
 
 /** One upload's reported metrics and sample count, as the metrics aggregation sees it. */
@@ -67,10 +70,17 @@ export interface MethodStrategy {
   /** Matrices kept at the run's shared initialisation and never trained (FFA-LoRA: A). */
   readonly frozen?: "A" | "B";
   /**
-   * What a sampled client does in `round`: `firstTime` when it has no mask yet; `researchEvery`
-   * re-runs the search every k rounds (0 = only the first time).
+   * FLoRA's stacking: the run's layout holds one slot of r·max e rank components per client (its
+   * join order), a client receives every slot, merges their product into its own copy of the base
+   * and starts a fresh LoRA in its slot every round.
    */
-  configure(round: number, firstTime: boolean, researchEvery: number): ClientPlan;
+  readonly stacks?: boolean;
+  /**
+   * What a sampled client does in `round`: `firstTime` when it has no mask yet; `researchEvery`
+   * re-runs the search every k rounds (0 = only the first time); `slot` is where its slot would
+   * start in a stacked layout.
+   */
+  configure(round: number, firstTime: boolean, researchEvery: number, slot: number): ClientPlan;
   /** The round's metrics from its accepted uploads: sample-weighted means. */
   aggregateMetrics(uploads: ReportedMetrics[]): Record<string, number>;
   /** How an accepted upload is folded into the round (runtime/federation/aggregation.ts). */
@@ -182,6 +192,22 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     personalMask: true,
     configure: noSearch,
     aggregation: ZERO_PADDED,
+  },
+  // FLoRA (Wang et al., NeurIPS 2024; authors' code ATP-1010/FederatedLLM, main.py and
+  // fed_utils/model_aggregation.py with stacking and heter): each client trains a fresh LoRA of its
+  // tier's rank every round (PEFT's init: A random, B zero; alpha/r the same for every rank); the
+  // server stacks the A's (scaled by the sample weights p_k) and the B's, and the stacked product is
+  // merged into the base (merge_and_unload) before the next round. The merged base travels as the
+  // stack: every client downloads every slot's A and B and merges them into its own copy of the base.
+  flora: {
+    ...base,
+    name: "flora",
+    deployed: true,
+    expands: true,
+    personalMask: true,
+    stacks: true,
+    configure: (_round, _first, _every, slot) => ({ search: false, randomMask: false, slot }),
+    aggregation: STACKED,
   },
 };
 

@@ -5,6 +5,7 @@ import type { Allocation, PruneSchedule } from "../perfit/prune.ts";
 import type { ImportanceOptions } from "../perfit/importance.ts";
 import type { TierTable } from "../perfit/expansion.ts";
 import type { TargetModule } from "../model/lora.ts";
+import type { LoadedModel } from "../model/load.ts";
 import type { Method } from "./strategies.ts";
 
 /** The part of the model engine a client needs (structurally the `Engine` of runtime/model/engine.ts). */
@@ -20,6 +21,10 @@ export interface TrainEngine {
     adapter: Float32Array,
     mask?: Float32Array | Uint8Array,
   ): Promise<{ nllSum: number; tokens: number }>;
+  /** The base model it runs over (engines that can change base: FLoRA merges into it). */
+  readonly model?: LoadedModel;
+  /** The same graphs over other base weights of the same shapes (`Engine.rebased`). */
+  rebased?(model: LoadedModel): Promise<TrainEngine>;
 }
 
 /** Creates (or returns a cached) engine for LoRA rank `rank`, with the scale alpha / base rank. */

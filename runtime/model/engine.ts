@@ -162,7 +162,8 @@ function num(out: { data: ArrayLike<number | bigint> }): number {
 
 /** LoRA training and evaluation over one base model. */
 export class Engine {
-  private evalSession?: Promise<GraphSession>;
+  /** Shared with the engines `rebased` makes, which run the same graphs. */
+  private evalSession: { p?: Promise<GraphSession> } = {};
   private maskBuf: Float32Array;
   private onesMask?: Float32Array;
 
@@ -176,8 +177,44 @@ export class Engine {
     private readonly weightFeeds: Record<string, Feed>,
     private readonly sessionOpts: SessionOptions,
     private readonly graphOpts: LoraGraphOptions,
+    private readonly created: { spec: LoraSpec; opts: EngineOptions },
   ) {
     this.maskBuf = new Float32Array(layout.size);
+  }
+
+  /**
+   * The same LoRA graphs over other base weights of the same shapes (FLoRA merges every round's
+   * aggregate into its base). With weights fed as inputs the sessions are shared and only the
+   * feeds change; with weights baked in as constants the graphs are built again.
+   */
+  async rebased(model: LoadedModel): Promise<Engine> {
+    for (const [name, t] of this.model.weights) {
+      const u = model.weights.get(name);
+      if (!u || u.shape.join() !== t.shape.join()) throw new EngineError(`rebased weights differ at ${name}`);
+    }
+    if (this.weightMode !== "inputs") {
+      return await Engine.create(model, this.created.spec, { ...this.created.opts, backend: this.backend });
+    }
+    const kernel = kernelWeights(model);
+    const feeds: Record<string, Feed> = {};
+    for (const key of Object.keys(this.weightFeeds)) {
+      const k = kernel.get(key.slice(2))!;
+      feeds[key] = { data: k.data, dims: k.shape };
+    }
+    const e = new Engine(
+      model,
+      this.layout,
+      this.backend,
+      this.scale,
+      this.weightMode,
+      this.trainSession,
+      feeds,
+      this.sessionOpts,
+      this.graphOpts,
+      this.created,
+    );
+    e.evalSession = this.evalSession;
+    return e;
   }
 
   /** Builds the train-step graph and opens its session. */
@@ -204,6 +241,7 @@ export class Engine {
       weightFeedsOf(built, kernel),
       sessionOpts,
       graphOpts,
+      { spec, opts },
     );
   }
 
@@ -262,7 +300,7 @@ export class Engine {
     adapter: Float32Array,
     mask?: Float32Array | Uint8Array,
   ): Promise<{ nllSum: number; tokens: number }> {
-    this.evalSession ??= (async () => {
+    this.evalSession.p ??= (async () => {
       const built = buildLoraEvalGraph(
         this.model.config,
         this.layout,
@@ -273,7 +311,7 @@ export class Engine {
       );
       return await createSession(built.onnx, this.sessionOpts);
     })();
-    const session = await this.evalSession;
+    const session = await this.evalSession.p;
     const feeds = {
       ...batchFeeds(this.model.config, batch),
       ...this.loraFeeds(adapter, mask),

@@ -31,12 +31,12 @@ export function rankLayout(layout: AdapterLayout, rank: number): AdapterLayout {
   return { rank, entries, size: offset };
 }
 
-function checkPair(small: AdapterLayout, big: AdapterLayout): void {
+function checkPair(small: AdapterLayout, big: AdapterLayout, at = 0): void {
   if (small.entries.length !== big.entries.length) {
     throw new LayoutError(`layouts differ: ${small.entries.length} vs ${big.entries.length} entries`);
   }
-  if (small.rank > big.rank) {
-    throw new LayoutError(`client rank ${small.rank} exceeds global rank ${big.rank}`);
+  if (!Number.isInteger(at) || at < 0 || small.rank + at > big.rank) {
+    throw new LayoutError(`client rank ${small.rank} at component ${at} exceeds global rank ${big.rank}`);
   }
   for (let i = 0; i < small.entries.length; i++) {
     const a = small.entries[i];
@@ -47,9 +47,19 @@ function checkPair(small: AdapterLayout, big: AdapterLayout): void {
 
 type Flat = Float32Array | Uint8Array;
 
-/** Copies a client-layout vector into the global layout (other positions of `out` are zeroed). */
-export function embed<T extends Flat>(client: AdapterLayout, values: T, global: AdapterLayout, out?: T): T {
-  checkPair(client, global);
+/**
+ * Copies a client-layout vector into the global layout (other positions of `out` are zeroed). The
+ * client's components go to the global components from `at` on (default 0: the leading ones; FLoRA's
+ * slots sit further on).
+ */
+export function embed<T extends Flat>(
+  client: AdapterLayout,
+  values: T,
+  global: AdapterLayout,
+  out?: T,
+  at = 0,
+): T {
+  checkPair(client, global, at);
   if (values.length !== client.size) {
     throw new LayoutError(`values length ${values.length} != client layout ${client.size}`);
   }
@@ -58,13 +68,19 @@ export function embed<T extends Flat>(client: AdapterLayout, values: T, global: 
     throw new LayoutError(`out length ${dst.length} != global layout ${global.size}`);
   }
   dst.fill(0);
-  forEachRow(client, global, (src, dstOff, len) => dst.set(values.subarray(src, src + len), dstOff));
+  forEachRow(client, global, (src, dstOff, len) => dst.set(values.subarray(src, src + len), dstOff), at);
   return dst;
 }
 
 /** Reads a client-layout vector out of a global-layout vector (the inverse of `embed`). */
-export function extract<T extends Flat>(global: AdapterLayout, values: T, client: AdapterLayout, out?: T): T {
-  checkPair(client, global);
+export function extract<T extends Flat>(
+  global: AdapterLayout,
+  values: T,
+  client: AdapterLayout,
+  out?: T,
+  at = 0,
+): T {
+  checkPair(client, global, at);
   if (values.length !== global.size) {
     throw new LayoutError(`values length ${values.length} != global layout ${global.size}`);
   }
@@ -72,7 +88,7 @@ export function extract<T extends Flat>(global: AdapterLayout, values: T, client
   if (dst.length !== client.size) {
     throw new LayoutError(`out length ${dst.length} != client layout ${client.size}`);
   }
-  forEachRow(client, global, (src, dstOff, len) => dst.set(values.subarray(dstOff, dstOff + len), src));
+  forEachRow(client, global, (src, dstOff, len) => dst.set(values.subarray(dstOff, dstOff + len), src), at);
   return dst;
 }
 
@@ -81,17 +97,18 @@ function forEachRow(
   client: AdapterLayout,
   global: AdapterLayout,
   fn: (c: number, g: number, len: number) => void,
+  at: number,
 ) {
   for (let i = 0; i < client.entries.length; i++) {
     const c = client.entries[i];
     const g = global.entries[i];
     if (c.kind === "A") {
-      // Rows of A are the rank dimension: the client's rows are the leading rows.
-      fn(c.offset, g.offset, c.size);
+      // Rows of A are the rank dimension: the client's rows are rows at, at + 1, ...
+      fn(c.offset, g.offset + at * c.shape[1], c.size);
     } else {
       const [out, rc] = c.shape;
       const rg = g.shape[1];
-      for (let row = 0; row < out; row++) fn(c.offset + row * rc, g.offset + row * rg, rc);
+      for (let row = 0; row < out; row++) fn(c.offset + row * rc, g.offset + row * rg + at, rc);
     }
   }
 }

@@ -1,0 +1,134 @@
+/**
+ * FLoRA's client side and its stacking: the base with a round's stack merged computes what the
+ * original base computes with that stack as a LoRA of the whole stacked rank; a rebased engine
+ * shares its sessions; and the coordinator's stacked fold gives every slot p_k·A_k and B_k.
+ */
+import assert from "node:assert/strict";
+import { Engine } from "../runtime/model/engine.ts";
+import { adapterLayout } from "../runtime/model/lora.ts";
+import { freshAdapter, MergedBase, slotMask } from "../runtime/client/flora.ts";
+import { rankLayout } from "../runtime/perfit/layout.ts";
+import { foldTerms, STACKED } from "../runtime/federation/aggregation.ts";
+import { scalarKernels } from "../runtime/kernels/mod.ts";
+import { perturbedAdapter, randomBatch, tinyModel } from "./model_fixtures.ts";
+
+Deno.test("flora: the base with the stack merged equals the original base with the stack as one LoRA", async () => {
+  const { model } = await tinyModel({ seed: 5 });
+  const targets = ["q", "v", "down"] as const;
+  const alpha = 4, r = 2;
+  // The stacked rank (3 slots of rank 2) evaluated as a LoRA over the original base...
+  const stacked = await Engine.create(model, { rank: 6, alpha, targets: [...targets], baseRank: r }, {
+    backend: "node",
+  });
+  const stack = perturbedAdapter(stacked.layout.size, 21);
+  const batch = randomBatch(model.config.vocabSize, [9, 7], 10, 3);
+  const want = await stacked.evalNll(batch, stack);
+  // ...and a rank-2 client's engine over the merged base with a zero LoRA.
+  const own = await Engine.create(model, { rank: r, alpha, targets: [...targets], baseRank: r }, {
+    backend: "node",
+  });
+  const base = new MergedBase(own);
+  const merged = await base.engineFor(1, stacked.layout, stack, alpha / r);
+  assert.equal(base.mergedRound, 1);
+  assert.notEqual(merged, own);
+  const got = await merged.evalNll(batch, new Float32Array(own.layout.size));
+  assert.equal(got.tokens, want.tokens);
+  assert.ok(
+    Math.abs(got.nllSum - want.nllSum) < 1e-4 * Math.abs(want.nllSum),
+    `${got.nllSum} vs ${want.nllSum}`,
+  );
+  // The original engine is untouched, a round is merged once, and rounds only go forward.
+  const plain = await own.evalNll(batch, new Float32Array(own.layout.size));
+  assert.notEqual(plain.nllSum, got.nllSum);
+  assert.equal(await base.engineFor(1, stacked.layout, stack, alpha / r), merged);
+  await assert.rejects(() => base.engineFor(0, stacked.layout, stack, alpha / r), /older/);
+});
+
+Deno.test("flora: a fresh LoRA per round (A random, B zero) and a slot after the earlier ones", () => {
+  const global = adapterLayout({ ...tinyConfigLike(), numLayers: 1 }, { rank: 8, alpha: 8, targets: ["q"] });
+  const own = rankLayout(global, 2);
+  const a1 = freshAdapter(own, 7, 1, 4), a2 = freshAdapter(own, 7, 2, 4);
+  assert.notDeepEqual(a1, a2);
+  for (const e of own.entries) {
+    const part = a1.subarray(e.offset, e.offset + e.size);
+    assert.ok(e.kind === "A" ? part.some((x) => x !== 0) : part.every((x) => x === 0), e.name);
+  }
+  const m = slotMask(own, global, 4);
+  const [A, B] = global.entries;
+  // A's rows 4 and 5, and B's columns 4 and 5, nothing else.
+  for (let row = 0; row < A.shape[0]; row++) {
+    for (let c = 0; c < A.shape[1]; c++) {
+      assert.equal(m[A.offset + row * A.shape[1] + c], row === 4 || row === 5 ? 1 : 0);
+    }
+  }
+  for (let o = 0; o < B.shape[0]; o++) {
+    for (let k = 0; k < B.shape[1]; k++) {
+      assert.equal(m[B.offset + o * B.shape[1] + k], k === 4 || k === 5 ? 1 : 0);
+    }
+  }
+  assert.throws(() => slotMask(own, global, 7), /exceeds/);
+});
+
+Deno.test("flora: the stacked fold gives each slot p_k·A_k and B_k; an absent slot's A is zero", () => {
+  const global = adapterLayout(tinyConfigLike(), { rank: 6, alpha: 4, targets: ["q", "v"] });
+  const own = rankLayout(global, 2);
+  const n = global.size;
+  const sum = new Float32Array(n), weight = new Float32Array(n);
+  const uploads = [{ slot: 0, samples: 10 }, { slot: 2, samples: 30 }].map((u, i) => {
+    const mask = slotMask(own, global, 2 * u.slot);
+    const positions: number[] = [];
+    mask.forEach((v, p) => v && positions.push(p));
+    const values = perturbedAdapter(positions.length, 40 + i); // in bit order
+    const dense = new Float32Array(n);
+    positions.forEach((p, r) => (dense[p] = values[r]));
+    const bits = scalarKernels.maskToBits(mask);
+    for (const t of foldTerms(STACKED, { bits, values, weight: u.samples }, n, global)) {
+      scalarKernels.accumulateSparse(
+        sum.subarray(t.start, t.start + t.length),
+        weight.subarray(t.start, t.start + t.length),
+        t.bits,
+        t.values,
+        t.weight,
+      );
+    }
+    return { ...u, dense, mask };
+  });
+  const out = new Float32Array(n);
+  scalarKernels.finalize(sum, weight, new Float32Array(n), out);
+  const total = 40;
+  for (const e of global.entries) {
+    for (let i = 0; i < e.size; i++) {
+      const p = e.offset + i;
+      const holder = uploads.find((u) => u.mask[p]);
+      if (e.kind === "A") {
+        const want = holder ? (holder.samples / total) * holder.dense[p] : 0;
+        assert.ok(Math.abs(out[p] - want) < 1e-6, `A at ${p}: ${out[p]} vs ${want}`);
+        assert.equal(weight[p], total);
+      } else {
+        // One holder: its value back, up to the f32 rounding of (n·v)/n.
+        const want = holder ? holder.dense[p] : 0;
+        assert.ok(Math.abs(out[p] - want) <= 1e-7 * Math.abs(want), `B at ${p}: ${out[p]} vs ${want}`);
+      }
+    }
+  }
+});
+
+function tinyConfigLike() {
+  return {
+    modelType: "llama" as const,
+    vocabSize: 50,
+    hiddenSize: 8,
+    intermediateSize: 16,
+    numLayers: 2,
+    numHeads: 2,
+    numKvHeads: 1,
+    headDim: 4,
+    rmsNormEps: 1e-5,
+    ropeTheta: 10000,
+    maxPositionEmbeddings: 64,
+    tieWordEmbeddings: true,
+    qkvBias: false,
+    oBias: false,
+    mlpBias: false,
+  };
+}
