@@ -7,8 +7,11 @@
  *   deno task admin show RUN
  *   deno task admin metrics RUN [--out metrics.json]
  *   deno task admin masks RUN --out masks.safetensors
- *   deno task admin adapter RUN --out global.safetensors
+ *   deno task admin adapter RUN --out DIR            # the global adapter as a PEFT folder (--raw: as served)
+ *   deno task admin cancel RUN                       # no more joins, tasks or uploads; reads still answer
+ *   deno task admin delete RUN --yes                 # every key of the run, for good
  *
+ * A command on one run takes its id as the first argument or as --run RUN.
  * `create` computes the adapter size and budget from the model folder's config.json (it sends the config as
  * `model`, and the coordinator derives the sizes from it): no made-up `adapterSize`. The body is checked
  * here with the coordinator's own validation first, so a bad flag or `train` key is one line and exit 2.
@@ -22,6 +25,10 @@ import { parseTrainSettings, TRAIN_SETTINGS, type TrainSettings } from "../runti
 import { decodeSafetensors, encodeSafetensors } from "../runtime/io/safetensors.ts";
 import { parseRunConfig } from "../server/run_config.ts";
 import { ApiError } from "../server/errors.ts";
+import { decodeGlobalAdapter, globalPeftAdapter } from "../runtime/client/global_adapter.ts";
+import { readConfigFile } from "../runtime/model/config.ts";
+import { writePeftAdapter } from "../runtime/export/write.ts";
+import { popcountBits } from "../runtime/kernels/bits.ts";
 
 /** The bundled base model (the default of `create --model`). */
 const BUNDLED_MODEL = new URL("../models/perfit-tiny", import.meta.url).pathname;
@@ -145,14 +152,19 @@ const listCli = defineCli({
   flags: { ...CONNECTION, json },
 });
 
-const runArg = [{ name: "RUN", help: "the run id (deno task admin list)" }];
+const runArg = [{ name: "RUN", help: "the run id (deno task admin list), or --run RUN" }];
+/** Every command on one run: the first argument or --run names it, and --server/--admin-token reach it. */
+const ON_RUN = {
+  ...CONNECTION,
+  run: { type: "string", value: "RUN", defaultText: "the first argument", help: "the run id" },
+} as const satisfies FlagTable;
 
 const showCli = defineCli({
   name: "admin show",
   usage: "deno task admin show RUN [flags]",
   summary: "Shows a run: its config, status and open round (JSON).",
   positionals: runArg,
-  flags: { ...CONNECTION },
+  flags: { ...ON_RUN },
 });
 
 const metricsCli = defineCli({
@@ -160,7 +172,7 @@ const metricsCli = defineCli({
   usage: "deno task admin metrics RUN [flags]",
   summary: "Downloads a run's metrics: every round with each accepted upload's metrics (JSON).",
   positionals: runArg,
-  flags: { ...CONNECTION, out: { ...out("the JSON"), defaultText: "stdout" } },
+  flags: { ...ON_RUN, out: { ...out("the JSON"), defaultText: "stdout" } },
 });
 
 const masksCli = defineCli({
@@ -168,15 +180,48 @@ const masksCli = defineCli({
   usage: "deno task admin masks RUN --out FILE [flags]",
   summary: "Downloads every client's latest mask as one safetensors file (one U32 bitmask per client id).",
   positionals: runArg,
-  flags: { ...CONNECTION, out: out("the safetensors file") },
+  flags: { ...ON_RUN, out: out("the safetensors file") },
 });
 
 const adapterCli = defineCli({
   name: "admin adapter",
-  usage: "deno task admin adapter RUN --out FILE [flags]",
-  summary: "Downloads the run's global (aggregated) adapter, as the coordinator serves it.",
+  usage: "deno task admin adapter RUN --out DIR [flags]",
+  summary: "Downloads the run's global (aggregated) adapter as a PEFT folder (PeftModel.from_pretrained).\n" +
+    "Rank r · the largest tier; a position no round aggregated is 0. --raw writes the coordinator's body\n" +
+    "instead: values and covered bitmask in the global layout (safetensors, runtime/client/global_adapter.ts).",
   positionals: runArg,
-  flags: { ...CONNECTION, out: out("the adapter") },
+  flags: {
+    ...ON_RUN,
+    out: {
+      type: "string",
+      value: "PATH",
+      help: "the PEFT folder to write (adapter_config.json, adapter_model.safetensors); with --raw, a file",
+    },
+    model: {
+      type: "string",
+      value: "DIR",
+      validate: isDirectory,
+      defaultText: "the model config the run was created with",
+      help: "model folder whose config.json lays the adapter out (for runs created without one)",
+    },
+    raw: { type: "boolean", help: "write the coordinator's safetensors body as it is, not a PEFT folder" },
+  },
+});
+
+const cancelCli = defineCli({
+  name: "admin cancel",
+  usage: "deno task admin cancel RUN [flags]",
+  summary: "Cancels an active run: no more joins, tasks or uploads (409 run_cancelled); reads still answer.",
+  positionals: runArg,
+  flags: { ...ON_RUN, json },
+});
+
+const deleteCli = defineCli({
+  name: "admin delete",
+  usage: "deno task admin delete RUN --yes [flags]",
+  summary: "Deletes a run and everything the coordinator keeps of it (an active run is cancelled first).",
+  positionals: runArg,
+  flags: { ...ON_RUN, yes: { type: "boolean", help: "yes, delete it for good (required)" } },
 });
 
 /** Every command. */
@@ -187,6 +232,8 @@ export const ADMIN_COMMANDS = {
   metrics: metricsCli,
   masks: masksCli,
   adapter: adapterCli,
+  cancel: cancelCli,
+  delete: deleteCli,
 } as const;
 type Command = keyof typeof ADMIN_COMMANDS;
 
@@ -415,9 +462,14 @@ const needOut = (o: string | undefined, cmd: string): string => {
   return o;
 };
 
-const needRun = (p: string[], cmd: string): string => {
-  if (!p[0]) throw new UsageError(`${cmd} needs the run id: deno task admin ${cmd} RUN`);
-  return encodeURIComponent(p[0]);
+/** The run id of a one-run command: its argument or --run (the same one if both). */
+const needRun = (p: string[], flag: string | undefined, cmd: string): string => {
+  if (p[0] !== undefined && flag !== undefined && p[0] !== flag) {
+    throw new UsageError(`${cmd}: two run ids (${p[0]} and --run ${flag}); give one`);
+  }
+  const run = p[0] ?? flag;
+  if (!run) throw new UsageError(`${cmd} needs the run id: deno task admin ${cmd} RUN (or --run RUN)`);
+  return encodeURIComponent(run);
 };
 
 /** Runs one admin command; returns the exit code. */
@@ -463,13 +515,13 @@ export async function adminMain(argv: string[]): Promise<number> {
     }
     case "show": {
       const { values: f, sources } = parsed as ReturnType<typeof showCli.tryParse>;
-      const run = needRun(positionals, "show");
+      const run = needRun(positionals, f.run, "show");
       console.log(JSON.stringify(await connect(f, sources).json("GET", `/v1/runs/${run}`), null, 1));
       return 0;
     }
     case "metrics": {
       const { values: f, sources } = parsed as ReturnType<typeof metricsCli.tryParse>;
-      const run = needRun(positionals, "metrics");
+      const run = needRun(positionals, f.run, "metrics");
       const text = JSON.stringify(await connect(f, sources).json("GET", `/v1/runs/${run}/metrics`), null, 1);
       if (f.out) {
         await write(f.out, text + "\n");
@@ -479,7 +531,7 @@ export async function adminMain(argv: string[]): Promise<number> {
     }
     case "masks": {
       const { values: f, sources } = parsed as ReturnType<typeof masksCli.tryParse>;
-      const run = needRun(positionals, "masks");
+      const run = needRun(positionals, f.run, "masks");
       const path = needOut(f.out, "masks");
       const admin = connect(f, sources);
       // The route pages by 256 clients: fetch every page, write one file.
@@ -499,22 +551,52 @@ export async function adminMain(argv: string[]): Promise<number> {
     }
     case "adapter": {
       const { values: f, sources } = parsed as ReturnType<typeof adapterCli.tryParse>;
-      const run = needRun(positionals, "adapter");
+      const run = needRun(positionals, f.run, "adapter");
       const path = needOut(f.out, "adapter");
-      let bytes: Uint8Array;
-      try {
-        bytes = await connect(f, sources).bytes(`/v1/runs/${run}/adapter`);
-      } catch (e) {
-        if (e instanceof AdminError && /no such route/.test(e.message)) {
-          throw new AdminError(
-            `this coordinator does not serve the global adapter yet (no GET /v1/runs/{run}/adapter route); ` +
-              `a client's adapter is exported by the client (PEFT folder)`,
-          );
-        }
-        throw e;
+      const admin = connect(f, sources);
+      const model = f.model === undefined ? undefined : await readConfigFile(f.model);
+      const bytes = await admin.bytes(`/v1/runs/${run}/adapter`);
+      if (f.raw) {
+        await write(path, bytes);
+        console.error(`wrote ${path} (${bytes.length} bytes)`);
+        return 0;
       }
-      await write(path, bytes);
-      console.error(`wrote ${path} (${bytes.length} bytes)`);
+      const g = decodeGlobalAdapter(bytes);
+      if (!g.model && !model) {
+        throw new UsageError(
+          `run ${g.run} was created without a model config: give --model DIR (the model it was sized for), or --raw`,
+        );
+      }
+      await writePeftAdapter(path, {
+        ...globalPeftAdapter(g, model),
+        baseModel: f.model ?? g.baseModel,
+        metadata: { run: g.run, round: String(g.round), method: g.method },
+      });
+      const covered = popcountBits(g.covered);
+      console.error(
+        `wrote ${path}: the global ${g.method} adapter of ${g.run} after round ${g.round} (${g.status}), ` +
+          `rank ${g.rank}, ${covered} of ${g.adapterSize} positions aggregated` +
+          (g.round === 0 ? " (no round aggregated yet: all zeros)" : ""),
+      );
+      return 0;
+    }
+    case "cancel": {
+      const { values: f, sources } = parsed as ReturnType<typeof cancelCli.tryParse>;
+      const run = needRun(positionals, f.run, "cancel");
+      const res = await connect(f, sources).json<{ run: RunRecordLike }>("POST", `/v1/runs/${run}/cancel`);
+      console.log(f.json ? JSON.stringify(res, null, 1) : `cancelled ${summary(res.run)}`);
+      return 0;
+    }
+    case "delete": {
+      const { values: f, sources } = parsed as ReturnType<typeof deleteCli.tryParse>;
+      const run = needRun(positionals, f.run, "delete");
+      if (!f.yes) {
+        throw new UsageError(
+          `delete removes run ${decodeURIComponent(run)} and all its data for good: add --yes`,
+        );
+      }
+      await connect(f, sources).request("DELETE", `/v1/runs/${run}`);
+      console.log(`deleted ${decodeURIComponent(run)}`);
       return 0;
     }
   }

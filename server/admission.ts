@@ -39,8 +39,21 @@ export function assignTier(cfg: RunConfig, requested: string | undefined, seq: n
   return tiers[seq % tiers.length];
 }
 
-/** Where an upload's round stands against the run's open round. */
+/** 409 for anything but reading a cancelled run (server/run_admin.ts). */
+export const runCancelled = (run: string): ApiError =>
+  conflict(
+    "run_cancelled",
+    `run ${run} was cancelled by the admin: it takes no more joins, tasks or uploads`,
+  );
+
+/** Refuses a request that would change or train a cancelled run. */
+export function refuseCancelled(run: RunRecord): void {
+  if (run.status === "cancelled") throw runCancelled(run.id);
+}
+
+/** Where an upload's round stands against the run's open round (a cancelled run: 409). */
 export function roundPosition(run: RunRecord, round: number): "closed" | "ahead" | "open" {
+  refuseCancelled(run);
   if (round < run.round || run.status === "done") return "closed";
   return round > run.round ? "ahead" : "open";
 }

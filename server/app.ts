@@ -32,7 +32,8 @@ import { parseJoinKey, parseRunConfig } from "./run_config.ts";
 import { inviteCount, inviteUsed, parseCredentials } from "./enrollment.ts";
 import type { RunRecord } from "./records.ts";
 import { decodeUpdate, encodeSlice, WireError } from "../runtime/client/wire.ts";
-import { encodeSafetensors } from "../runtime/io/safetensors.ts";
+import { adminRunRoutes } from "./admin_routes.ts";
+import { refuseCancelled } from "./admission.ts";
 import { openapi } from "./openapi.ts";
 import { errorAnswer } from "./error_answer.ts";
 import { parseTrainSettings } from "../runtime/client/train_settings.ts";
@@ -328,7 +329,10 @@ export function createApp(opts: AppOptions): PerfitApp {
 
   client.get("/task", async (c) => {
     const me = c.var.client;
-    return c.json(await coord.task(me.run, me));
+    const task = await coord.task(me.run, me);
+    // A run without a round is done or cancelled: the cancelled one says so (409 run_cancelled).
+    if (task.status === "done") refuseCancelled((await coord.getRun(me.run, false)).run);
+    return c.json(task);
   });
 
   client.get("/slice", async (c) => {
@@ -342,6 +346,7 @@ export function createApp(opts: AppOptions): PerfitApp {
     const round = intParam(c.req.param("round"), "round");
     // No revalidation read here: the upload's group commit checks the round's versionstamp.
     const { run: r } = await coord.getRun(run, false);
+    refuseCancelled(r); // before reading a body (a state that missed the cancel fails its commit and retries)
     const n = r.config.adapterSize;
     // Dense F32 values + U8 mask is the largest legal form; 64 KiB covers header and metadata.
     const limit = Math.min(maxUpload, n * 5 + 64 * 1024);
@@ -416,6 +421,7 @@ export function createApp(opts: AppOptions): PerfitApp {
   app.post("/v1/runs/:run/clients/:client/token", adminOrClient, async (c) => {
     const run = idParam(c.req.param("run"), "run id");
     const clientId = idParam(c.req.param("client"), "client id");
+    await coord.joinable(run); // 404 for a deleted run (client records are cached)
     if (c.var.viewer.admin) await coord.client(run, clientId); // 404 for a client never joined
     // After a revocation, issue strictly later than it (clocks of two instances may differ).
     const revoked = await revocations.revokedAt(run, clientId, true);
@@ -434,6 +440,7 @@ export function createApp(opts: AppOptions): PerfitApp {
   app.delete("/v1/runs/:run/clients/:client/token", admin, async (c) => {
     const run = idParam(c.req.param("run"), "run id");
     const clientId = idParam(c.req.param("client"), "client id");
+    await coord.joinable(run); // a deleted run's cached client records must not leave a revocation behind
     await coord.client(run, clientId);
     const revokedAt = await revocations.revoke(run, clientId);
     return c.json({ run, clientId, revokedAt });
@@ -454,22 +461,8 @@ export function createApp(opts: AppOptions): PerfitApp {
     );
   });
 
-  app.get("/v1/runs/:run/masks", admin, async (c) => {
-    const run = idParam(c.req.param("run"), "run id");
-    const offset = intParam(c.req.query("offset") ?? "0", "offset");
-    const limit = Math.min(256, Math.max(1, intParam(c.req.query("limit") ?? "64", "limit")));
-    const { run: r } = await coord.getRun(run);
-    const masks = await coord.masks(run, offset, limit);
-    const tensors: Record<string, { dtype: "U32"; shape: number[]; data: Uint32Array }> = {};
-    for (const m of masks) tensors[m.client] = { dtype: "U32", shape: [m.bits.length], data: m.bits };
-    const body = encodeSafetensors(tensors, {
-      format: "perfit-masks/1",
-      run,
-      adapterSize: String(r.config.adapterSize),
-      rounds: JSON.stringify(Object.fromEntries(masks.map((m) => [m.client, m.round]))),
-    });
-    return c.body(body as Uint8Array<ArrayBuffer>, 200, { "content-type": "application/octet-stream" });
-  });
+  // Masks, the global adapter, cancel and delete (server/admin_routes.ts, server/run_admin.ts).
+  app.route("/v1/runs", adminRunRoutes(coord, admin));
 
   const tickMs = config.tickMs ?? 1000;
   const timer = tickMs > 0 ? setInterval(() => coord.tick().catch(() => {}), tickMs) : undefined;

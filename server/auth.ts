@@ -15,7 +15,7 @@ import { type Context, createMiddleware } from "../runtime/deps.ts";
 import { ApiError, forbidden, unauthorized } from "./errors.ts";
 import { idParam } from "./params.ts";
 import type { TokenBuckets } from "./ratelimit.ts";
-import type { ClientRecord } from "./records.ts";
+import { type ClientRecord, K } from "./records.ts";
 import { adminTokenMatches, type ClientClaims, type TokenSigner } from "./tokens.ts";
 import { BoundedCache } from "./bounded_cache.ts";
 
@@ -29,7 +29,7 @@ export type Viewer = { admin: true } | { admin: false; client: ClientRecord };
 export type ViewerVars = { Variables: { viewer: Viewer } };
 
 /** KV key of a client's revocation record `{at}`: tokens issued at or before `at` are refused. */
-export const revokedKey = (run: string, client: string): Deno.KvKey => ["revoked", run, client];
+export const revokedKey = (run: string, client: string): Deno.KvKey => K.revoked(run, client);
 
 /** Per-client token revocations in KV, with a short per-instance cache of what was read. */
 export class Revocations {

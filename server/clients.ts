@@ -7,7 +7,7 @@ import { type ClientRecord, K, type RunRecord } from "./records.ts";
 import type { RunConfig } from "./run_config.ts";
 import { b64url } from "./tokens.ts";
 import { BoundedCache } from "./bounded_cache.ts";
-import { assignTier, checkTier } from "./admission.ts";
+import { assignTier, checkTier, runCancelled } from "./admission.ts";
 import { RetryableError } from "./run_state.ts";
 import {
   checkJoinKey,
@@ -30,8 +30,10 @@ const CLIENT_CACHE = 50_000;
 /** What a join needs to know of its run. */
 export interface JoinTarget {
   id: string;
-  done: boolean;
+  status: RunRecord["status"];
   config: RunConfig;
+  /** The run record as read: the join commits only if it is unchanged (not cancelled nor deleted since). */
+  entry: Deno.KvEntryMaybe<RunRecord>;
 }
 
 /** Joins and client records of every run. */
@@ -55,14 +57,15 @@ export class ClientRegistry {
     // The run record alone (one small read), not the run's state: a join that its enrollment
     // refuses loads nothing (a state holds 8·N bytes of accumulators).
     const run = async (): Promise<JoinTarget> => {
-      const r = (await this.kv.get<RunRecord>(K.run(runId))).value;
+      const entry = await this.kv.get<RunRecord>(K.run(runId));
+      const r = entry.value;
       if (!r) throw notFound(`no run ${runId}`);
-      return { id: runId, done: r.status === "done", config: r.config };
+      return { id: runId, status: r.status, config: r.config, entry };
     };
     // Joins of one run are serialized in-process so the counter check rarely conflicts; the
     // versionstamp check still guards against other instances (Deno Deploy), with retries.
     const prev = this.locks.get(runId) ?? Promise.resolve();
-    const p = prev.then(async () => this.joinOnce(await run(), req));
+    const p = prev.then(() => this.joinOnce(run, req));
     const tail = p.catch(() => {});
     this.locks.set(runId, tail);
     tail.then(() => {
@@ -76,14 +79,21 @@ export class ClientRegistry {
     return [...this.locks.values()];
   }
 
-  private async joinOnce(run: JoinTarget, req: JoinRequest): Promise<ClientRecord> {
+  private async joinOnce(read: () => Promise<JoinTarget>, req: JoinRequest): Promise<ClientRecord> {
+    let run = await read();
     const { id: runId, config: cfg } = run;
     // Enrollment first: someone without a key or invite learns nothing more about the run.
     const enrollment = cfg.enrollment ?? "open";
     if (enrollment === "key") await checkJoinKey(this.kv, runId, req.key);
-    if (run.done) throw gone("run_done", `run ${runId} has finished`);
+    const ended = (status: RunRecord["status"]) => {
+      if (status === "done") throw gone("run_done", `run ${runId} has finished`);
+      if (status === "cancelled") throw runCancelled(runId);
+    };
+    ended(run.status);
     checkTier(cfg, req.tier);
     for (let attempt = 0; attempt < 20; attempt++) {
+      // Re-read after a failed commit: a round close changes the record, a cancel or delete ends the run.
+      if (attempt > 0) ended((run = await read()).status);
       let invite: PresentedInvite | null = null;
       if (enrollment === "invite") {
         invite = await findInvite(this.kv, runId, req.invite);
@@ -110,6 +120,7 @@ export class ClientRegistry {
         seq,
       };
       const op = this.kv.atomic()
+        .check(run.entry)
         .check(cnt)
         .check({ key: K.client(runId, id), versionstamp: null })
         .set(K.clientCount(runId), { count: seq + 1 })

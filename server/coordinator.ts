@@ -10,6 +10,7 @@
  *   clients.ts       joins and client records
  *   sweep.ts         what a crash left behind, deleted when a run is first loaded
  *   read_model.ts    every read of KV for display
+ *   run_admin.ts     cancel and delete a run, and its global adapter for the admin (`admin`)
  */
 import { chunkCount } from "./kv_chunks.ts";
 import type { TaskInfo } from "../runtime/client/federated_client.ts";
@@ -45,6 +46,7 @@ import { MaskStore } from "./mask_store.ts";
 import { openRound, RoundCloser } from "./round_close.ts";
 import { deferred, type Pending, RetryableError, RunCache, type RunState } from "./run_state.ts";
 import { sweepRun } from "./sweep.ts";
+import { RunAdmin } from "./run_admin.ts";
 import { ruleFor } from "./robust.ts";
 import { accepted, type EventLog, joined, runCreated, silentLog } from "./event_log.ts";
 
@@ -78,7 +80,7 @@ export class Coordinator {
   private readonly maskStore: MaskStore;
   private readonly commits: GroupCommit;
   private readonly closer: RoundCloser;
-  /** Runs this instance has swept (see sweep.ts): once per run and instance is enough. */
+  /** Runs swept here (sweep.ts), once per run and status: a run found ended is swept once more. */
   private readonly swept = new BoundedCache<true>(10_000);
   /**
    * Clean-up that no request waits for (deleting a closed round's accumulators, replaced masks, an
@@ -88,6 +90,8 @@ export class Coordinator {
    */
   private readonly cleanups = new Set<Promise<void>>();
   private readonly clients: ClientRegistry;
+  /** Cancel, delete and the global adapter of runs (run_admin.ts). */
+  readonly admin: RunAdmin;
 
   /**
    * `folder` runs the folds (default: a Worker where the platform has one, see folder.ts); the
@@ -124,13 +128,14 @@ export class Coordinator {
       cleanUp,
       this.events,
     );
+    this.admin = new RunAdmin(kv, now, this.runs, this.closer, this.events, cleanUp);
   }
 
   /** A freshly loaded run: sweep what a crash left, and close a round that a crash left full. */
   private loaded(st: RunState): void {
-    const id = st.run.id;
-    if (!this.swept.get(id)) {
-      this.swept.set(id, true);
+    const key = `${st.run.id}/${st.run.status}`;
+    if (!this.swept.get(key)) {
+      this.swept.set(key, true);
       this.cleanUp(sweepRun(this.kv, st.run, [...st.uploads.values()], this.now()));
     }
     if (st.round && roundComplete(st.run.config, st.round, st.uploads.size)) {
@@ -179,9 +184,7 @@ export class Coordinator {
 
   /** Every run, newest first. */
   async listRuns(): Promise<RunRecord[]> {
-    const out: RunRecord[] = [];
-    for await (const e of this.kv.list<RunRecord>({ prefix: K.runs() })) out.push(e.value);
-    return out.sort((a, b) => b.createdAt - a.createdAt);
+    return (await this.reads.runs()).sort((a, b) => b.createdAt - a.createdAt);
   }
 
   /** A run (after closing its round if the deadline passed with a quorum). */
@@ -318,7 +321,7 @@ export class Coordinator {
   ): Promise<UploadResult> {
     let st = await this.runs.get(runId, false);
     // Another instance may have moved the run on: check with KV before refusing a round mismatch.
-    if (round !== st.run.round || st.run.status === "done") {
+    if (round !== st.run.round || st.run.status !== "active") {
       st = await this.runs.get(runId);
       // A close of ours in flight (or one about to lose to another instance's) decides the round.
       if (round > st.run.round && st.closing) {
@@ -413,8 +416,7 @@ export class Coordinator {
 
   /** Rounds timeline with per-client metrics, for dashboards (read model: server/read_model.ts). */
   async metrics(runId: string): Promise<RunMetrics> {
-    const { run } = await this.getRun(runId);
-    return await this.reads.metrics(run);
+    return await this.reads.metrics((await this.getRun(runId)).run);
   }
 
   /** Latest mask bitmask of each client (paged), for overlap (Jaccard) and budget-spread views. */

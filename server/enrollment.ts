@@ -154,7 +154,7 @@ export async function joinKeyFor(
 
 /**
  * Issues `count` single-use invites to a run with enrollment "invite" (409 `enrollment_mismatch`
- * otherwise, 410 once it finished). Returns the tokens; KV keeps only their hashes.
+ * otherwise, 410 once it finished, 409 `run_cancelled` once cancelled). Returns the tokens; KV keeps only their hashes.
  */
 export async function issueInvites(
   kv: Deno.Kv,
@@ -167,6 +167,9 @@ export async function issueInvites(
     throw conflict("enrollment_mismatch", `run ${run.id} does not take invites (enrollment ${enrollment})`);
   }
   if (run.status === "done") throw gone("run_done", `run ${run.id} has finished`);
+  if (run.status === "cancelled") {
+    throw conflict("run_cancelled", `run ${run.id} was cancelled by the admin: it takes no more joins`);
+  }
   const invites = await Promise.all(Array.from({ length: count }, () => newInvite(now)));
   // 2 mutations per invite: at most 400 invites per atomic operation (KV allows 1000 mutations).
   for (let i = 0; i < invites.length; i += 400) {

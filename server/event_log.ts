@@ -15,6 +15,8 @@ export type CoordinatorEvent =
   | { kind: "accepted"; run: string; round: number; accepted: number; clientsPerRound: number }
   | { kind: "round_closed"; run: string; round: number; clients: number; samples: number; seconds: number }
   | { kind: "run_finished"; run: string; rounds: number }
+  | { kind: "run_cancelled"; run: string; round: number }
+  | { kind: "run_deleted"; run: string }
   | { kind: "refused"; status: number; code: string };
 
 /** The events of a new run: created, and its first round open. */
@@ -77,6 +79,10 @@ export function formatEvent(e: CoordinatorEvent | RefusalSummary | AcceptedSumma
       } s`;
     case "run_finished":
       return `run ${e.run} finished after ${e.rounds} rounds`;
+    case "run_cancelled":
+      return `run ${e.run} cancelled by the admin in round ${e.round}`;
+    case "run_deleted":
+      return `run ${e.run} deleted by the admin`;
     case "refusals":
       return `refused in the last ${e.seconds.toFixed(0)} s: ${
         Object.entries(e.counts).sort((a, b) => b[1] - a[1]).map(([k, n]) => `${n} x ${k}`).join(", ")

@@ -158,7 +158,8 @@ export const openapi = {
       },
       Run: {
         type: "object",
-        description: "RunRecord: id, config, createdAt, status, round, globalGen, globalRound.",
+        description: "RunRecord: id, config, createdAt, status (active, done, or cancelled by the admin, " +
+          "with cancelledAt), round, globalGen, globalRound.",
       },
       Task: {
         type: "object",
@@ -221,6 +222,51 @@ export const openapi = {
         parameters: [runId],
         responses: { 200: { description: "run" }, 401: err, 403: err, 404: err },
       },
+      delete: {
+        summary:
+          "Delete a run and every key the coordinator keeps of it (an active run is cancelled first); " +
+          "afterwards every route of the run answers 404",
+        security: [{ admin: [] }],
+        parameters: [runId],
+        responses: { 200: { description: "{run, deleted: true}" }, 400: err, 401: err, 404: err, 503: err },
+      },
+    },
+    "/v1/runs/{run}/cancel": {
+      post: {
+        summary: "Cancel an active run: its open round closes unaggregated, and joins, tasks, uploads and " +
+          "invites are refused from then on (409 run_cancelled) on every instance; reads still answer",
+        security: [{ admin: [] }],
+        parameters: [runId],
+        responses: {
+          200: {
+            description: "{run}: the cancelled run",
+            content: json({ type: "object", properties: { run: { $ref: "#/components/schemas/Run" } } }),
+          },
+          400: err,
+          401: err,
+          404: err,
+          409: { description: "run_done or run_cancelled: the run has already ended", content: err },
+          503: err,
+        },
+      },
+    },
+    "/v1/runs/{run}/adapter": {
+      get: {
+        summary: "The global adapter (safetensors, format perfit-global/1): `values` F32 [N] in the global " +
+          "layout (rank r · largest tier; 0 where nothing was aggregated) and `covered` U32 bitmask; " +
+          "metadata run, round (last aggregated, 0 = none), status, method, baseModel, lora, rank, " +
+          "adapterSize, coveredCount, model (the config.json the run was sized from, if any). " +
+          "runtime/client/global_adapter.ts decodes it; `deno task admin adapter` writes it as a PEFT folder",
+        security: [{ admin: [] }],
+        parameters: [runId],
+        responses: {
+          200: { description: "the global adapter", content: bin },
+          400: err,
+          401: err,
+          404: err,
+          409: { description: "no_global_adapter: the run's method aggregates nothing", content: err },
+        },
+      },
     },
     "/v1/runs/{run}/join": {
       get: {
@@ -253,6 +299,7 @@ export const openapi = {
             description:
               "joined: {run, clientId, token, tokenExpiresAt, tier, expansion, rank, budget, adapterSize, method}",
           },
+          409: { description: "run_full, or run_cancelled: the admin cancelled the run", content: err },
           400: err,
           403: {
             description: "enrollment_required: the run's join key or an invite of this run is missing or " +
@@ -262,7 +309,6 @@ export const openapi = {
           404: err,
           408: err,
           415: err,
-          409: err,
           410: err,
           422: err,
           429: err,
@@ -286,7 +332,10 @@ export const openapi = {
           201: { description: "{run, invites: [token, …]}" },
           401: err,
           404: err,
-          409: { description: "enrollment_mismatch: the run does not take invites", content: err },
+          409: {
+            description: "enrollment_mismatch: the run does not take invites; run_cancelled",
+            content: err,
+          },
           410: err,
           415: err,
           422: err,
@@ -321,6 +370,7 @@ export const openapi = {
           200: { description: "task", content: json({ $ref: "#/components/schemas/Task" }) },
           401: err,
           403: err,
+          409: { description: "run_cancelled: the admin cancelled the run", content: err },
         },
       },
     },
@@ -354,8 +404,9 @@ export const openapi = {
           403: err,
           408: { description: "the body arrived too slowly (body_timeout)", content: err },
           409: {
-            description: "round not open yet, round full, a different update already accepted, or " +
-              "mask_unknown: no mask is held under the update's maskRef (resend it with the mask)",
+            description: "round not open yet, round full, a different update already accepted, " +
+              "mask_unknown: no mask is held under the update's maskRef (resend it with the mask), or " +
+              "run_cancelled: the admin cancelled the run",
             content: err,
           },
           410: { description: "round closed (late upload)", content: err },

@@ -21,6 +21,9 @@
  *                                       upload marker's id, deleted when the round closes
  *   ["enroll", run]                       {salt, hash} of the run's join key (enrollment "key")
  *   ["invite", run, id]                   InviteRecord: a single-use invite (enrollment "invite")
+ *   ["revoked", run, client]              {at}: the client's token revocation (auth.ts)
+ * A run's keys are exactly those whose second part is its id: deleting a run (run_admin.ts) deletes
+ * every family above (`runFamilies`).
  *
  * Values are bounded whatever clients send: an upload's metrics are admitted only when few and
  * short (admission.ts), and a round summary keeps a bounded number of them (round_close.ts).
@@ -33,7 +36,10 @@ export interface RunRecord {
   id: string;
   config: RunConfig;
   createdAt: number;
-  status: "active" | "done";
+  /** "done" after the last round; "cancelled" by the admin (run_admin.ts): both are final. */
+  status: "active" | "done" | "cancelled";
+  /** When the admin cancelled the run (ms since epoch). */
+  cancelledAt?: number;
   /** The open round (1-based); after the last round, `config.rounds + 1`. */
   round: number;
   /** Generation of the global adapter blob, null before the first aggregation. */
@@ -132,10 +138,36 @@ export const K = {
   masksOfClient: (run: string, c: string): Deno.KvKey => ["mask", run, c],
   masksOf: (run: string): Deno.KvKey => ["mask", run],
   lastMask: (run: string, c: string): Deno.KvKey => ["lastmask", run, c],
+  lastMasksOf: (run: string): Deno.KvKey => ["lastmask", run],
   held: (run: string, r: number, c: string, uploadId: string): Deno.KvKey => ["held", run, r, c, uploadId],
   heldRound: (run: string, r: number): Deno.KvKey => ["held", run, r],
   heldOf: (run: string): Deno.KvKey => ["held", run],
   joinKey: (run: string): Deno.KvKey => ["enroll", run],
   invite: (run: string, id: string): Deno.KvKey => ["invite", run, id],
   invitesOf: (run: string): Deno.KvKey => ["invite", run],
+  revoked: (run: string, c: string): Deno.KvKey => ["revoked", run, c],
+  revokedOf: (run: string): Deno.KvKey => ["revoked", run],
 };
+
+/**
+ * Every key family of a run: the single keys and the prefixes of the families above. Deleting these
+ * deletes the run (a new family must be added here, or a deleted run leaves it behind; the test of
+ * run deletion lists the whole KV).
+ */
+export function runFamilies(run: string): { keys: Deno.KvKey[]; prefixes: Deno.KvKey[] } {
+  return {
+    keys: [K.run(run), K.clientCount(run), K.joinKey(run)],
+    prefixes: [
+      K.rounds(run),
+      K.accsOf(run),
+      K.globalsOf(run),
+      K.clientsOf(run),
+      K.uploadsAll(run),
+      K.masksOf(run),
+      K.lastMasksOf(run),
+      K.heldOf(run),
+      K.invitesOf(run),
+      K.revokedOf(run),
+    ],
+  };
+}

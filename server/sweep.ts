@@ -9,7 +9,8 @@
  *  - global generations other than the current one that are older than SWEEP_GRACE_MS: a younger one
  *    may be the adapter of a close in flight on another instance, which is written before the commit
  *    that makes it current.
- * The open round's keys are left alone: another instance may be staging them right now.
+ * The open round's keys are left alone: another instance may be staging them right now. A cancelled
+ * run has no open round: every round counts as closed.
  */
 import { childParts, deletePrefix } from "./kv_chunks.ts";
 import { K, type LastMask, type RunRecord, type UploadRecord } from "./records.ts";
@@ -27,11 +28,12 @@ export async function sweepRun(
 ): Promise<void> {
   const id = run.id;
   // Every round below run.round is closed (a finished run's round is past its last).
+  const open = run.status === "cancelled" ? Infinity : run.round;
   for await (const r of childParts(kv, K.accsOf(id))) {
-    if (typeof r === "number" && r < run.round) await deletePrefix(kv, K.accRound(id, r));
+    if (typeof r === "number" && r < open) await deletePrefix(kv, K.accRound(id, r));
   }
   for await (const r of childParts(kv, K.heldOf(id))) {
-    if (typeof r === "number" && r < run.round) await deletePrefix(kv, K.heldRound(id, r));
+    if (typeof r === "number" && r < open) await deletePrefix(kv, K.heldRound(id, r));
   }
 
   const named = new Map<string, Set<number>>();
@@ -45,7 +47,7 @@ export async function sweepRun(
     if (typeof client !== "string") continue;
     const pointer = (await kv.get<LastMask>(K.lastMask(id, client))).value?.round;
     for await (const r of childParts(kv, K.masksOfClient(id, client))) {
-      if (typeof r !== "number" || r >= run.round || r === pointer || named.get(client)?.has(r)) continue;
+      if (typeof r !== "number" || r >= open || r === pointer || named.get(client)?.has(r)) continue;
       await deletePrefix(kv, K.mask(id, client, r));
     }
   }

@@ -1,18 +1,36 @@
 /**
  * `deno task admin` (examples/admin.ts) as a subprocess against a coordinator on a loopback port:
  * create from the model folder (sizes from its config.json) or from a JSON file, list, show, metrics,
- * masks; a bad flag or `train` key is one line and exit 2 before anything is sent; HTTP failures say why.
+ * masks, the global adapter (a PEFT folder that PEFT loads), cancel and delete; a bad flag or `train` key
+ * is one line and exit 2 before anything is sent; HTTP failures say why.
  */
 import assert from "node:assert/strict";
-import { ADMIN, makeApp } from "./server_helpers.ts";
+import { ADMIN, fakeMask, makeApp } from "./server_helpers.ts";
 import { parseConfig } from "../runtime/model/config.ts";
 import { adapterLayout } from "../runtime/model/lora.ts";
 import { budgetOf } from "../runtime/perfit/expansion.ts";
 import { decodeSafetensors } from "../runtime/io/safetensors.ts";
 import { ADMIN_COMMANDS } from "../examples/admin.ts";
+import { readPeftAdapter } from "../runtime/export/peft_read.ts";
+import { decodeGlobalAdapter } from "../runtime/client/global_adapter.ts";
+import { encodeUpdate } from "../runtime/client/wire.ts";
 
 const CLI = new URL("../examples/admin.ts", import.meta.url).pathname;
 const MODEL = new URL("../models/perfit-tiny", import.meta.url).pathname;
+const ROOT = new URL("..", import.meta.url).pathname;
+
+/** A Python with PEFT (PERFIT_PEFT_PYTHON, or tests/reference/peft_setup.sh's venv), or null. */
+function peftPython(): string | null {
+  for (const p of [Deno.env.get("PERFIT_PEFT_PYTHON"), `${ROOT}tests/.tmp/venv-peft/bin/python`]) {
+    if (!p) continue;
+    try {
+      const r = new Deno.Command(p, { args: ["-c", "import peft"], stdout: "null", stderr: "null" })
+        .outputSync();
+      if (r.success) return p;
+    } catch { /* not there */ }
+  }
+  return null;
+}
 
 async function admin(args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
@@ -109,14 +127,11 @@ Deno.test("cli admin: create sizes the run from the model folder; list, show, me
     assert.equal(masks.code, 0, masks.stderr);
     const decoded = decodeSafetensors(await Deno.readFile(`${dir}/masks.safetensors`));
     assert.equal(decoded.metadata.run, run.id);
-    // The global adapter: served once the coordinator has the route; until then the CLI says so.
-    const g = await admin(["adapter", run.id, "--out", `${dir}/global.safetensors`], env);
-    if (g.code === 0) assert.ok((await Deno.stat(`${dir}/global.safetensors`)).size > 0);
-    else {
-      assert.equal(g.code, 1);
-      oneLine(g);
-      assert.match(g.stderr, /^admin: this coordinator does not serve the global adapter yet/);
-    }
+    // The global adapter before any round: a PEFT folder of zeros, and the CLI says so.
+    const g = await admin(["adapter", run.id, "--out", `${dir}/global`], env);
+    assert.equal(g.code, 0, g.stderr);
+    assert.match(g.stderr, /after round 0 .*no round aggregated yet: all zeros/);
+    assert.equal((await readPeftAdapter(`${dir}/global`)).adapter.length, run.config.adapterSize);
   });
 });
 
@@ -140,9 +155,17 @@ Deno.test("cli admin: bad flags, bad train keys and a made-up adapterSize are re
         ["list", "--bogus"],
         /unknown flag --bogus; valid flags: --server, --admin-token, --admin-token-file, --json/,
       ],
-      [["frobnicate"], /unknown command "frobnicate"; commands: create, list, show, metrics, masks, adapter/],
+      [
+        ["frobnicate"],
+        /unknown command "frobnicate"; commands: create, list, show, metrics, masks, adapter, cancel, delete/,
+      ],
       [["show"], /show needs the run id/],
       [["masks", "run_x"], /masks needs --out PATH/],
+      [["cancel"], /cancel needs the run id: deno task admin cancel RUN \(or --run RUN\)/],
+      [["cancel", "run_x", "--run", "run_y"], /cancel: two run ids \(run_x and --run run_y\); give one/],
+      [["delete", "--run", "run_x"], /delete removes run run_x and all its data for good: add --yes/],
+      [["adapter", "--run", "run_x"], /adapter needs --out PATH/],
+      [["adapter", "run_x", "--out", dir, "--model", "/nonexistent-perfit"], /--model must be an existing/],
     ];
     const results = await Promise.all(cases.map(([args]) => admin(args, env)));
     cases.forEach(([args, re], i) => {
@@ -207,5 +230,137 @@ Deno.test("cli admin: --help lists the commands, and each command's --help every
         `${c} --${flag}`,
       );
     }
+  });
+});
+
+Deno.test("cli admin: adapter writes the global adapter as a PEFT folder PEFT loads; cancel and delete end the run", async () => {
+  await withServer(async (url, dir) => {
+    const env = { PERFIT_SERVER: url, PERFIT_ADMIN_TOKEN: ADMIN };
+    const c = await admin([
+      "create",
+      ...[
+        "--model",
+        MODEL,
+        "--method",
+        "perfit",
+        "--rank",
+        "2",
+        "--targets",
+        "q,v",
+        "--tiers",
+        "low=1,high=2",
+      ],
+      ...["--rounds", "2", "--clients-per-round", "1", "--json"],
+    ], env);
+    assert.equal(c.code, 0, c.stderr);
+    const run = JSON.parse(c.stdout).run;
+    const n: number = run.config.adapterSize;
+    // One client's upload closes round 1: the global adapter is its values at its mask, 0 elsewhere.
+    const j = await (await fetch(`${url}/v1/runs/${run.id}/join`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    })).json();
+    const mask = fakeMask(0, n, run.config.budget, false);
+    const values = Float32Array.from({ length: n }, (_, p) => Math.fround(0.01 * Math.sin(p + 1)));
+    const up = await fetch(`${url}/v1/runs/${run.id}/clients/${j.clientId}/rounds/1/update`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${j.token}`, "content-type": "application/octet-stream" },
+      body: encodeUpdate({ run: run.id, round: 1, samples: 4, values, mask, metrics: {} }) as Uint8Array<
+        ArrayBuffer
+      >,
+    });
+    assert.equal(up.status, 201, await up.text());
+
+    const g = await admin(["adapter", "--run", run.id, "--out", `${dir}/global`], env);
+    assert.equal(g.code, 0, g.stderr);
+    assert.match(
+      g.stderr,
+      new RegExp(`the global perfit adapter of ${run.id} after round 1 \\(active\\), rank 4`),
+    );
+    const a = await readPeftAdapter(`${dir}/global`);
+    // The global layout: rank r · the largest tier, the model's own (its config.json), the run's scale.
+    const layout = adapterLayout(parseConfig(JSON.parse(await Deno.readTextFile(`${MODEL}/config.json`))), {
+      rank: 4,
+      alpha: run.config.lora.alpha,
+      targets: ["q", "v"],
+    });
+    assert.deepEqual(
+      a.layout.entries.map((e) => [e.offset, e.size]),
+      layout.entries.map((e) => [e.offset, e.size]),
+    );
+    assert.equal(a.scale, run.config.lora.alpha / 2);
+    let wrong = 0, nonZeroB = 0;
+    for (let p = 0; p < n; p++) if (a.adapter[p] !== (mask[p] ? values[p] : 0)) wrong++;
+    for (const e of layout.entries) {
+      if (e.kind !== "B") continue;
+      for (let p = e.offset; p < e.offset + e.size; p++) if (a.adapter[p] !== 0) nonZeroB++;
+    }
+    assert.equal(wrong, 0, "the PEFT folder holds the aggregate");
+    assert.ok(nonZeroB > 0);
+    const python = peftPython();
+    if (python) {
+      const r = await new Deno.Command(python, {
+        args: [
+          "-c",
+          "import sys; from transformers import AutoModelForCausalLM; from peft import PeftModel; " +
+          "m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sys.argv[1]), sys.argv[2]); " +
+          "print(sum(int((p != 0).sum()) for n, p in m.named_parameters() if 'lora_B' in n))",
+          MODEL,
+          `${dir}/global`,
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+      assert.equal(Number(new TextDecoder().decode(r.stdout).trim()), nonZeroB, "PEFT sees the same lora_B");
+    } else {
+      console.warn(
+        "cli_admin: PEFT load not checked (no tests/.tmp/venv-peft; see tests/reference/peft_setup.sh)",
+      );
+    }
+    const raw = await admin(["adapter", run.id, "--out", `${dir}/global.safetensors`, "--raw"], env);
+    assert.equal(raw.code, 0, raw.stderr);
+    const body = decodeGlobalAdapter(await Deno.readFile(`${dir}/global.safetensors`));
+    assert.deepEqual([body.run, body.round, body.rank, body.adapterSize], [run.id, 1, 4, n]);
+
+    const cancel = await admin(["cancel", "--run", run.id], env);
+    assert.equal(cancel.code, 0, cancel.stderr);
+    assert.match(cancel.stdout, new RegExp(`^cancelled ${run.id}  perfit  cancelled  round 2/2 `));
+    const twice = await admin(["cancel", run.id], env);
+    assert.equal(twice.code, 1);
+    oneLine(twice);
+    assert.match(
+      twice.stderr,
+      new RegExp(`POST /v1/runs/${run.id}/cancel: 409 run_cancelled: run ${run.id} is already`),
+    );
+    const del = await admin(["delete", "--run", run.id, "--yes"], env);
+    assert.equal(del.code, 0, del.stderr);
+    assert.equal(del.stdout, `deleted ${run.id}\n`);
+    for (
+      const args of [["show", run.id], ["delete", run.id, "--yes"], ["adapter", run.id, "--out", `${dir}/x`]]
+    ) {
+      const r = await admin(args, env);
+      assert.equal(r.code, 1, `${args[0]}: ${r.stderr}`);
+      oneLine(r);
+      assert.match(r.stderr, / 404 not_found: no run /, args[0]);
+    }
+    const list = await admin(["list", "--json"], env);
+    assert.deepEqual(JSON.parse(list.stdout).runs, []);
+    // A run created through the API with a bare adapterSize has no layout to write: --model gives it.
+    const bare = await fetch(`${url}/v1/runs`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+      body: JSON.stringify({ ...JSON.parse(c.stdout).run.config, model: undefined, adapterSize: n }),
+    });
+    assert.equal(bare.status, 201, await bare.clone().text());
+    const bareId = (await bare.json()).run.id;
+    const noModel = await admin(["adapter", bareId, "--out", `${dir}/bare`], env);
+    assert.equal(noModel.code, 2);
+    oneLine(noModel);
+    assert.match(noModel.stderr, /was created without a model config: give --model DIR/);
+    const withModel = await admin(["adapter", bareId, "--out", `${dir}/bare`, "--model", MODEL], env);
+    assert.equal(withModel.code, 0, withModel.stderr);
+    assert.equal((await readPeftAdapter(`${dir}/bare`)).layout.rank, 4);
   });
 });

@@ -1,5 +1,6 @@
 /**
- * The one flag parser (runtime/cli/flags.ts) and every CLI built on it: serve, simulate, demo, results.
+ * The one flag parser (runtime/cli/flags.ts) and every CLI built on it: serve, simulate, demo, results,
+ * client, generate (admin's commands: tests/cli_admin.test.ts).
  * One test per parser rule; the CLIs run as real subprocesses where that is cheap (--help, bad flags).
  */
 import assert from "node:assert/strict";
@@ -10,6 +11,7 @@ import { simulateCli } from "../examples/simulate.ts";
 import { demoCli } from "../examples/demo.ts";
 import { resultsCli } from "../bench/results_table.ts";
 import { clientCli } from "../examples/client.ts";
+import { generateCli } from "../examples/generate.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const CLIS = {
@@ -18,6 +20,7 @@ const CLIS = {
   demo: { file: `${root}examples/demo.ts`, cli: demoCli },
   results: { file: `${root}bench/results_table.ts`, cli: resultsCli },
   client: { file: `${root}examples/client.ts`, cli: clientCli },
+  generate: { file: `${root}examples/generate.ts`, cli: generateCli },
 } as const;
 type Name = keyof typeof CLIS;
 
@@ -210,12 +213,46 @@ Deno.test("cli flags: the issue's bad flags answer one line and exit 2 in every 
     ["demo", ["--backend", "cuda"], /one of auto, node, wasm, webgpu/],
     ["results", ["--methods", "perfit,nope"], /"nope" is not one of perfit/],
     ["results", ["--seeds", "a"], /--seeds must be a comma-separated list of integers/],
+    ["generate", ["--category", "nope"], /--category must be one of acronyms, computing, .*, got "nope"/],
+    ["generate", ["--max-new-tokens=0"], /--max-new-tokens must be an integer in \[1, 4096\], got "0"/],
+    ["generate", ["--steps", "-3"], /--steps must be an integer ≥ 1, got "-3"/],
+    ["generate", ["--model", "/nonexistent-perfit"], /--model must be an existing directory/],
+    ["generate", ["--prompt"], /--prompt needs a value/],
+    ["generate", ["--bogus"], /unknown flag --bogus; valid flags: --model, --adapter, --base, --prompt,/],
+    ["generate", ["stray"], /unexpected argument "stray"/],
+    ["generate", ["--model", root, "--steps", "3"], /--steps only applies when personalizing here/],
+    ["generate", ["--model", root, "--adapter", root], /--model is a merged folder: give it alone/],
+    [
+      "generate",
+      ["--min-new-tokens", "30"],
+      /--min-new-tokens \(30\) must be at most --max-new-tokens \(24\)/,
+    ],
   ];
   const results = await Promise.all(cases.map(([n, args]) => run(n, args, { PERFIT_ADMIN_TOKEN: "" })));
   cases.forEach(([n, args, re], i) => {
     assertOneLine(n, results[i], re);
     assert.equal(results[i].stdout, "", `${n} ${args.join(" ")} prints nothing else`);
   });
+});
+
+Deno.test("cli flags: generate takes --flag value and --flag=value alike, with every default filled", () => {
+  const a = generateCli.tryParse([
+    "--steps",
+    "5",
+    "--out",
+    "x",
+    "--category",
+    "satire",
+    "--prompt",
+    "hi there",
+  ]);
+  const b = generateCli.tryParse(["--steps=5", "--out=x", "--category=satire", "--prompt=hi there"]);
+  assert.deepEqual(a.values, b.values);
+  assert.deepEqual(
+    [a.values.steps, a.values.out, a.values.category, a.values.prompt, a.values["max-new-tokens"]],
+    [5, "x", "satire", "hi there", 24],
+  );
+  assert.equal(generateCli.tryParse([]).values.model, undefined);
 });
 
 Deno.test("cli flags: --server and the admin token go together; the token comes from flag, env or file", async () => {

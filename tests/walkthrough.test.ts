@@ -16,7 +16,15 @@ Deno.test({
     const blocks = [...doc.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]);
     assert.ok(blocks.length >= 5, `found ${blocks.length} sh blocks`);
     const script = ["set -euo pipefail", ...blocks].join("\n");
-    for (const needle of ["task serve", "task admin create", "task client", "examples/generate.ts"]) {
+    for (
+      const needle of [
+        "task serve",
+        "task admin create",
+        "task client",
+        "examples/generate.ts",
+        "task admin adapter",
+      ]
+    ) {
       assert.ok(script.includes(needle), `the walkthrough runs ${needle}`);
     }
     const work = await Deno.makeTempDir({ prefix: "perfit-walkthrough-" });
@@ -36,6 +44,8 @@ Deno.test({
       assert.match(out, /alice\.log:run run_\S+ finished after round 2/);
       assert.match(out, /bob\.log:run run_\S+ finished after round 2/);
       assert.match(out, /Transformers\.js: ".*"/);
+      assert.match(out, /\/global\/adapter_model\.safetensors/);
+      assert.match(out, /^deleted run_\S+$/m);
       // Bob's tier came from the probe: it says which and why.
       assert.match(
         await Deno.readTextFile(`${work}/bob.log`),

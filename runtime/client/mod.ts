@@ -2,7 +2,8 @@
  * Client side of federated runs: `FederatedClient` (join, pull task and slice, train, upload,
  * resume), `engineTrainer` over `LocalLearner` (the PerFIT round on the ORT engine: search, prune,
  * masked training, evaluation, in the client's own layout), its storage back-ends, the wire format,
- * and `runDataOwner` (the `deno task client` process). The browser page, a Deno process and the
+ * `runDataOwner` (the `deno task client` process), and the run's global adapter as the admin downloads
+ * it (`decodeGlobalAdapter`, `globalPeftAdapter`). The browser page, a Deno process and the
  * simulation all train through these.
  */
 export {
@@ -16,6 +17,14 @@ export {
 } from "./federated_client.ts";
 export { type ClientStorage, FileStorage, IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.ts";
 export { type DataOwnerOptions, type DataOwnerResult, runDataOwner } from "./data_owner.ts";
+export {
+  decodeGlobalAdapter,
+  encodeGlobalAdapter,
+  GLOBAL_ADAPTER_FORMAT,
+  type GlobalAdapterBody,
+  GlobalAdapterError,
+  globalPeftAdapter,
+} from "./global_adapter.ts";
 export { LocalLearner, type StepHook } from "./local_update.ts";
 export {
   type EngineTrainer,

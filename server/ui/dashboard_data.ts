@@ -121,7 +121,8 @@ export function kvDashboardSource(
       setting: runSetting(run, clients.map((c) => c.name || c.id)),
       rounds: rounds.map((r) => ({
         round: r.index,
-        state: r.status,
+        // The round a cancel ended reads as cancelled (its record says closed: it never reopens).
+        state: run.status === "cancelled" && r.index === run.round ? "cancelled" : r.status,
         startedAt: r.openedAt,
         closedAt: r.closedAt ?? undefined,
         uploads: r.accepted,

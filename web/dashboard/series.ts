@@ -37,7 +37,7 @@ export function timelineBars(
 
 /** Display label of a run: "method · id". */
 export function runLabel(run: RunInfo): string {
-  return `${run.method} · ${run.id}`;
+  return `${run.method} · ${run.id}${run.state === "cancelled" ? " (cancelled)" : ""}`;
 }
 
 /** Sorted round numbers that any client of the run reported a perplexity for. */
