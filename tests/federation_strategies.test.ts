@@ -20,6 +20,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "perfit-random-mask",
     "fedsa",
     "ffa",
+    "feddpa",
     "perfit-e1",
   ]);
   // Everything but the frozen base is served: the simulation runs each method through the coordinator.
@@ -30,6 +31,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "perfit-random-mask",
     "fedsa",
     "ffa",
+    "feddpa",
     "perfit-e1",
   ]);
   for (const m of METHODS) assert.equal(strategyFor(m).name, m);

@@ -1,7 +1,8 @@
 /**
  * Client side of federated runs: `FederatedClient` (join, pull task and slice, train, upload,
  * resume), `engineTrainer` over `LocalLearner` (the PerFIT round on the ORT engine: search, prune,
- * masked training, evaluation, in the client's own layout), its storage back-ends, the wire format,
+ * masked training, evaluation, in the client's own layout; FedDPA's two-adapter round and mix in
+ * feddpa.ts and feddpa_eval.ts), its storage back-ends, the wire format,
  * and `runDataOwner` (the `deno task client` process). The browser page, a Deno process and the
  * simulation all train through these.
  */
@@ -17,6 +18,8 @@ export {
 export { type ClientStorage, FileStorage, IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.ts";
 export { type DataOwnerOptions, type DataOwnerResult, runDataOwner } from "./data_owner.ts";
 export { LocalLearner, type StepHook } from "./local_update.ts";
+export { adapterWeights, combineDual, dualFit, leadMask } from "./feddpa.ts";
+export { evaluateInstanceWise, type InstanceWeighting } from "./feddpa_eval.ts";
 export {
   type EngineTrainer,
   engineTrainer,
