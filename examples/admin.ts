@@ -396,9 +396,8 @@ export async function createBody(
     );
   } else if (body.expansionTiers === undefined) {
     const method = String(body.method) as typeof DEPLOYED_METHODS[number];
-    body.expansionTiers = DEPLOYED_METHODS.includes(method) && strategyFor(method).expands
-      ? { ...DEFAULT_SIM.tiers }
-      : { base: 1 };
+    const strategy = DEPLOYED_METHODS.includes(method) ? strategyFor(method) : null;
+    body.expansionTiers = strategy?.expands ? { ...DEFAULT_SIM.tiers } : { base: strategy?.dual ? 2 : 1 };
   }
   if (f.budget !== undefined) body.budget = f.budget;
   if (f["max-norm"] !== undefined) body.maxNorm = f["max-norm"];

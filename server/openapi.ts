@@ -80,7 +80,9 @@ export const openapi = {
               },
             },
           },
-          method: { enum: ["perfit", "fedit", "local", "perfit-random-mask", "perfit-e1", "fedsa", "ffa"] },
+          method: {
+            enum: ["perfit", "fedit", "local", "perfit-random-mask", "perfit-e1", "fedsa", "ffa", "feddpa"],
+          },
           rounds: { type: "integer", minimum: 1 },
           clientsPerRound: {
             type: "integer",

@@ -141,7 +141,7 @@ export function parseRunConfig(raw: unknown): RunConfig {
   const clientsPerRound = int(o, "clientsPerRound", 1, LIMITS.maxClients);
   const quorum = int(o, "quorum", 1, clientsPerRound, clientsPerRound);
   const roundDeadlineMs = int(o, "roundDeadlineMs", 1, 30 * 24 * 3600_000);
-  let tiers: Record<string, number> = { base: 1 };
+  let tiers: Record<string, number> = { base: strategy.dual ? 2 : 1 };
   if (o.expansionTiers !== undefined) {
     const t = obj(o.expansionTiers, "expansionTiers");
     const names = Object.keys(t);
@@ -161,7 +161,13 @@ export function parseRunConfig(raw: unknown): RunConfig {
     tiers = Object.fromEntries(names.map((n) => [n, int(t, n, 1, 64)]));
   }
   const maxE = Math.max(...Object.values(tiers));
-  if (!strategy.expands && maxE !== 1) {
+  if (strategy.dual && Object.values(tiers).some((e) => e !== 2)) {
+    throw invalid(
+      "invalid_config",
+      `${method} trains a global and a local rank-r adapter side by side: every expansion tier must be 2`,
+    );
+  }
+  if (!strategy.expands && !strategy.dual && maxE !== 1) {
     throw invalid(
       "invalid_config",
       `${method} trains the plain rank-r adapter: every expansion tier must be 1`,

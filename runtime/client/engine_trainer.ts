@@ -16,7 +16,14 @@ import { deriveSeed } from "../data/rng.ts";
 import { parseTrainSettings } from "./train_settings.ts";
 import { LocalLearner } from "./local_update.ts";
 import { freshAdapter, MergedBase, slotMask } from "./flora.ts";
-import { DEFAULT_SIM, type EngineFactory, type SimConfig, type TrainEngine } from "../federation/types.ts";
+import {
+  DEFAULT_SIM,
+  type DualSettings,
+  type EngineFactory,
+  type SimConfig,
+  type TrainEngine,
+} from "../federation/types.ts";
+import { combineDual, dualFit, leadMask } from "./feddpa.ts";
 import type { Example, TextTokenizer } from "../data/types.ts";
 import type { TaskInfo, Trainer, TrainerOutput } from "./federated_client.ts";
 
@@ -69,6 +76,8 @@ export interface LocalHyper {
   importance: SimConfig["importance"];
   /** FedProx's μ (0: off). */
   proximalMu: number;
+  /** FedDPA's weights of its two adapters. */
+  dpa: DualSettings;
 }
 
 /** Reads the run's `train` settings through the one table (runtime/client/train_settings.ts). */
@@ -87,6 +96,13 @@ export function localHyper(train: Record<string, unknown>): LocalHyper {
     allocation: t.allocation,
     importance: { mode: t.importanceMode, beta: t.importanceBeta },
     proximalMu: t.proximalMu,
+    dpa: {
+      localWeight: t.localWeight,
+      localTrainWeight: t.localTrainWeight,
+      combine: t.combine,
+      instanceMaxWeight: t.instanceMaxWeight,
+      instanceRefs: t.instanceRefs,
+    },
   };
 }
 
@@ -148,6 +164,39 @@ const kindOf = (() => {
   return { A: (l: AdapterLayout) => get(l).A, B: (l: AdapterLayout) => get(l).B };
 })();
 
+/** FedDPA's global-adapter positions, computed once per layout. */
+const leadOf = (() => {
+  const memo = new WeakMap<AdapterLayout, Uint8Array>();
+  return (l: AdapterLayout, r: number) => {
+    let m = memo.get(l);
+    if (!m) memo.set(l, m = leadMask(l, r));
+    return m;
+  };
+})();
+
+/**
+ * Summed test NLL of an adapter of the learner's layout as the method evaluates it: FedDPA mixes its
+ * global and local adapter (fixed weight, or per instance), everything else is the adapter itself.
+ */
+function evaluateOwn(
+  task: TaskInfo,
+  h: LocalHyper,
+  learner: LocalLearner,
+  adapter: Float32Array,
+  mask: Uint8Array,
+): Promise<{ nllSum: number; tokens: number }> {
+  if (!strategyFor(task.method).dual) return learner.evaluateWith(adapter, mask);
+  const r = task.lora.rank;
+  if (h.dpa.combine === "fixed") {
+    return learner.evaluateWith(combineDual(learner.layout, adapter, r, h.dpa.localWeight), mask);
+  }
+  return learner.evaluateInstanceWise(adapter, mask, r, {
+    maxWeight: h.dpa.instanceMaxWeight,
+    refs: h.dpa.instanceRefs,
+    seed: deriveSeed(task.seed, task.globalRound),
+  });
+}
+
 /** Builds the trainer; engines are created (or fetched from `engines`) per client rank on first use. */
 export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
   if (!opts.model && !opts.engines) throw new Error("engineTrainer needs a model or an engine factory");
@@ -186,6 +235,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     evalNll: (b, a, m) => e.evalNll(b, a, m),
     model: e.model,
     rebased: e.rebased && (async (model) => withLoss(await e.rebased!(model))),
+    ...(e.hiddenAt ? { hiddenAt: e.hiddenAt.bind(e) } : {}),
   });
   /** The learner for this task's rank (a new one when the rank changed). */
   const learnerFor = async (task: TaskInfo, h: LocalHyper) => {
@@ -266,29 +316,33 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     };
     const strategy = strategyFor(task.method);
     const part = strategy.shares;
+    const r = task.lora.rank;
     // What this client shares of its layout.
     const sharedOf = (mask: Uint8Array) =>
       part === "mask"
         ? mask
         : part === "none"
         ? new Uint8Array(layout.size)
+        : part === "lead"
+        ? mask.map((m, i) => m & leadOf(layout, r)[i])
         : mask.map((m, i) => m & kindOf[part](layout)[i]);
     const proximal = h.proximalMu > 0 && part !== "none"
       ? { mu: h.proximalMu, anchor: learner.adapter.slice(), positions: sharedOf(learner.mask) }
       : undefined;
     let lastStep = 0;
-    const res = await learner.fit(
-      { round: task.round, steps: h.steps, ...task.plan, frozen: strategy.frozen, proximal },
-      cfg,
-      (_id, step, steps) => {
-        lastStep = step;
-        opts.onProgress?.({ round: task.round, step, steps, phase: "train" });
-      },
-    );
+    const ins = { round: task.round, steps: h.steps, ...task.plan, frozen: strategy.frozen, proximal };
+    const onStep = (_id: string, step: number, steps: number) => {
+      lastStep = step;
+      opts.onProgress?.({ round: task.round, step, steps, phase: "train" });
+    };
+    const res: { meanLoss: number; localLoss?: number } = strategy.dual
+      ? await dualFit(learner, ins, cfg, r, h.dpa.localTrainWeight, onStep)
+      : await learner.fit(ins, cfg, onStep);
     const metrics: Record<string, number> = { loss: res.meanLoss };
+    if (res.localLoss !== undefined) metrics.localLoss = res.localLoss;
     if (opts.evaluateAfterTraining ?? true) {
       opts.onProgress?.({ round: task.round, step: lastStep, steps: lastStep, phase: "eval" });
-      const ev = await learner.evaluate();
+      const ev = await evaluateOwn(task, h, learner, learner.adapter, learner.mask);
       if (ev.tokens > 0) metrics.ppl = Math.exp(ev.nllSum / ev.tokens);
     }
     opts.onMetrics?.(task.round, metrics);
@@ -331,16 +385,21 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       }
       const own = extract(global, adapter, layout);
       const m = mask ? extract(global, mask, layout) : new Uint8Array(layout.size).fill(1);
-      return await learner.evaluateWith(own, m);
+      return await evaluateOwn(task, h, learner, own, m);
     },
     personalized(adapter?: Float32Array | null, mask?: Uint8Array | null) {
       if (!fl || !lastTask) return null;
       const global = globalLayoutOf(lastTask, fl.layout);
+      const own = adapter ? extract(global, adapter, fl.layout) : fl.adapter;
+      const { rank, alpha } = lastTask.lora;
       return {
         layout: fl.layout,
-        adapter: adapter ? extract(global, adapter, fl.layout) : fl.adapter,
+        // FedDPA exports its fixed mix (an instance-wise weight has no single adapter to write).
+        adapter: strategyFor(lastTask.method).dual
+          ? combineDual(fl.layout, own, rank, localHyper(lastTask.train).dpa.localWeight)
+          : own,
         mask: mask ? extract(global, mask, fl.layout) : fl.mask,
-        scale: lastTask.lora.alpha / lastTask.lora.rank,
+        scale: alpha / rank,
       };
     },
     learner: () => fl,

@@ -14,6 +14,17 @@ import { type Allocation, makePrunePlan, type PrunePlan, pruneStage, randomMask 
 import { reviveDeadComponents, stageBoundaries } from "../perfit/reexpand.ts";
 import type { ClientData } from "../federation/partition.ts";
 import type { FitIns, FitRes, SimConfig, TrainEngine } from "../federation/types.ts";
+import { evaluateInstanceWise, type InstanceWeighting } from "./feddpa_eval.ts";
+
+/** Positions a round keeps as they are: a frozen matrix kind, and whatever `trainable` leaves out. */
+function frozenOf(layout: AdapterLayout, ins: FitIns): Uint8Array | null {
+  const kind = ins.frozen ? kindMask(layout, ins.frozen) : null;
+  if (!ins.trainable) return kind;
+  if (ins.trainable.length !== layout.size) {
+    throw new RangeError(`trainable has ${ins.trainable.length} positions, the layout ${layout.size}`);
+  }
+  return ins.trainable.map((t, i) => (t ? kind?.[i] ?? 0 : 1));
+}
 
 /** Data-loading options of a client. */
 export interface ClientDataOptions {
@@ -126,7 +137,13 @@ export class LocalLearner {
     let lossSum = 0;
     const steps = Math.max(ins.steps, boundaries.length ? boundaries[T - 1] : 0);
     // Frozen matrices take part in the forward pass but get no update (and no share of the clip norm).
-    const frozen = ins.frozen ? kindMask(this.layout, ins.frozen) : null;
+    const frozen = frozenOf(this.layout, ins);
+    if (ins.forwardScale && ins.forwardScale.length !== this.adapter.length) {
+      throw new RangeError(
+        `forwardScale has ${ins.forwardScale.length} positions, the adapter ${this.adapter.length}`,
+      );
+    }
+    const scaled = ins.forwardScale ? new Float32Array(this.adapter.length) : null;
     // The positions the optimizer may move: recomputed only when the mask itself changes (a search).
     let trainMask: { of: Uint8Array; bits: Uint8Array } | null = null;
     const trainable = (mask: Uint8Array) => {
@@ -134,7 +151,12 @@ export class LocalLearner {
       return trainMask.bits;
     };
     for (let s = 1; s <= steps; s++) {
-      const res = await this.engine.trainStep(this.nextBatch(), this.adapter, this.mask);
+      if (scaled) {
+        for (let i = 0; i < scaled.length; i++) scaled[i] = this.adapter[i] * ins.forwardScale![i];
+      }
+      const res = await this.engine.trainStep(this.nextBatch(), scaled ?? this.adapter, this.mask);
+      // d loss / d θ = d loss / d (θ·c) · c for a forward pass that saw θ·c.
+      if (scaled) { for (let i = 0; i < scaled.length; i++) res.grads[i] *= ins.forwardScale![i]; }
       if (!Number.isFinite(res.loss)) {
         throw new RangeError(`client ${this.id}: non-finite loss at round ${ins.round} step ${s}`);
       }
@@ -161,6 +183,22 @@ export class LocalLearner {
   /** Summed response-token NLL on the client's own test split. */
   evaluate(): Promise<{ nllSum: number; tokens: number }> {
     return this.evaluateWith(this.adapter, this.mask);
+  }
+
+  /** FedDPA: the test split with each instance under its own mix of the two adapters (feddpa_eval.ts). */
+  evaluateInstanceWise(
+    adapter: Float32Array,
+    mask: Uint8Array,
+    r: number,
+    w: InstanceWeighting,
+  ): Promise<{ nllSum: number; tokens: number; globalWeights: number[] }> {
+    return evaluateInstanceWise(
+      this.engine,
+      { layout: this.layout, adapter, mask, r },
+      this.data,
+      this.opts,
+      w,
+    );
   }
 
   /** The same for another adapter and mask of this client's layout (e.g. a personalized slice merged in). */

@@ -26,6 +26,11 @@ export interface TrainSettings {
   importanceMode: "ema" | "sum";
   importanceBeta: number;
   proximalMu: number;
+  localWeight: number;
+  localTrainWeight: number;
+  combine: "fixed" | "instance";
+  instanceMaxWeight: number;
+  instanceRefs: number;
 }
 
 /** One key of the table. */
@@ -132,6 +137,41 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     max: 1e3,
     default: 0,
     doc: "FedProx: μ of the proximal term μ/2·‖θ − θ_round‖² on the shared positions; 0 = off",
+  },
+  localWeight: {
+    type: "number",
+    min: 0,
+    max: 1,
+    default: DEFAULT_SIM.dpa.localWeight,
+    doc: "FedDPA: the local adapter's weight at evaluation and export; the global adapter's is 1 − it",
+  },
+  localTrainWeight: {
+    type: "number",
+    min: 0,
+    minExclusive: true,
+    max: 1,
+    default: DEFAULT_SIM.dpa.localTrainWeight,
+    doc: "FedDPA: the local adapter's weight while it trains, the frozen global adapter's 1 − it",
+  },
+  combine: {
+    type: "enum",
+    choices: ["fixed", "instance"],
+    default: DEFAULT_SIM.dpa.combine,
+    doc: "FedDPA: `localWeight` for every test instance, or a weight per instance from its similarity",
+  },
+  instanceMaxWeight: {
+    type: "number",
+    min: 0,
+    max: 1,
+    default: DEFAULT_SIM.dpa.instanceMaxWeight,
+    doc: "FedDPA instance-wise: the global adapter's weight is this × the mean cosine similarity",
+  },
+  instanceRefs: {
+    type: "int",
+    min: 1,
+    max: 1000,
+    default: DEFAULT_SIM.dpa.instanceRefs,
+    doc: "FedDPA instance-wise: training instances each test instance is compared with",
   },
 };
 

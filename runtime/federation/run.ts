@@ -11,6 +11,7 @@ import { remoteCoordinator } from "./coordinator_link.ts";
 import { writePeftAdapter } from "../export/write.ts";
 import { toHfConfig } from "../model/config.ts";
 import { strategyFor } from "./strategies.ts";
+import { combineDual } from "../client/feddpa.ts";
 import type { SimConfig, SimResult, SimRound } from "./types.ts";
 
 /** Where the bundled base model and data live, relative to this module. */
@@ -86,7 +87,10 @@ export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<Si
         for (const v of views) {
           await writePeftAdapter(`${opts.saveAdapters}/${v.id}`, {
             layout: v.layout,
-            adapter: v.adapter,
+            // FedDPA's personalized model is its fixed mix of the two adapters, one rank-2r LoRA.
+            adapter: strategyFor(cfg.method).dual
+              ? combineDual(v.layout, v.adapter, cfg.rank, cfg.dpa.localWeight)
+              : v.adapter,
             mask: v.mask,
             scale: cfg.alpha / cfg.rank,
             baseModel: modelDir,

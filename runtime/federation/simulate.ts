@@ -57,12 +57,20 @@ export interface SimulationInputs {
   inspect?: (round: number, clients: readonly SimClientView[]) => void | Promise<void>;
 }
 
-/** Expansion factor of each client under a method: FedIT and the e=1 ablation expand nobody. */
+/**
+ * Expansion factor of each client under a method: FedIT and the e=1 ablation expand nobody, FedDPA
+ * holds its two adapters at 2r in every tier.
+ */
 export function clientExpansion(cfg: SimConfig, index: number): { tier: string; e: number } {
   const tier = cfg.clientTiers.length ? cfg.clientTiers[index % cfg.clientTiers.length] : "low";
-  const e = expansionFactor(tier, cfg.tiers);
-  return { tier, e: strategyFor(cfg.method).expands ? e : 1 };
+  return { tier, e: tierExpansion(cfg, expansionFactor(tier, cfg.tiers)) };
 }
+
+/** A tier's expansion under the run's method. */
+const tierExpansion = (cfg: SimConfig, e: number): number => {
+  const s = strategyFor(cfg.method);
+  return s.dual ? 2 : s.expands ? e : 1;
+};
 
 /** The run's `train` settings: every knob of the local round travels to the clients with the task. */
 export function trainSettings(cfg: SimConfig, inp: Pick<SimulationInputs, "batchSize" | "maxLen">) {
@@ -79,6 +87,7 @@ export function trainSettings(cfg: SimConfig, inp: Pick<SimulationInputs, "batch
     ...(cfg.importance.beta !== undefined ? { importanceBeta: cfg.importance.beta } : {}),
     researchEvery: cfg.researchEvery,
     ...(cfg.proximalMu > 0 ? { proximalMu: cfg.proximalMu } : {}),
+    ...(strategyFor(cfg.method).dual ? cfg.dpa : {}),
     batchSize: inp.batchSize,
     maxLen: inp.maxLen,
   };
@@ -218,6 +227,7 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
         expansion: owners[i].e,
         train: owners[i].data.train.length,
         test: owners[i].data.test.length,
+        // Pruning methods train their budget; the others (FedDPA's 2r, HetLoRA's r·e) their whole layout.
         trainableParams: !strategy.trains ? 0 : strategy.prunes ? v.plan.budget : v.plan.total,
         searchSpace: v.plan.total,
       })),
@@ -239,11 +249,10 @@ async function createRun(
   adapterSize: number,
   budget: number,
 ): Promise<string> {
-  const strategy = strategyFor(cfg.method);
   const perRound =
     sampleClients(Array.from({ length: clients }, (_, i) => i), cfg.fractionFit, cfg.seed, 1).length;
   const tiers = Object.fromEntries(
-    Object.keys(cfg.tiers).map((t) => [t, strategy.expands ? cfg.tiers[t] : 1]),
+    Object.keys(cfg.tiers).map((t) => [t, tierExpansion(cfg, cfg.tiers[t])]),
   );
   const res = await link.fetch(`${link.url}/v1/runs`, {
     method: "POST",
@@ -259,7 +268,7 @@ async function createRun(
       expansionTiers: tiers,
       adapterSize,
       budget,
-      ...(strategy.aggregation.needsLayout ? { model: modelConfigFor(cfg.method, inp) } : {}),
+      ...(strategyFor(cfg.method).aggregation.needsLayout ? { model: modelConfigFor(cfg.method, inp) } : {}),
       maxNorm: 1e9,
       maxClients: clients,
       seed: cfg.seed,

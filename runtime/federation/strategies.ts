@@ -21,7 +21,8 @@ export type Method =
   | "fedsa"
   | "ffa"
   | "hetlora"
-  | "flora";
+  | "flora"
+  | "feddpa";
 /** The methods a coordinator serves: all but the frozen base, which has nothing to federate. */
 export type DeployedMethod = Exclude<Method, "base">;
 
@@ -64,11 +65,16 @@ export interface MethodStrategy {
   /**
    * The part of its mask a client uploads and gets back aggregated; the rest stays private:
    * everything (PerFIT, FedIT), only the A matrices (FedSA-LoRA keeps B local), only B (FFA-LoRA),
-   * or nothing (local-only).
+   * or nothing (local-only); `lead`: the leading r rank components, FedDPA's global adapter.
    */
-  readonly shares: "mask" | "A" | "B" | "none";
+  readonly shares: "mask" | "A" | "B" | "none" | "lead";
   /** Matrices kept at the run's shared initialisation and never trained (FFA-LoRA: A). */
   readonly frozen?: "A" | "B";
+  /**
+   * FedDPA's dual adapter: every client trains at rank 2r whatever its tier (each tier's expansion is
+   * 2), a global adapter in rank components 0..r-1 and a local one in r..2r-1 (runtime/client/feddpa.ts).
+   */
+  readonly dual?: boolean;
   /**
    * FLoRA's stacking: the run's layout holds one slot of r·max e rank components per client (its
    * join order), a client receives every slot, merges their product into its own copy of the base
@@ -167,6 +173,24 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     personalMask: true,
     shares: "B",
     frozen: "A",
+    configure: noSearch,
+  },
+  // FedDPA (Yang et al., NeurIPS 2024; authors' code github.com/Lydia-yang/FedDPA @cf638c1, every
+  // line cited in runtime/client/feddpa.ts and feddpa_eval.ts): a global and a local rank-r adapter
+  // (same r, alpha) side by side in one rank-2r LoRA. From round 2 each client trains the local one
+  // with the global one detached (main.py 208-225; fed_utils/client.py 110 weights a = 0.5 local,
+  // 1 − a global; peft/tuners/lora/layer.py 228), then the global one alone (main.py 227-245); only
+  // the global one is averaged (fed_utils/model_aggregation.py) and shared here, its fixed mask
+  // stored once and named by reference after. Evaluation mixes them (GlobalModel_generated.py 154:
+  // 0.5/0.5), or per instance: the global weight is 0.5 × the mean cosine similarity of the
+  // instance's last-prompt-token state to 5 random local training instances' (lines 312-346, 383).
+  feddpa: {
+    ...base,
+    name: "feddpa",
+    deployed: true,
+    personalMask: true,
+    shares: "lead",
+    dual: true,
     configure: noSearch,
   },
   // PerFIT with every client at e = 1: nothing to prune, so it must equal FedIT (a code-path check).

@@ -25,6 +25,16 @@ export interface TrainEngine {
   readonly model?: LoadedModel;
   /** The same graphs over other base weights of the same shapes (`Engine.rebased`). */
   rebased?(model: LoadedModel): Promise<TrainEngine>;
+  /**
+   * Final-norm hidden state of each row at the position `pick` marks (one per row): [batch × hidden].
+   * Only FedDPA's instance-wise weighting needs it; `Engine` has it.
+   */
+  hiddenAt?(
+    batch: Batch,
+    pick: Float32Array,
+    adapter: Float32Array,
+    mask?: Float32Array | Uint8Array,
+  ): Promise<Float32Array>;
 }
 
 /** Creates (or returns a cached) engine for LoRA rank `rank`, with the scale alpha / base rank. */
@@ -57,9 +67,25 @@ export interface SimConfig {
   researchEvery: number;
   /** FedProx's μ on the shared positions (0 = plain local training). */
   proximalMu: number;
+  /** FedDPA's combination of the global and the local adapter (the `train` keys of the same names). */
+  dpa: DualSettings;
   /** Tier table and the tier of each client (cycled when shorter than the client list). */
   tiers: TierTable;
   clientTiers: string[];
+}
+
+/** FedDPA's knobs (runtime/client/feddpa.ts): the authors' defaults. */
+export interface DualSettings {
+  /** The local adapter's weight at evaluation and export; the global adapter's is 1 − it. */
+  localWeight: number;
+  /** The local adapter's weight while it trains, the frozen global adapter's 1 − it. */
+  localTrainWeight: number;
+  /** `fixed`: `localWeight` for every instance; `instance`: weighted per test instance by similarity. */
+  combine: "fixed" | "instance";
+  /** Instance-wise: the global adapter's weight is this times the mean cosine similarity. */
+  instanceMaxWeight: number;
+  /** Instance-wise: training instances each test instance is compared with. */
+  instanceRefs: number;
 }
 
 /** Defaults sized for the bundled tiny model on 2 CPU cores. */
@@ -82,6 +108,7 @@ export const DEFAULT_SIM: SimConfig = {
   searchFraction: 0.5,
   researchEvery: 0,
   proximalMu: 0,
+  dpa: { localWeight: 0.5, localTrainWeight: 0.5, combine: "fixed", instanceMaxWeight: 0.5, instanceRefs: 5 },
   tiers: { low: 1, mid: 2, high: 4 },
   clientTiers: ["high"],
 };
@@ -101,6 +128,13 @@ export interface FitIns {
    * round toward the adapter it started from.
    */
   proximal?: { mu: number; anchor: Float32Array; positions: Uint8Array };
+  /**
+   * Per-position factors the forward pass applies to the adapter (FedDPA weights its two adapters);
+   * gradients are taken with respect to the unscaled values.
+   */
+  forwardScale?: Float32Array;
+  /** The only positions the optimizer may move (FedDPA trains one adapter at a time); the rest stay. */
+  trainable?: Uint8Array;
 }
 
 /** A client's answer (Flower FitRes). */

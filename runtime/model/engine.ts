@@ -19,6 +19,7 @@ import {
   buildFullEvalGraph,
   buildFullTrainGraph,
   buildLoraEvalGraph,
+  buildLoraHiddenGraph,
   buildLoraTrainGraph,
   type BuiltGraph,
   type KernelWeights,
@@ -164,6 +165,7 @@ function num(out: { data: ArrayLike<number | bigint> }): number {
 export class Engine {
   /** Shared with the engines `rebased` makes, which run the same graphs. */
   private evalSession: { p?: Promise<GraphSession> } = {};
+  private hiddenSession?: Promise<{ session: GraphSession; weights: Record<string, Feed> }>;
   private maskBuf: Float32Array;
   private onesMask?: Float32Array;
 
@@ -319,6 +321,39 @@ export class Engine {
     };
     const out = await session.run(feeds);
     return { nllSum: num(out.nll_sum), tokens: num(out.tokens) };
+  }
+
+  /**
+   * The final-norm hidden state of each row at the one position `pick` marks in it (0/1 like a loss
+   * mask, exactly one 1 per row, never the row's last position): [batch × hidden], row-major.
+   */
+  async hiddenAt(
+    batch: Batch,
+    pick: Float32Array,
+    adapter: Float32Array,
+    mask?: Float32Array | Uint8Array,
+  ): Promise<Float32Array> {
+    for (let b = 0; b < batch.batch; b++) {
+      let ones = 0;
+      for (let t = 0; t < batch.seq; t++) ones += pick[b * batch.seq + t] ?? 0;
+      if (ones !== 1) throw new EngineError(`pick must mark exactly one position of row ${b}, marks ${ones}`);
+    }
+    this.hiddenSession ??= (async () => {
+      const kernel = kernelWeights(this.model);
+      const built = buildLoraHiddenGraph(this.model.config, this.layout, this.scale, this.weightMode, kernel);
+      // Its own weight feeds: without the loss it may not read the head (an untied lm_head).
+      return {
+        session: await createSession(built.onnx, this.sessionOpts),
+        weights: weightFeedsOf(built, kernel),
+      };
+    })();
+    const { session, weights } = await this.hiddenSession;
+    const out = await session.run({
+      ...batchFeeds(this.model.config, { ...batch, lossMask: pick }),
+      ...this.loraFeeds(adapter, mask),
+      ...weights,
+    });
+    return Float32Array.from(out.hidden.data as Float32Array);
   }
 }
 

@@ -2,6 +2,7 @@
  * The graphs the engine runs, built once per (config, LoRA layout):
  * - LoRA train step: loss, gradient and Taylor importance |theta * grad| of every A/B tensor;
  * - forward-only eval: summed response NLL and token count;
+ * - forward-only hidden state at one picked position per row (FedDPA's instance representation);
  * - full-parameter train step: loss and gradient of every base weight (pre-training).
  *
  * Input names (all graphs): `input_ids` i64 [batch, seq], `attention_mask` f32, `targets` i64
@@ -168,6 +169,25 @@ export function buildLoraEvalGraph(
   g.output("nll_sum", sum);
   g.output("tokens", count);
   return { onnx: toOnnx(g, { name: "perfit_lora_eval" }), weightInputs: [...c.weightInputs.keys()] };
+}
+
+/**
+ * Forward-only graph (LoRA applied) of the final-norm hidden state at one position per row: outputs
+ * `hidden` [batch, hidden] = Σ_t h[b, t, :] · loss_mask[b, t], so `loss_mask` carries a one-hot pick
+ * per row (FedDPA's instance representation: the state at the last prompt token).
+ */
+export function buildLoraHiddenGraph(
+  cfg: ModelConfig,
+  layout: AdapterLayout,
+  scale: number,
+  mode: WeightMode,
+  kernel?: KernelWeights,
+): BuiltGraph {
+  const g = new Graph();
+  const lora = declareLora(g, layout);
+  const c = decoderGraph(cfg, mode, kernel, lora.fn, scale, g);
+  g.output("hidden", g.reduceSum(g.mul(c.out.hidden, g.unsqueeze(c.lossMask, [2])), [1]));
+  return { onnx: toOnnx(g, { name: "perfit_lora_hidden" }), weightInputs: [...c.weightInputs.keys()] };
 }
 
 /** Full-parameter train graph: every base weight is a trainable input; outputs `loss`, `grad.<hf name>`. */
