@@ -186,8 +186,11 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
     for (let round = 1; round <= cfg.rounds; round++) {
       const tr = performance.now();
       const sampled = strategy.trains ? sampleClients(owners, cfg.fractionFit, cfg.seed, round) : [];
+      const compute = new Map<Owner, number>();
       for (const o of sampled) {
+        const t = performance.now();
         const out = await o.client!.step();
+        compute.set(o, (performance.now() - t) / 1000);
         if (out.kind !== "trained" || out.round !== round || out.status !== "accepted") {
           throw new Error(`client ${o.data.id} in round ${round}: ${JSON.stringify(out)}`);
         }
@@ -196,6 +199,7 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
       const records: ClientRound[] = [];
       for (const o of owners) {
         const rec = await evaluateOwner(o, round, sampled.includes(o), previous, global, base, cfg);
+        rec.computeSeconds = compute.get(o) ?? 0;
         inp.onEval?.(o.data.id);
         records.push(rec);
       }

@@ -157,6 +157,8 @@ export interface ClientRound {
   uploadBytes: number;
   maskMode: string | null;
   downloadBytes: number;
+  /** Wall seconds of the client's round (task, slice, local training, upload); 0 when not sampled. */
+  computeSeconds?: number;
 }
 
 /** One round of a simulation. */
