@@ -263,6 +263,24 @@ Deno.test("federation: FLoRA uploads its slot, every client downloads the whole 
   assert.ok(r2.meanPerplexity < r1.meanPerplexity, `${r2.meanPerplexity} vs ${r1.meanPerplexity}`);
 });
 
+Deno.test("federation: perfit-sa searches like PerFIT, shares its mask's A positions and keeps its B", async () => {
+  const seen: SimClientView[][] = [];
+  const r = await run(
+    "perfit-sa",
+    { rounds: 2 },
+    (_, c) => seen.push(c.map((v) => ({ ...v, mask: v.mask.slice() }))),
+  );
+  const last = seen[1];
+  for (const [i, v] of last.entries()) {
+    assert.equal(v.mask.reduce((a, b) => a + b, 0), r.budget, "PerFIT's exact budget");
+    const inA = v.layout.entries.filter((e) => e.kind === "A")
+      .reduce((a, e) => a + v.mask.subarray(e.offset, e.offset + e.size).reduce((x, y) => x + y, 0), 0);
+    // Only the kept A positions travel: their values and a header.
+    const up = r.rounds[1].clients[i].uploadBytes;
+    assert.ok(inA < r.budget && up > 4 * inA && up <= 4 * inA + HEADER_MAX, `${up} vs ${inA} A positions`);
+  }
+});
+
 Deno.test("federation: fraction_fit samples a seeded share of the clients each round; the others still get their slice", async () => {
   const r = await run("perfit", { rounds: 2, fractionFit: 0.67 });
   for (const rd of r.rounds) {

@@ -21,6 +21,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "fedsa",
     "ffa",
     "feddpa",
+    "perfit-sa",
     "perfit-e1",
     "hetlora",
     "flora",
@@ -34,6 +35,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "fedsa",
     "ffa",
     "feddpa",
+    "perfit-sa",
     "perfit-e1",
     "hetlora",
     "flora",
@@ -53,6 +55,8 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
     [1, 2, 3, 4, 5].map((r) => strategyFor(m).configure(r, r === 1, every, 40));
   assert.deepEqual(plans("perfit", 0).map((p) => p.search), [true, false, false, false, false]);
   assert.deepEqual(plans("perfit", 2).map((p) => p.search), [true, false, true, false, true]);
+  assert.deepEqual(plans("perfit-sa", 0), plans("perfit", 0));
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].shares === "A"), ["fedsa", "perfit-sa"]);
   assert.deepEqual(plans("perfit-random-mask", 0).map((p) => [p.search, p.randomMask]), [
     [false, true],
     [false, false],
@@ -65,17 +69,19 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
   for (const m of ["fedit", "local", "base", "fedsa", "ffa", "hetlora", "flora"]) {
     assert.ok(plans(m, 1).every((p) => !p.search && !p.randomMask), m);
   }
-  // PerFIT, its random-mask ablation and HetLoRA expand; only the PerFIT family prunes back to the
-  // budget; only FedIT insists on dense masks; only HetLoRA has an aggregation of its own.
+  // The PerFIT family, HetLoRA and FLoRA expand by tier; only the PerFIT family prunes back to the
+  // budget; only FedIT insists on dense masks; HetLoRA and FLoRA have folds of their own.
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].expands), [
     "perfit",
     "perfit-random-mask",
+    "perfit-sa",
     "hetlora",
     "flora",
   ]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].prunes), [
     "perfit",
     "perfit-random-mask",
+    "perfit-sa",
     "perfit-e1",
   ]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].aggregation.name !== "holders"), ["hetlora", "flora"]);

@@ -22,7 +22,8 @@ export type Method =
   | "ffa"
   | "hetlora"
   | "flora"
-  | "feddpa";
+  | "feddpa"
+  | "perfit-sa";
 /** The methods a coordinator serves: all but the frozen base, which has nothing to federate. */
 export type DeployedMethod = Exclude<Method, "base">;
 
@@ -192,6 +193,19 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     shares: "lead",
     dual: true,
     configure: noSearch,
+  },
+  // PerFIT's search with FedSA-LoRA's split, an attempt at closing the gap to local-only (#14's
+  // "personalized positions that are never averaged"): the searched mask's A positions are shared
+  // and aggregated, its B positions stay on the client.
+  "perfit-sa": {
+    ...base,
+    name: "perfit-sa",
+    deployed: true,
+    expands: true,
+    prunes: true,
+    personalMask: true,
+    shares: "A",
+    configure: perfitPlan,
   },
   // PerFIT with every client at e = 1: nothing to prune, so it must equal FedIT (a code-path check).
   "perfit-e1": {
