@@ -170,6 +170,7 @@ export async function runResults(o: ResultsOptions = DEFAULT_RESULTS): Promise<s
     maxLen: o.maxLen,
   };
   const summaries: MethodSummary[] = [];
+  const leftOut: string[] = [];
   const t0 = performance.now();
   for (const method of o.methods) {
     const runs: SimResult[] = [];
@@ -191,6 +192,7 @@ export async function runResults(o: ResultsOptions = DEFAULT_RESULTS): Promise<s
       const cached = o.cacheDir ? await readCached(o.cacheDir, key) : null;
       if (!cached && o.cachedOnly) {
         log(`${method} seed ${seed}: not in the cache, left out (--cached-only)`);
+        leftOut.push(`${method} seed ${seed}`);
         continue;
       }
       const r = cached ?? await runFederated(cfg, {
@@ -222,7 +224,7 @@ export async function runResults(o: ResultsOptions = DEFAULT_RESULTS): Promise<s
   // Cached runs took no time now: report the runs' own wall times (serial equivalent) instead.
   const total = summaries.reduce((a, x) => a + x.runs.reduce((b, r) => b + r.wallSeconds, 0), 0);
   log(`this invocation: ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-  return renderResults(o, summaries, total);
+  return renderResults(o, summaries, total, leftOut);
 }
 
 /** A run's ROUGE-L: the stored pass (if its settings match when computing), else computed with `--rouge`. */
@@ -313,8 +315,16 @@ function fmtBytes(b: number): string {
   return b === 0 ? "0" : b >= 1024 ? `${(b / 1024).toFixed(1)} KiB` : `${b.toFixed(0)} B`;
 }
 
-/** The Markdown report of summarized methods (`totalSeconds`: the runs' wall times, summed). */
-export function renderResults(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): string {
+/**
+ * The Markdown report of summarized methods (`totalSeconds`: the runs' wall times, summed; `leftOut`: the
+ * (method, seed) runs `--cached-only` did not find, named in the report so its means say what they cover).
+ */
+export function renderResults(
+  o: ResultsOptions,
+  s: MethodSummary[],
+  totalSeconds: number,
+  leftOut: string[] = [],
+): string {
   const byName = new Map(s.map((x) => [x.method, x]));
   const fedit = byName.get("fedit");
   const ref = s[0].runs[0];
@@ -356,6 +366,12 @@ export function renderResults(o: ResultsOptions, s: MethodSummary[], totalSecond
       "with several seeds each is shown as mean ± sample standard deviation over the seeds, and so is each client's value.",
     "",
   );
+  if (leftOut.length) {
+    lines.push(
+      `Not in the cache, so left out of every mean below (\`--cached-only\`): ${leftOut.join(", ")}.`,
+      "",
+    );
+  }
   const withRouge = s.some((x) => x.rouge.some((q) => q !== null));
   if (withRouge) lines.push(rougeNote(s), "");
   lines.push(

@@ -69,6 +69,11 @@ Deno.test("results rouge: a cell over some seeds says how many; bad option pairs
   assert.equal(rougeCell({ rouge: [r(0.1), r(0.3)] }), "20.00 ± 14.14");
   assert.equal(rougeCell({ rouge: [r(0.1), null] }), "10.00 (1/2 seeds)");
   assert.equal(rougeCell({ rouge: [null] }), "-");
+  // --cached-only names what it left out.
+  const partial = await runResults({ ...opts, methods: ["perfit", "fedit", "base"] });
+  assert.match(partial, /left out of every mean below \(`--cached-only`\): fedit seed 0\./);
+  assert.doesNotMatch(partial, /^\| fedit \|/m);
+  await assert.rejects(() => runResults({ ...opts, methods: ["fedit"] }), /no run to report/);
   await assert.rejects(() => runResults({ ...opts, rouge: true }), /--save-adapters/);
   await assert.rejects(() => runResults({ ...opts, cacheDir: undefined }), /--cached-only needs --cache/);
 });
