@@ -25,7 +25,7 @@
  * - browsers: `import … from "…/perfit/dist/browser/perfit.js"` (the prebuilt ESM bundle in the tarball).
  *
  * Each area is also exported whole as a namespace (`graph`, `model`, `data`, `perfit`,
- * `federation`, `client`, `exporter`, `io`), because some helper names (an `Rng`, a
+ * `federation`, `client`, `exporter`, `evaluation`, `io`), because some helper names (an `Rng`, a
  * `Batch`) exist in more than one area.
  *
  * @module
@@ -83,6 +83,7 @@ export {
 export { createSession, grad, type GradOptions, Graph, toOnnx } from "./runtime/graph/mod.ts";
 export { decodeSafetensors, encodeSafetensors, SafetensorsError } from "./runtime/io/safetensors.ts";
 export { peftAdapterFiles, writeMergedModel, writePeftAdapter } from "./runtime/export/mod.ts";
+export { clientRouge, greedyGenerate, openDecoder, rougeL } from "./runtime/eval/mod.ts";
 
 // Every area, whole.
 export * as graph from "./runtime/graph/mod.ts";
@@ -92,4 +93,5 @@ export * as perfit from "./runtime/perfit/mod.ts";
 export * as federation from "./runtime/federation/mod.ts";
 export * as client from "./runtime/client/mod.ts";
 export * as exporter from "./runtime/export/mod.ts";
+export * as evaluation from "./runtime/eval/mod.ts";
 export * as io from "./runtime/io/safetensors.ts";

@@ -9,6 +9,13 @@
  * `--cache DIR` saves every finished (method, seed) run as JSON under DIR and reuses it when the same
  * settings come again, so methods can run as parallel processes (`--methods fedit --cache DIR --out /dev/null`)
  * and one final `deno task results --cache DIR` assembles the table.
+ *
+ * `--rouge` adds the generation metric: ROUGE-L F1 of greedy completions on each client's test split, from
+ * the adapters under `--save-adapters DIR`, stored as `<cache key>.rouge.json` beside the run's JSON
+ * (bench/results_rouge.ts). With `--cached-only`, runs missing from the cache are left out instead of
+ * run, so `deno task results --cache DIR --save-adapters ADIR --rouge --cached-only` scores finished runs
+ * (and only those) while others are still training. The table shows a ROUGE-L column whenever such files
+ * exist, with or without `--rouge`.
  */
 import { defineCli, isDirectory } from "../runtime/cli/flags.ts";
 import { BACKENDS, TARGET_CHOICES } from "../runtime/cli/common.ts";
@@ -22,6 +29,14 @@ import {
   strategyFor,
 } from "../runtime/federation/mod.ts";
 import { parsePartition, type PartitionSpec } from "../runtime/federation/partition.ts";
+import {
+  computeRunRouge,
+  DEFAULT_ROUGE,
+  readRunRouge,
+  type RunRouge,
+  sameRougeSettings,
+  writeRunRouge,
+} from "./results_rouge.ts";
 
 /** Settings of a results run. */
 export interface ResultsOptions {
@@ -45,6 +60,13 @@ export interface ResultsOptions {
   partition: PartitionSpec;
   /** Write each run's final personalized PEFT adapters under DIR/<cache key>/<client> (for ROUGE-L later). */
   saveAdaptersDir?: string;
+  /** Compute ROUGE-L of every run that lacks it (from the adapters under `saveAdaptersDir`). */
+  rouge?: boolean;
+  /** Held-out examples per client and new tokens per completion of the ROUGE-L pass. */
+  rougeExamples?: number;
+  rougeNewTokens?: number;
+  /** Leave out (method, seed) runs that are not in the cache instead of running them. */
+  cachedOnly?: boolean;
   log?: (s: string) => void;
 }
 
@@ -70,7 +92,8 @@ export const DEFAULT_RESULTS: ResultsOptions = {
   partition: { kind: "category", clientsPerCategory: 1 },
 };
 
-interface MethodSummary {
+/** One method's runs over the seeds, as the table reports them. */
+export interface MethodSummary {
   method: Method;
   runs: SimResult[];
   meanPpl: number;
@@ -79,6 +102,8 @@ interface MethodSummary {
   seedGeoMeans: number[];
   perClient: Map<string, number[]>;
   curve: number[];
+  /** Per run (same order as `runs`), its ROUGE-L pass, or null where there is none. */
+  rouge: (RunRouge | null)[];
 }
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
@@ -105,7 +130,12 @@ export function meanSd(xs: number[], digits = 3): string {
     : mean(xs).toFixed(digits);
 }
 
-function summarize(method: Method, runs: SimResult[]): MethodSummary {
+/** Summarizes a method's runs (one per seed) and their ROUGE-L passes (same order, null where none). */
+export function summarizeMethod(
+  method: Method,
+  runs: SimResult[],
+  rouge: (RunRouge | null)[],
+): MethodSummary {
   const last = (r: SimResult) => r.rounds[r.rounds.length - 1].clients.map((c) => c.perplexity);
   const perClient = new Map<string, number[]>();
   for (const c of runs[0].clients) {
@@ -117,7 +147,7 @@ function summarize(method: Method, runs: SimResult[]): MethodSummary {
   const curve = runs[0].rounds.map((_, i) => mean(runs.map((r) => r.rounds[i].meanPerplexity)));
   const seedMeans = runs.map((r) => mean(last(r)));
   const seedGeoMeans = runs.map((r) => geoMean(last(r)));
-  return { method, runs, meanPpl: mean(seedMeans), seedMeans, seedGeoMeans, perClient, curve };
+  return { method, runs, meanPpl: mean(seedMeans), seedMeans, seedGeoMeans, perClient, curve, rouge };
 }
 
 function uploadStats(r: SimResult): { first: number; steady: number } {
@@ -128,10 +158,23 @@ function uploadStats(r: SimResult): { first: number; steady: number } {
 /** Runs every method and returns the Markdown report. */
 export async function runResults(o: ResultsOptions = DEFAULT_RESULTS): Promise<string> {
   const log = o.log ?? (() => {});
+  if (o.rouge && o.saveAdaptersDir === undefined) {
+    throw new Error(
+      "--rouge reads each run's adapters: give --save-adapters DIR (where the runs saved them)",
+    );
+  }
+  if (o.cachedOnly && o.cacheDir === undefined) throw new Error("--cached-only needs --cache DIR");
+  const rougeSettings = {
+    maxExamples: o.rougeExamples ?? DEFAULT_ROUGE.maxExamples,
+    maxNewTokens: o.rougeNewTokens ?? DEFAULT_ROUGE.maxNewTokens,
+    maxLen: o.maxLen,
+  };
   const summaries: MethodSummary[] = [];
+  const leftOut: string[] = [];
   const t0 = performance.now();
   for (const method of o.methods) {
     const runs: SimResult[] = [];
+    const rouges: (RunRouge | null)[] = [];
     for (const seed of o.seeds) {
       const cfg: SimConfig = {
         ...DEFAULT_SIM,
@@ -147,6 +190,11 @@ export async function runResults(o: ResultsOptions = DEFAULT_RESULTS): Promise<s
       };
       const key = cacheKey(o, method, seed);
       const cached = o.cacheDir ? await readCached(o.cacheDir, key) : null;
+      if (!cached && o.cachedOnly) {
+        log(`${method} seed ${seed}: not in the cache, left out (--cached-only)`);
+        leftOut.push(`${method} seed ${seed}`);
+        continue;
+      }
       const r = cached ?? await runFederated(cfg, {
         modelDir: o.modelDir,
         partition: o.partition,
@@ -168,13 +216,36 @@ export async function runResults(o: ResultsOptions = DEFAULT_RESULTS): Promise<s
         } (${r.wallSeconds.toFixed(0)} s)`,
       );
       runs.push(r);
+      rouges.push(await rougeOf(o, r, key, rougeSettings, log));
     }
-    summaries.push(summarize(method, runs));
+    if (runs.length) summaries.push(summarizeMethod(method, runs, rouges));
   }
+  if (summaries.length === 0) throw new Error("no run to report (--cached-only with an empty cache?)");
   // Cached runs took no time now: report the runs' own wall times (serial equivalent) instead.
   const total = summaries.reduce((a, x) => a + x.runs.reduce((b, r) => b + r.wallSeconds, 0), 0);
   log(`this invocation: ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-  return render(o, summaries, total);
+  return renderResults(o, summaries, total, leftOut);
+}
+
+/** A run's ROUGE-L: the stored pass (if its settings match when computing), else computed with `--rouge`. */
+async function rougeOf(
+  o: ResultsOptions,
+  r: SimResult,
+  key: string,
+  settings: { maxExamples: number; maxNewTokens: number; maxLen: number },
+  log: (s: string) => void,
+): Promise<RunRouge | null> {
+  const stored = o.cacheDir ? await readRunRouge(o.cacheDir, key) : null;
+  if (!o.rouge || (stored && sameRougeSettings(stored.settings, settings))) return stored;
+  const res = await computeRunRouge(o, r, key, o.saveAdaptersDir!, settings, log);
+  if (!res) return stored;
+  if (o.cacheDir) await writeRunRouge(o.cacheDir, res);
+  log(
+    `${r.method} seed ${r.config.seed}: ROUGE-L ${(res.meanF * 100).toFixed(2)} (${
+      res.seconds.toFixed(1)
+    } s, ${res.clients.reduce((a, c) => a + c.examples, 0)} completions)`,
+  );
+  return res;
 }
 
 /** File name of a cached run: every setting that changes the result, hashed (FNV-1a), plus method and seed. */
@@ -244,7 +315,16 @@ function fmtBytes(b: number): string {
   return b === 0 ? "0" : b >= 1024 ? `${(b / 1024).toFixed(1)} KiB` : `${b.toFixed(0)} B`;
 }
 
-function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): string {
+/**
+ * The Markdown report of summarized methods (`totalSeconds`: the runs' wall times, summed; `leftOut`: the
+ * (method, seed) runs `--cached-only` did not find, named in the report so its means say what they cover).
+ */
+export function renderResults(
+  o: ResultsOptions,
+  s: MethodSummary[],
+  totalSeconds: number,
+  leftOut: string[] = [],
+): string {
   const byName = new Map(s.map((x) => [x.method, x]));
   const fedit = byName.get("fedit");
   const ref = s[0].runs[0];
@@ -286,10 +366,20 @@ function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): st
       "with several seeds each is shown as mean ± sample standard deviation over the seeds, and so is each client's value.",
     "",
   );
+  if (leftOut.length) {
+    lines.push(
+      `Not in the cache, so left out of every mean below (\`--cached-only\`): ${leftOut.join(", ")}.`,
+      "",
+    );
+  }
+  const withRouge = s.some((x) => x.rouge.some((q) => q !== null));
+  if (withRouge) lines.push(rougeNote(s), "");
   lines.push(
-    "| method | mean ppl | geo-mean ppl | vs FedIT | trainable params / client | search space | upload / client, round 1 | upload / client, later rounds | wall s |",
+    `| method | mean ppl | geo-mean ppl |${
+      withRouge ? " ROUGE-L |" : ""
+    } vs FedIT | trainable params / client | search space | upload / client, round 1 | upload / client, later rounds | wall s |`,
   );
-  lines.push("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+  lines.push(`|---|---:|---:|${withRouge ? "---:|" : ""}---:|---:|---:|---:|---:|---:|`);
   for (const x of s) {
     const r = x.runs[0];
     const up = uploadStats(r);
@@ -301,9 +391,11 @@ function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): st
       }`;
     const train = strategyFor(x.method).trains ? B : 0;
     lines.push(
-      `| ${x.method} | ${meanSd(x.seedMeans)} | ${meanSd(x.seedGeoMeans)} | ${vs} | ${train} | ${space} | ${
-        fmtBytes(up.first)
-      } | ${fmtBytes(up.steady)} | ${mean(x.runs.map((q) => q.wallSeconds)).toFixed(0)} |`,
+      `| ${x.method} | ${meanSd(x.seedMeans)} | ${meanSd(x.seedGeoMeans)} |${
+        withRouge ? ` ${rougeCell(x)} |` : ""
+      } ${vs} | ${train} | ${space} | ${fmtBytes(up.first)} | ${fmtBytes(up.steady)} | ${
+        mean(x.runs.map((q) => q.wallSeconds)).toFixed(0)
+      } |`,
     );
   }
   lines.push(
@@ -319,6 +411,21 @@ function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): st
   for (const c of ref.clients) {
     const e = perfit.runs[0].clients.find((q) => q.id === c.id)?.expansion ?? 1;
     lines.push(`| ${c.id} | ${e} | ${s.map((x) => meanSd(x.perClient.get(c.id)!)).join(" | ")} |`);
+  }
+  if (withRouge) {
+    lines.push("", "## Per-client ROUGE-L F1 × 100 (greedy completions, last round's model)", "");
+    lines.push(`| client | ${s.map((x) => x.method).join(" | ")} |`);
+    lines.push(`|---|${s.map(() => "---:").join("|")}|`);
+    for (const c of ref.clients) {
+      const cells = s.map((x) => {
+        const fs = x.rouge.flatMap((q) => {
+          const f = q?.clients.find((y) => y.id === c.id)?.f;
+          return f === undefined || f === null ? [] : [f * 100];
+        });
+        return fs.length ? meanSd(fs, 2) : "-";
+      });
+      lines.push(`| ${c.id} | ${cells.join(" | ")} |`);
+    }
   }
   const withMasks = s.filter((x) => strategyFor(x.method).personalMask);
   if (withMasks.length) {
@@ -343,6 +450,37 @@ function render(o: ResultsOptions, s: MethodSummary[], totalSeconds: number): st
   for (const x of s) lines.push(`| ${x.method} | ${x.curve.map((v) => v.toFixed(3)).join(" | ")} |`);
   lines.push("");
   return lines.join("\n");
+}
+
+/** A method's ROUGE-L cell: mean ± sd over the seeds that have it (× 100), and how many when not all. */
+export function rougeCell(x: Pick<MethodSummary, "rouge">): string {
+  const fs = x.rouge.flatMap((q) => (q ? [q.meanF * 100] : []));
+  if (fs.length === 0) return "-";
+  return fs.length === x.rouge.length
+    ? meanSd(fs, 2)
+    : `${meanSd(fs, 2)} (${fs.length}/${x.rouge.length} seeds)`;
+}
+
+/** The paragraph that says how ROUGE-L was made (settings as stored with the passes, and their cost). */
+function rougeNote(s: MethodSummary[]): string {
+  const passes = s.flatMap((x) => x.rouge.filter((q): q is RunRouge => q !== null));
+  const kinds = [
+    ...new Set(
+      passes.map((q) => `${q.settings.maxExamples} examples, ${q.settings.maxNewTokens} new tokens`),
+    ),
+  ];
+  const secs = passes.map((q) => q.seconds);
+  return "ROUGE-L = F1 of the longest common subsequence between a greedy completion and the reference response " +
+    "(rouge-score's definition: lowercased, non-alphanumerics dropped, no stemming; runtime/eval/rouge.ts), " +
+    "averaged over each client's first held-out examples, then over the clients, × 100 (higher is better). " +
+    "Each client's model is the base plus its saved final adapter (the base alone for `base`); the prompt is the one training " +
+    `feeds (Alpaca template, truncated as in training); completions stop at EOS. Settings: ${
+      kinds.join("; ")
+    } per client ` +
+    `(\`--rouge --rouge-examples N --rouge-new-tokens N\`); the pass took ${
+      mean(secs).toFixed(1)
+    } s per run on average ` +
+    `(${Math.min(...secs).toFixed(1)}–${Math.max(...secs).toFixed(1)} s, ${passes.length} runs).`;
 }
 
 /** Bench entry point (bench/main.ts convention): a short run of every method. */
@@ -443,6 +581,27 @@ export const resultsCli = defineCli({
       value: "DIR",
       help: "reuse finished (method, seed) runs saved under DIR, and save new ones there",
     },
+    rouge: {
+      type: "boolean",
+      help:
+        "score every run without a ROUGE-L pass from its adapters under --save-adapters (DIR/<key>.rouge.json)",
+    },
+    "rouge-examples": {
+      type: "int",
+      min: 1,
+      default: DEFAULT_ROUGE.maxExamples,
+      help: "held-out examples per client that ROUGE-L completes and scores, at most",
+    },
+    "rouge-new-tokens": {
+      type: "int",
+      min: 1,
+      default: DEFAULT_ROUGE.maxNewTokens,
+      help: "new tokens per greedy completion, at most (EOS ends it earlier)",
+    },
+    "cached-only": {
+      type: "boolean",
+      help: "leave out (method, seed) runs missing from --cache instead of running them",
+    },
   },
 });
 
@@ -467,6 +626,10 @@ if (import.meta.main) {
     cacheDir: f.cache,
     partition: parsePartition(f.partition, f.clients),
     saveAdaptersDir: f["save-adapters"],
+    rouge: f.rouge,
+    rougeExamples: f["rouge-examples"],
+    rougeNewTokens: f["rouge-new-tokens"],
+    cachedOnly: f["cached-only"],
     log: (s) => console.error(s),
   };
   try {

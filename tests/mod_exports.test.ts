@@ -17,11 +17,15 @@ Deno.test("mod.ts exports the public API for clients, simulations and export", a
       "initKernels",
       "encodeSafetensors",
       "writePeftAdapter",
+      "rougeL",
+      "greedyGenerate",
     ] as const
   ) {
     assert.equal(typeof (perfit as Record<string, unknown>)[name], "function", `${name} is exported`);
   }
-  for (const ns of ["graph", "model", "data", "perfit", "federation", "client", "exporter", "io"]) {
+  for (
+    const ns of ["graph", "model", "data", "perfit", "federation", "client", "exporter", "evaluation", "io"]
+  ) {
     assert.equal(typeof (perfit as Record<string, unknown>)[ns], "object", `namespace ${ns}`);
   }
   // The namespaces carry the same objects as the headline exports, not copies.

@@ -3,7 +3,7 @@
  * `deno task simulate` and the results table.
  */
 import { loadModel } from "../model/engine.ts";
-import { partition, type PartitionSpec } from "./partition.ts";
+import { type ClientData, partition, type PartitionSpec } from "./partition.ts";
 import { ProgressBar } from "./progress.ts";
 import { engineFactory, loadFolder, PRETRAIN_STRIDE } from "./setup.ts";
 import { simulate } from "./simulate.ts";
@@ -40,6 +40,28 @@ export interface RunOptions {
   onRound?: (r: SimRound) => void;
 }
 
+/**
+ * The clients of a run: the data folder partitioned with the run's seed and caps. Anything that must
+ * see a run's exact splits again (the ROUGE-L pass over saved adapters) calls this, not a copy of it.
+ */
+export async function loadClients(
+  seed: number,
+  opts: Pick<
+    RunOptions,
+    "dataDir" | "partition" | "maxTrain" | "maxTest" | "testFraction" | "skipPretrained"
+  >,
+): Promise<ClientData[]> {
+  // The bundled base saw every 4th record of the bundled data; other data folders are used whole.
+  const skip = opts.skipPretrained ?? (opts.dataDir === undefined || opts.dataDir === BUNDLED_DATA);
+  const examples = await loadFolder(opts.dataDir ?? BUNDLED_DATA, { skipEvery: skip ? PRETRAIN_STRIDE : 0 });
+  return partition(examples, opts.partition, {
+    seed,
+    testFraction: opts.testFraction ?? 0.1,
+    maxTrain: opts.maxTrain,
+    maxTest: opts.maxTest,
+  });
+}
+
 /** Loads model and data, partitions, and runs the simulation. */
 export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<SimResult> {
   const modelDir = opts.modelDir ?? BUNDLED_MODEL;
@@ -50,15 +72,7 @@ export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<Si
     throw new Error(`cannot load the base model from ${modelDir}: ${(e as Error).message}`);
   }
   if (!model.tokenizer) throw new Error(`model at ${modelDir} has no tokenizer`);
-  // The bundled base saw every 4th record of the bundled data; other data folders are used whole.
-  const skip = opts.skipPretrained ?? (opts.dataDir === undefined || opts.dataDir === BUNDLED_DATA);
-  const examples = await loadFolder(opts.dataDir ?? BUNDLED_DATA, { skipEvery: skip ? PRETRAIN_STRIDE : 0 });
-  const clients = partition(examples, opts.partition, {
-    seed: cfg.seed,
-    testFraction: opts.testFraction ?? 0.1,
-    maxTrain: opts.maxTrain,
-    maxTest: opts.maxTest,
-  });
+  const clients = await loadClients(cfg.seed, opts);
   const factory = engineFactory(model, cfg, opts.backend ?? "auto");
   const trains = strategyFor(cfg.method).trains;
   const perRound = clients.length * ((trains ? cfg.localSteps : 0) + 1);
