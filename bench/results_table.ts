@@ -155,6 +155,24 @@ function uploadStats(r: SimResult): { first: number; steady: number } {
   return { first: per[0] ?? 0, steady: per.length > 1 ? mean(per.slice(1)) : per[0] ?? 0 };
 }
 
+/** Mean bytes a client downloads per round (its slice bodies). */
+const downloadPerRound = (r: SimResult): number =>
+  mean(r.rounds.flatMap((rd) => rd.clients.map((c) => c.downloadBytes)));
+
+/** Mean wall seconds of a sampled client's round, over the runs that recorded it (null: none did). */
+function computePerRound(runs: SimResult[]): number | null {
+  const xs = runs.flatMap((r) =>
+    r.rounds.flatMap((rd) => rd.clients.filter((c) => c.trained && c.computeSeconds !== undefined))
+  ).map((c) => c.computeSeconds!);
+  return xs.length ? mean(xs) : null;
+}
+
+/** "a" or "a–b" over the clients' values. */
+const span = (xs: number[]): string => {
+  const lo = Math.min(...xs), hi = Math.max(...xs);
+  return lo === hi ? `${lo}` : `${lo}–${hi}`;
+};
+
 /** Runs every method and returns the Markdown report. */
 export async function runResults(o: ResultsOptions = DEFAULT_RESULTS): Promise<string> {
   const log = o.log ?? (() => {});
@@ -377,23 +395,23 @@ export function renderResults(
   lines.push(
     `| method | mean ppl | geo-mean ppl |${
       withRouge ? " ROUGE-L |" : ""
-    } vs FedIT | trainable params / client | search space | upload / client, round 1 | upload / client, later rounds | wall s |`,
+    } vs FedIT | trainable params / client | search space | upload / client, round 1 | upload / client, later rounds | download / client / round | client s / round | wall s |`,
   );
-  lines.push(`|---|---:|---:|${withRouge ? "---:|" : ""}---:|---:|---:|---:|---:|---:|`);
+  lines.push(`|---|---:|---:|${withRouge ? "---:|" : ""}---:|---:|---:|---:|---:|---:|---:|---:|`);
   for (const x of s) {
     const r = x.runs[0];
     const up = uploadStats(r);
     const vs = fedit ? `${(((x.meanPpl - fedit.meanPpl) / fedit.meanPpl) * 100).toFixed(1)}%` : "-";
-    const space = !strategyFor(x.method).trains
-      ? "0"
-      : `${Math.min(...r.clients.map((c) => c.searchSpace))}–${
-        Math.max(...r.clients.map((c) => c.searchSpace))
-      }`;
-    const train = strategyFor(x.method).trains ? B : 0;
+    const trains = strategyFor(x.method).trains;
+    const space = !trains ? "0" : span(r.clients.map((c) => c.searchSpace));
+    const train = trains ? span(r.clients.map((c) => c.trainableParams)) : "0";
+    const compute = computePerRound(x.runs);
     lines.push(
       `| ${x.method} | ${meanSd(x.seedMeans)} | ${meanSd(x.seedGeoMeans)} |${
         withRouge ? ` ${rougeCell(x)} |` : ""
       } ${vs} | ${train} | ${space} | ${fmtBytes(up.first)} | ${fmtBytes(up.steady)} | ${
+        fmtBytes(downloadPerRound(r))
+      } | ${compute === null ? "-" : compute.toFixed(1)} | ${
         mean(x.runs.map((q) => q.wallSeconds)).toFixed(0)
       } |`,
     );
@@ -401,7 +419,10 @@ export function renderResults(
   lines.push(
     "",
     `FedIT upload reference: 4·B = ${4 * B} B of values; uploads are the HTTP bodies (safetensors, ` +
-      `runtime/client/wire.ts): values, a ~300 B header, and a new mask in its smallest code (by reference after).`,
+      `runtime/client/wire.ts): values, a ~300 B header, and a new mask in its smallest code (by reference after). ` +
+      `Downloads are the slice bodies a client pulls (FLoRA: the whole stack, docs/methods.md). Client s / round: ` +
+      `wall seconds of a sampled client's round (task, slice, local training, upload), on a shared 2-core machine ` +
+      `("-" for runs cached before it was recorded).`,
     "",
   );
   lines.push("## Per-client personalized perplexity (last round)", "");
