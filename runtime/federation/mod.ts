@@ -2,6 +2,7 @@
 export * from "./types.ts";
 export * from "./partition.ts";
 export * from "./strategies.ts";
+export * from "./aggregation.ts";
 export * from "./coordinator_link.ts";
 export * from "./simulate.ts";
 export { ProgressBar } from "./progress.ts";
