@@ -14,23 +14,13 @@ import { ADMIN_COMMANDS } from "../examples/admin.ts";
 import { readPeftAdapter } from "../runtime/export/peft_read.ts";
 import { decodeGlobalAdapter } from "../runtime/client/global_adapter.ts";
 import { encodeUpdate } from "../runtime/client/wire.ts";
+import { referencePython } from "./reference/python.ts";
 
 const CLI = new URL("../examples/admin.ts", import.meta.url).pathname;
 const MODEL = new URL("../models/perfit-tiny", import.meta.url).pathname;
-const ROOT = new URL("..", import.meta.url).pathname;
 
 /** A Python with PEFT (PERFIT_PEFT_PYTHON, or tests/reference/peft_setup.sh's venv), or null. */
-function peftPython(): string | null {
-  for (const p of [Deno.env.get("PERFIT_PEFT_PYTHON"), `${ROOT}tests/.tmp/venv-peft/bin/python`]) {
-    if (!p) continue;
-    try {
-      const r = new Deno.Command(p, { args: ["-c", "import peft"], stdout: "null", stderr: "null" })
-        .outputSync();
-      if (r.success) return p;
-    } catch { /* not there */ }
-  }
-  return null;
-}
+const peftPython = () => referencePython("PERFIT_PEFT_PYTHON", "venv-peft", "peft");
 
 async function admin(args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {

@@ -10,6 +10,7 @@ import { readPeftAdapter } from "../runtime/export/peft_read.ts";
 import { BUNDLED_DATA, BUNDLED_MODEL } from "../runtime/federation/run.ts";
 import { chromiumPath, launchBrowser, type TestBrowser } from "./browser_harness.ts";
 import { startCoordinator } from "../scripts/denokv.ts";
+import { referencePython } from "./reference/python.ts";
 
 const chromium = chromiumPath();
 
@@ -17,17 +18,7 @@ const DENO = new URL("../scripts/deno.sh", import.meta.url).pathname;
 const ROOT = new URL("..", import.meta.url).pathname;
 const ADMIN = "client-e2e-admin-token-0123456789";
 
-function peftPython(): string | null {
-  for (const p of [Deno.env.get("PERFIT_PEFT_PYTHON"), `${ROOT}tests/.tmp/venv-peft/bin/python`]) {
-    if (!p) continue;
-    try {
-      const r = new Deno.Command(p, { args: ["-c", "import peft"], stdout: "null", stderr: "null" })
-        .outputSync();
-      if (r.success) return p;
-    } catch { /* not there */ }
-  }
-  return null;
-}
+const peftPython = () => referencePython("PERFIT_PEFT_PYTHON", "venv-peft", "peft");
 
 let browser: TestBrowser | null = null;
 

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { lcsLength, meanRouge, rougeL, rougeTokens } from "../runtime/eval/rouge.ts";
+import { referencePython } from "./reference/python.ts";
 
 const here = new URL(".", import.meta.url).pathname;
 
@@ -65,17 +66,7 @@ Deno.test("eval_rouge: the committed rouge-score vectors", async () => {
   }
 });
 
-function findPython(): string | null {
-  for (const p of [Deno.env.get("PERFIT_ROUGE_PYTHON"), `${here}.tmp/venv-rouge/bin/python`]) {
-    if (!p) continue;
-    try {
-      const r = new Deno.Command(p, { args: ["-c", "import rouge_score"], stdout: "null", stderr: "null" })
-        .outputSync();
-      if (r.success) return p;
-    } catch { /* not there */ }
-  }
-  return null;
-}
+const findPython = () => referencePython("PERFIT_ROUGE_PYTHON", "venv-rouge", "rouge_score");
 
 const python = findPython();
 if (!python) {

@@ -12,23 +12,11 @@ import { adapterLayout, type TargetModule } from "../runtime/model/lora.ts";
 import { Engine } from "../runtime/model/engine.ts";
 import { makeBatches, parseJsonl } from "../runtime/data/mod.ts";
 import { writeMergedModel, writePeftAdapter } from "../runtime/export/mod.ts";
+import { referencePython } from "./reference/python.ts";
 
 const here = new URL(".", import.meta.url).pathname;
 
-function findPython(): string | null {
-  for (const p of [Deno.env.get("PERFIT_PEFT_PYTHON"), `${here}.tmp/venv-peft/bin/python`]) {
-    if (!p) continue;
-    try {
-      const r = new Deno.Command(p, {
-        args: ["-c", "import torch, peft, transformers"],
-        stdout: "null",
-        stderr: "null",
-      }).outputSync();
-      if (r.success) return p;
-    } catch { /* not there */ }
-  }
-  return null;
-}
+const findPython = () => referencePython("PERFIT_PEFT_PYTHON", "venv-peft", "torch, peft, transformers");
 
 const python = findPython();
 if (!python) {

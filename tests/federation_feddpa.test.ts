@@ -29,6 +29,7 @@ import { writePeftAdapter } from "../runtime/export/write.ts";
 import { parseRunConfig } from "../server/run_config.ts";
 import { ApiError } from "../server/errors.ts";
 import { runBody } from "./server_helpers.ts";
+import { referencePython } from "./reference/python.ts";
 
 const HEADER_MAX = 320;
 const R = 2;
@@ -355,22 +356,7 @@ Deno.test("feddpa: a 2-client federation uploads only the global half; the local
   assert.notDeepEqual(ppl(ri), ppl(r));
 });
 
-function findPython(): string | null {
-  const here = new URL(".", import.meta.url).pathname;
-  for (const p of [Deno.env.get("PERFIT_PEFT_PYTHON"), `${here}.tmp/venv-peft/bin/python`]) {
-    if (!p) continue;
-    try {
-      const ok = new Deno.Command(p, {
-        args: ["-c", "import torch, peft, transformers"],
-        stdout: "null",
-        stderr: "null",
-      })
-        .outputSync().success;
-      if (ok) return p;
-    } catch { /* not there */ }
-  }
-  return null;
-}
+const findPython = () => referencePython("PERFIT_PEFT_PYTHON", "venv-peft", "torch, peft, transformers");
 const python = findPython();
 if (!python) {
   console.warn(
