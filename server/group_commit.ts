@@ -82,21 +82,14 @@ export class GroupCommit {
         );
         if (agg.name !== "holders") p.record.termWeights = terms.map((t) => t.weight);
         const acc = st.acc;
-        await Promise.all(
-          terms.map((t) =>
-            t.start === 0 && t.length === acc.sum.length
-              ? this.folder.fold(acc, t.bits, t.values, t.weight)
-              : this.folder.fold(
-                {
-                  sum: acc.sum.subarray(t.start, t.start + t.length),
-                  weight: acc.weight.subarray(t.start, t.start + t.length),
-                },
-                t.bits,
-                t.values,
-                t.weight,
-              )
-          ),
-        );
+        // A term folds into its range of the accumulators (the whole adapter for a mask's term).
+        await Promise.all(terms.map((t) => {
+          const range = {
+            sum: acc.sum.subarray(t.start, t.start + t.length),
+            weight: acc.weight.subarray(t.start, t.start + t.length),
+          };
+          return this.folder.fold(range, t.bits, t.values, t.weight);
+        }));
       } catch (e) {
         // Inputs are validated before this, so a failed fold means a broken worker, which may have
         // left a partial fold behind: reload the run from KV (every uncommitted upload is retried).

@@ -175,11 +175,12 @@ export function parseRunConfig(raw: unknown): RunConfig {
   }
   let adapterSize: number;
   let budget: number;
+  const slots = slotsOf(strategy, o);
   if (o.model !== undefined) {
     try {
       const cfg = parseConfig(o.model);
       const layout = adapterLayout(cfg, { rank: rank * maxE, alpha, targets: targets as TargetModule[] });
-      adapterSize = layout.size * slotsOf(strategy, o);
+      adapterSize = layout.size * slots;
       budget = budgetOf(layout, rank);
     } catch (e) {
       throw invalid("invalid_config", `model: ${(e as Error).message}`);
@@ -195,7 +196,7 @@ export function parseRunConfig(raw: unknown): RunConfig {
     budget = Math.floor(adapterSize / maxE);
   }
   if (o.budget !== undefined) budget = int(o, "budget", 1, adapterSize);
-  if (!strategy.prunes) budget = strategy.stacks ? adapterSize / slotsOf(strategy, o) : adapterSize;
+  if (!strategy.prunes) budget = adapterSize / slots;
   if (strategy.aggregation.needsLayout && o.model === undefined) {
     throw invalid(
       "invalid_config",

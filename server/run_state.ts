@@ -312,46 +312,31 @@ export class RunCache {
   }
 
   /**
-   * The weight accumulator is not persisted: it is exactly the sample-weighted count of the accepted
-   * uploads' masks, which are stored anyway (FedIT: all ones). Halves the bytes of every commit.
+   * The weight accumulator is not persisted: it is exactly what the accepted uploads' fold terms
+   * added, and their positions follow from the masks, which are stored anyway (FedIT: all ones).
+   * Halves the bytes of every commit. A term weighs the run's weight of the upload's samples, or
+   * (methods with a fold of their own, e.g. HetLoRA) the weight recorded with the upload.
    */
   private async rebuildWeight(st: RunState): Promise<void> {
-    const n = st.run.config.adapterSize;
-    const w = st.acc!.weight;
-    const bits = new Uint32Array(bitWords(n));
-    if (strategyFor(st.run.config.method).denseMask) {
-      for (const u of st.uploads.values()) {
-        const x = Math.fround(weightOf(st.run.config, u.samples));
-        for (let i = 0; i < n; i++) w[i] += x;
-      }
-      return;
-    }
     const cfg = st.run.config;
-    const agg = strategyFor(cfg.method).aggregation;
+    const n = cfg.adapterSize;
+    const w = st.acc!.weight;
+    const strategy = strategyFor(cfg.method);
+    const agg = strategy.aggregation;
+    const bits = strategy.denseMask ? fullBits(n) : new Uint32Array(bitWords(n));
     for (const u of st.uploads.values()) {
-      await readChunks(this.kv, K.mask(st.run.id, u.client, u.maskRound), new Uint8Array(bits.buffer));
-      if (agg.name !== "holders") {
-        // The method's terms and the weights recorded with the upload, added as the fold added them.
-        const shapes = agg.shapes(bits, n, runLayout(cfg));
-        const tw = u.termWeights;
-        if (!tw || tw.length !== shapes.length) {
-          throw new Error(`upload of ${u.client} lacks its term weights`);
-        }
-        shapes.forEach((sh, t) => {
-          const x = Math.fround(tw[t]);
-          forEachBit(sh.bits, (p) => (w[sh.start + p] += x));
-        });
-        continue;
+      if (!strategy.denseMask) {
+        await readChunks(this.kv, K.mask(st.run.id, u.client, u.maskRound), new Uint8Array(bits.buffer));
       }
-      const x = Math.fround(weightOf(st.run.config, u.samples));
-      for (let wi = 0; wi < bits.length; wi++) {
-        let b = bits[wi];
-        while (b !== 0) {
-          const t = b & -b;
-          w[(wi << 5) + (31 - Math.clz32(t))] += x;
-          b ^= t;
-        }
+      const shapes = agg.shapes(bits, n, runLayout(cfg));
+      const weights = agg.name === "holders" ? [weightOf(cfg, u.samples)] : u.termWeights;
+      if (!weights || weights.length !== shapes.length) {
+        throw new Error(`upload of ${u.client} lacks its term weights`);
       }
+      shapes.forEach((sh, t) => {
+        const x = Math.fround(weights[t]);
+        forEachBit(sh.bits, (p) => (w[sh.start + p] += x));
+      });
     }
   }
 

@@ -68,3 +68,34 @@ Deno.test("server folder: a bad fold is an error and leaves the accumulators unt
   const late = good();
   await assert.rejects(worker.fold(acc, late.bits, late.values, 2), /closed/);
 });
+
+Deno.test("folder: the worker folds a term into a range of the accumulators (a view at an offset) as in-thread", async () => {
+  const n = 1000, start = 333, len = 400;
+  const results: Float32Array[][] = [];
+  for (const f of [new InlineFolder(), new WorkerFolder()] as Folder[]) {
+    try {
+      const acc = f.alloc(n);
+      for (const s of [1, 2, 3]) {
+        const u = update(len, s);
+        const range = {
+          sum: acc.sum.subarray(start, start + len),
+          weight: acc.weight.subarray(start, start + len),
+        };
+        await f.fold(range, u.bits, u.values, u.samples);
+      }
+      await f.drain();
+      results.push([acc.sum.slice(), acc.weight.slice()]);
+    } finally {
+      f.close();
+    }
+  }
+  const [inline, worker] = results;
+  assert.deepEqual(worker[0], inline[0]);
+  assert.deepEqual(worker[1], inline[1]);
+  // Only the range was touched.
+  assert.ok(
+    inline[1].subarray(0, start).every((x) => x === 0) &&
+      inline[1].subarray(start + len).every((x) => x === 0),
+  );
+  assert.ok(inline[1].subarray(start, start + len).some((x) => x > 0));
+});
