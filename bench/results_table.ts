@@ -18,7 +18,7 @@
  * exist, with or without `--rouge`.
  */
 import { defineCli, isDirectory } from "../runtime/cli/flags.ts";
-import { BACKENDS, TARGET_CHOICES } from "../runtime/cli/common.ts";
+import { BACKENDS, partitionCheck, TARGET_CHOICES } from "../runtime/cli/common.ts";
 import {
   DEFAULT_SIM,
   type Method,
@@ -582,13 +582,7 @@ export const resultsCli = defineCli({
       type: "string",
       value: "P",
       default: "category",
-      validate: (v) => {
-        try {
-          parsePartition(v, 16);
-        } catch (e) {
-          return (e as Error).message;
-        }
-      },
+      validate: partitionCheck,
       help: "category (one client per category), category:K, or dirichlet:ALPHA (with --clients)",
     },
     clients: { type: "int", min: 2, default: 16, help: "clients of a Dirichlet partition" },

@@ -6,7 +6,13 @@
  * `deno task simulate --help` lists every flag with its default.
  */
 import { defineCli, isDirectory } from "../runtime/cli/flags.ts";
-import { BACKENDS, COORDINATOR_FLAGS, coordinatorOf, TARGET_CHOICES } from "../runtime/cli/common.ts";
+import {
+  BACKENDS,
+  COORDINATOR_FLAGS,
+  coordinatorOf,
+  partitionCheck,
+  TARGET_CHOICES,
+} from "../runtime/cli/common.ts";
 import {
   DEFAULT_SIM,
   formatRound,
@@ -16,15 +22,6 @@ import {
   runFederated,
   type SimConfig,
 } from "../runtime/federation/mod.ts";
-
-const partitionCheck = (v: string) => {
-  try {
-    parsePartition(v, 1);
-    return undefined;
-  } catch {
-    return "category, category:K or dirichlet:ALPHA (K ≥ 1, ALPHA > 0)";
-  }
-};
 
 /** The simulate CLI's flags (also what --help prints). */
 export const simulateCli = defineCli({

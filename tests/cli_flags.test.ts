@@ -213,6 +213,8 @@ Deno.test("cli flags: the issue's bad flags answer one line and exit 2 in every 
     ["demo", ["--backend", "cuda"], /one of auto, node, wasm, webgpu/],
     ["results", ["--methods", "perfit,nope"], /"nope" is not one of perfit/],
     ["results", ["--seeds", "a"], /--seeds must be a comma-separated list of integers/],
+    ["results", ["--partition", "bogus"], /--partition must be category, category:K or dirichlet:ALPHA/],
+    ["results", ["--clients", "1"], /--clients must be an integer ≥ 2, got "1"/],
     ["generate", ["--category", "nope"], /--category must be one of acronyms, computing, .*, got "nope"/],
     ["generate", ["--max-new-tokens=0"], /--max-new-tokens must be an integer in \[1, 4096\], got "0"/],
     ["generate", ["--steps", "-3"], /--steps must be an integer ≥ 1, got "-3"/],

@@ -6,6 +6,7 @@ import type { FlagSource, FlagTable } from "./flags.ts";
 import type { Backend } from "../graph/session.ts";
 export type { Backend };
 import { UsageError } from "./flags.ts";
+import { parsePartition } from "../federation/partition.ts";
 
 /** The onnxruntime backends a CLI can pick. */
 export const BACKENDS = ["auto", "node", "wasm", "webgpu"] as const satisfies readonly Backend[];
@@ -112,4 +113,14 @@ export function coordinatorOf(
     );
   }
   return { url: values.server.replace(/\/+$/, ""), adminToken };
+}
+
+/** A `--partition` value's check: undefined when `parsePartition` takes it, else the valid forms. */
+export function partitionCheck(v: string): string | undefined {
+  try {
+    parsePartition(v, 1);
+    return undefined;
+  } catch {
+    return "category, category:K or dirichlet:ALPHA (K ≥ 1, ALPHA > 0)";
+  }
 }
