@@ -100,14 +100,14 @@ export function priorUpload(
 /** Room in the open round and in the commit queue. */
 export function checkCapacity(
   cfg: RunConfig,
-  s: { dead: boolean; closing: boolean; queued: number; folding: number; taken: number },
+  s: { dead: boolean; closing: boolean; queued: number; taken: number },
   round: number,
 ): void {
   if (s.dead) throw new RetryableError("run state was reloaded, retry");
   if (s.closing) throw gone("round_closed", `round ${round} is closing`);
   // A commit snapshots the sum with every folded upload in it, so its group must hold every queued
-  // upload: past one atomic operation's worth, push back (503, the client retries) instead.
-  if (s.queued + s.folding >= MAX_GROUP) throw new RetryableError("commit queue is full, retry");
+  // upload (folding ones too): past one atomic operation's worth, push back (503, retry) instead.
+  if (s.queued >= MAX_GROUP) throw new RetryableError("commit queue is full, retry");
   if (s.taken >= cfg.clientsPerRound) {
     throw conflict("round_full", `round ${round} already has ${cfg.clientsPerRound} updates`);
   }

@@ -375,7 +375,6 @@ export class Coordinator {
       dead: st.dead,
       closing: st.closing,
       queued: st.queue.length,
-      folding: st.folding,
       taken: st.uploads.size + st.pending.size,
     }, round);
     const norm = checkUpdate(cfg, strategy, u);

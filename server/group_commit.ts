@@ -61,47 +61,49 @@ export class GroupCommit {
   async commit(st: RunState, p: Pending, u: DecodedUpdate, folded?: () => void): Promise<void> {
     // From here on a duplicate of this upload waits for this one instead of folding twice.
     st.pending.set(p.client, p);
-    folded?.(); // from here on `gather` counts it among the group-to-be (as folding, then queued)
+    folded?.(); // from here on `gather` counts it among the group-to-be (queued)
     const weight = weightOf(st.run.config, u.samples);
     if (st.held) {
       // Held until the round closes (and written with this upload's group commit): own copies, so
       // a view into a larger request body does not keep the whole body alive.
       st.held.set(p.client, { bits: u.maskBits.slice(), values: u.values.slice(), weight });
     } else if (st.acc) {
-      st.folding++;
-      try {
-        // The method's aggregation makes the terms; all are posted before any await, so the
-        // folder's order (which `stage`'s snapshot relies on) keeps this upload's terms together.
-        const cfg = st.run.config;
-        const agg = strategyFor(cfg.method).aggregation;
-        const terms = foldTerms(
-          agg,
-          { bits: u.maskBits, values: u.values, weight },
-          cfg.adapterSize,
-          runLayout(cfg),
-        );
-        if (agg.name !== "holders") p.record.termWeights = terms.map((t) => t.weight);
-        const acc = st.acc;
-        // A term folds into its range of the accumulators (the whole adapter for a mask's term).
-        await Promise.all(terms.map((t) => {
-          const range = {
-            sum: acc.sum.subarray(t.start, t.start + t.length),
-            weight: acc.weight.subarray(t.start, t.start + t.length),
-          };
-          return this.folder.fold(range, t.bits, t.values, t.weight);
-        }));
-      } catch (e) {
-        // Inputs are validated before this, so a failed fold means a broken worker, which may have
-        // left a partial fold behind: reload the run from KV (every uncommitted upload is retried).
-        this.runs.kill(st, e);
-        throw new RetryableError(`fold failed: ${(e as Error).message}`);
-      } finally {
-        st.folding--;
-      }
+      // The method's aggregation makes the terms; all are posted before any await, so the folder's
+      // order (which `stage`'s snapshot relies on) keeps this upload's terms together.
+      const cfg = st.run.config;
+      const agg = strategyFor(cfg.method).aggregation;
+      const terms = foldTerms(
+        agg,
+        { bits: u.maskBits, values: u.values, weight },
+        cfg.adapterSize,
+        runLayout(cfg),
+      );
+      if (agg.name !== "holders") p.record.termWeights = terms.map((t) => t.weight);
+      const acc = st.acc;
+      // A term folds into its range of the accumulators (the whole adapter for a mask's term).
+      p.folded = Promise.all(terms.map((t) => {
+        const range = {
+          sum: acc.sum.subarray(t.start, t.start + t.length),
+          weight: acc.weight.subarray(t.start, t.start + t.length),
+        };
+        return this.folder.fold(range, t.bits, t.values, t.weight);
+      })).then(() => {});
+      p.folded.catch(() => {});
+    }
+    // Queued in the same synchronous stretch as its fold request: a snapshot taken from here on
+    // holds its fold, and the group cut from that snapshot holds it too, whether or not the fold's
+    // acknowledgement has come back yet (a sum must never become durable without its markers).
+    st.queue.push(p);
+    try {
+      await p.folded;
+    } catch (e) {
+      // Inputs are validated before this, so a failed fold means a broken worker, which may have
+      // left a partial fold behind: reload the run from KV (every uncommitted upload is retried).
+      this.runs.kill(st, e);
+      throw new RetryableError(`fold failed: ${(e as Error).message}`);
     }
     u.values = new Float32Array(0); // the values live on only in the accumulator: free them now
     if (st.dead) throw new RetryableError("run state was reloaded, retry");
-    st.queue.push(p);
     this.kickFlush(st);
     await p.done;
   }
@@ -143,7 +145,7 @@ export class GroupCommit {
     const full = () =>
       st.queue.length >= MAX_GROUP || st.uploads.size + st.pending.size >= st.run.config.clientsPerRound;
     const arriving = () => this.runs.arrivals(st.run.id);
-    while (!st.dead && !full() && arriving() > st.queue.length + st.folding && performance.now() < until) {
+    while (!st.dead && !full() && arriving() > st.queue.length && performance.now() < until) {
       await new Promise((r) => setTimeout(r, 2));
     }
   }
@@ -182,14 +184,17 @@ export class GroupCommit {
     earlyWrite?.catch(() => {});
     let group: Pending[] = [];
     try {
-      // The snapshot holds every fold requested so far (the folder keeps them in order), and their
-      // uploads are queued by the time it resolves: the group is exactly those, so no contribution
-      // becomes durable without its marker. Admission keeps them within MAX_GROUP.
+      // The snapshot holds every fold requested so far (the folder keeps them in order), and each
+      // upload was queued when its fold was requested: the group is exactly those, so no
+      // contribution becomes durable without its marker. Admission keeps them within MAX_GROUP.
       const last = st.foldSeq;
       const snapshot = st.acc ? await this.folder.snapshot(st.acc) : null;
       let take = 0;
       while (take < st.queue.length && (snapshot === null || st.queue[take].seq <= last)) take++;
       group = st.queue.splice(0, take);
+      // Its marker is written only with its contribution: a fold that failed kills the state.
+      await Promise.all(group.map((p) => p.folded));
+      if (st.dead) throw new Error("state was reloaded");
       const slot = round.accGen === `${this.instance}.0` ? `${this.instance}.1` : `${this.instance}.0`;
       const blobs: [Deno.KvKey, Uint8Array][] = [];
       if (snapshot) blobs.push([K.acc(runId, round.index, slot, "s"), f32Bytes(snapshot)]);

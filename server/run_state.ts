@@ -27,6 +27,8 @@ export interface Pending {
   record: UploadRecord;
   /** Kept until the group commit writes it (masks are persisted with the commit, not before). */
   maskBits: Uint32Array | null;
+  /** Its fold's acknowledgement (runs that fold); a group commits only folds that succeeded. */
+  folded?: Promise<void>;
   done: Promise<void>;
   resolve: () => void;
   reject: (e: unknown) => void;
@@ -55,9 +57,8 @@ export interface RunState {
    * uploads by client (accepted, or pending: a failed commit reloads the whole state); else null.
    */
   held: Map<string, HeldUpdate> | null;
-  /** Sequence number of the last fold requested, and how many are still in flight. */
+  /** Sequence number of the last fold requested (see `stage` in group_commit.ts). */
   foldSeq: number;
-  folding: number;
   uploads: Map<string, UploadRecord>;
   pending: Map<string, Pending>;
   queue: Pending[];
@@ -216,7 +217,7 @@ export class RunCache {
 
   /** Nothing of the run is in flight here: dropping the state loses nothing that KV lacks. */
   private idle(st: RunState): boolean {
-    return st.running === 0 && st.pending.size === 0 && st.queue.length === 0 && st.folding === 0 &&
+    return st.running === 0 && st.pending.size === 0 && st.queue.length === 0 &&
       !st.flushing && !st.closing && this.arrivals(st.run.id) === 0;
   }
 
@@ -277,7 +278,6 @@ export class RunCache {
       acc: null,
       held: null,
       foldSeq: 0,
-      folding: 0,
       uploads: new Map(),
       pending: new Map(),
       queue: [],

@@ -6,8 +6,9 @@
 import assert from "node:assert/strict";
 import { Coordinator, RetryableError } from "../server/coordinator.ts";
 import { parseRunConfig } from "../server/run_config.ts";
-import { K, type RoundRecord } from "../server/records.ts";
+import { K, type RoundRecord, type UploadRecord } from "../server/records.ts";
 import { readChunks } from "../server/kv_chunks.ts";
+import { type Accumulators, InlineFolder } from "../server/folder.ts";
 import { type DecodedUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
 
 /** A KV whose atomic commits wait while `gate.closed` (joins and reads are unaffected once opened). */
@@ -140,6 +141,140 @@ Deno.test("server commit queue: a full queue answers retry before folding; the s
     assert.equal(retry.status, "accepted");
   } finally {
     gate.open();
+    await coord.close();
+    raw.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/**
+ * A folder that applies each fold at once (as the snapshot contract requires) but acknowledges it
+ * only when told: the state of an upload whose fold landed and whose continuation has not run yet.
+ */
+class LateAckFolder extends InlineFolder {
+  hold = false;
+  snapshots = 0;
+  private held: (() => void)[] = [];
+  override fold(acc: Accumulators, bits: Uint32Array, values: Float32Array, samples: number): Promise<void> {
+    const done = super.fold(acc, bits, values, samples);
+    if (!this.hold) return done;
+    return done.then(() => new Promise<void>((r) => this.held.push(r)));
+  }
+  override snapshot(acc: Accumulators): Promise<Float32Array> {
+    this.snapshots++;
+    return super.snapshot(acc);
+  }
+  get waiting(): number {
+    return this.held.length;
+  }
+  release(): void {
+    for (const r of this.held.splice(0)) r();
+  }
+}
+
+/** The round's durable sum, and the sum of the uploads its markers name (f32 products, as folded). */
+async function durableSums(kv: Deno.Kv, run: string, n: number, updates: Map<string, DecodedUpdate>) {
+  const round = (await kv.get<RoundRecord>(K.round(run, 1))).value!;
+  const sum = new Float32Array(n);
+  if (round.accGen) await readChunks(kv, K.acc(run, 1, round.accGen, "s"), new Uint8Array(sum.buffer));
+  const marked = new Float32Array(n);
+  let markers = 0;
+  for await (const e of kv.list<UploadRecord>({ prefix: K.uploadsOf(run, 1) })) {
+    markers++;
+    const u = updates.get(e.value.client)!;
+    let r = 0;
+    for (let p = 0; p < n; p++) {
+      if ((u.maskBits[p >>> 5] >>> (p & 31)) & 1) {
+        marked[p] += Math.fround(Math.fround(u.samples) * u.values[r++]);
+      }
+    }
+  }
+  let off = 0;
+  for (let p = 0; p < n; p++) off = Math.max(off, Math.abs(sum[p] - marked[p]));
+  return { off, markers, accepted: round.accepted, marked };
+}
+
+/** A KV that, after every atomic commit that lands, runs `after` (which reads through the raw KV). */
+function watchedKv(kv: Deno.Kv, after: () => Promise<void>): Deno.Kv {
+  const wrapOp = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    const w: Deno.AtomicOperation = new Proxy(op, {
+      get(t, p) {
+        if (p === "commit") {
+          return async () => {
+            const res = await t.commit();
+            if (res.ok) await after();
+            return res;
+          };
+        }
+        const v = Reflect.get(t, p);
+        return typeof v === "function" ? (...a: unknown[]) => (v.apply(t, a) === t ? w : v.apply(t, a)) : v;
+      },
+    });
+    return w;
+  };
+  return new Proxy(kv, {
+    get(t, p) {
+      if (p === "atomic") return () => wrapOp(t.atomic());
+      const v = Reflect.get(t, p);
+      return typeof v === "function" ? v.bind(t) : v;
+    },
+  });
+}
+
+Deno.test("server commit queue: an upload folded into a snapshot joins that commit's group, even before its fold is acknowledged", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "perfit-lateack-" });
+  const raw = await Deno.openKv(`${dir}/q.kv`);
+  const n = 64;
+  let runId = "";
+  let updates = new Map<string, DecodedUpdate>();
+  /** Every commit that lands must leave a sum that holds exactly the uploads its markers name. */
+  const seen: Awaited<ReturnType<typeof durableSums>>[] = [];
+  const kv = watchedKv(raw, async () => {
+    if (updates.size > 0) seen.push(await durableSums(raw, runId, n, updates));
+  });
+  const folder = new LateAckFolder();
+  const coord = new Coordinator(kv, Date.now, folder);
+  try {
+    const run = await coord.createRun(parseRunConfig({
+      baseModel: "m",
+      lora: { rank: 1, alpha: 1, targets: ["q"] },
+      method: "perfit",
+      rounds: 1,
+      clientsPerRound: 3,
+      roundDeadlineMs: 3_600_000,
+      adapterSize: n,
+      budget: n,
+      expansionTiers: { low: 1 },
+      maxNorm: 1e6,
+    }));
+    runId = run.id;
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push((await coord.join(run.id, {})).id);
+    const fresh = (i: number) => update(run.id, n, i + 1); // the coordinator consumes what it folds
+    updates = new Map(ids.map((id, i) => [id, fresh(i)]));
+
+    // Client 1's fold lands in the sum but its acknowledgement waits; client 0's comes back at once
+    // and starts a commit, whose snapshot holds both.
+    folder.hold = true;
+    const late = coord.upload(run.id, ids[1], 1, fresh(1), "id-1");
+    while (folder.waiting === 0) await new Promise((r) => setTimeout(r, 1));
+    folder.hold = false;
+    const first = coord.upload(run.id, ids[0], 1, fresh(0), "id-0");
+    while (folder.snapshots === 0) await new Promise((r) => setTimeout(r, 1));
+    folder.release();
+    assert.equal((await first).status, "accepted");
+    assert.equal((await late).status, "accepted");
+
+    assert.ok(seen.length >= 1, "some commit landed");
+    for (const s of seen) {
+      assert.equal(s.markers, s.accepted);
+      assert.ok(s.off <= 1e-5, `a commit left a sum ${s.off} off the uploads its ${s.markers} markers name`);
+    }
+    const end = seen.at(-1)!;
+    assert.equal(end.accepted, 2);
+    assert.ok(end.marked.some((x) => x !== 0), "the markers name some values");
+  } finally {
+    folder.release();
     await coord.close();
     raw.close();
     await Deno.remove(dir, { recursive: true });
