@@ -79,3 +79,22 @@ export function fmtRatio(slow: number[], fast: number[], digits = 2): string {
   const { median, min, max } = spread(per);
   return `${median.toFixed(digits)}× (median; ${min.toFixed(digits)}–${max.toFixed(digits)} per repetition)`;
 }
+
+/**
+ * "Intel(R) Xeon(R) ... , 2 logical cores, 23.4 GiB, linux/x86_64, Deno 2.x": what the machine is,
+ * from /proc/cpuinfo and /proc/meminfo where they exist.
+ */
+export function machineLine(): string {
+  const read = (p: string) => {
+    try {
+      return Deno.readTextFileSync(p);
+    } catch {
+      return "";
+    }
+  };
+  const cpu = /^model name\s*:\s*(.+)$/m.exec(read("/proc/cpuinfo"))?.[1]?.trim() ?? "unknown CPU";
+  const kb = Number(/^MemTotal:\s+(\d+) kB/m.exec(read("/proc/meminfo"))?.[1] ?? NaN);
+  const mem = Number.isFinite(kb) ? `${(kb / 2 ** 20).toFixed(1)} GiB` : "memory n/a";
+  return `${cpu}, ${navigator.hardwareConcurrency} logical cores, ${mem}, ${Deno.build.os}/${Deno.build.arch}, ` +
+    `Deno ${Deno.version.deno}`;
+}

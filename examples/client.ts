@@ -69,6 +69,10 @@ export const clientCli = defineCli({
       help: 'a single-use invite, for runs with enrollment "invite"',
     },
     backend: { type: "string", choices: BACKENDS, default: "auto", help: "onnxruntime backend" },
+    checkpoint: {
+      type: "boolean",
+      help: "activation checkpointing: about half the memory of a train step, for one more forward pass",
+    },
     adapter: {
       type: "string",
       value: "DIR",
@@ -111,6 +115,7 @@ if (import.meta.main) {
       tier: v.tier,
       enrollment: v.key || v.invite ? { key: v.key || undefined, invite: v.invite || undefined } : undefined,
       backend: v.backend,
+      checkpoint: v.checkpoint,
       adapterDir: v.adapter,
       name: v.name,
       maxTrain: v["max-train"],

@@ -29,6 +29,8 @@ export interface DataOwnerOptions {
   /** The run's join key or an invite, where the run needs one. */
   enrollment?: { key?: string; invite?: string };
   backend?: "auto" | "node" | "wasm" | "webgpu";
+  /** Activation checkpointing in the train step: about half the step's memory, one more forward pass. */
+  checkpoint?: boolean;
   /** Where the client keeps its token, adapter, mask and pending upload (resumes from it). */
   stateDir: string;
   /** Where the PEFT adapter is written after each round (default `<stateDir>/adapter`). */
@@ -69,6 +71,9 @@ export async function runDataOwner(o: DataOwnerOptions): Promise<DataOwnerResult
     tokenizer: model.tokenizer,
     data: { id: name, ...split },
     backend: o.backend ?? "auto",
+    engine: { checkpoint: o.checkpoint ?? false },
+    // Tokens and seconds of local training go with the upload: the coordinator's /metrics shows them.
+    reportThroughput: true,
     onProgress: (p) => p.phase === "train" && o.onProgress?.(p.round, p.step, p.steps),
     onMetrics: (_r, m) => (lastMetrics = m),
   });
@@ -135,7 +140,9 @@ export async function runDataOwner(o: DataOwnerOptions): Promise<DataOwnerResult
         if (s.kind === "trained") trained++;
         // Until the round's aggregate arrives (never, for local-only runs), the adapter just trained.
         pending = writeAdapter(s.round, false);
-        const m = Object.entries(lastMetrics).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(", ");
+        const m = Object.entries(lastMetrics).map(([k, v]) =>
+          `${k} ${Number.isInteger(v) ? v : v.toFixed(3)}`
+        ).join(", ");
         log(
           `round ${s.round}: ${s.kind}, upload ${s.status}${m ? `; ${m}` : ""} (${
             ((performance.now() - roundStart) / 1000).toFixed(1)

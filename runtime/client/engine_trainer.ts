@@ -7,7 +7,7 @@
  * The coordinator works in the run's global layout (rank r * e_max); this client trains in its own
  * rank-(r*e) layout, so values and masks are extracted from / embedded into the global layout here.
  */
-import { Engine, type LoadedModel } from "../model/engine.ts";
+import { Engine, type EngineOptions, type LoadedModel } from "../model/engine.ts";
 import { type AdapterLayout, initAdapter, type TargetModule } from "../model/lora.ts";
 import { embed, extract, kindMask, rankLayout } from "../perfit/layout.ts";
 import { strategyFor } from "../federation/strategies.ts";
@@ -45,6 +45,17 @@ export interface EngineTrainerOptions {
   /** The client's local data, already split. */
   data: { id: string; train: Example[]; test: Example[] };
   backend?: "auto" | "node" | "wasm" | "webgpu";
+  /**
+   * How the engines hold the model: activation checkpointing (about half the memory of a step for
+   * one more forward pass) and whether the base weights are session constants or fed as inputs.
+   */
+  engine?: Pick<EngineOptions, "checkpoint" | "weightMode">;
+  /**
+   * Report the round's training throughput with the upload (default false): `tokens`, the real
+   * (unpadded) tokens of the round's training batches, and `trainS`, the seconds of local training
+   * (evaluation excluded). Off in the simulation, whose upload bytes are compared across carriers.
+   */
+  reportThroughput?: boolean;
   /** Seed of this client's batch order (default: the run's seed). */
   seed?: number;
   /** Evaluation batch size (default: twice the training batch). */
@@ -204,7 +215,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
   let fl: LocalLearner | null = null;
   let engine: TrainEngine | null = null;
   let backendName = "none";
-  let current = { round: 0, step: 0 };
+  let current = { round: 0, step: 0, tokens: 0 };
   const created = new Map<number, Promise<TrainEngine>>();
   const engineFor = (task: TaskInfo, steps: number): Promise<TrainEngine> => {
     if (opts.engines) return opts.engines(task.rank);
@@ -216,7 +227,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
         alpha: task.lora.alpha,
         targets: task.lora.targets as TargetModule[],
         baseRank: task.lora.rank,
-      }, { backend: opts.backend ?? "auto" }).then((x) => {
+      }, { ...opts.engine, backend: opts.backend ?? "auto" }).then((x) => {
         backendName = x.backend;
         return x;
       });
@@ -229,6 +240,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     layout: e.layout,
     trainStep: async (b, a, m) => {
       const r = await e.trainStep(b, a, m);
+      for (let i = 0; i < b.attentionMask.length; i++) current.tokens += b.attentionMask[i];
       opts.onLoss?.(current.round, ++current.step, r.loss);
       return r;
     },
@@ -296,7 +308,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       // Resumed after a crash, or a new learner: the saved mask is the searched architecture.
       if (mask) learner.setMask(extract(global, mask, layout));
     }
-    current = { round: task.round, step: 0 };
+    current = { round: task.round, step: 0, tokens: 0 };
     const cfg: SimConfig = {
       ...DEFAULT_SIM,
       method: task.method,
@@ -335,11 +347,16 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       lastStep = step;
       opts.onProgress?.({ round: task.round, step, steps, phase: "train" });
     };
+    const t0 = performance.now();
     const res: { meanLoss: number; localLoss?: number } = strategy.dual
       ? await dualFit(learner, ins, cfg, r, h.dpa.localTrainWeight, onStep)
       : await learner.fit(ins, cfg, onStep);
     const metrics: Record<string, number> = { loss: res.meanLoss };
     if (res.localLoss !== undefined) metrics.localLoss = res.localLoss;
+    if (opts.reportThroughput) {
+      metrics.tokens = current.tokens;
+      metrics.trainS = (performance.now() - t0) / 1000;
+    }
     if (opts.evaluateAfterTraining ?? true) {
       opts.onProgress?.({ round: task.round, step: lastStep, steps: lastStep, phase: "eval" });
       const ev = await evaluateOwn(task, h, learner, learner.adapter, learner.mask);
