@@ -46,7 +46,7 @@ export interface FederationOptions {
 }
 
 /** One client's figures in one round. */
-export interface ClientRound {
+export interface ClientRoundFigures {
   round: number;
   tokens: number;
   trainS: number;
@@ -64,7 +64,7 @@ export interface ClientFigures {
   backend: string;
   tier: string;
   expansion: number;
-  rounds: ClientRound[];
+  rounds: ClientRoundFigures[];
   /** Every other HTTP body (join, task polls, token refresh; the page, its scripts and the model). */
   otherUpBytes: number;
   otherDownBytes: number;
@@ -512,6 +512,7 @@ export async function federate(o: FederationOptions): Promise<FederationReport> 
       wallS: (r.closedAt - r.openedAt) / 1000,
       coordinatorPeakMb: windowOf(r.index, "coordinator"),
     }));
+    await Deno.remove(dir, { recursive: true });
     return {
       model: o.model === "135m" ? "SmolLM2-135M shape, random weights" : "perfit-tiny (bundled)",
       modelDir,
@@ -527,6 +528,7 @@ export async function federate(o: FederationOptions): Promise<FederationReport> 
       loadAfter: loadAverages(),
     };
   } catch (e) {
+    // The folder is kept: its logs say what each process did.
     throw new Error(`${(e as Error).message}\n${tails()}\n(logs in ${dir})`);
   } finally {
     peaks?.stop();
