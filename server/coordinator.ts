@@ -104,19 +104,12 @@ export class Coordinator {
     options: CoordinatorOptions = {},
   ) {
     this.reads = new ReadModel(kv);
-    this.runs = new RunCache(kv, folder, options.maxLoadedRuns ?? 16, (st) => this.loaded(st));
+    const instance = b64url(crypto.getRandomValues(new Uint8Array(6)));
+    this.runs = new RunCache(kv, instance, folder, options.maxLoadedRuns ?? 16, (st) => this.loaded(st));
     this.maskStore = new MaskStore(kv);
     this.clients = new ClientRegistry(kv, now);
-    const instance = b64url(crypto.getRandomValues(new Uint8Array(6)));
     const cleanUp = (work: Promise<void>) => this.cleanUp(work);
-    this.commits = new GroupCommit(
-      kv,
-      folder,
-      this.runs,
-      instance,
-      (st) => this.closer.closeNow(st),
-      cleanUp,
-    );
+    this.commits = new GroupCommit(kv, folder, this.runs, instance, (st) => this.closer.closeNow(st));
     this.events = options.events ?? silentLog;
     this.closer = new RoundCloser(
       kv,
@@ -138,7 +131,7 @@ export class Coordinator {
       this.swept.set(key, true);
       this.cleanUp(sweepRun(this.kv, st.run, [...st.uploads.values()], this.now()));
     }
-    if (st.round && roundComplete(st.run.config, st.round, st.uploads.size)) {
+    if (st.round && roundComplete(st.run.config, st.accepted)) {
       this.closer.closeRound(st).catch(() => {});
     }
   }
@@ -191,7 +184,7 @@ export class Coordinator {
   async getRun(id: string, revalidate = true): Promise<{ run: RunRecord; round: RoundRecord | null }> {
     const st = await this.runs.get(id, revalidate);
     await this.closer.advance(st);
-    return { run: st.run, round: st.round };
+    return { run: st.run, round: st.round && { ...st.round, accepted: st.accepted, samples: st.samples } };
   }
 
   /** Closes overdue rounds of every loaded run (the server calls this on a timer). */
@@ -231,7 +224,7 @@ export class Coordinator {
     let status: TaskInfo["status"] = "train";
     if (st.run.status === "done" || !r) status = "done";
     else if (st.uploads.has(c.id) || st.pending.has(c.id) || st.closing) status = "wait";
-    else if (st.uploads.size + st.pending.size >= cfg.clientsPerRound) status = "wait";
+    else if (st.accepted + st.pending.size >= cfg.clientsPerRound) status = "wait";
     const strategy = strategyFor(cfg.method);
     // The strategy decides what this client does (Flower's configure_fit); a client with no stored
     // mask has not searched yet.
@@ -375,7 +368,7 @@ export class Coordinator {
       dead: st.dead,
       closing: st.closing,
       queued: st.queue.length,
-      taken: st.uploads.size + st.pending.size,
+      taken: st.accepted + st.pending.size,
     }, round);
     const norm = checkUpdate(cfg, strategy, u);
     // The run's aggregation sees the values as it admits them (clipped-mean scales them to clipNorm).
@@ -397,7 +390,7 @@ export class Coordinator {
     const maskBits = dense || reuseMask ? null : u.maskBits;
     const p: Pending = { seq: ++st.foldSeq, client: clientId, uploadId, record, maskBits, ...deferred() };
     await this.commits.commit(st, p, u, folded);
-    if (st.round?.index === round) this.events.emit(accepted(st.run, st.round));
+    if (st.round?.index === round) this.events.emit(accepted(st.run, st.round, st.accepted));
     return { status: "accepted", uploadId, round };
   }
 

@@ -95,6 +95,7 @@ Deno.test("server sweep: loading a run deletes what lost clean-ups left, and kee
       await blobs(raw, run.id),
       [
         slot,
+        "acc/3/shard", // the open round's shard records (A's)
         `global/${current}`,
         `global/${young}`,
         `mask/${ca}/2`, // A's latest (its round-1 mask, replaced in the closed round 2, is gone)

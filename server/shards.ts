@@ -1,0 +1,69 @@
+/**
+ * Shards of an open round: each coordinator instance sums the uploads it accepts into a shard of
+ * its own (a ShardRecord and a sum blob), so instances on one store never contend for one record
+ * while a round is open. An instance registers its shard in the round record with its first commit
+ * of the round (the only commit of a shard that touches the round record); the close reads every
+ * registered shard and commits only if none of them, and not the round record, changed meanwhile.
+ */
+import { K, type RoundRecord, type ShardRecord, type UploadRecord } from "./records.ts";
+import { f32Bytes, readChunks } from "./kv_chunks.ts";
+import type { RunState } from "./run_state.ts";
+
+/** Deno KV's limit on keys per `getMany`. */
+const GET_MANY = 10;
+
+/** The round's registered shards as KV holds them now, with their versionstamps. */
+export async function readShards(kv: Deno.Kv, round: RoundRecord): Promise<Deno.KvEntryMaybe<ShardRecord>[]> {
+  const keys = (round.shards ?? []).map((i) => K.shard(round.run, round.index, i));
+  const out: Deno.KvEntryMaybe<ShardRecord>[] = [];
+  for (let i = 0; i < keys.length; i += GET_MANY) {
+    out.push(...await kv.getMany<ShardRecord[]>(keys.slice(i, i + GET_MANY)));
+  }
+  return out;
+}
+
+/** Uploads accepted in the round: those counted in the round record (before shards) and each shard's. */
+export function acceptedOf(round: RoundRecord, shards: Deno.KvEntryMaybe<ShardRecord>[]): number {
+  return shards.reduce((a, s) => a + (s.value?.accepted ?? 0), round.accepted);
+}
+
+/** Every accepted upload of the round, whichever instance accepted it. */
+export async function uploadsOf(kv: Deno.Kv, run: string, round: number): Promise<UploadRecord[]> {
+  const out: UploadRecord[] = [];
+  for await (const e of kv.list<UploadRecord>({ prefix: K.uploadsOf(run, round) })) out.push(e.value);
+  return out;
+}
+
+/**
+ * Adds into `sum` the sums of the shards of other instances (and the round's own sum from before
+ * shards): with this instance's sum in `sum`, it then holds every accepted upload's contribution.
+ */
+export async function addOtherSums(
+  kv: Deno.Kv,
+  round: RoundRecord,
+  shards: Deno.KvEntryMaybe<ShardRecord>[],
+  instance: string,
+  sum: Float32Array,
+): Promise<void> {
+  const blobs = shards.filter((s) => s.value && s.value.instance !== instance && s.value.accGen)
+    .map((s) => s.value!.accGen!);
+  if (round.accGen) blobs.push(round.accGen);
+  const part = new Float32Array(sum.length);
+  for (const gen of blobs) {
+    await readChunks(kv, K.acc(round.run, round.index, gen, "s"), f32Bytes(part));
+    for (let p = 0; p < sum.length; p++) sum[p] += part[p];
+  }
+}
+
+/** Re-counts the open round's accepted uploads from its shards (other instances' commits included). */
+export async function refreshAccepted(kv: Deno.Kv, st: RunState): Promise<void> {
+  const round = st.round;
+  if (!round) return;
+  const shards = await readShards(kv, round);
+  const n = acceptedOf(round, shards);
+  // Our own commits during the read are counted already: while the round is open a count only grows.
+  if (!st.dead && st.round?.index === round.index && n > st.accepted) {
+    st.accepted = n;
+    st.samples = shards.reduce((a, s) => a + (s.value?.samples ?? 0), round.samples);
+  }
+}
