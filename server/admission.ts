@@ -12,11 +12,8 @@ import type { DecodedUpdate } from "../runtime/client/wire.ts";
 import { RetryableError } from "./run_state.ts";
 import { maxSamplesOf } from "./robust.ts";
 
-/**
- * Most uploads per commit: a commit checks the round, its shard and each upload's marker (so two
- * instances never both accept one upload), within KV's 100 checks per atomic operation.
- */
-export const MAX_GROUP = 98;
+/** Most uploads per commit: 2 mutations each + 2 must stay under KV's 1000, and 800 KiB in total. */
+export const MAX_GROUP = 400;
 // The metric rule is the wire format's (one definition); admission re-checks it for callers of the
 // Coordinator API that bypass the wire decoder.
 import { MAX_METRICS, METRIC_NAME } from "../runtime/client/wire.ts";

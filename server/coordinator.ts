@@ -45,6 +45,7 @@ import { GroupCommit } from "./group_commit.ts";
 import { MaskStore } from "./mask_store.ts";
 import { openRound, RoundCloser } from "./round_close.ts";
 import { deferred, type Pending, RetryableError, RunCache, type RunState } from "./run_state.ts";
+import { claimUpload } from "./shards.ts";
 import { sweepRun } from "./sweep.ts";
 import { RunAdmin } from "./run_admin.ts";
 import { ruleFor } from "./robust.ts";
@@ -356,24 +357,23 @@ export class Coordinator {
       }
       throw roundNotOpen(st.run, round);
     }
+    const norm = checkUpdate(cfg, strategy, u);
+    // The run's aggregation sees the values as it admits them (clipped-mean scales them to clipNorm).
+    const admitted = ruleFor(cfg).admit(u.values, norm);
+    if (admitted !== u.values) u = { ...u, values: admitted };
+    const claim = await claimUpload(this.kv, st, this.runs.instance, clientId, uploadId, this.now);
     // Synchronous from here to `commits.commit`: no await, so no other upload interleaves.
-    const prior = priorUpload(st.uploads.get(clientId), st.pending.get(clientId), uploadId, round);
+    if (st.round?.index !== round) throw new RetryableError("the round moved on, retry");
+    const before = st.uploads.get(clientId) ?? claim.accepted;
+    const prior = priorUpload(before, st.pending.get(clientId), uploadId, round);
     if (prior === "replay") return { status: "replay", uploadId, round };
     if (prior === "wait") {
       folded?.();
       await st.pending.get(clientId)!.done;
       return { status: "replay", uploadId, round };
     }
-    checkCapacity(cfg, {
-      dead: st.dead,
-      closing: st.closing,
-      queued: st.queue.length,
-      taken: st.accepted + st.pending.size,
-    }, round);
-    const norm = checkUpdate(cfg, strategy, u);
-    // The run's aggregation sees the values as it admits them (clipped-mean scales them to clipNorm).
-    const admitted = ruleFor(cfg).admit(u.values, norm);
-    if (admitted !== u.values) u = { ...u, values: admitted };
+    const taken = st.accepted + st.pending.size;
+    checkCapacity(cfg, { dead: st.dead, closing: st.closing, queued: st.queue.length, taken }, round);
     const record: UploadRecord = {
       uploadId,
       client: clientId,
@@ -389,6 +389,7 @@ export class Coordinator {
     };
     const maskBits = dense || reuseMask ? null : u.maskBits;
     const p: Pending = { seq: ++st.foldSeq, client: clientId, uploadId, record, maskBits, ...deferred() };
+    p.claimedAt = claim.at;
     await this.commits.commit(st, p, u, folded);
     if (st.round?.index === round) this.events.emit(accepted(st.run, st.round, st.accepted));
     return { status: "accepted", uploadId, round };

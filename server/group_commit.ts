@@ -13,7 +13,7 @@ import { K, type ShardRecord } from "./records.ts";
 import type { DecodedUpdate } from "../runtime/client/wire.ts";
 import type { Folder } from "./folder.ts";
 import { MAX_GROUP, roundComplete } from "./admission.ts";
-import { refreshAccepted } from "./shards.ts";
+import { CLAIM_LEASE_MS, refreshAccepted } from "./shards.ts";
 import { lastMaskRecord } from "./mask_store.ts";
 import { type Pending, RetryableError, type RunCache, type RunState } from "./run_state.ts";
 import { weightOf } from "./robust.ts";
@@ -222,9 +222,8 @@ export class GroupCommit {
   /**
    * Second half: in one atomic operation, points this instance's shard at the staged sum and writes
    * every upload marker of the group; then acknowledges the group. It is guarded by the round
-   * record (unchanged until the round closes), our shard's versionstamp, and the absence of each
-   * marker (another instance may have accepted the same upload): instances' commits never conflict
-   * unless they accept the same client.
+   * record (unchanged until the round closes, but for shards registering) and our shard's
+   * versionstamp: instances' commits do not conflict.
    */
   private async flip(st: RunState, staged: Staged): Promise<void> {
     const { group, slot } = staged;
@@ -249,9 +248,12 @@ export class GroupCommit {
       const registered = st.shard ? null : { ...round, shards: [...(round.shards ?? []), this.instance] };
       if (registered) op.set(K.round(runId, round.index), registered);
       for (const p of group) {
+        // Claimed for us when admitted (shards.ts), so no other instance writes this marker.
+        if (performance.now() - (p.claimedAt ?? -Infinity) > CLAIM_LEASE_MS / 2) {
+          throw new Error("a claim is about to lapse");
+        }
         p.record.shard = this.instance;
-        const key = K.upload(runId, round.index, p.client);
-        op.check({ key, versionstamp: null }).set(key, p.record);
+        op.set(K.upload(runId, round.index, p.client), p.record);
         if (!dense) op.set(K.lastMask(runId, p.client), lastMaskRecord(p.record));
       }
       const res = await op.commit();
@@ -262,7 +264,7 @@ export class GroupCommit {
           } ms`,
         );
       }
-      if (!res.ok) throw new Error("the round closed, or another instance took one of these uploads");
+      if (!res.ok) throw new Error("the round closed, or another instance registered a shard");
       st.shard = next;
       st.shardVs = res.versionstamp;
       if (registered) {

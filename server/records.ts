@@ -12,6 +12,7 @@
  *   ["round", run, r]                     RoundRecord (includes the accumulator pointer `accGen`)
  *   ["acc", run, r, gen, "s", i]          sum accumulator chunks of an open round (gen: a slot)
  *   ["acc", run, r, "shard", instance]    ShardRecord: one instance's part of an open round
+ *   ["acc", run, r, "claim", client]      ClaimRecord: which instance is committing the client's upload
  *   ["global", run, gen, "v"|"c", i]      aggregated adapter values and covered bitmask
  *   ["client", run, client]               ClientRecord
  *   ["clients", run]                      join counter {count}
@@ -76,6 +77,14 @@ export interface RoundRecord {
   /** Instances with a shard in this round (see shards.ts), in registration order. */
   shards?: string[];
   summary: RoundSummary | null;
+}
+
+/** An instance's claim on a client's upload of an open round, taken before the upload is folded. */
+export interface ClaimRecord {
+  instance: string;
+  uploadId: string;
+  /** When it was taken (the claiming instance's clock): it lapses CLAIM_LEASE_MS later. */
+  at: number;
 }
 
 /** One coordinator instance's part of an open round: the uploads its commits accepted, and their sum. */
@@ -143,6 +152,7 @@ export const K = {
   accRound: (run: string, r: number): Deno.KvKey => ["acc", run, r],
   shard: (run: string, r: number, instance: string): Deno.KvKey => ["acc", run, r, "shard", instance],
   shardsOf: (run: string, r: number): Deno.KvKey => ["acc", run, r, "shard"],
+  claim: (run: string, r: number, client: string): Deno.KvKey => ["acc", run, r, "claim", client],
   accsOf: (run: string): Deno.KvKey => ["acc", run],
   global: (run: string, gen: string, part: "v" | "c"): Deno.KvKey => ["global", run, gen, part],
   globalGen: (run: string, gen: string): Deno.KvKey => ["global", run, gen],

@@ -4,10 +4,12 @@
  * while a round is open. An instance registers its shard in the round record with its first commit
  * of the round (the only commit of a shard that touches the round record); the close reads every
  * registered shard and commits only if none of them, and not the round record, changed meanwhile.
+ * An upload is claimed for one instance before it is folded (`claimUpload`), so two instances never
+ * both count it.
  */
-import { K, type RoundRecord, type ShardRecord, type UploadRecord } from "./records.ts";
+import { type ClaimRecord, K, type RoundRecord, type ShardRecord, type UploadRecord } from "./records.ts";
 import { f32Bytes, readChunks } from "./kv_chunks.ts";
-import type { RunState } from "./run_state.ts";
+import { RetryableError, type RunState } from "./run_state.ts";
 
 /** Deno KV's limit on keys per `getMany`. */
 const GET_MANY = 10;
@@ -66,4 +68,45 @@ export async function refreshAccepted(kv: Deno.Kv, st: RunState): Promise<void> 
     st.accepted = n;
     st.samples = shards.reduce((a, s) => a + (s.value?.samples ?? 0), round.samples);
   }
+}
+
+/**
+ * How long a claim holds a client's upload for the instance that took it. Past it, another instance
+ * may take the upload over (the claimer died before committing it); the claimer itself commits a
+ * claimed upload only within half of it (see group_commit.ts).
+ */
+export const CLAIM_LEASE_MS = 120_000;
+
+/**
+ * Claims the client's upload of the open round for `instance` before it is folded: one small atomic
+ * operation, checked against the client's claim and marker. Returns the marker when some instance
+ * has accepted an upload of this client already (the caller answers replay or conflict), and when
+ * the claim was taken (`performance.now()`); refuses with a retryable error while another instance
+ * holds a live claim on it.
+ */
+export async function claimUpload(
+  kv: Deno.Kv,
+  st: RunState,
+  instance: string,
+  client: string,
+  uploadId: string,
+  now: () => number,
+): Promise<{ accepted?: UploadRecord; at: number }> {
+  const run = st.run.id;
+  const round = st.round!.index;
+  const claimKey = K.claim(run, round, client);
+  const markerKey = K.upload(run, round, client);
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const [claim, marker] = await kv.getMany<[ClaimRecord, UploadRecord]>([claimKey, markerKey]);
+    if (marker.value) return { accepted: marker.value, at: performance.now() };
+    const c = claim.value;
+    if (c && c.instance === instance && c.uploadId === uploadId) return { at: performance.now() };
+    if (c && c.instance !== instance && now() < c.at + CLAIM_LEASE_MS) {
+      throw new RetryableError("another instance is committing this client's upload, retry");
+    }
+    const res = await kv.atomic().check(claim).check({ key: markerKey, versionstamp: null })
+      .set(claimKey, { instance, uploadId, at: now() } satisfies ClaimRecord).commit();
+    if (res.ok) return { at: performance.now() };
+  }
+  throw new RetryableError("another instance is claiming this client's upload, retry");
 }

@@ -13,7 +13,10 @@ import { MAX_GROUP } from "../server/admission.ts";
 import { type Accumulators, InlineFolder } from "../server/folder.ts";
 import { type DecodedUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
 
-/** A KV whose atomic commits wait while `gate.closed` (joins and reads are unaffected once opened). */
+/**
+ * A KV whose group commits (the atomic operations that write a shard record) wait while
+ * `gate.closed`; joins, claims and reads are unaffected.
+ */
 function gatedKv(kv: Deno.Kv) {
   const gate = { closed: false, open: () => {}, waiters: [] as (() => void)[] };
   gate.open = () => {
@@ -21,12 +24,20 @@ function gatedKv(kv: Deno.Kv) {
     for (const w of gate.waiters.splice(0)) w();
   };
   const wrapOp = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    let group = false;
     const w: Deno.AtomicOperation = new Proxy(op, {
       get(t, p) {
         if (p === "commit") {
           return async () => {
-            if (gate.closed) await new Promise<void>((r) => gate.waiters.push(r));
+            if (group && gate.closed) await new Promise<void>((r) => gate.waiters.push(r));
             return t.commit();
+          };
+        }
+        if (p === "set") {
+          return (key: Deno.KvKey, value: unknown) => {
+            if (key.includes("shard")) group = true;
+            t.set(key, value);
+            return w;
           };
         }
         const v = Reflect.get(t, p);

@@ -53,14 +53,19 @@ function update(run: string, seed: number): DecodedUpdate {
   };
 }
 
-/** Uploads through `coord`, retrying what the coordinator answers as retryable; returns the tries. */
+/** Two handles on one SQLite file may find it locked (HTTP answers 503): not a conflict, try again. */
+const locked = (e: unknown) => e instanceof Error && /database is locked/.test(e.message);
+
+/** Uploads through `coord`, retrying what it answers as retryable; returns the tries that conflicted. */
 async function upload(coord: Coordinator, run: string, client: string, u: () => DecodedUpdate, id: string) {
-  for (let tries = 1; tries <= 5; tries++) {
+  let tries = 1;
+  for (let attempt = 0; attempt < 20; attempt++) {
     try {
       const r = await coord.upload(run, client, 1, u(), id);
       return { status: r.status, tries };
     } catch (e) {
-      if (!(e instanceof RetryableError)) throw e;
+      if (e instanceof RetryableError && !locked(e)) tries++;
+      else if (!locked(e)) throw e;
     }
   }
   throw new Error(`upload ${id} kept failing`);
