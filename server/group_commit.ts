@@ -13,7 +13,7 @@ import { K, type ShardRecord } from "./records.ts";
 import type { DecodedUpdate } from "../runtime/client/wire.ts";
 import type { Folder } from "./folder.ts";
 import { MAX_GROUP, roundComplete } from "./admission.ts";
-import { CLAIM_LEASE_MS, refreshAccepted } from "./shards.ts";
+import { CLAIM_LEASE_MS, MAX_SHARDS, refreshAccepted } from "./shards.ts";
 import { lastMaskRecord } from "./mask_store.ts";
 import { type Pending, RetryableError, type RunCache, type RunState } from "./run_state.ts";
 import { weightOf } from "./robust.ts";
@@ -245,6 +245,9 @@ export class GroupCommit {
         .check({ key: shardKey, versionstamp: st.shardVs })
         .set(shardKey, next);
       // Our first commit of the round registers the shard, so that the close cannot miss it.
+      if (!st.shard && (round.shards?.length ?? 0) >= MAX_SHARDS) {
+        throw new Error(`round ${round.index} has ${MAX_SHARDS} shards, the most a close can check`);
+      }
       const registered = st.shard ? null : { ...round, shards: [...(round.shards ?? []), this.instance] };
       if (registered) op.set(K.round(runId, round.index), registered);
       for (const p of group) {

@@ -14,6 +14,13 @@ import { RetryableError, type RunState } from "./run_state.ts";
 /** Deno KV's limit on keys per `getMany`. */
 const GET_MANY = 10;
 
+/**
+ * Most shards in one round: the close (and a cancel) checks the run, the round and every shard, and
+ * denokv allows 10 checks per atomic operation. An instance restarted mid-round counts again (its
+ * id is new); past this, uploads go to instances that hold a shard already (503, the client retries).
+ */
+export const MAX_SHARDS = 8;
+
 /** The round's registered shards as KV holds them now, with their versionstamps. */
 export async function readShards(kv: Deno.Kv, round: RoundRecord): Promise<Deno.KvEntryMaybe<ShardRecord>[]> {
   const keys = (round.shards ?? []).map((i) => K.shard(round.run, round.index, i));

@@ -9,7 +9,8 @@ import { Coordinator, RetryableError } from "../server/coordinator.ts";
 import { InlineFolder } from "../server/folder.ts";
 import { parseRunConfig } from "../server/run_config.ts";
 import { K, type RoundRecord } from "../server/records.ts";
-import { readShards } from "../server/shards.ts";
+import { CLAIM_LEASE_MS, MAX_SHARDS, readShards } from "../server/shards.ts";
+import { faultyKv, isGroupCommit } from "./server_faults.ts";
 import { type DecodedUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
 
 const N = 256;
@@ -192,4 +193,67 @@ Deno.test("round shards: the metrics of an open round count every instance's upl
       );
     }
   });
+});
+
+Deno.test("round shards: a claim holds an upload for its instance until it lapses; then another instance takes it over, once", async () => {
+  const want = await reference(2);
+  const dir = await Deno.makeTempDir({ prefix: "perfit-claims-" });
+  const rawA = await Deno.openKv(`${dir}/kv`);
+  const rawB = await Deno.openKv(`${dir}/kv`);
+  const { kv: kvA, faults } = faultyKv(rawA);
+  let t = Date.now();
+  const a = new Coordinator(kvA, () => t, new InlineFolder());
+  const b = new Coordinator(rawB, () => t, new InlineFolder());
+  try {
+    const run = await a.createRun(config(2));
+    const ids = [(await a.join(run.id, {})).id, (await a.join(run.id, {})).id];
+    // A claims client 0's upload, then its group commit fails (as if A died before committing).
+    faults.fail = isGroupCommit;
+    await assert.rejects(a.upload(run.id, ids[0], 1, update(run.id, 0), "u0"), RetryableError);
+    assert.equal(faults.failed, 1);
+    // The client sends it to B: A's claim is live, so B refuses to take it (retry later).
+    await assert.rejects(
+      b.upload(run.id, ids[0], 1, update(run.id, 0), "u0"),
+      (e) => e instanceof RetryableError && /another instance is committing/.test(e.message),
+    );
+    // Past the lease B takes it over and accepts it; A, asked again, finds B's marker: a replay.
+    t += CLAIM_LEASE_MS + 1;
+    assert.equal((await upload(b, run.id, ids[0], () => update(run.id, 0), "u0")).status, "accepted");
+    faults.fail = () => false;
+    assert.equal((await upload(a, run.id, ids[0], () => update(run.id, 0), "u0")).status, "replay");
+    assert.equal((await upload(a, run.id, ids[1], () => update(run.id, 1), "u1")).status, "accepted");
+    await a.settled();
+    await b.settled();
+    const r1 = (await rawA.get<RoundRecord>(K.round(run.id, 1))).value!;
+    assert.deepEqual([r1.status, r1.accepted], ["closed", 2]);
+    assertClose(await global(a, run.id), want);
+  } finally {
+    await a.close();
+    await b.close();
+    rawA.close();
+    rawB.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("round shards: past MAX_SHARDS instances in one round, a new instance refuses to register (retry elsewhere), and nothing is written", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const coord = new Coordinator(kv, Date.now, new InlineFolder());
+  try {
+    const run = await coord.createRun(config(2));
+    const id = (await coord.join(run.id, {})).id;
+    const key = K.round(run.id, 1);
+    const round = (await kv.get<RoundRecord>(key)).value!;
+    const others = Array.from({ length: MAX_SHARDS }, (_, i) => `other${i}`);
+    await kv.set(key, { ...round, shards: others });
+    await assert.rejects(
+      coord.upload(run.id, id, 1, update(run.id, 0), "u0"),
+      (e) => e instanceof RetryableError && /shards/.test(e.message),
+    );
+    assert.deepEqual((await kv.get<RoundRecord>(key)).value!.shards, others);
+    assert.equal((await kv.get(K.upload(run.id, 1, id))).value, null);
+  } finally {
+    await coord.close();
+    kv.close();
+  }
 });
