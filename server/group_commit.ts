@@ -9,7 +9,7 @@
  */
 import { f32Bytes, writeBlobs } from "./kv_chunks.ts";
 import { strategyFor } from "../runtime/federation/strategies.ts";
-import { K, type ShardRecord } from "./records.ts";
+import { K, type ShardList, type ShardRecord } from "./records.ts";
 import type { DecodedUpdate } from "../runtime/client/wire.ts";
 import type { Folder } from "./folder.ts";
 import { MAX_GROUP, roundComplete } from "./admission.ts";
@@ -222,8 +222,8 @@ export class GroupCommit {
   /**
    * Second half: in one atomic operation, points this instance's shard at the staged sum and writes
    * every upload marker of the group; then acknowledges the group. It is guarded by the round
-   * record (unchanged until the round closes, but for shards registering) and our shard's
-   * versionstamp: instances' commits do not conflict.
+   * record (unchanged until the round closes) and our shard's versionstamp (only our first commit
+   * of the round also checks the shard list): instances' commits do not conflict.
    */
   private async flip(st: RunState, staged: Staged): Promise<void> {
     const { group, slot } = staged;
@@ -245,11 +245,14 @@ export class GroupCommit {
         .check({ key: shardKey, versionstamp: st.shardVs })
         .set(shardKey, next);
       // Our first commit of the round registers the shard, so that the close cannot miss it.
-      if (!st.shard && (round.shards?.length ?? 0) >= MAX_SHARDS) {
-        throw new Error(`round ${round.index} has ${MAX_SHARDS} shards, the most a close can check`);
+      if (!st.shard) {
+        const list = await this.kv.get<ShardList>(K.shardList(runId, round.index));
+        const instances = list.value?.instances ?? [];
+        if (instances.length >= MAX_SHARDS) {
+          throw new Error(`round ${round.index} has ${MAX_SHARDS} shards, the most a close can check`);
+        }
+        op.check(list).set(list.key, { instances: [...instances, this.instance] } satisfies ShardList);
       }
-      const registered = st.shard ? null : { ...round, shards: [...(round.shards ?? []), this.instance] };
-      if (registered) op.set(K.round(runId, round.index), registered);
       for (const p of group) {
         // Claimed for us when admitted (shards.ts), so no other instance writes this marker.
         if (performance.now() - (p.claimedAt ?? -Infinity) > CLAIM_LEASE_MS / 2) {
@@ -267,13 +270,9 @@ export class GroupCommit {
           } ms`,
         );
       }
-      if (!res.ok) throw new Error("the round closed, or another instance registered a shard");
+      if (!res.ok) throw new Error("the round closed (or another instance registered a shard meanwhile)");
       st.shard = next;
       st.shardVs = res.versionstamp;
-      if (registered) {
-        st.round = registered;
-        st.roundVs = res.versionstamp;
-      }
       st.accepted += group.length;
       st.samples += group.reduce((a, p) => a + p.record.samples, 0);
       st.commits++;

@@ -14,7 +14,7 @@ import {
   type UploadRecord,
 } from "./records.ts";
 import { bitWords } from "../runtime/kernels/bits.ts";
-import { readShards } from "./shards.ts";
+import { acceptedOf, readShards, samplesOf } from "./shards.ts";
 
 /** A client's latest stored mask. */
 export interface StoredMask {
@@ -143,9 +143,9 @@ export class ReadModel {
     // An open round counts its uploads in its instances' shards until it closes.
     for (const r of rounds) {
       if (r.status !== "open") continue;
-      const shards = (await readShards(this.kv, r)).map((e) => e.value).filter((v) => v !== null);
-      r.accepted += shards.reduce((a, v) => a + v.accepted, 0);
-      r.samples += shards.reduce((a, v) => a + v.samples, 0);
+      const shards = await readShards(this.kv, r);
+      r.accepted = acceptedOf(r, shards);
+      r.samples = samplesOf(r, shards);
     }
     const clients = q.onlyClient === undefined
       ? await this.clients(run.id)

@@ -11,6 +11,7 @@
  *   ["run", run]                          RunRecord
  *   ["round", run, r]                     RoundRecord (includes the accumulator pointer `accGen`)
  *   ["acc", run, r, gen, "s", i]          sum accumulator chunks of an open round (gen: a slot)
+ *   ["acc", run, r, "shards"]             ShardList: the instances with a shard in the open round
  *   ["acc", run, r, "shard", instance]    ShardRecord: one instance's part of an open round
  *   ["acc", run, r, "claim", client]      ClaimRecord: which instance is committing the client's upload
  *   ["global", run, gen, "v"|"c", i]      aggregated adapter values and covered bitmask
@@ -74,7 +75,7 @@ export interface RoundRecord {
   samples: number;
   /** Sum blob of uploads accepted before rounds were sharded (those without `shard`); else null. */
   accGen: string | null;
-  /** Instances with a shard in this round (see shards.ts), in registration order. */
+  /** Once closed: the instances whose shards the close merged (see shards.ts). */
   shards?: string[];
   summary: RoundSummary | null;
 }
@@ -85,6 +86,11 @@ export interface ClaimRecord {
   uploadId: string;
   /** When it was taken (the claiming instance's clock): it lapses CLAIM_LEASE_MS later. */
   at: number;
+}
+
+/** The instances with a shard in an open round, in registration order. */
+export interface ShardList {
+  instances: string[];
 }
 
 /** One coordinator instance's part of an open round: the uploads its commits accepted, and their sum. */
@@ -152,6 +158,7 @@ export const K = {
   accRound: (run: string, r: number): Deno.KvKey => ["acc", run, r],
   shard: (run: string, r: number, instance: string): Deno.KvKey => ["acc", run, r, "shard", instance],
   shardsOf: (run: string, r: number): Deno.KvKey => ["acc", run, r, "shard"],
+  shardList: (run: string, r: number): Deno.KvKey => ["acc", run, r, "shards"],
   claim: (run: string, r: number, client: string): Deno.KvKey => ["acc", run, r, "claim", client],
   accsOf: (run: string): Deno.KvKey => ["acc", run],
   global: (run: string, gen: string, part: "v" | "c"): Deno.KvKey => ["global", run, gen, part],

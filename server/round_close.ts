@@ -146,7 +146,7 @@ export class RoundCloser {
       let coveredCount = 0;
       let newGlobal: GlobalAdapter | null = null;
       // Every instance's shard and upload, read after our own are durable; the close commits only
-      // if none of the shards (nor the round record, where a new shard registers) changed since.
+      // if none of the shards, nor their list (where a new shard registers), changed since.
       const shards = await readShards(this.kv, round);
       const closedUploads = await uploadsOf(this.kv, run.id, round.index);
       const me = this.runs.instance;
@@ -191,6 +191,7 @@ export class RoundCloser {
         closedAt: t,
         accepted: closedUploads.length,
         samples: summary.samples,
+        shards: shards.list.value?.instances ?? [],
         summary,
       };
       const last = round.index >= cfg.rounds;
@@ -206,7 +207,7 @@ export class RoundCloser {
         .check({ key: K.round(run.id, round.index), versionstamp: st.roundVs })
         .set(K.round(run.id, round.index), closed)
         .set(K.run(run.id), nextRun);
-      for (const s of shards) op.check({ key: s.key, versionstamp: s.versionstamp });
+      for (const s of [shards.list, ...shards.shards]) op.check({ key: s.key, versionstamp: s.versionstamp });
       const nextRound = last ? null : openRound(run.id, round.index + 1, t, cfg);
       if (nextRound) op.set(K.round(run.id, nextRound.index), nextRound);
       const res = await op.commit();

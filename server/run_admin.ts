@@ -17,7 +17,7 @@
  * blobs of an upload or of a round close that another instance was writing at that very moment, from a
  * copy of the run it had not yet found stale (its commit then fails, and nothing names those blobs).
  */
-import { acceptedOf, readShards } from "./shards.ts";
+import { acceptedOf, readShards, samplesOf } from "./shards.ts";
 import { ApiError, conflict, notFound } from "./errors.ts";
 import { deletePrefix } from "./kv_chunks.ts";
 import { K, type RoundRecord, runFamilies, type RunRecord } from "./records.ts";
@@ -143,8 +143,8 @@ export class RunAdmin {
       if (ro.value?.status === "open") {
         // The closed round counts what its shards accepted; a shard commit meanwhile fails this one.
         const shards = await readShards(this.kv, ro.value);
-        for (const sh of shards) op.check(sh);
-        const samples = shards.reduce((a, sh) => a + (sh.value?.samples ?? 0), ro.value.samples);
+        for (const sh of [shards.list, ...shards.shards]) op.check(sh);
+        const samples = samplesOf(ro.value, shards);
         const accepted = acceptedOf(ro.value, shards);
         op.set(K.round(id, run.round), { ...ro.value, status: "closed", closedAt: t, accepted, samples });
       }

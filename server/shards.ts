@@ -1,13 +1,20 @@
 /**
  * Shards of an open round: each coordinator instance sums the uploads it accepts into a shard of
  * its own (a ShardRecord and a sum blob), so instances on one store never contend for one record
- * while a round is open. An instance registers its shard in the round record with its first commit
- * of the round (the only commit of a shard that touches the round record); the close reads every
- * registered shard and commits only if none of them, and not the round record, changed meanwhile.
+ * while a round is open. An instance registers its shard in the round's ShardList with its first
+ * commit of the round (the only commit of a shard that touches the list); the close reads the list
+ * and every shard on it, and commits only if none of them changed meanwhile.
  * An upload is claimed for one instance before it is folded (`claimUpload`), so two instances never
  * both count it.
  */
-import { type ClaimRecord, K, type RoundRecord, type ShardRecord, type UploadRecord } from "./records.ts";
+import {
+  type ClaimRecord,
+  K,
+  type RoundRecord,
+  type ShardList,
+  type ShardRecord,
+  type UploadRecord,
+} from "./records.ts";
 import { f32Bytes, readChunks } from "./kv_chunks.ts";
 import { RetryableError, type RunState } from "./run_state.ts";
 
@@ -15,25 +22,37 @@ import { RetryableError, type RunState } from "./run_state.ts";
 const GET_MANY = 10;
 
 /**
- * Most shards in one round: the close (and a cancel) checks the run, the round and every shard, and
- * denokv allows 10 checks per atomic operation. An instance restarted mid-round counts again (its
+ * Most shards in one round: the close (and a cancel) checks the run, the round, the shard list and
+ * every shard, and denokv allows 10 checks per atomic operation. An instance restarted mid-round counts again (its
  * id is new); past this, uploads go to instances that hold a shard already (503, the client retries).
  */
-export const MAX_SHARDS = 8;
+export const MAX_SHARDS = 7;
 
-/** The round's registered shards as KV holds them now, with their versionstamps. */
-export async function readShards(kv: Deno.Kv, round: RoundRecord): Promise<Deno.KvEntryMaybe<ShardRecord>[]> {
-  const keys = (round.shards ?? []).map((i) => K.shard(round.run, round.index, i));
-  const out: Deno.KvEntryMaybe<ShardRecord>[] = [];
+/** An open round's shard list and its shards, as KV holds them now, with their versionstamps. */
+export interface RoundShards {
+  list: Deno.KvEntryMaybe<ShardList>;
+  shards: Deno.KvEntryMaybe<ShardRecord>[];
+}
+
+/** The round's shard list and every shard on it. */
+export async function readShards(kv: Deno.Kv, round: RoundRecord): Promise<RoundShards> {
+  const list = await kv.get<ShardList>(K.shardList(round.run, round.index));
+  const keys = (list.value?.instances ?? []).map((i) => K.shard(round.run, round.index, i));
+  const shards: Deno.KvEntryMaybe<ShardRecord>[] = [];
   for (let i = 0; i < keys.length; i += GET_MANY) {
-    out.push(...await kv.getMany<ShardRecord[]>(keys.slice(i, i + GET_MANY)));
+    shards.push(...await kv.getMany<ShardRecord[]>(keys.slice(i, i + GET_MANY)));
   }
-  return out;
+  return { list, shards };
 }
 
 /** Uploads accepted in the round: those counted in the round record (before shards) and each shard's. */
-export function acceptedOf(round: RoundRecord, shards: Deno.KvEntryMaybe<ShardRecord>[]): number {
+export function acceptedOf(round: RoundRecord, { shards }: RoundShards): number {
   return shards.reduce((a, s) => a + (s.value?.accepted ?? 0), round.accepted);
+}
+
+/** Samples of those uploads. */
+export function samplesOf(round: RoundRecord, { shards }: RoundShards): number {
+  return shards.reduce((a, s) => a + (s.value?.samples ?? 0), round.samples);
 }
 
 /** Every accepted upload of the round, whichever instance accepted it. */
@@ -50,7 +69,7 @@ export async function uploadsOf(kv: Deno.Kv, run: string, round: number): Promis
 export async function addOtherSums(
   kv: Deno.Kv,
   round: RoundRecord,
-  shards: Deno.KvEntryMaybe<ShardRecord>[],
+  { shards }: RoundShards,
   instance: string,
   sum: Float32Array,
 ): Promise<void> {
@@ -73,7 +92,7 @@ export async function refreshAccepted(kv: Deno.Kv, st: RunState): Promise<void> 
   // Our own commits during the read are counted already: while the round is open a count only grows.
   if (!st.dead && st.round?.index === round.index && n > st.accepted) {
     st.accepted = n;
-    st.samples = shards.reduce((a, s) => a + (s.value?.samples ?? 0), round.samples);
+    st.samples = samplesOf(round, shards);
   }
 }
 

@@ -71,7 +71,7 @@ async function shardSum(
   const sum = new Float32Array(n);
   const part = new Float32Array(n);
   let accepted = round.accepted;
-  for (const sh of await readShards(kv, round)) {
+  for (const sh of (await readShards(kv, round)).shards) {
     accepted += sh.value!.accepted;
     await readChunks(kv, K.acc(run, 1, sh.value!.accGen!, "s"), new Uint8Array(part.buffer));
     for (let p = 0; p < n; p++) sum[p] += part[p];

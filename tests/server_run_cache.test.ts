@@ -97,6 +97,7 @@ Deno.test("server sweep: loading a run deletes what lost clean-ups left, and kee
         slot,
         "acc/3/claim", // the open round's claims (B's upload)
         "acc/3/shard", // and shard records (A's)
+        "acc/3/shards", // and their list
         `global/${current}`,
         `global/${young}`,
         `mask/${ca}/2`, // A's latest (its round-1 mask, replaced in the closed round 2, is gone)
