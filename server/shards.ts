@@ -98,14 +98,18 @@ export async function refreshAccepted(kv: Deno.Kv, st: RunState): Promise<void> 
 
 /**
  * How long a claim holds a client's upload for the instance that took it. Past it, another instance
- * may take the upload over (the claimer died before committing it); the claimer itself commits a
- * claimed upload only within half of it (see group_commit.ts).
+ * may take the upload over (the claimer died before committing it, and the client re-sent it). The
+ * claimer commits a claimed upload only within half of it (see group_commit.ts) and renews its claim
+ * when asked again, so a live instance never loses an upload it is committing, provided a commit
+ * lands within the other half and the instances' clocks agree to within seconds. Short, because the
+ * uploads in flight on a killed instance wait for it (clients retry for seconds, not minutes).
  */
-export const CLAIM_LEASE_MS = 120_000;
+export const CLAIM_LEASE_MS = 10_000;
 
 /**
  * Claims the client's upload of the open round for `instance` before it is folded: one small atomic
- * operation, checked against the client's claim and marker. Returns the marker when some instance
+ * operation, checked against the client's claim and marker (our own claim is renewed). Returns the
+ * marker when some instance
  * has accepted an upload of this client already (the caller answers replay or conflict), and when
  * the claim was taken (`performance.now()`); refuses with a retryable error while another instance
  * holds a live claim on it.
@@ -126,7 +130,6 @@ export async function claimUpload(
     const [claim, marker] = await kv.getMany<[ClaimRecord, UploadRecord]>([claimKey, markerKey]);
     if (marker.value) return { accepted: marker.value, at: performance.now() };
     const c = claim.value;
-    if (c && c.instance === instance && c.uploadId === uploadId) return { at: performance.now() };
     if (c && c.instance !== instance && now() < c.at + CLAIM_LEASE_MS) {
       throw new RetryableError("another instance is committing this client's upload, retry");
     }

@@ -57,6 +57,18 @@ function update(run: string, seed: number): DecodedUpdate {
 /** Two handles on one SQLite file may find it locked (HTTP answers 503): not a conflict, try again. */
 const locked = (e: unknown) => e instanceof Error && /database is locked/.test(e.message);
 
+/** `f()`, again while the file is locked (see `locked`). */
+async function unlocked<T>(f: () => Promise<T>): Promise<T> {
+  for (let i = 0;; i++) {
+    try {
+      return await f();
+    } catch (e) {
+      if (!locked(e) || i >= 50) throw e;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+}
+
 /** Uploads through `coord`, retrying what it answers as retryable; returns the tries that conflicted. */
 async function upload(coord: Coordinator, run: string, client: string, u: () => DecodedUpdate, id: string) {
   let tries = 1;
@@ -74,7 +86,7 @@ async function upload(coord: Coordinator, run: string, client: string, u: () => 
 
 /** The global adapter after round 1 of `run` on `coord`. */
 async function global(coord: Coordinator, run: string) {
-  const { adapter } = await coord.admin.globalAdapter(run);
+  const { adapter } = await unlocked(() => coord.admin.globalAdapter(run));
   return adapter;
 }
 
@@ -125,10 +137,10 @@ function assertClose(got: { v: Float32Array; c: Uint32Array }, want: { v: Float3
 Deno.test("round shards: uploads alternating between two instances all commit at the first try; the close merges both shards", async () => {
   const want = await reference(6);
   await twoInstances(async (a, b, raw) => {
-    const run = await a.createRun(config(6));
+    const run = await unlocked(() => a.createRun(config(6)));
     const ids: string[] = [];
-    for (let i = 0; i < 6; i++) ids.push((await a.join(run.id, {})).id);
-    await b.getRun(run.id); // both hold the run's state before any upload
+    for (let i = 0; i < 6; i++) ids.push((await unlocked(() => a.join(run.id, {}))).id);
+    await unlocked(() => b.getRun(run.id)); // both hold the run's state before any upload
     const tries: number[] = [];
     for (let i = 0; i < 6; i++) {
       const r = await upload(i % 2 ? b : a, run.id, ids[i], () => update(run.id, i), `u${i}`);
@@ -138,15 +150,15 @@ Deno.test("round shards: uploads alternating between two instances all commit at
     // Neither instance's commits touch what the other's check: the first commit of each (which
     // registers its shard in the round's shard list) included.
     assert.deepEqual(tries, [1, 1, 1, 1, 1, 1], `tries per upload: ${tries}`);
-    await a.settled();
-    await b.settled();
-    const r1 = (await raw.get<RoundRecord>(K.round(run.id, 1))).value!;
+    await unlocked(() => a.settled());
+    await unlocked(() => b.settled());
+    const r1 = (await unlocked(() => raw.get<RoundRecord>(K.round(run.id, 1)))).value!;
     assert.deepEqual([r1.status, r1.accepted, r1.summary?.clients, r1.shards?.length], ["closed", 6, 6, 2]);
     assert.equal(r1.samples, [0, 1, 2, 3, 4, 5].reduce((s, i) => s + 1 + i, 0));
     assertClose(await global(a, run.id), want);
     assertClose(await global(b, run.id), want);
     // The closed round's shards are cleaned up with its sums.
-    await a.settled();
+    await unlocked(() => a.settled());
     const left = await readShards(raw, { ...r1, status: "open" });
     assert.deepEqual([left.list.value, left.shards.length], [null, 0]);
   });
@@ -155,9 +167,9 @@ Deno.test("round shards: uploads alternating between two instances all commit at
 Deno.test("round shards: an upload one instance accepted, sent again to another, is a replay there and counted once", async () => {
   const want = await reference(3);
   await twoInstances(async (a, b, raw) => {
-    const run = await a.createRun(config(3));
+    const run = await unlocked(() => a.createRun(config(3)));
     const ids: string[] = [];
-    for (let i = 0; i < 3; i++) ids.push((await a.join(run.id, {})).id);
+    for (let i = 0; i < 3; i++) ids.push((await unlocked(() => a.join(run.id, {}))).id);
     assert.equal((await upload(b, run.id, ids[1], () => update(run.id, 1), "u1")).status, "accepted");
     // B holds the run's state from before A accepts client 0's upload; client 0 then sends it again
     // to B (its acknowledgement lost on the way back, a balancer picking another instance).
@@ -168,9 +180,9 @@ Deno.test("round shards: an upload one instance accepted, sent again to another,
     const counted = (await readShards(raw, open)).shards.reduce((s, e) => s + (e.value?.accepted ?? 0), 0);
     assert.equal(counted, 2, "client 0 is counted once");
     assert.equal((await upload(b, run.id, ids[2], () => update(run.id, 2), "u2")).status, "accepted");
-    await a.settled();
-    await b.settled();
-    const r1 = (await raw.get<RoundRecord>(K.round(run.id, 1))).value!;
+    await unlocked(() => a.settled());
+    await unlocked(() => b.settled());
+    const r1 = (await unlocked(() => raw.get<RoundRecord>(K.round(run.id, 1)))).value!;
     assert.deepEqual([r1.status, r1.accepted], ["closed", 3]);
     assertClose(await global(b, run.id), want);
   });
@@ -178,16 +190,16 @@ Deno.test("round shards: an upload one instance accepted, sent again to another,
 
 Deno.test("round shards: the metrics of an open round count every instance's uploads", async () => {
   await twoInstances(async (a, b) => {
-    const run = await a.createRun(config(4));
+    const run = await unlocked(() => a.createRun(config(4)));
     const ids: string[] = [];
-    for (let i = 0; i < 4; i++) ids.push((await a.join(run.id, {})).id);
+    for (let i = 0; i < 4; i++) ids.push((await unlocked(() => a.join(run.id, {}))).id);
     await upload(a, run.id, ids[0], () => update(run.id, 0), "u0");
     await upload(b, run.id, ids[1], () => update(run.id, 1), "u1");
     await upload(b, run.id, ids[2], () => update(run.id, 2), "u2");
-    await a.settled();
-    await b.settled();
+    await unlocked(() => a.settled());
+    await unlocked(() => b.settled());
     for (const c of [a, b]) {
-      const m = await c.metrics(run.id);
+      const m = await unlocked(() => c.metrics(run.id));
       assert.deepEqual(
         [m.rounds[0].status, m.rounds[0].accepted, m.rounds[0].samples, m.rounds[0].clients.length],
         ["open", 3, 1 + 2 + 3, 3],
@@ -206,15 +218,21 @@ Deno.test("round shards: a claim holds an upload for its instance until it lapse
   const a = new Coordinator(kvA, () => t, new InlineFolder());
   const b = new Coordinator(rawB, () => t, new InlineFolder());
   try {
-    const run = await a.createRun(config(2));
-    const ids = [(await a.join(run.id, {})).id, (await a.join(run.id, {})).id];
+    const run = await unlocked(() => a.createRun(config(2)));
+    const ids = [
+      (await unlocked(() => a.join(run.id, {}))).id,
+      (await unlocked(() => a.join(run.id, {}))).id,
+    ];
     // A claims client 0's upload, then its group commit fails (as if A died before committing).
     faults.fail = isGroupCommit;
-    await assert.rejects(a.upload(run.id, ids[0], 1, update(run.id, 0), "u0"), RetryableError);
+    await assert.rejects(
+      unlocked(() => a.upload(run.id, ids[0], 1, update(run.id, 0), "u0")),
+      RetryableError,
+    );
     assert.equal(faults.failed, 1);
     // The client sends it to B: A's claim is live, so B refuses to take it (retry later).
     await assert.rejects(
-      b.upload(run.id, ids[0], 1, update(run.id, 0), "u0"),
+      unlocked(() => b.upload(run.id, ids[0], 1, update(run.id, 0), "u0")),
       (e) => e instanceof RetryableError && /another instance is committing/.test(e.message),
     );
     // Past the lease B takes it over and accepts it; A, asked again, finds B's marker: a replay.
@@ -223,8 +241,8 @@ Deno.test("round shards: a claim holds an upload for its instance until it lapse
     faults.fail = () => false;
     assert.equal((await upload(a, run.id, ids[0], () => update(run.id, 0), "u0")).status, "replay");
     assert.equal((await upload(a, run.id, ids[1], () => update(run.id, 1), "u1")).status, "accepted");
-    await a.settled();
-    await b.settled();
+    await unlocked(() => a.settled());
+    await unlocked(() => b.settled());
     const r1 = (await rawA.get<RoundRecord>(K.round(run.id, 1))).value!;
     assert.deepEqual([r1.status, r1.accepted], ["closed", 2]);
     assertClose(await global(a, run.id), want);
