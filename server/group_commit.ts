@@ -1,8 +1,8 @@
 /**
- * Group commit: an admitted upload is folded into the open round's in-memory accumulators at once,
- * then waits for the next commit. A commit writes the sum as a blob generation (`stage`) and, in ONE
- * atomic operation guarded by the round record's versionstamp, points the round at it and writes
- * every upload marker of the group (`flip`). So an upload is acknowledged only once its contribution
+ * Group commit: an admitted upload is folded into this instance's shard of the open round (its
+ * in-memory accumulators) at once, then waits for the next commit. A commit writes the shard's sum as
+ * a blob (`stage`) and, in ONE atomic operation guarded by the round's and the shard's
+ * versionstamps, points the shard at it and writes every upload marker of the group (`flip`). So an upload is acknowledged only once its contribution
  * and its marker are durable together, and a replay finds the marker (idempotent, never counted
  * twice). A crash loses only unacknowledged uploads, which clients retry. Commits run one at a time
  * per run; while one is in flight the next group gathers (see `gather`).
