@@ -12,7 +12,7 @@ import type { DecodedUpdate } from "../runtime/client/wire.ts";
 import { RetryableError } from "./run_state.ts";
 import { maxSamplesOf } from "./robust.ts";
 
-/** Most uploads per commit: 2 mutations each + 1 must stay under KV's 1000, and 800 KiB in total. */
+/** Most uploads per commit: 2 mutations each + 2 must stay under KV's 1000, and 800 KiB in total. */
 export const MAX_GROUP = 400;
 // The metric rule is the wire format's (one definition); admission re-checks it for callers of the
 // Coordinator API that bypass the wire decoder.
@@ -163,15 +163,19 @@ export function checkMetrics(metrics: Record<string, number>): void {
   }
 }
 
-/** The open round's deadline passed with a quorum in (counting uploads queued for commit). */
-export function closeDue(cfg: RunConfig, round: RoundRecord, queued: number, now: number): boolean {
-  return round.status === "open" && now >= round.deadline && round.accepted + queued >= cfg.quorum;
+/**
+ * The open round's deadline passed with a quorum in: `counted` is its accepted uploads (every
+ * instance's, as last read) plus those queued for commit here.
+ */
+export function closeDue(cfg: RunConfig, round: RoundRecord, counted: number, now: number): boolean {
+  return round.status === "open" && now >= round.deadline && counted >= cfg.quorum;
 }
 
 /**
- * Every slot of the open round is durably taken: nothing more can be admitted, so it closes now
- * (normally right after its last commit; after a crash between that commit and the close, on load).
+ * Every slot of the open round is durably taken (`accepted`: by every instance): nothing more can be
+ * admitted, so it closes now (normally right after its last commit; after a crash between that
+ * commit and the close, on load).
  */
-export function roundComplete(cfg: RunConfig, round: RoundRecord, accepted: number): boolean {
-  return round.status === "open" && round.accepted >= cfg.quorum && accepted >= cfg.clientsPerRound;
+export function roundComplete(cfg: RunConfig, accepted: number): boolean {
+  return accepted >= cfg.quorum && accepted >= cfg.clientsPerRound;
 }

@@ -45,6 +45,7 @@ import { GroupCommit } from "./group_commit.ts";
 import { MaskStore } from "./mask_store.ts";
 import { openRound, RoundCloser } from "./round_close.ts";
 import { deferred, type Pending, RetryableError, RunCache, type RunState } from "./run_state.ts";
+import { claimUpload } from "./shards.ts";
 import { sweepRun } from "./sweep.ts";
 import { RunAdmin } from "./run_admin.ts";
 import { ruleFor } from "./robust.ts";
@@ -104,19 +105,12 @@ export class Coordinator {
     options: CoordinatorOptions = {},
   ) {
     this.reads = new ReadModel(kv);
-    this.runs = new RunCache(kv, folder, options.maxLoadedRuns ?? 16, (st) => this.loaded(st));
+    const instance = b64url(crypto.getRandomValues(new Uint8Array(6)));
+    this.runs = new RunCache(kv, instance, folder, options.maxLoadedRuns ?? 16, (st) => this.loaded(st));
     this.maskStore = new MaskStore(kv);
     this.clients = new ClientRegistry(kv, now);
-    const instance = b64url(crypto.getRandomValues(new Uint8Array(6)));
     const cleanUp = (work: Promise<void>) => this.cleanUp(work);
-    this.commits = new GroupCommit(
-      kv,
-      folder,
-      this.runs,
-      instance,
-      (st) => this.closer.closeNow(st),
-      cleanUp,
-    );
+    this.commits = new GroupCommit(kv, folder, this.runs, instance, (st) => this.closer.closeNow(st));
     this.events = options.events ?? silentLog;
     this.closer = new RoundCloser(
       kv,
@@ -138,7 +132,7 @@ export class Coordinator {
       this.swept.set(key, true);
       this.cleanUp(sweepRun(this.kv, st.run, [...st.uploads.values()], this.now()));
     }
-    if (st.round && roundComplete(st.run.config, st.round, st.uploads.size)) {
+    if (st.round && roundComplete(st.run.config, st.accepted)) {
       this.closer.closeRound(st).catch(() => {});
     }
   }
@@ -191,7 +185,7 @@ export class Coordinator {
   async getRun(id: string, revalidate = true): Promise<{ run: RunRecord; round: RoundRecord | null }> {
     const st = await this.runs.get(id, revalidate);
     await this.closer.advance(st);
-    return { run: st.run, round: st.round };
+    return { run: st.run, round: st.round && { ...st.round, accepted: st.accepted, samples: st.samples } };
   }
 
   /** Closes overdue rounds of every loaded run (the server calls this on a timer). */
@@ -231,7 +225,7 @@ export class Coordinator {
     let status: TaskInfo["status"] = "train";
     if (st.run.status === "done" || !r) status = "done";
     else if (st.uploads.has(c.id) || st.pending.has(c.id) || st.closing) status = "wait";
-    else if (st.uploads.size + st.pending.size >= cfg.clientsPerRound) status = "wait";
+    else if (st.accepted + st.pending.size >= cfg.clientsPerRound) status = "wait";
     const strategy = strategyFor(cfg.method);
     // The strategy decides what this client does (Flower's configure_fit); a client with no stored
     // mask has not searched yet.
@@ -363,24 +357,23 @@ export class Coordinator {
       }
       throw roundNotOpen(st.run, round);
     }
+    const norm = checkUpdate(cfg, strategy, u);
+    // The run's aggregation sees the values as it admits them (clipped-mean scales them to clipNorm).
+    const admitted = ruleFor(cfg).admit(u.values, norm);
+    if (admitted !== u.values) u = { ...u, values: admitted };
+    const claim = await claimUpload(this.kv, st, this.runs.instance, clientId, uploadId, this.now);
     // Synchronous from here to `commits.commit`: no await, so no other upload interleaves.
-    const prior = priorUpload(st.uploads.get(clientId), st.pending.get(clientId), uploadId, round);
+    if (st.round?.index !== round) throw new RetryableError("the round moved on, retry");
+    const before = st.uploads.get(clientId) ?? claim.accepted;
+    const prior = priorUpload(before, st.pending.get(clientId), uploadId, round);
     if (prior === "replay") return { status: "replay", uploadId, round };
     if (prior === "wait") {
       folded?.();
       await st.pending.get(clientId)!.done;
       return { status: "replay", uploadId, round };
     }
-    checkCapacity(cfg, {
-      dead: st.dead,
-      closing: st.closing,
-      queued: st.queue.length,
-      taken: st.uploads.size + st.pending.size,
-    }, round);
-    const norm = checkUpdate(cfg, strategy, u);
-    // The run's aggregation sees the values as it admits them (clipped-mean scales them to clipNorm).
-    const admitted = ruleFor(cfg).admit(u.values, norm);
-    if (admitted !== u.values) u = { ...u, values: admitted };
+    const taken = st.accepted + st.pending.size;
+    checkCapacity(cfg, { dead: st.dead, closing: st.closing, queued: st.queue.length, taken }, round);
     const record: UploadRecord = {
       uploadId,
       client: clientId,
@@ -396,8 +389,9 @@ export class Coordinator {
     };
     const maskBits = dense || reuseMask ? null : u.maskBits;
     const p: Pending = { seq: ++st.foldSeq, client: clientId, uploadId, record, maskBits, ...deferred() };
+    p.claimedAt = claim.at;
     await this.commits.commit(st, p, u, folded);
-    if (st.round?.index === round) this.events.emit(accepted(st.run, st.round));
+    if (st.round?.index === round) this.events.emit(accepted(st.run, st.round, st.accepted));
     return { status: "accepted", uploadId, round };
   }
 

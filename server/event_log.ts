@@ -43,12 +43,12 @@ export const joined = (c: ClientRecord): CoordinatorEvent => ({
   expansion: c.expansion,
 });
 
-/** The running count of a round's accepted uploads. */
-export const accepted = (run: RunRecord, round: RoundRecord): CoordinatorEvent => ({
+/** The running count of a round's accepted uploads (every instance's, as this one last counted). */
+export const accepted = (run: RunRecord, round: RoundRecord, count: number): CoordinatorEvent => ({
   kind: "accepted",
   run: run.id,
   round: round.index,
-  accepted: round.accepted,
+  accepted: count,
   clientsPerRound: run.config.clientsPerRound,
 });
 

@@ -1,18 +1,19 @@
 /**
- * Group commit: an admitted upload is folded into the open round's in-memory accumulators at once,
- * then waits for the next commit. A commit writes the sum as a blob generation (`stage`) and, in ONE
- * atomic operation guarded by the round record's versionstamp, points the round at it and writes
- * every upload marker of the group (`flip`). So an upload is acknowledged only once its contribution
+ * Group commit: an admitted upload is folded into this instance's shard of the open round (its
+ * in-memory accumulators) at once, then waits for the next commit. A commit writes the shard's sum as
+ * a blob (`stage`) and, in ONE atomic operation guarded by the round's and the shard's
+ * versionstamps, points the shard at it and writes every upload marker of the group (`flip`). So an upload is acknowledged only once its contribution
  * and its marker are durable together, and a replay finds the marker (idempotent, never counted
  * twice). A crash loses only unacknowledged uploads, which clients retry. Commits run one at a time
  * per run; while one is in flight the next group gathers (see `gather`).
  */
-import { deleteChunks, f32Bytes, writeBlobs } from "./kv_chunks.ts";
+import { f32Bytes, writeBlobs } from "./kv_chunks.ts";
 import { strategyFor } from "../runtime/federation/strategies.ts";
-import { K, type RoundRecord } from "./records.ts";
+import { K, type ShardList, type ShardRecord } from "./records.ts";
 import type { DecodedUpdate } from "../runtime/client/wire.ts";
 import type { Folder } from "./folder.ts";
-import { MAX_GROUP } from "./admission.ts";
+import { MAX_GROUP, roundComplete } from "./admission.ts";
+import { CLAIM_LEASE_MS, MAX_SHARDS, refreshAccepted } from "./shards.ts";
 import { lastMaskRecord } from "./mask_store.ts";
 import { type Pending, RetryableError, type RunCache, type RunState } from "./run_state.ts";
 import { weightOf } from "./robust.ts";
@@ -42,8 +43,8 @@ interface Staged {
 /** Folds admitted uploads and commits them in groups. */
 export class GroupCommit {
   /**
-   * `instance` names this instance's accumulator slots; `closeNow` closes a round that the last
-   * commit filled (called inside the run's chain); `cleanUp` tracks background deletions.
+   * `instance` names this instance's shards; `closeNow` closes a round that the last commit
+   * filled (called inside the run's chain).
    */
   constructor(
     private readonly kv: Deno.Kv,
@@ -51,7 +52,6 @@ export class GroupCommit {
     private readonly runs: RunCache,
     private readonly instance: string,
     private readonly closeNow: (st: RunState) => Promise<void>,
-    private readonly cleanUp: (work: Promise<void>) => void,
   ) {}
 
   /**
@@ -125,7 +125,10 @@ export class GroupCommit {
       } finally {
         st.flushing = false;
       }
-      if (!st.dead && st.round && st.uploads.size >= st.run.config.clientsPerRound && !st.closing) {
+      if (st.dead || !st.round || st.closing) return;
+      // Other instances' commits are not seen as they land: count their shards before deciding.
+      if (st.accepted < st.run.config.clientsPerRound) await refreshAccepted(this.kv, st);
+      if (!st.dead && st.round && !st.closing && roundComplete(st.run.config, st.accepted)) {
         await this.closeNow(st);
       }
     }).catch(() => {});
@@ -143,7 +146,7 @@ export class GroupCommit {
   private async gather(st: RunState): Promise<void> {
     const until = performance.now() + MAX_GATHER_MS;
     const full = () =>
-      st.queue.length >= MAX_GROUP || st.uploads.size + st.pending.size >= st.run.config.clientsPerRound;
+      st.queue.length >= MAX_GROUP || st.accepted + st.pending.size >= st.run.config.clientsPerRound;
     const arriving = () => this.runs.arrivals(st.run.id);
     while (!st.dead && !full() && arriving() > st.queue.length && performance.now() < until) {
       await new Promise((r) => setTimeout(r, 2));
@@ -195,7 +198,7 @@ export class GroupCommit {
       // Its marker is written only with its contribution: a fold that failed kills the state.
       await Promise.all(group.map((p) => p.folded));
       if (st.dead) throw new Error("state was reloaded");
-      const slot = round.accGen === `${this.instance}.0` ? `${this.instance}.1` : `${this.instance}.0`;
+      const slot = st.shard?.accGen === `${this.instance}.0` ? `${this.instance}.1` : `${this.instance}.0`;
       const blobs: [Deno.KvKey, Uint8Array][] = [];
       if (snapshot) blobs.push([K.acc(runId, round.index, slot, "s"), f32Bytes(snapshot)]);
       const written = new Set(early);
@@ -217,8 +220,10 @@ export class GroupCommit {
   }
 
   /**
-   * Second half: in one atomic operation guarded by the round's versionstamp, points the round at
-   * the staged sum and writes every upload marker of the group; then acknowledges the group.
+   * Second half: in one atomic operation, points this instance's shard at the staged sum and writes
+   * every upload marker of the group; then acknowledges the group. It is guarded by the round
+   * record (unchanged until the round closes) and our shard's versionstamp (only our first commit
+   * of the round also checks the shard list): instances' commits do not conflict.
    */
   private async flip(st: RunState, staged: Staged): Promise<void> {
     const { group, slot } = staged;
@@ -228,17 +233,32 @@ export class GroupCommit {
       const round = st.round!;
       const dense = strategyFor(st.run.config.method).denseMask;
       const t1 = performance.now();
-      const next: RoundRecord = {
-        ...round,
-        accepted: round.accepted + group.length,
-        samples: round.samples + group.reduce((a, p) => a + p.record.samples, 0),
+      const next: ShardRecord = {
+        instance: this.instance,
+        accepted: (st.shard?.accepted ?? 0) + group.length,
+        samples: (st.shard?.samples ?? 0) + group.reduce((a, p) => a + p.record.samples, 0),
         accGen: slot,
       };
-      const op = this.kv.atomic().check({ key: K.round(runId, round.index), versionstamp: st.roundVs }).set(
-        K.round(runId, round.index),
-        next,
-      );
+      const shardKey = K.shard(runId, round.index, this.instance);
+      const op = this.kv.atomic()
+        .check({ key: K.round(runId, round.index), versionstamp: st.roundVs })
+        .check({ key: shardKey, versionstamp: st.shardVs })
+        .set(shardKey, next);
+      // Our first commit of the round registers the shard, so that the close cannot miss it.
+      if (!st.shard) {
+        const list = await this.kv.get<ShardList>(K.shardList(runId, round.index));
+        const instances = list.value?.instances ?? [];
+        if (instances.length >= MAX_SHARDS) {
+          throw new Error(`round ${round.index} has ${MAX_SHARDS} shards, the most a close can check`);
+        }
+        op.check(list).set(list.key, { instances: [...instances, this.instance] } satisfies ShardList);
+      }
       for (const p of group) {
+        // Claimed for us when admitted (shards.ts), so no other instance writes this marker.
+        if (performance.now() - (p.claimedAt ?? -Infinity) > CLAIM_LEASE_MS / 2) {
+          throw new Error("a claim is about to lapse");
+        }
+        p.record.shard = this.instance;
         op.set(K.upload(runId, round.index, p.client), p.record);
         if (!dense) op.set(K.lastMask(runId, p.client), lastMaskRecord(p.record));
       }
@@ -250,10 +270,11 @@ export class GroupCommit {
           } ms`,
         );
       }
-      if (!res.ok) throw new Error("round record changed underneath (another instance?)");
-      const oldGen = round.accGen;
-      st.round = next;
-      st.roundVs = res.versionstamp;
+      if (!res.ok) throw new Error("the round closed (or another instance registered a shard meanwhile)");
+      st.shard = next;
+      st.shardVs = res.versionstamp;
+      st.accepted += group.length;
+      st.samples += group.reduce((a, p) => a + p.record.samples, 0);
       st.commits++;
       for (const p of group) {
         st.uploads.set(p.client, p.record);
@@ -261,10 +282,6 @@ export class GroupCommit {
         st.pending.delete(p.client);
         p.maskBits = null;
         p.resolve();
-      }
-      // Our own slots are rewritten by later commits; another instance's slot is ours to drop.
-      if (oldGen && st.acc && !oldGen.startsWith(`${this.instance}.`)) {
-        this.cleanUp(deleteChunks(this.kv, K.acc(runId, round.index, oldGen, "s"), st.acc.sum.byteLength));
       }
     } catch (e) {
       for (const p of group) p.reject(new RetryableError(`commit failed: ${(e as Error).message}`));

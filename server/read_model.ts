@@ -14,6 +14,7 @@ import {
   type UploadRecord,
 } from "./records.ts";
 import { bitWords } from "../runtime/kernels/bits.ts";
+import { acceptedOf, readShards, samplesOf } from "./shards.ts";
 
 /** A client's latest stored mask. */
 export interface StoredMask {
@@ -138,6 +139,13 @@ export class ReadModel {
     const byIndex = new Map(rounds.map((r) => [r.index, r]));
     for (const u of await this.uploadRange(run.id, from, to, q.onlyClient)) {
       byIndex.get(u.round)?.clients.push(u);
+    }
+    // An open round counts its uploads in its instances' shards until it closes.
+    for (const r of rounds) {
+      if (r.status !== "open") continue;
+      const shards = await readShards(this.kv, r);
+      r.accepted = acceptedOf(r, shards);
+      r.samples = samplesOf(r, shards);
     }
     const clients = q.onlyClient === undefined
       ? await this.clients(run.id)

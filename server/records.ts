@@ -1,14 +1,19 @@
 /**
  * What the coordinator keeps in Deno KV, and under which keys. Every record is small (≪ 64 KiB);
  * tensors live in chunked blobs (kv_chunks.ts) that a record points to by generation id, so a blob
- * becomes visible only when the atomic commit that flips the pointer succeeds. An open round's sum
- * uses two slots per coordinator instance ("<instance>.0", "<instance>.1") as generations: a commit
- * rewrites the slot the round does not point at.
+ * becomes visible only when the atomic commit that flips the pointer succeeds. Each coordinator
+ * instance sums the uploads it accepts into a shard of the open round (its ShardRecord and sum), so
+ * instances never contend for one record while a round is open; the close merges the shards. A
+ * shard's sum uses two slots ("<instance>.0", "<instance>.1") as generations: a commit rewrites the
+ * slot the shard does not point at.
  *
  * Keys:
  *   ["run", run]                          RunRecord
  *   ["round", run, r]                     RoundRecord (includes the accumulator pointer `accGen`)
  *   ["acc", run, r, gen, "s", i]          sum accumulator chunks of an open round (gen: a slot)
+ *   ["acc", run, r, "shards"]             ShardList: the instances with a shard in the open round
+ *   ["acc", run, r, "shard", instance]    ShardRecord: one instance's part of an open round
+ *   ["acc", run, r, "claim", client]      ClaimRecord: which instance is committing the client's upload
  *   ["global", run, gen, "v"|"c", i]      aggregated adapter values and covered bitmask
  *   ["client", run, client]               ClientRecord
  *   ["clients", run]                      join counter {count}
@@ -65,11 +70,36 @@ export interface RoundRecord {
   openedAt: number;
   deadline: number;
   closedAt: number | null;
+  /** Uploads and samples accepted: the round's totals once closed (open: counted in its shards). */
   accepted: number;
   samples: number;
-  /** Generation of the accumulator blob holding every accepted upload of this round. */
+  /** Sum blob of uploads accepted before rounds were sharded (those without `shard`); else null. */
   accGen: string | null;
+  /** Once closed: the instances whose shards the close merged (see shards.ts). */
+  shards?: string[];
   summary: RoundSummary | null;
+}
+
+/** An instance's claim on a client's upload of an open round, taken before the upload is folded. */
+export interface ClaimRecord {
+  instance: string;
+  uploadId: string;
+  /** When it was taken (the claiming instance's clock): it lapses CLAIM_LEASE_MS later. */
+  at: number;
+}
+
+/** The instances with a shard in an open round, in registration order. */
+export interface ShardList {
+  instances: string[];
+}
+
+/** One coordinator instance's part of an open round: the uploads its commits accepted, and their sum. */
+export interface ShardRecord {
+  instance: string;
+  accepted: number;
+  samples: number;
+  /** Slot of the sum blob holding every upload of this shard (null for runs without a sum). */
+  accGen: string | null;
 }
 
 /** A joined client. */
@@ -107,6 +137,8 @@ export interface UploadRecord {
    * alone (HetLoRA: one ‖B·A‖_F per projection), so a restart rebuilds the round's weight sums.
    */
   termWeights?: number[];
+  /** The instance whose shard sum holds this upload (absent: the round's `accGen`, before shards). */
+  shard?: string;
 }
 
 /** Pointer to a client's latest mask. */
@@ -124,6 +156,10 @@ export const K = {
   rounds: (run: string): Deno.KvKey => ["round", run],
   acc: (run: string, r: number, gen: string, part: "s" | "w"): Deno.KvKey => ["acc", run, r, gen, part],
   accRound: (run: string, r: number): Deno.KvKey => ["acc", run, r],
+  shard: (run: string, r: number, instance: string): Deno.KvKey => ["acc", run, r, "shard", instance],
+  shardsOf: (run: string, r: number): Deno.KvKey => ["acc", run, r, "shard"],
+  shardList: (run: string, r: number): Deno.KvKey => ["acc", run, r, "shards"],
+  claim: (run: string, r: number, client: string): Deno.KvKey => ["acc", run, r, "claim", client],
   accsOf: (run: string): Deno.KvKey => ["acc", run],
   global: (run: string, gen: string, part: "v" | "c"): Deno.KvKey => ["global", run, gen, part],
   globalGen: (run: string, gen: string): Deno.KvKey => ["global", run, gen],

@@ -17,7 +17,15 @@ import type { Folder } from "./folder.ts";
 import { closeDue, METRIC_NAME, roundComplete } from "./admission.ts";
 import type { GroupCommit } from "./group_commit.ts";
 import type { MaskStore } from "./mask_store.ts";
-import { type GlobalAdapter, RetryableError, type RunCache, type RunState } from "./run_state.ts";
+import {
+  type GlobalAdapter,
+  readHeld,
+  rebuildWeight,
+  RetryableError,
+  type RunCache,
+  type RunState,
+} from "./run_state.ts";
+import { addOtherSums, readShards, refreshAccepted, uploadsOf } from "./shards.ts";
 import { combineHeld, type HeldUpdate, ruleFor, weightOf } from "./robust.ts";
 
 /**
@@ -100,9 +108,11 @@ export class RoundCloser {
     const r = st.round;
     if (!r || st.closing || r.status !== "open") return;
     const cfg = st.run.config;
-    if (closeDue(cfg, r, st.queue.length, this.now()) || roundComplete(cfg, r, st.uploads.size)) {
-      await this.closeRound(st);
-    }
+    const due = () =>
+      closeDue(cfg, r, st.accepted + st.queue.length, this.now()) || roundComplete(cfg, st.accepted);
+    // Past the deadline, count what the other instances accepted before deciding there is no quorum.
+    if (!due() && this.now() >= r.deadline) await refreshAccepted(this.kv, st);
+    if (st.round === r && !st.closing && due()) await this.closeRound(st);
   }
 
   /**
@@ -135,19 +145,31 @@ export class RoundCloser {
       let globalRound = run.globalRound;
       let coveredCount = 0;
       let newGlobal: GlobalAdapter | null = null;
-      if ((st.acc || st.held) && round.accepted > 0) {
+      // Every instance's shard and upload, read after our own are durable; the close commits only
+      // if none of the shards, nor their list (where a new shard registers), changed since.
+      const shards = await readShards(this.kv, round);
+      const closedUploads = await uploadsOf(this.kv, run.id, round.index);
+      const me = this.runs.instance;
+      const others = closedUploads.filter((u) => u.shard !== me);
+      if ((st.acc || st.held) && closedUploads.length > 0) {
         const old = await this.loadGlobal(st);
         newGlobal = { v: old.v.slice(), c: old.c.slice(), gen: newGen(t) };
-        if (st.acc) finalizeInto(kernels(), st.acc.sum, st.acc.weight, newGlobal.v, newGlobal.c);
-        else {
+        if (st.acc) {
+          // Our shard is in memory; the others' sums are read and their weights rebuilt.
+          const sum = st.acc.sum.slice();
+          const weight = st.acc.weight.slice();
+          await addOtherSums(this.kv, round, shards, me, sum);
+          await rebuildWeight(this.kv, run, others, weight);
+          finalizeInto(kernels(), sum, weight, newGlobal.v, newGlobal.c);
+        } else {
           // The rule combines each position's holders: the accepted uploads only (every admitted
           // upload is accepted by now, the queue having been flushed above).
-          const held: HeldUpdate[] = [];
-          for (const c of st.uploads.keys()) {
-            const h = st.held!.get(c);
-            if (!h) throw new Error(`held upload of ${c} is missing`);
-            held.push(h);
-          }
+          const read = await readHeld(this.kv, run, others.filter((u) => !st.held!.has(u.client)));
+          const held: HeldUpdate[] = closedUploads.map((u) => {
+            const h = st.held!.get(u.client) ?? read.get(u.client);
+            if (!h) throw new Error(`held upload of ${u.client} is missing`);
+            return h;
+          });
           combineHeld(held, cfg.adapterSize, ruleFor(cfg).combine!, newGlobal.v, newGlobal.c);
         }
         coveredCount = popcountBits(newGlobal.c);
@@ -157,14 +179,21 @@ export class RoundCloser {
         globalGen = newGlobal.gen;
         globalRound = round.index;
       }
-      const closedUploads = [...st.uploads.values()];
       const summary = summarize(
         strategyFor(cfg.method),
         closedUploads,
         coveredCount,
         (samples) => weightOf(cfg, samples),
       );
-      const closed: RoundRecord = { ...round, status: "closed", closedAt: t, summary };
+      const closed: RoundRecord = {
+        ...round,
+        status: "closed",
+        closedAt: t,
+        accepted: closedUploads.length,
+        samples: summary.samples,
+        shards: shards.list.value?.instances ?? [],
+        summary,
+      };
       const last = round.index >= cfg.rounds;
       const nextRun: RunRecord = {
         ...run,
@@ -178,6 +207,7 @@ export class RoundCloser {
         .check({ key: K.round(run.id, round.index), versionstamp: st.roundVs })
         .set(K.round(run.id, round.index), closed)
         .set(K.run(run.id), nextRun);
+      for (const s of [shards.list, ...shards.shards]) op.check({ key: s.key, versionstamp: s.versionstamp });
       const nextRound = last ? null : openRound(run.id, round.index + 1, t, cfg);
       if (nextRound) op.set(K.round(run.id, nextRound.index), nextRound);
       const res = await op.commit();
@@ -190,6 +220,10 @@ export class RoundCloser {
       st.round = nextRound;
       st.roundVs = nextRound ? res.versionstamp : null;
       st.uploads.clear();
+      st.accepted = 0;
+      st.samples = 0;
+      st.shard = null;
+      st.shardVs = null;
       if (newGlobal) st.global = newGlobal;
       if (st.acc) {
         st.acc.sum.fill(0);

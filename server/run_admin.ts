@@ -17,6 +17,7 @@
  * blobs of an upload or of a round close that another instance was writing at that very moment, from a
  * copy of the run it had not yet found stale (its commit then fails, and nothing names those blobs).
  */
+import { acceptedOf, readShards, samplesOf } from "./shards.ts";
 import { ApiError, conflict, notFound } from "./errors.ts";
 import { deletePrefix } from "./kv_chunks.ts";
 import { K, type RoundRecord, runFamilies, type RunRecord } from "./records.ts";
@@ -140,7 +141,12 @@ export class RunAdmin {
       const next: RunRecord = { ...run, status: "cancelled", cancelledAt: t };
       const op = this.kv.atomic().check(re).check(ro).set(K.run(id), next);
       if (ro.value?.status === "open") {
-        op.set(K.round(id, run.round), { ...ro.value, status: "closed", closedAt: t });
+        // The closed round counts what its shards accepted; a shard commit meanwhile fails this one.
+        const shards = await readShards(this.kv, ro.value);
+        for (const sh of [shards.list, ...shards.shards]) op.check(sh);
+        const samples = samplesOf(ro.value, shards);
+        const accepted = acceptedOf(ro.value, shards);
+        op.set(K.round(id, run.round), { ...ro.value, status: "closed", closedAt: t, accepted, samples });
       }
       if ((await op.commit()).ok) return next;
     }

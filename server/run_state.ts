@@ -7,7 +7,14 @@
 import { notFound } from "./errors.ts";
 import { f32Bytes, MissingBlobError, readChunks } from "./kv_chunks.ts";
 import { strategyFor } from "../runtime/federation/strategies.ts";
-import { K, type LastMask, type RoundRecord, type RunRecord, type UploadRecord } from "./records.ts";
+import {
+  K,
+  type LastMask,
+  type RoundRecord,
+  type RunRecord,
+  type ShardRecord,
+  type UploadRecord,
+} from "./records.ts";
 import { bitWords, forEachBit, fullBits } from "../runtime/kernels/bits.ts";
 import { runLayout } from "./run_config.ts";
 import type { Accumulators, Folder } from "./folder.ts";
@@ -27,6 +34,8 @@ export interface Pending {
   record: UploadRecord;
   /** Kept until the group commit writes it (masks are persisted with the commit, not before). */
   maskBits: Uint32Array | null;
+  /** When its claim was taken (`performance.now()`; shards.ts). */
+  claimedAt?: number;
   /** Its fold's acknowledgement (runs that fold); a group commits only folds that succeeded. */
   folded?: Promise<void>;
   done: Promise<void>;
@@ -59,6 +68,17 @@ export interface RunState {
   held: Map<string, HeldUpdate> | null;
   /** Sequence number of the last fold requested (see `stage` in group_commit.ts). */
   foldSeq: number;
+  /** This instance's shard of the open round and its versionstamp (null: none written yet). */
+  shard: ShardRecord | null;
+  shardVs: string | null;
+  /**
+   * Uploads of the open round accepted by any instance, as last read (at load, and after each of
+   * our commits, which count at once): what decides that the round is full.
+   */
+  accepted: number;
+  /** Their samples, counted alike. */
+  samples: number;
+  /** The open round's accepted uploads this instance knows of (its own, and all at load). */
   uploads: Map<string, UploadRecord>;
   pending: Map<string, Pending>;
   queue: Pending[];
@@ -102,6 +122,8 @@ export class RunCache {
   /** `onLoad` sees every freshly loaded state before any request does. */
   constructor(
     private readonly kv: Deno.Kv,
+    /** Names this instance's shards (see records.ts). */
+    readonly instance: string,
     private readonly folder: Folder,
     private readonly maxLoaded: number,
     private readonly onLoad: (st: RunState) => void,
@@ -278,6 +300,10 @@ export class RunCache {
       acc: null,
       held: null,
       foldSeq: 0,
+      shard: null,
+      shardVs: null,
+      accepted: 0,
+      samples: 0,
       uploads: new Map(),
       pending: new Map(),
       queue: [],
@@ -298,66 +324,82 @@ export class RunCache {
       for await (const e of this.kv.list<UploadRecord>({ prefix: K.uploadsOf(id, run.round) })) {
         st.uploads.set(e.value.client, e.value);
       }
+      const own = await this.kv.get<ShardRecord>(K.shard(id, run.round, this.instance));
+      st.shard = own.value;
+      st.shardVs = own.versionstamp;
+      st.accepted = st.uploads.size;
+      st.samples = [...st.uploads.values()].reduce((a, u) => a + u.samples, 0);
       if (strategyFor(run.config.method).aggregates && ruleFor(run.config).streams) {
+        // Our own shard only: other instances' shards are theirs until the close merges them.
         st.acc = this.folder.alloc(run.config.adapterSize);
-        if (st.round.accGen) {
-          await readChunks(this.kv, K.acc(id, run.round, st.round.accGen, "s"), f32Bytes(st.acc.sum));
-          await this.rebuildWeight(st);
+        if (own.value?.accGen) {
+          await readChunks(this.kv, K.acc(id, run.round, own.value.accGen, "s"), f32Bytes(st.acc.sum));
+          const mine = [...st.uploads.values()].filter((u) => u.shard === this.instance);
+          await rebuildWeight(this.kv, run, mine, st.acc.weight);
         }
       } else if (strategyFor(run.config.method).aggregates) {
-        st.held = await this.loadHeld(st);
+        st.held = await readHeld(this.kv, run, st.uploads.values());
       }
     }
     return st;
   }
+}
 
-  /**
-   * The weight accumulator is not persisted: it is exactly what the accepted uploads' fold terms
-   * added, and their positions follow from the masks, which are stored anyway (FedIT: all ones).
-   * Halves the bytes of every commit. A term weighs the run's weight of the upload's samples, or
-   * (methods with a fold of their own, e.g. HetLoRA) the weight recorded with the upload.
-   */
-  private async rebuildWeight(st: RunState): Promise<void> {
-    const cfg = st.run.config;
-    const n = cfg.adapterSize;
-    const w = st.acc!.weight;
-    const strategy = strategyFor(cfg.method);
-    const agg = strategy.aggregation;
-    const bits = strategy.denseMask ? fullBits(n) : new Uint32Array(bitWords(n));
-    for (const u of st.uploads.values()) {
-      if (!strategy.denseMask) {
-        await readChunks(this.kv, K.mask(st.run.id, u.client, u.maskRound), new Uint8Array(bits.buffer));
-      }
-      const shapes = agg.shapes(bits, n, runLayout(cfg));
-      const weights = agg.name === "holders" ? [weightOf(cfg, u.samples)] : u.termWeights;
-      if (!weights || weights.length !== shapes.length) {
-        throw new Error(`upload of ${u.client} lacks its term weights`);
-      }
-      shapes.forEach((sh, t) => {
-        const x = Math.fround(weights[t]);
-        forEachBit(sh.bits, (p) => (w[sh.start + p] += x));
-      });
+/**
+ * Held uploads read back from KV: each accepted upload's values (stored under its upload id by the
+ * group commit that accepted it) at its stored mask (dense runs: all ones).
+ */
+export async function readHeld(
+  kv: Deno.Kv,
+  run: RunRecord,
+  uploads: Iterable<UploadRecord>,
+): Promise<Map<string, HeldUpdate>> {
+  const n = run.config.adapterSize;
+  const held = new Map<string, HeldUpdate>();
+  const dense = strategyFor(run.config.method).denseMask ? fullBits(n) : null;
+  for (const u of uploads) {
+    let bits = dense;
+    if (!bits) {
+      bits = new Uint32Array(bitWords(n));
+      await readChunks(kv, K.mask(run.id, u.client, u.maskRound), new Uint8Array(bits.buffer));
     }
+    const values = new Float32Array(u.popcount);
+    await readChunks(kv, K.held(run.id, u.round, u.client, u.uploadId), f32Bytes(values));
+    held.set(u.client, { bits, values, weight: weightOf(run.config, u.samples) });
   }
+  return held;
+}
 
-  /**
-   * The open round's held uploads, read back from KV: each accepted upload's values (stored under
-   * its upload id by the group commit that accepted it) at its stored mask (dense runs: all ones).
-   */
-  private async loadHeld(st: RunState): Promise<Map<string, HeldUpdate>> {
-    const n = st.run.config.adapterSize;
-    const held = new Map<string, HeldUpdate>();
-    const dense = strategyFor(st.run.config.method).denseMask ? fullBits(n) : null;
-    for (const u of st.uploads.values()) {
-      let bits = dense;
-      if (!bits) {
-        bits = new Uint32Array(bitWords(n));
-        await readChunks(this.kv, K.mask(st.run.id, u.client, u.maskRound), new Uint8Array(bits.buffer));
-      }
-      const values = new Float32Array(u.popcount);
-      await readChunks(this.kv, K.held(st.run.id, u.round, u.client, u.uploadId), f32Bytes(values));
-      held.set(u.client, { bits, values, weight: weightOf(st.run.config, u.samples) });
+/**
+ * Adds to `w` the weights the fold terms of `uploads` added. The weight accumulator is not
+ * persisted: it is exactly what the accepted uploads' fold terms added, and their positions follow
+ * from the masks, which are stored anyway (FedIT: all ones). Halves the bytes of every commit. A term
+ * weighs the run's weight of the upload's samples, or (methods with a fold of their own, e.g.
+ * HetLoRA) the weight recorded with the upload.
+ */
+export async function rebuildWeight(
+  kv: Deno.Kv,
+  run: RunRecord,
+  uploads: Iterable<UploadRecord>,
+  w: Float32Array,
+): Promise<void> {
+  const cfg = run.config;
+  const n = cfg.adapterSize;
+  const strategy = strategyFor(cfg.method);
+  const agg = strategy.aggregation;
+  const bits = strategy.denseMask ? fullBits(n) : new Uint32Array(bitWords(n));
+  for (const u of uploads) {
+    if (!strategy.denseMask) {
+      await readChunks(kv, K.mask(run.id, u.client, u.maskRound), new Uint8Array(bits.buffer));
     }
-    return held;
+    const shapes = agg.shapes(bits, n, runLayout(cfg));
+    const weights = agg.name === "holders" ? [weightOf(cfg, u.samples)] : u.termWeights;
+    if (!weights || weights.length !== shapes.length) {
+      throw new Error(`upload of ${u.client} lacks its term weights`);
+    }
+    shapes.forEach((sh, t) => {
+      const x = Math.fround(weights[t]);
+      forEachBit(sh.bits, (p) => (w[sh.start + p] += x));
+    });
   }
 }

@@ -8,10 +8,15 @@ import { Coordinator, RetryableError } from "../server/coordinator.ts";
 import { parseRunConfig } from "../server/run_config.ts";
 import { K, type RoundRecord, type UploadRecord } from "../server/records.ts";
 import { readChunks } from "../server/kv_chunks.ts";
+import { readShards } from "../server/shards.ts";
+import { MAX_GROUP } from "../server/admission.ts";
 import { type Accumulators, InlineFolder } from "../server/folder.ts";
 import { type DecodedUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
 
-/** A KV whose atomic commits wait while `gate.closed` (joins and reads are unaffected once opened). */
+/**
+ * A KV whose group commits (the atomic operations that write a shard record) wait while
+ * `gate.closed`; joins, claims and reads are unaffected.
+ */
 function gatedKv(kv: Deno.Kv) {
   const gate = { closed: false, open: () => {}, waiters: [] as (() => void)[] };
   gate.open = () => {
@@ -19,12 +24,20 @@ function gatedKv(kv: Deno.Kv) {
     for (const w of gate.waiters.splice(0)) w();
   };
   const wrapOp = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    let group = false;
     const w: Deno.AtomicOperation = new Proxy(op, {
       get(t, p) {
         if (p === "commit") {
           return async () => {
-            if (gate.closed) await new Promise<void>((r) => gate.waiters.push(r));
+            if (group && gate.closed) await new Promise<void>((r) => gate.waiters.push(r));
             return t.commit();
+          };
+        }
+        if (p === "set") {
+          return (key: Deno.KvKey, value: unknown) => {
+            if (key.includes("shard")) group = true;
+            t.set(key, value);
+            return w;
           };
         }
         const v = Reflect.get(t, p);
@@ -46,6 +59,24 @@ function gatedKv(kv: Deno.Kv) {
     },
   });
   return { kv: proxy as Deno.Kv, gate };
+}
+
+/** Round 1's accepted count and durable sum, over the shards of the instances that committed to it. */
+async function shardSum(
+  kv: Deno.Kv,
+  run: string,
+  n: number,
+): Promise<{ accepted: number; sum: Float32Array }> {
+  const round = (await kv.get<RoundRecord>(K.round(run, 1))).value!;
+  const sum = new Float32Array(n);
+  const part = new Float32Array(n);
+  let accepted = round.accepted;
+  for (const sh of (await readShards(kv, round)).shards) {
+    accepted += sh.value!.accepted;
+    await readChunks(kv, K.acc(run, 1, sh.value!.accGen!, "s"), new Uint8Array(part.buffer));
+    for (let p = 0; p < n; p++) sum[p] += part[p];
+  }
+  return { accepted, sum };
 }
 
 function update(run: string, n: number, seed: number): DecodedUpdate {
@@ -93,7 +124,7 @@ Deno.test("server commit queue: a full queue answers retry before folding; the s
       maxNorm: 1e6,
     }));
     const clients: string[] = [];
-    for (let i = 0; i < 402; i++) clients.push((await coord.join(run.id, {})).id);
+    for (let i = 0; i < MAX_GROUP + 2; i++) clients.push((await coord.join(run.id, {})).id);
 
     gate.closed = true;
     const results: Promise<unknown>[] = [];
@@ -101,28 +132,26 @@ Deno.test("server commit queue: a full queue answers retry before folding; the s
     results.push(first);
     // Let the first upload's commit start (and block on the gate) before the rest queue behind it.
     while (gate.waiters.length === 0) await new Promise((r) => setTimeout(r, 5));
-    for (let i = 1; i <= 400; i++) {
+    for (let i = 1; i <= MAX_GROUP; i++) {
       results.push(coord.upload(run.id, clients[i], 1, update(run.id, n, i), `id-${i}`));
     }
-    // Wait until all 400 are admitted (the first is still pending too: its commit is stalled).
-    while (coord.inFlight(run.id) < 401) await new Promise((r) => setTimeout(r, 5));
-    // 400 are queued behind the stalled commit: one atomic operation's worth. The next is refused.
+    // Wait until all MAX_GROUP are admitted (the first is still pending too: its commit is stalled).
+    while (coord.inFlight(run.id) < MAX_GROUP + 1) await new Promise((r) => setTimeout(r, 5));
+    // MAX_GROUP are queued behind the stalled commit: one atomic operation's worth. The next is refused.
     await assert.rejects(
-      coord.upload(run.id, clients[401], 1, update(run.id, n, 401), "id-401"),
+      coord.upload(run.id, clients[MAX_GROUP + 1], 1, update(run.id, n, MAX_GROUP + 1), "id-next"),
       (e) => e instanceof RetryableError && /queue is full/.test(e.message),
     );
     gate.open();
     const settled = await Promise.all(results);
-    assert.equal(settled.length, 401);
+    assert.equal(settled.length, MAX_GROUP + 1);
     for (const r of settled) assert.equal((r as { status: string }).status, "accepted");
 
-    // The durable sum holds exactly the 401 accepted uploads (not the refused one).
-    const round = (await raw.get<RoundRecord>(K.round(run.id, 1))).value!;
-    assert.equal(round.accepted, 401);
-    const sum = new Float32Array(n);
-    await readChunks(raw, K.acc(run.id, 1, round.accGen!, "s"), new Uint8Array(sum.buffer));
+    // The durable sum holds exactly the MAX_GROUP + 1 accepted uploads (not the refused one).
+    const { accepted, sum } = await shardSum(raw, run.id, n);
+    assert.equal(accepted, MAX_GROUP + 1);
     const ref = new Float32Array(n);
-    for (let i = 0; i <= 400; i++) {
+    for (let i = 0; i <= MAX_GROUP; i++) {
       const u = update(run.id, n, i);
       let r = 0;
       for (let p = 0; p < n; p++) {
@@ -137,7 +166,13 @@ Deno.test("server commit queue: a full queue answers retry before folding; the s
     }
     assert.ok(ref.some((x) => Math.abs(x) > 1), "the reference is not trivially zero");
     // Once the queue drained, the refused client's retry is accepted.
-    const retry = await coord.upload(run.id, clients[401], 1, update(run.id, n, 401), "id-401");
+    const retry = await coord.upload(
+      run.id,
+      clients[MAX_GROUP + 1],
+      1,
+      update(run.id, n, MAX_GROUP + 1),
+      "id-next",
+    );
     assert.equal(retry.status, "accepted");
   } finally {
     gate.open();
@@ -174,9 +209,7 @@ class LateAckFolder extends InlineFolder {
 
 /** The round's durable sum, and the sum of the uploads its markers name (f32 products, as folded). */
 async function durableSums(kv: Deno.Kv, run: string, n: number, updates: Map<string, DecodedUpdate>) {
-  const round = (await kv.get<RoundRecord>(K.round(run, 1))).value!;
-  const sum = new Float32Array(n);
-  if (round.accGen) await readChunks(kv, K.acc(run, 1, round.accGen, "s"), new Uint8Array(sum.buffer));
+  const { accepted, sum } = await shardSum(kv, run, n);
   const marked = new Float32Array(n);
   let markers = 0;
   for await (const e of kv.list<UploadRecord>({ prefix: K.uploadsOf(run, 1) })) {
@@ -191,7 +224,7 @@ async function durableSums(kv: Deno.Kv, run: string, n: number, updates: Map<str
   }
   let off = 0;
   for (let p = 0; p < n; p++) off = Math.max(off, Math.abs(sum[p] - marked[p]));
-  return { off, markers, accepted: round.accepted, marked };
+  return { off, markers, accepted, marked };
 }
 
 /** A KV that, after every atomic commit that lands, runs `after` (which reads through the raw KV). */

@@ -23,6 +23,9 @@ export interface Faults {
 }
 
 /** The commit of a round close: the only operation that checks the run record and writes a round. */
+/** A group commit: the atomic operation that writes a shard record (server/shards.ts). */
+export const isGroupCommit = (op: OpView): boolean => op.sets.some((k) => k[0] === "acc" && k[3] === "shard");
+
 export const isClose = (op: OpView): boolean =>
   op.checks.some((k) => k[0] === "run") && op.sets.some((k) => k[0] === "round");
 

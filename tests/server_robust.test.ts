@@ -448,7 +448,15 @@ Deno.test("robust rules are restart safe: median, trimmed-mean (held) and clippe
       assert.deepEqual([r1.status, r1.accepted], ["closed", 4], label);
       const got = await globalOf(kvC, run.id);
       assert.deepEqual(got.c, want.c, `${label}: covered`);
-      assert.deepEqual(got.v, want.v, `${label}: the restarted run closes to the same adapter`);
+      // Each instance summed its own uploads (a shard): the merged sum may round differently.
+      for (let p = 0; p < want.v.length; p++) {
+        assert.ok(
+          Math.abs(got.v[p] - want.v[p]) <= 1e-7,
+          `${label}: the restarted run closes to the same adapter (position ${p}: ${got.v[p]} vs ${
+            want.v[p]
+          })`,
+        );
+      }
       assert.equal(await keyCount(kvC, ["held", run.id]), 0, `${label}: nothing held after the close`);
       assert.equal(await keyCount(kvC, ["acc", run.id]), 0, `${label}: no accumulator left`);
     } finally {

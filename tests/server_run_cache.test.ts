@@ -13,7 +13,7 @@ import { newGen } from "../server/round_close.ts";
 import { SWEEP_GRACE_MS } from "../server/sweep.ts";
 import { type DecodedUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
 import { runBody } from "./server_helpers.ts";
-import { faultyKv } from "./server_faults.ts";
+import { faultyKv, isGroupCommit } from "./server_faults.ts";
 
 const N = 4096;
 
@@ -77,7 +77,7 @@ Deno.test("server sweep: loading a run deletes what lost clean-ups left, and kee
     await writeChunks(raw, K.global(run.id, young, "v"), new Uint8Array(Math.min(CHUNK_BYTES, N * 4)));
     const old = (await blobs(raw, run.id)).filter((k) => k.startsWith("global/")).map((k) => k.slice(7));
     assert.equal(old.length, 3, `generations: ${old}`);
-    const slot = (await blobs(raw, run.id)).find((k) => k.startsWith("acc/3/"));
+    const slot = (await blobs(raw, run.id)).find((k) => /^acc\/3\/[^/]+\.[01]$/.test(k));
     assert.ok(slot, "round 3 has a sum slot");
     assert.deepEqual(
       [
@@ -95,6 +95,9 @@ Deno.test("server sweep: loading a run deletes what lost clean-ups left, and kee
       await blobs(raw, run.id),
       [
         slot,
+        "acc/3/claim", // the open round's claims (B's upload)
+        "acc/3/shard", // and shard records (A's)
+        "acc/3/shards", // and their list
         `global/${current}`,
         `global/${young}`,
         `mask/${ca}/2`, // A's latest (its round-1 mask, replaced in the closed round 2, is gone)
@@ -134,7 +137,7 @@ Deno.test("server run cache: idle runs are evicted least recently used first; a 
     await coord.getRun(r0);
     assert.deepEqual(coord.loadedRuns(), [r3, r0]);
     // r0 gets an upload whose commit is held: it has work in flight.
-    faults.hold = () => true;
+    faults.hold = isGroupCommit;
     const held = coord.upload(r0, clients[0][0], 1, update(r0, 1, 4, 0.25), "x0");
     while (faults.held === 0 || coord.inFlight(r0) === 0) await new Promise((r) => setTimeout(r, 1));
     await coord.getRun(r1);
