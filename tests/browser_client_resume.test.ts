@@ -118,9 +118,11 @@ Deno.test({
         /joined run .* with the file computing\.jsonl .* differs/,
       );
 
-      // 3. The same file resumes: same client, no join request.
+      // 3. The same file resumes: same client, no join request. (The refusal's "error" state holds
+      // until the new attempt starts: wait for it to go, or the wait below would see the old error.)
       await page.setInputFiles("#file", file);
       await page.click("#join");
+      await page.waitForFunction(() => document.body.dataset.state !== "error");
       await page.waitForFunction(
         () => document.body.dataset.resumed === "true" || document.body.dataset.state === "error",
         null,
