@@ -110,7 +110,7 @@ export class Coordinator {
     this.maskStore = new MaskStore(kv);
     this.clients = new ClientRegistry(kv, now);
     const cleanUp = (work: Promise<void>) => this.cleanUp(work);
-    this.commits = new GroupCommit(kv, folder, this.runs, instance, (st) => this.closer.closeNow(st));
+    this.commits = new GroupCommit(kv, folder, this.runs, instance, now, (st) => this.closer.closeNow(st));
     this.events = options.events ?? silentLog;
     this.closer = new RoundCloser(
       kv,

@@ -13,7 +13,7 @@ import { K, type ShardList, type ShardRecord } from "./records.ts";
 import type { DecodedUpdate } from "../runtime/client/wire.ts";
 import type { Folder } from "./folder.ts";
 import { MAX_GROUP, roundComplete } from "./admission.ts";
-import { CLAIM_LEASE_MS, MAX_SHARDS, refreshAccepted } from "./shards.ts";
+import { MAX_SHARDS, refreshAccepted, renewClaims } from "./shards.ts";
 import { lastMaskRecord } from "./mask_store.ts";
 import { type Pending, RetryableError, type RunCache, type RunState } from "./run_state.ts";
 import { weightOf } from "./robust.ts";
@@ -43,14 +43,15 @@ interface Staged {
 /** Folds admitted uploads and commits them in groups. */
 export class GroupCommit {
   /**
-   * `instance` names this instance's shards; `closeNow` closes a round that the last commit
-   * filled (called inside the run's chain).
+   * `instance` names this instance's shards and claims (taken at `now`); `closeNow` closes a round
+   * that the last commit filled (called inside the run's chain).
    */
   constructor(
     private readonly kv: Deno.Kv,
     private readonly folder: Folder,
     private readonly runs: RunCache,
     private readonly instance: string,
+    private readonly now: () => number,
     private readonly closeNow: (st: RunState) => Promise<void>,
   ) {}
 
@@ -253,11 +254,10 @@ export class GroupCommit {
         }
         op.check(list).set(list.key, { instances: [...instances, this.instance] } satisfies ShardList);
       }
+      // Claimed for us when admitted (shards.ts), so no other instance writes these markers; a claim
+      // held long (a slow store) is renewed first, so that no other instance may take it over.
+      await renewClaims(this.kv, st, this.instance, group, this.now);
       for (const p of group) {
-        // Claimed for us when admitted (shards.ts), so no other instance writes this marker.
-        if (performance.now() - (p.claimedAt ?? -Infinity) > CLAIM_LEASE_MS / 2) {
-          throw new Error("a claim is about to lapse");
-        }
         p.record.shard = this.instance;
         op.set(K.upload(runId, round.index, p.client), p.record);
         if (!dense) op.set(K.lastMask(runId, p.client), lastMaskRecord(p.record));

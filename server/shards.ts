@@ -16,7 +16,7 @@ import {
   type UploadRecord,
 } from "./records.ts";
 import { f32Bytes, readChunks } from "./kv_chunks.ts";
-import { RetryableError, type RunState } from "./run_state.ts";
+import { type Pending, RetryableError, type RunState } from "./run_state.ts";
 
 /** Deno KV's limit on keys per `getMany`. */
 const GET_MANY = 10;
@@ -99,9 +99,9 @@ export async function refreshAccepted(kv: Deno.Kv, st: RunState): Promise<void> 
 /**
  * How long a claim holds a client's upload for the instance that took it. Past it, another instance
  * may take the upload over (the claimer died before committing it, and the client re-sent it). The
- * claimer commits a claimed upload only within half of it (see group_commit.ts) and renews its claim
- * when asked again, so a live instance never loses an upload it is committing, provided a commit
- * lands within the other half and the instances' clocks agree to within seconds. Short, because the
+ * claimer renews a claim older than half of it before committing the upload (`renewClaims`), and
+ * when the upload is sent again, so a live instance never loses an upload it is committing, provided
+ * a commit lands within the other half and the instances' clocks agree to within seconds. Short, because the
  * uploads in flight on a killed instance wait for it (clients retry for seconds, not minutes).
  */
 export const CLAIM_LEASE_MS = 10_000;
@@ -138,4 +138,31 @@ export async function claimUpload(
     if (res.ok) return { at: performance.now() };
   }
   throw new RetryableError("another instance is claiming this client's upload, retry");
+}
+
+/**
+ * Renews this instance's claims on the uploads of `group` taken more than half a lease ago (a slow
+ * store, a long queue), each in one small atomic operation checked against the claim; throws when
+ * one lapsed and another instance took it over (the group then fails, and its uploads are retried).
+ */
+export async function renewClaims(
+  kv: Deno.Kv,
+  st: RunState,
+  instance: string,
+  group: Pending[],
+  now: () => number,
+): Promise<void> {
+  const round = st.round!.index;
+  for (const p of group) {
+    if (performance.now() - (p.claimedAt ?? -Infinity) <= CLAIM_LEASE_MS / 2) continue;
+    const claim = await kv.get<ClaimRecord>(K.claim(st.run.id, round, p.client));
+    const c = claim.value;
+    if (!c || c.instance !== instance || c.uploadId !== p.uploadId) {
+      throw new Error(`the claim on ${p.client}'s upload was taken over`);
+    }
+    const res = await kv.atomic().check(claim).set(claim.key, { ...c, at: now() } satisfies ClaimRecord)
+      .commit();
+    if (!res.ok) throw new Error(`the claim on ${p.client}'s upload was taken over`);
+    p.claimedAt = performance.now();
+  }
 }

@@ -9,7 +9,8 @@ import { Coordinator, RetryableError } from "../server/coordinator.ts";
 import { InlineFolder } from "../server/folder.ts";
 import { parseRunConfig } from "../server/run_config.ts";
 import { K, type RoundRecord } from "../server/records.ts";
-import { CLAIM_LEASE_MS, MAX_SHARDS, readShards } from "../server/shards.ts";
+import { CLAIM_LEASE_MS, MAX_SHARDS, readShards, renewClaims } from "../server/shards.ts";
+import type { Pending, RunState } from "../server/run_state.ts";
 import { faultyKv, isGroupCommit } from "./server_faults.ts";
 import { type DecodedUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
 
@@ -272,6 +273,35 @@ Deno.test("round shards: past MAX_SHARDS instances in one round, a new instance 
     assert.equal((await kv.get(K.upload(run.id, 1, id))).value, null);
   } finally {
     await coord.close();
+    kv.close();
+  }
+});
+
+Deno.test("round shards: a claim held past half its lease is renewed before its upload commits, unless another instance took it over", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const st = { run: { id: "r1" }, round: { index: 1 } } as unknown as RunState;
+    const pending = (client: string, claimedAt: number) =>
+      ({ client, uploadId: `u-${client}`, claimedAt }) as unknown as Pending;
+    const t0 = performance.now();
+    const claim = (client: string, instance: string, at: number) =>
+      kv.set(K.claim("r1", 1, client), { instance, uploadId: `u-${client}`, at });
+    await claim("old", "me", 1000);
+    await claim("fresh", "me", 2000);
+    const old = pending("old", t0 - CLAIM_LEASE_MS);
+    const fresh = pending("fresh", t0);
+    await renewClaims(kv, st, "me", [old, fresh], () => 5000);
+    assert.equal((await kv.get<{ at: number }>(K.claim("r1", 1, "old"))).value!.at, 5000, "renewed");
+    assert.ok(old.claimedAt! >= t0);
+    assert.equal((await kv.get<{ at: number }>(K.claim("r1", 1, "fresh"))).value!.at, 2000, "left alone");
+    // Lapsed and taken over by another instance: the group must not commit it.
+    await claim("lost", "other", 6000);
+    await assert.rejects(
+      renewClaims(kv, st, "me", [pending("lost", t0 - CLAIM_LEASE_MS)], () => 7000),
+      /taken over/,
+    );
+    assert.equal((await kv.get<{ instance: string }>(K.claim("r1", 1, "lost"))).value!.instance, "other");
+  } finally {
     kv.close();
   }
 });
