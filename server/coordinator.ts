@@ -110,7 +110,7 @@ export class Coordinator {
     this.maskStore = new MaskStore(kv);
     this.clients = new ClientRegistry(kv, now);
     const cleanUp = (work: Promise<void>) => this.cleanUp(work);
-    this.commits = new GroupCommit(kv, folder, this.runs, instance, now, (st) => this.closer.closeNow(st));
+    this.commits = new GroupCommit(kv, folder, this.runs, instance, (st) => this.closer.closeNow(st));
     this.events = options.events ?? silentLog;
     this.closer = new RoundCloser(
       kv,
@@ -361,10 +361,10 @@ export class Coordinator {
     // The run's aggregation sees the values as it admits them (clipped-mean scales them to clipNorm).
     const admitted = ruleFor(cfg).admit(u.values, norm);
     if (admitted !== u.values) u = { ...u, values: admitted };
-    const claim = await claimUpload(this.kv, st, this.runs.instance, clientId, uploadId, this.now);
+    const claimed = await claimUpload(this.kv, st, this.runs.instance, clientId, uploadId);
     // Synchronous from here to `commits.commit`: no await, so no other upload interleaves.
     if (st.round?.index !== round) throw new RetryableError("the round moved on, retry");
-    const before = st.uploads.get(clientId) ?? claim.accepted;
+    const before = st.uploads.get(clientId) ?? claimed;
     const prior = priorUpload(before, st.pending.get(clientId), uploadId, round);
     if (prior === "replay") return { status: "replay", uploadId, round };
     if (prior === "wait") {
@@ -389,7 +389,6 @@ export class Coordinator {
     };
     const maskBits = dense || reuseMask ? null : u.maskBits;
     const p: Pending = { seq: ++st.foldSeq, client: clientId, uploadId, record, maskBits, ...deferred() };
-    p.claimedAt = claim.at;
     await this.commits.commit(st, p, u, folded);
     if (st.round?.index === round) this.events.emit(accepted(st.run, st.round, st.accepted));
     return { status: "accepted", uploadId, round };

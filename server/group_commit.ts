@@ -13,7 +13,7 @@ import { K, type ShardList, type ShardRecord } from "./records.ts";
 import type { DecodedUpdate } from "../runtime/client/wire.ts";
 import type { Folder } from "./folder.ts";
 import { MAX_GROUP, roundComplete } from "./admission.ts";
-import { MAX_SHARDS, refreshAccepted, renewClaims } from "./shards.ts";
+import { MAX_SHARDS, refreshAccepted } from "./shards.ts";
 import { lastMaskRecord } from "./mask_store.ts";
 import { type Pending, RetryableError, type RunCache, type RunState } from "./run_state.ts";
 import { weightOf } from "./robust.ts";
@@ -43,15 +43,14 @@ interface Staged {
 /** Folds admitted uploads and commits them in groups. */
 export class GroupCommit {
   /**
-   * `instance` names this instance's shards and claims (taken at `now`); `closeNow` closes a round
-   * that the last commit filled (called inside the run's chain).
+   * `instance` names this instance's shards and claims; `closeNow` closes a round that the last
+   * commit filled (called inside the run's chain).
    */
   constructor(
     private readonly kv: Deno.Kv,
     private readonly folder: Folder,
     private readonly runs: RunCache,
     private readonly instance: string,
-    private readonly now: () => number,
     private readonly closeNow: (st: RunState) => Promise<void>,
   ) {}
 
@@ -239,6 +238,8 @@ export class GroupCommit {
         accepted: (st.shard?.accepted ?? 0) + group.length,
         samples: (st.shard?.samples ?? 0) + group.reduce((a, p) => a + p.record.samples, 0),
         accGen: slot,
+        listed: true,
+        ...(st.shard?.takeovers ? { takeovers: st.shard.takeovers } : {}),
       };
       const shardKey = K.shard(runId, round.index, this.instance);
       const op = this.kv.atomic()
@@ -246,7 +247,7 @@ export class GroupCommit {
         .check({ key: shardKey, versionstamp: st.shardVs })
         .set(shardKey, next);
       // Our first commit of the round registers the shard, so that the close cannot miss it.
-      if (!st.shard) {
+      if (!st.shard?.listed) {
         const list = await this.kv.get<ShardList>(K.shardList(runId, round.index));
         const instances = list.value?.instances ?? [];
         if (instances.length >= MAX_SHARDS) {
@@ -254,9 +255,8 @@ export class GroupCommit {
         }
         op.check(list).set(list.key, { instances: [...instances, this.instance] } satisfies ShardList);
       }
-      // Claimed for us when admitted (shards.ts), so no other instance writes these markers; a claim
-      // held long (a slow store) is renewed first, so that no other instance may take it over.
-      await renewClaims(this.kv, st, this.instance, group, this.now);
+      // Claimed for us when admitted (shards.ts): another instance that took one over since has
+      // bumped our shard record, and this commit fails its shard check.
       for (const p of group) {
         p.record.shard = this.instance;
         op.set(K.upload(runId, round.index, p.client), p.record);

@@ -84,8 +84,6 @@ export interface RoundRecord {
 export interface ClaimRecord {
   instance: string;
   uploadId: string;
-  /** When it was taken (the claiming instance's clock): it lapses CLAIM_LEASE_MS later. */
-  at: number;
 }
 
 /** The instances with a shard in an open round, in registration order. */
@@ -100,6 +98,10 @@ export interface ShardRecord {
   samples: number;
   /** Slot of the sum blob holding every upload of this shard (null for runs without a sum). */
   accGen: string | null;
+  /** On the round's shard list (its first commit put it there; a takeover may write it before). */
+  listed: boolean;
+  /** Uploads other instances took over from it (each bump fails its commits in flight). */
+  takeovers?: number;
 }
 
 /** A joined client. */

@@ -34,8 +34,6 @@ export interface Pending {
   record: UploadRecord;
   /** Kept until the group commit writes it (masks are persisted with the commit, not before). */
   maskBits: Uint32Array | null;
-  /** When its claim was taken (`performance.now()`; shards.ts). */
-  claimedAt?: number;
   /** Its fold's acknowledgement (runs that fold); a group commits only folds that succeeded. */
   folded?: Promise<void>;
   done: Promise<void>;

@@ -16,7 +16,7 @@ import {
   type UploadRecord,
 } from "./records.ts";
 import { f32Bytes, readChunks } from "./kv_chunks.ts";
-import { type Pending, RetryableError, type RunState } from "./run_state.ts";
+import { RetryableError, type RunState } from "./run_state.ts";
 
 /** Deno KV's limit on keys per `getMany`. */
 const GET_MANY = 10;
@@ -97,22 +97,13 @@ export async function refreshAccepted(kv: Deno.Kv, st: RunState): Promise<void> 
 }
 
 /**
- * How long a claim holds a client's upload for the instance that took it. Past it, another instance
- * may take the upload over (the claimer died before committing it, and the client re-sent it). The
- * claimer renews a claim older than half of it before committing the upload (`renewClaims`), and
- * when the upload is sent again, so a live instance never loses an upload it is committing, provided
- * a commit lands within the other half and the instances' clocks agree to within seconds. Short, because the
- * uploads in flight on a killed instance wait for it (clients retry for seconds, not minutes).
- */
-export const CLAIM_LEASE_MS = 10_000;
-
-/**
  * Claims the client's upload of the open round for `instance` before it is folded: one small atomic
- * operation, checked against the client's claim and marker (our own claim is renewed). Returns the
- * marker when some instance
- * has accepted an upload of this client already (the caller answers replay or conflict), and when
- * the claim was taken (`performance.now()`); refuses with a retryable error while another instance
- * holds a live claim on it.
+ * operation, checked against the client's claim and marker. A claim held by another instance is
+ * taken over at once (the claimer died, or the client re-sent its upload elsewhere): the takeover
+ * also bumps the claimer's shard record, so that a commit of the upload by the claimer, if it is
+ * alive and still committing, fails its shard check (it reloads; the client's retry then finds our
+ * marker). Returns the marker when some instance has accepted an upload of this client already (the
+ * caller answers replay or conflict).
  */
 export async function claimUpload(
   kv: Deno.Kv,
@@ -120,49 +111,23 @@ export async function claimUpload(
   instance: string,
   client: string,
   uploadId: string,
-  now: () => number,
-): Promise<{ accepted?: UploadRecord; at: number }> {
+): Promise<UploadRecord | undefined> {
   const run = st.run.id;
   const round = st.round!.index;
   const claimKey = K.claim(run, round, client);
   const markerKey = K.upload(run, round, client);
   for (let attempt = 0; attempt < 3; attempt++) {
     const [claim, marker] = await kv.getMany<[ClaimRecord, UploadRecord]>([claimKey, markerKey]);
-    if (marker.value) return { accepted: marker.value, at: performance.now() };
-    const c = claim.value;
-    if (c && c.instance !== instance && now() < c.at + CLAIM_LEASE_MS) {
-      throw new RetryableError("another instance is committing this client's upload, retry");
+    if (marker.value) return marker.value;
+    const op = kv.atomic().check(claim).check({ key: markerKey, versionstamp: null })
+      .set(claimKey, { instance, uploadId } satisfies ClaimRecord);
+    const holder = claim.value?.instance;
+    if (holder !== undefined && holder !== instance) {
+      const theirs = await kv.get<ShardRecord>(K.shard(run, round, holder));
+      const was = theirs.value ?? { instance: holder, accepted: 0, samples: 0, accGen: null, listed: false };
+      op.check(theirs).set(theirs.key, { ...was, takeovers: (was.takeovers ?? 0) + 1 } satisfies ShardRecord);
     }
-    const res = await kv.atomic().check(claim).check({ key: markerKey, versionstamp: null })
-      .set(claimKey, { instance, uploadId, at: now() } satisfies ClaimRecord).commit();
-    if (res.ok) return { at: performance.now() };
+    if ((await op.commit()).ok) return undefined;
   }
-  throw new RetryableError("another instance is claiming this client's upload, retry");
-}
-
-/**
- * Renews this instance's claims on the uploads of `group` taken more than half a lease ago (a slow
- * store, a long queue), each in one small atomic operation checked against the claim; throws when
- * one lapsed and another instance took it over (the group then fails, and its uploads are retried).
- */
-export async function renewClaims(
-  kv: Deno.Kv,
-  st: RunState,
-  instance: string,
-  group: Pending[],
-  now: () => number,
-): Promise<void> {
-  const round = st.round!.index;
-  for (const p of group) {
-    if (performance.now() - (p.claimedAt ?? -Infinity) <= CLAIM_LEASE_MS / 2) continue;
-    const claim = await kv.get<ClaimRecord>(K.claim(st.run.id, round, p.client));
-    const c = claim.value;
-    if (!c || c.instance !== instance || c.uploadId !== p.uploadId) {
-      throw new Error(`the claim on ${p.client}'s upload was taken over`);
-    }
-    const res = await kv.atomic().check(claim).set(claim.key, { ...c, at: now() } satisfies ClaimRecord)
-      .commit();
-    if (!res.ok) throw new Error(`the claim on ${p.client}'s upload was taken over`);
-    p.claimedAt = performance.now();
-  }
+  throw new RetryableError("other instances are claiming this client's upload, retry");
 }

@@ -189,7 +189,7 @@ function summariesOf(m: any): unknown[] {
   }));
 }
 
-/** Clients of `runId` behind `lb`, with retries generous enough to outlast an instance's death (~25 s). */
+/** Clients of `runId` behind `lb`, with retries generous enough to outlast an instance's death. */
 function lbClients(runId: string, lb: { fetch: typeof fetch }): Promise<FederatedClient[]> {
   return fakeClients(() => ({
     serverUrl: LB,
@@ -197,8 +197,7 @@ function lbClients(runId: string, lb: { fetch: typeof fetch }): Promise<Federate
     fetch: lb.fetch,
     sleep: (ms) => new Promise((r) => setTimeout(r, Math.min(ms, 50))),
     pollMs: 10,
-    // An instance that dies holds the uploads it claimed until their claims lapse (CLAIM_LEASE_MS).
-    retry: { attempts: 250, baseMs: 10, maxMs: 200 },
+    retry: { attempts: 40, baseMs: 10, maxMs: 200 },
   }));
 }
 
