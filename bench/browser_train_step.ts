@@ -3,7 +3,7 @@
  * coordinator's COOP/COEP headers (server/ui), so WASM runs on 2 threads, cross-origin isolated.
  *
  *   deno run -A bench/browser_train_step.ts [--steps=N] [--model=tiny|135m|360m] [--checkpoint]
- *     [--weight-mode=inputs|constants] [--batch=N --seq=N] [--threads=N]
+ *     [--weight-mode=inputs|constants] [--batch=N --seq=N] [--threads=N] [--arena=on|off]
  *                                                           (or: deno task bench browser)
  *
  * `--model=tiny` (the default): runtime/model/tiny.ts's generator at 2 layers, hidden 64, GQA 4:2
@@ -18,7 +18,8 @@
  *
  * `--model=360m`: the same for the SmolLM2-360M shape (1.45 GB of f32 weights), to find the
  * settings under which its step fits a tab at all. `--batch`/`--seq` change the SmolLM2 shapes'
- * batch (default 4 x 256); `--threads` the WASM threads (default 2).
+ * batch (default 4 x 256); `--threads` the WASM threads (default 2); `--arena` ORT's CPU memory
+ * arena (default ORT's own, on).
  *
  * Per backend: session creation, first step (WebGPU compiles its shaders there), then `--steps`
  * steady steps (default 5), median and range. Both sessions live in the same page, which is what a
@@ -81,6 +82,8 @@ export interface BrowserTrainStepOptions {
   seq?: number;
   /** WASM threads (`ort.env.wasm.numThreads`, default 2). */
   threads?: number;
+  /** ORT's CPU memory arena (`SessionTuningOptions.memArena`); default ORT's own (on). */
+  memArena?: boolean;
   /** Activation checkpointing (`EngineOptions.checkpoint`, default false). */
   checkpoint?: boolean;
   /** Default: "inputs" for 135M (as bench/model_train_step.ts), the engine's ("constants") for tiny. */
@@ -160,7 +163,13 @@ async function measure(
   page: Page,
   backends: PageBackend[],
   steps: number,
-  spec: { timeoutMs: number; weightMode?: WeightMode; checkpoint: boolean; threads: number },
+  spec: {
+    timeoutMs: number;
+    weightMode?: WeightMode;
+    checkpoint: boolean;
+    threads: number;
+    memArena?: boolean;
+  },
   phase: (msg: string) => void,
 ): Promise<Record<PageBackend, Measured>> {
   const m = Object.fromEntries(backends.map((b) => [b, { steady: [] }])) as unknown as Record<
@@ -173,6 +182,7 @@ async function measure(
     const r = await tryCall(page, t, "create", b, spec.threads, {
       weightMode: spec.weightMode,
       checkpoint: spec.checkpoint,
+      memArena: spec.memArena,
     });
     m[b].createS = record(m[b], r, "session creation");
     phase(`${b} session: ${m[b].error ?? `${m[b].createS!.toFixed(1)} s`}`);
@@ -321,13 +331,14 @@ export function resolveOptions(opts: BrowserTrainStepOptions) {
     batch: opts.batch,
     seq: opts.seq,
     checkpoint: opts.checkpoint ?? false,
+    memArena: opts.memArena,
     weightMode: opts.weightMode ?? (big ? "inputs" as const : undefined),
   };
 }
 
 /** Markdown section: one row per backend, then Chromium's memory. */
 export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
-  const { model, big, steps, threads, batch, seq, checkpoint, weightMode } = resolveOptions(opts);
+  const { model, big, steps, threads, batch, seq, checkpoint, memArena, weightMode } = resolveOptions(opts);
   const backends: PageBackend[] = big ? ["wasm"] : ["wasm", "webgpu"];
   const name = `SmolLM2-${model.toUpperCase()}`;
   const title = big
@@ -335,7 +346,7 @@ export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
       checkpoint ? "on" : "off"
     }, weights as ${weightMode}${
       batch || seq ? `, batch ${batch ?? 4} x ${seq ?? 256}` : ""
-    }, ${threads} threads)`
+    }, ${threads} threads${memArena === undefined ? "" : `, arena ${memArena ? "on" : "off"}`})`
     : "## Browser: tiny LoRA train step in headless Chromium (WASM and WebGPU)";
   const loadBefore = load1();
   const exe = chromiumPath();
@@ -392,7 +403,13 @@ export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
     else {
       ({ shape, s: genS } = loaded);
       phase(`weights generated in ${genS.toFixed(1)} s`);
-      m = await measure(b.page, backends, steps, { timeoutMs, weightMode, checkpoint, threads }, phase);
+      m = await measure(
+        b.page,
+        backends,
+        steps,
+        { timeoutMs, weightMode, checkpoint, threads, memArena },
+        phase,
+      );
       pageMem = await pageMemory(b);
     }
     mem.sample();
@@ -430,7 +447,7 @@ export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
     ...(big ? [] : [`- WebGPU adapter: ${adapterText(info!.adapter)}`]),
     `- activation checkpointing: ${checkpoint ? "on" : "off"}; weight mode: ${
       weightMode ?? "constants (the engine's browser default)"
-    }`,
+    }; ORT CPU memory arena: ${memArena === undefined ? "ORT's default (on)" : memArena ? "on" : "off"}`,
     `- load average (1 min): ${loadBefore} before, ${load1()} after`,
   ];
   if (failure) lines.push(``, `- failed at ${failure}`);
@@ -464,7 +481,7 @@ export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
 if (import.meta.main) {
   const usage =
     "usage: deno run -A bench/browser_train_step.ts [--steps=N] [--model=tiny|135m|360m] [--checkpoint] " +
-    "[--weight-mode=inputs|constants] [--batch=N] [--seq=N] [--threads=N]";
+    "[--weight-mode=inputs|constants] [--batch=N] [--seq=N] [--threads=N] [--arena=on|off]";
   let opts: BrowserTrainStepOptions;
   try {
     const { values } = parseArgs({
@@ -477,6 +494,7 @@ if (import.meta.main) {
         batch: { type: "string" },
         seq: { type: "string" },
         threads: { type: "string" },
+        arena: { type: "string" },
       },
       strict: true,
     });
@@ -490,6 +508,12 @@ if (import.meta.main) {
     if (values.batch !== undefined) opts.batch = int(values.batch);
     if (values.seq !== undefined) opts.seq = int(values.seq);
     if (values.threads !== undefined) opts.threads = int(values.threads);
+    if (values.arena !== undefined) {
+      if (values.arena !== "on" && values.arena !== "off") {
+        throw new Error(`--arena must be on or off, got "${values.arena}"`);
+      }
+      opts.memArena = values.arena === "on";
+    }
     resolveOptions(opts);
   } catch (e) {
     console.error(`browser_train_step: ${(e as Error).message}\n${usage}`);

@@ -89,6 +89,8 @@ Deno.test("browser bench options: 360m defaults to weights as inputs; tiny refus
     ["360m", true, "inputs", 2, 2, 1, 256, true],
   );
   assert.equal(resolveOptions({}).weightMode, undefined);
+  assert.equal(o.memArena, undefined);
+  assert.equal(resolveOptions({ model: "360m", memArena: false }).memArena, false);
   assert.throws(() => resolveOptions({ model: "tiny", batch: 2 }), /apply to the SmolLM2 shapes/);
   assert.throws(() => resolveOptions({ model: "360m", threads: 0 }), /--threads must be a positive integer/);
   assert.throws(() => resolveOptions({ model: "360m", seq: 1 }), /--seq must be at least 2/);

@@ -70,6 +70,8 @@ export interface SessionSpec {
   /** Default: the engine's (constants in the browser). */
   weightMode?: WeightMode;
   checkpoint: boolean;
+  /** ORT's CPU memory arena (`SessionTuningOptions.memArena`); default: ORT's own (on). */
+  memArena?: boolean;
 }
 
 /** Installed on globalThis as `perfitBench` for page.evaluate. */
@@ -229,6 +231,7 @@ const page: BenchPage = {
         numThreads: threads,
         weightMode: spec.weightMode,
         checkpoint: spec.checkpoint,
+        session: spec.memArena === undefined ? undefined : { memArena: spec.memArena },
       });
       const adapter = initAdapter(engine.layout, 0);
       engines.set(backend, { engine, adapter, mask: new Uint8Array(adapter.length).fill(1) });
