@@ -2,8 +2,9 @@
  * The LoRA train step inside headless Chromium, in one page served over loopback with the
  * coordinator's COOP/COEP headers (server/ui), so WASM runs on 2 threads, cross-origin isolated.
  *
- *   deno run -A bench/browser_train_step.ts [--steps=N] [--model=tiny|135m] [--checkpoint]
- *     [--weight-mode=inputs|constants]                      (or: deno task bench browser)
+ *   deno run -A bench/browser_train_step.ts [--steps=N] [--model=tiny|135m|360m] [--checkpoint]
+ *     [--weight-mode=inputs|constants] [--batch=N --seq=N] [--threads=N] [--arena=on|off]
+ *                                                           (or: deno task bench browser)
  *
  * `--model=tiny` (the default): runtime/model/tiny.ts's generator at 2 layers, hidden 64, GQA 4:2
  * with random weights and LoRA r=8 on q,v, batch 4 x 64 tokens, the same one every step; on WASM
@@ -14,6 +15,11 @@
  * SwiftShader WebGPU would take many minutes a step. Default weight mode `inputs`, as the Deno
  * bench. This is the "Real sizes" question: does the step fit in 2 GB in a browser, and under
  * wasm32's 4 GB heap at all?
+ *
+ * `--model=360m`: the same for the SmolLM2-360M shape (1.45 GB of f32 weights), to find the
+ * settings under which its step fits a tab at all. `--batch`/`--seq` change the SmolLM2 shapes'
+ * batch (default 4 x 256); `--threads` the WASM threads (default 2); `--arena` ORT's CPU memory
+ * arena (default ORT's own, on).
  *
  * Per backend: session creation, first step (WebGPU compiles its shaders there), then `--steps`
  * steady steps (default 5), median and range. Both sessions live in the same page, which is what a
@@ -54,15 +60,15 @@ import type {
   Timed,
 } from "./browser/train_step_page.ts";
 
-const THREADS = 2;
-const MODELS: PageModel[] = ["tiny", "135m"];
+const DEFAULT_THREADS = 2;
+const MODELS: PageModel[] = ["tiny", "135m", "360m"];
 const WEIGHT_MODES: WeightMode[] = ["inputs", "constants"];
 /**
  * A page call that takes longer than this has hung: a tiny SwiftShader step takes seconds (the
  * first ~10 s); a 135M WASM step ~40 s on a busy 2-core machine, whose processes may also be
  * paused for minutes.
  */
-const CALL_TIMEOUT_MS: Record<PageModel, number> = { tiny: 600_000, "135m": 3_600_000 };
+const CALL_TIMEOUT_MS: Record<PageModel, number> = { tiny: 600_000, "135m": 3_600_000, "360m": 3_600_000 };
 const MB = 2 ** 20;
 
 /** Options of `run`. */
@@ -71,6 +77,13 @@ export interface BrowserTrainStepOptions {
   steps?: number;
   /** Default "tiny". */
   model?: PageModel;
+  /** Rows and tokens per row of a SmolLM2 shape's batch (default 4 x 256; the tiny model's is fixed). */
+  batch?: number;
+  seq?: number;
+  /** WASM threads (`ort.env.wasm.numThreads`, default 2). */
+  threads?: number;
+  /** ORT's CPU memory arena (`SessionTuningOptions.memArena`); default ORT's own (on). */
+  memArena?: boolean;
   /** Activation checkpointing (`EngineOptions.checkpoint`, default false). */
   checkpoint?: boolean;
   /** Default: "inputs" for 135M (as bench/model_train_step.ts), the engine's ("constants") for tiny. */
@@ -150,7 +163,13 @@ async function measure(
   page: Page,
   backends: PageBackend[],
   steps: number,
-  spec: { timeoutMs: number; weightMode?: WeightMode; checkpoint: boolean },
+  spec: {
+    timeoutMs: number;
+    weightMode?: WeightMode;
+    checkpoint: boolean;
+    threads: number;
+    memArena?: boolean;
+  },
   phase: (msg: string) => void,
 ): Promise<Record<PageBackend, Measured>> {
   const m = Object.fromEntries(backends.map((b) => [b, { steady: [] }])) as unknown as Record<
@@ -160,9 +179,10 @@ async function measure(
   const live = () => backends.filter((b) => !m[b].error);
   const t = spec.timeoutMs;
   for (const b of backends) {
-    const r = await tryCall(page, t, "create", b, THREADS, {
+    const r = await tryCall(page, t, "create", b, spec.threads, {
       weightMode: spec.weightMode,
       checkpoint: spec.checkpoint,
+      memArena: spec.memArena,
     });
     m[b].createS = record(m[b], r, "session creation");
     phase(`${b} session: ${m[b].error ?? `${m[b].createS!.toFixed(1)} s`}`);
@@ -279,34 +299,54 @@ function memoryLines(
   ];
 }
 
-/** The options with their defaults, or an error naming the bad one (the command line's values are unchecked strings). */
-function resolveOptions(opts: BrowserTrainStepOptions) {
+/** The options with their defaults, or an error naming the bad one (the command line's values are unchecked strings). Exported for its test. */
+export function resolveOptions(opts: BrowserTrainStepOptions) {
   const model = opts.model ?? "tiny";
   if (!MODELS.includes(model)) throw new Error(`--model must be one of ${MODELS.join(", ")}, got "${model}"`);
   if (opts.weightMode !== undefined && !WEIGHT_MODES.includes(opts.weightMode)) {
     throw new Error(`--weight-mode must be one of ${WEIGHT_MODES.join(", ")}, got "${opts.weightMode}"`);
   }
-  const steps = opts.steps ?? (model === "135m" ? 2 : 5);
-  if (!(Number.isInteger(steps) && steps >= 1)) {
-    throw new Error(`--steps must be a positive integer, got ${steps}`);
+  const big = model !== "tiny";
+  const steps = opts.steps ?? (big ? 2 : 5);
+  const threads = opts.threads ?? DEFAULT_THREADS;
+  for (
+    const [name, v] of [["steps", steps], ["threads", threads], ["batch", opts.batch], [
+      "seq",
+      opts.seq,
+    ]] as const
+  ) {
+    if (v !== undefined && !(Number.isInteger(v) && v >= 1)) {
+      throw new Error(`--${name} must be a positive integer, got ${v}`);
+    }
   }
+  if (!big && (opts.batch !== undefined || opts.seq !== undefined)) {
+    throw new Error("--batch and --seq apply to the SmolLM2 shapes (135m, 360m), not to tiny");
+  }
+  if (opts.seq === 1) throw new Error("--seq must be at least 2 (a row predicts its next tokens)");
   return {
     model,
+    big,
     steps,
+    threads,
+    batch: opts.batch,
+    seq: opts.seq,
     checkpoint: opts.checkpoint ?? false,
-    weightMode: opts.weightMode ?? (model === "135m" ? "inputs" as const : undefined),
+    memArena: opts.memArena,
+    weightMode: opts.weightMode ?? (big ? "inputs" as const : undefined),
   };
 }
 
 /** Markdown section: one row per backend, then Chromium's memory. */
 export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
-  const { model, steps, checkpoint, weightMode } = resolveOptions(opts);
-  const big = model === "135m";
+  const { model, big, steps, threads, batch, seq, checkpoint, memArena, weightMode } = resolveOptions(opts);
   const backends: PageBackend[] = big ? ["wasm"] : ["wasm", "webgpu"];
+  const name = `SmolLM2-${model.toUpperCase()}`;
   const title = big
-    ? `## Browser: SmolLM2-135M-shape LoRA train step in headless Chromium (WASM; checkpointing ${
+    ? `## Browser: ${name}-shape LoRA train step in headless Chromium (WASM; checkpointing ${
       checkpoint ? "on" : "off"
-    }, weights as ${weightMode})`
+    }, weights as ${weightMode}${
+      batch || seq ? `, batch ${batch ?? 4} x ${seq ?? 256}` : ""
+    }, ${threads} threads${memArena === undefined ? "" : `, arena ${memArena ? "on" : "off"}`})`
     : "## Browser: tiny LoRA train step in headless Chromium (WASM and WebGPU)";
   const loadBefore = load1();
   const exe = chromiumPath();
@@ -356,12 +396,20 @@ export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
       throw new Error("the page is not cross-origin isolated: WASM would run on one thread");
     }
     phase("page started");
-    const loaded = await call(b.page, timeoutMs, "load", model).catch((e: Error) => ({ error: e.message }));
+    const loaded = await call(b.page, timeoutMs, "load", model, batch, seq).catch((e: Error) => ({
+      error: e.message,
+    }));
     if ("error" in loaded) failure = `weight generation: ${loaded.error}`;
     else {
       ({ shape, s: genS } = loaded);
       phase(`weights generated in ${genS.toFixed(1)} s`);
-      m = await measure(b.page, backends, steps, { timeoutMs, weightMode, checkpoint }, phase);
+      m = await measure(
+        b.page,
+        backends,
+        steps,
+        { timeoutMs, weightMode, checkpoint, threads, memArena },
+        phase,
+      );
       pageMem = await pageMemory(b);
     }
     mem.sample();
@@ -376,9 +424,12 @@ export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
     ...(shape
       ? [
         `${
-          big ? "SmolLM2-135M shape" : "Tiny LLaMA"
+          big ? `${name} shape` : "Tiny LLaMA"
         } (random weights): ${shape.layers} layers, hidden ${shape.hidden}, ` +
-        `GQA ${shape.heads}, vocab ${shape.vocab}; LoRA r=8 on q,v; batch ${shape.batch} x seq ${shape.seq} ` +
+        `GQA ${shape.heads}, vocab ${shape.vocab}; ${(shape.params / 1e6).toFixed(1)}M base parameters ` +
+        `(${
+          (shape.params * 4 / MB).toFixed(0)
+        } MB as f32); LoRA r=8 on q,v; batch ${shape.batch} x seq ${shape.seq} ` +
         `(${shape.batch * shape.seq} tokens a step). ` +
         (big
           ? `Weights and batch generated in the page by bench/model_135m.ts (the Deno bench's seeds) in ${
@@ -392,11 +443,11 @@ export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
     `- Chromium: ${version!} (headless, tests/browser_harness.ts flags)`,
     `- crossOriginIsolated: ${info!.crossOriginIsolated}; navigator.hardwareConcurrency: ${
       info!.hardwareConcurrency
-    }; WASM threads requested: ${THREADS}`,
+    }; WASM threads requested: ${threads}`,
     ...(big ? [] : [`- WebGPU adapter: ${adapterText(info!.adapter)}`]),
     `- activation checkpointing: ${checkpoint ? "on" : "off"}; weight mode: ${
       weightMode ?? "constants (the engine's browser default)"
-    }`,
+    }; ORT CPU memory arena: ${memArena === undefined ? "ORT's default (on)" : memArena ? "on" : "off"}`,
     `- load average (1 min): ${loadBefore} before, ${load1()} after`,
   ];
   if (failure) lines.push(``, `- failed at ${failure}`);
@@ -429,8 +480,8 @@ export async function run(opts: BrowserTrainStepOptions = {}): Promise<string> {
 
 if (import.meta.main) {
   const usage =
-    "usage: deno run -A bench/browser_train_step.ts [--steps=N] [--model=tiny|135m] [--checkpoint] " +
-    "[--weight-mode=inputs|constants]";
+    "usage: deno run -A bench/browser_train_step.ts [--steps=N] [--model=tiny|135m|360m] [--checkpoint] " +
+    "[--weight-mode=inputs|constants] [--batch=N] [--seq=N] [--threads=N] [--arena=on|off]";
   let opts: BrowserTrainStepOptions;
   try {
     const { values } = parseArgs({
@@ -440,6 +491,10 @@ if (import.meta.main) {
         model: { type: "string" },
         checkpoint: { type: "boolean" },
         "weight-mode": { type: "string" },
+        batch: { type: "string" },
+        seq: { type: "string" },
+        threads: { type: "string" },
+        arena: { type: "string" },
       },
       strict: true,
     });
@@ -448,8 +503,16 @@ if (import.meta.main) {
       model: values.model as PageModel | undefined,
       weightMode: values["weight-mode"] as WeightMode | undefined,
     };
-    if (values.steps !== undefined) {
-      opts.steps = /^\d+$/.test(values.steps) ? Number(values.steps) : NaN;
+    const int = (v: string) => /^\d+$/.test(v) ? Number(v) : NaN;
+    if (values.steps !== undefined) opts.steps = int(values.steps);
+    if (values.batch !== undefined) opts.batch = int(values.batch);
+    if (values.seq !== undefined) opts.seq = int(values.seq);
+    if (values.threads !== undefined) opts.threads = int(values.threads);
+    if (values.arena !== undefined) {
+      if (values.arena !== "on" && values.arena !== "off") {
+        throw new Error(`--arena must be on or off, got "${values.arena}"`);
+      }
+      opts.memArena = values.arena === "on";
     }
     resolveOptions(opts);
   } catch (e) {

@@ -9,9 +9,13 @@
  * side reports the median and range over its pairs (each pair's figure is the median of its steps),
  * and the ratio of the medians.
  *
- *   deno run -A bench/model_train_step.ts [node|wasm ...] [--steps=N] [--pairs=N] [--layers=N] [--no-torch] [--checkpoint]
+ *   deno run -A bench/model_train_step.ts [node|wasm ...] [--model=135m|360m] [--steps=N] [--pairs=N] [--layers=N]
+ *     [--no-torch] [--checkpoint]
  *     [--arena=on|off] [--mem-pattern=on|off] [--execution-mode=sequential|parallel]
  *     [--mmap-threshold=BYTES|off] [--verbose]
+ *
+ * `--model=360m` runs the SmolLM2-360M shape instead (bench/model_135m.ts); PyTorch's side
+ * (tests/reference/torch_bench.py) knows only the 135M shape, so it is not run there.
  *
  * Model FLOPs of a LoRA step = 2 x forward matmul FLOPs (forward + input gradients; frozen weights
  * need no weight gradients), attention scores counted in full.
@@ -21,7 +25,14 @@ import { availableBackends, clearSessionCache } from "../runtime/graph/mod.ts";
 import type { ModelConfig } from "../runtime/model/config.ts";
 import { Engine, type SessionTuningOptions } from "../runtime/model/engine.ts";
 import { initAdapter } from "../runtime/model/lora.ts";
-import { BENCH_BATCH as BATCH, BENCH_SEQ as SEQ, benchBatch, benchModel } from "./model_135m.ts";
+import {
+  BENCH_BATCH as BATCH,
+  BENCH_SEQ as SEQ,
+  BENCH_SHAPES,
+  benchBatch,
+  benchModel,
+  type BenchShape,
+} from "./model_135m.ts";
 import { matmulGflops } from "./graph_matmul.ts";
 import { fmtSpread, load1, procStatusMb, spread } from "./machine.ts";
 
@@ -87,7 +98,9 @@ export interface TrainStepBenchOptions {
   steps?: number;
   /** Interleaved (ours, PyTorch) pairs per backend (default 3; 1 without PyTorch). */
   pairs?: number;
-  /** Decoder layers (default 30, the real shape; fewer for quick iteration). */
+  /** Model shape (default "135m"). */
+  shape?: BenchShape;
+  /** Decoder layers (default the shape's: 30 for 135M, 32 for 360M; fewer for quick iteration). */
   layers?: number;
   /** Session tuning passed to Engine.create (default: the engine's defaults). */
   session?: SessionTuningOptions;
@@ -102,7 +115,12 @@ export interface TrainStepBenchOptions {
 /** Markdown section: per backend, our row and PyTorch's from the same interleaved pairs. */
 export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
   const steps = opts.steps ?? 2;
-  const withTorch = opts.torch !== false;
+  const shape = opts.shape ?? "135m";
+  if (!(shape in BENCH_SHAPES)) {
+    throw new Error(`--model must be one of ${Object.keys(BENCH_SHAPES).join(", ")}, got "${shape}"`);
+  }
+  // torch_bench.py builds the 135M shape only.
+  const withTorch = opts.torch !== false && shape === "135m";
   const pairs = opts.pairs ?? (withTorch ? 3 : 1);
   if (!(Number.isInteger(steps) && steps >= 1)) {
     throw new Error(`--steps must be a positive integer, got ${steps}`);
@@ -111,7 +129,7 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
     throw new Error(`--pairs must be a positive integer, got ${pairs}`);
   }
   const loadBefore = load1();
-  const model = benchModel(opts.layers);
+  const model = benchModel(opts.layers, shape);
   const weightsPeakMb = peakRssMb();
   let processPeakMb = weightsPeakMb;
   const cfg = model.config;
@@ -122,7 +140,11 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
   const use = opts.backends ?? (await availableBackends()).filter((x) => x !== "webgpu");
   const rows: string[] = [];
   const ratios: string[] = [];
-  let torchNote = withTorch ? "" : "PyTorch not run (--no-torch).";
+  let torchNote = withTorch
+    ? ""
+    : opts.torch === false
+    ? "PyTorch not run (--no-torch)."
+    : `PyTorch not run (tests/reference/torch_bench.py builds the 135M shape only).`;
   for (const backend of use) {
     // Each backend's peak is its own: earlier sessions are released and the high-water mark reset.
     const reset = resetPeakRss();
@@ -213,7 +235,9 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
   }
   return [
     `## Model: LoRA train step, SmolLM2-${
-      cfg.numLayers === 30 ? "135M" : `135M-width ${cfg.numLayers}-layer`
+      cfg.numLayers === BENCH_SHAPES[shape].num_hidden_layers
+        ? shape.toUpperCase()
+        : `${shape.toUpperCase()}-width ${cfg.numLayers}-layer`
     } shape (batch ${BATCH}, seq ${SEQ}, r=8 on q,v)`,
     ``,
     `Activation checkpointing: ${opts.checkpoint ? "on" : "off"}. Model FLOPs per step: ${
@@ -249,6 +273,7 @@ if (import.meta.main) {
       backends: names.length ? names : undefined,
       steps: Number(flag("steps") ?? 2),
       pairs: flag("pairs") ? Number(flag("pairs")) : undefined,
+      shape: flag("model") as BenchShape | undefined,
       layers: flag("layers") ? Number(flag("layers")) : undefined,
       torch: !Deno.args.includes("--no-torch"),
       checkpoint: Deno.args.includes("--checkpoint"),

@@ -4,9 +4,9 @@
  * interleaving and the statistics live in one place. Times are taken here with the page's own
  * clock, so the DevTools round trip of each request is not part of a step.
  *
- * The 135M model is generated here, by the same code and seeds as the Deno bench, rather than sent:
- * 540 MB over DevTools or HTTP would be a measurement of the transfer, and its copies would sit in
- * the renderer's peak.
+ * The 135M and 360M models are generated here, by the same code and seeds as the Deno bench, rather
+ * than sent: 540 MB (1.45 GB) over DevTools or HTTP would be a measurement of the transfer, and its
+ * copies would sit in the renderer's peak.
  */
 import * as ort from "onnxruntime-web";
 import { type Batch, Engine, type LoadedModel } from "../../runtime/model/engine.ts";
@@ -15,13 +15,13 @@ import { initWeights, tinyConfig } from "../../runtime/model/tiny.ts";
 import { initAdapter } from "../../runtime/model/lora.ts";
 import { probeWebgpu } from "../../runtime/graph/mod.ts";
 import { Rng } from "../../runtime/model/rng.ts";
-import { benchBatch, benchModel } from "../model_135m.ts";
+import { benchBatch, benchModel, type BenchShape, parameterCount } from "../model_135m.ts";
 
 /** The two backends the page measures. */
 export type PageBackend = "wasm" | "webgpu";
 
-/** The tiny model of bench/results/browser.md, or the SmolLM2-135M shape of bench/model_135m.ts. */
-export type PageModel = "tiny" | "135m";
+/** The tiny model of bench/results/browser.md, or a SmolLM2 shape (135M, 360M) of bench/model_135m.ts. */
+export type PageModel = "tiny" | BenchShape;
 
 /** What the browser is, before any session exists. */
 export interface PageInfo {
@@ -42,6 +42,8 @@ export interface PageShape {
   vocab: number;
   batch: number;
   seq: number;
+  /** Base-model parameters (f32: 4 bytes each). */
+  params: number;
 }
 
 /** Seconds to generate the weights and the shape, or the error that stopped it. */
@@ -68,13 +70,18 @@ export interface SessionSpec {
   /** Default: the engine's (constants in the browser). */
   weightMode?: WeightMode;
   checkpoint: boolean;
+  /** ORT's CPU memory arena (`SessionTuningOptions.memArena`); default: ORT's own (on). */
+  memArena?: boolean;
 }
 
 /** Installed on globalThis as `perfitBench` for page.evaluate. */
 export interface BenchPage {
   info(): Promise<PageInfo>;
-  /** Generates the model's random weights and the batch; call once, before `create`. */
-  load(model: PageModel): Promise<Loaded>;
+  /**
+   * Generates the model's random weights and the batch (a SmolLM2 shape's batch is `batch` x `seq`,
+   * default bench/model_135m.ts's 4 x 256; the tiny model's is fixed); call once, before `create`.
+   */
+  load(model: PageModel, batch?: number, seq?: number): Promise<Loaded>;
   /** Builds the train-step graph and opens its session. */
   create(backend: PageBackend, threads: number, spec: SessionSpec): Promise<Timed>;
   /** One train step on the fixed batch. */
@@ -187,12 +194,12 @@ const page: BenchPage = {
     };
   },
   // deno-lint-ignore require-await
-  async load(kind) {
+  async load(kind, batch, seq) {
     const t0 = performance.now();
     try {
-      if (kind === "135m") {
-        const model = benchModel();
-        loaded = { model, batch: benchBatch(model.config.vocabSize) };
+      if (kind !== "tiny") {
+        const model = benchModel(undefined, kind);
+        loaded = { model, batch: benchBatch(model.config.vocabSize, batch, seq) };
       } else {
         loaded = {
           model: { config: TINY_CONFIG, weights: initWeights(TINY_CONFIG, 0), source: "random tiny" },
@@ -212,6 +219,7 @@ const page: BenchPage = {
         vocab: c.vocabSize,
         batch: loaded.batch.batch,
         seq: loaded.batch.seq,
+        params: parameterCount(c),
       },
     };
   },
@@ -223,6 +231,7 @@ const page: BenchPage = {
         numThreads: threads,
         weightMode: spec.weightMode,
         checkpoint: spec.checkpoint,
+        session: spec.memArena === undefined ? undefined : { memArena: spec.memArena },
       });
       const adapter = initAdapter(engine.layout, 0);
       engines.set(backend, { engine, adapter, mask: new Uint8Array(adapter.length).fill(1) });
