@@ -2,10 +2,11 @@
  * Group commit: an admitted upload is folded into this instance's shard of the open round (its
  * in-memory accumulators) at once, then waits for the next commit. A commit writes the shard's sum as
  * a blob (`stage`) and, in ONE atomic operation guarded by the round's and the shard's
- * versionstamps, points the shard at it and writes every upload marker of the group (`flip`). So an upload is acknowledged only once its contribution
- * and its marker are durable together, and a replay finds the marker (idempotent, never counted
- * twice). A crash loses only unacknowledged uploads, which clients retry. Commits run one at a time
- * per run; while one is in flight the next group gathers (see `gather`).
+ * versionstamps, points the shard at it and writes every upload marker of the group (`flip`). So an
+ * upload is acknowledged only once its contribution and its marker are durable together, and a
+ * replay finds the marker (idempotent, never counted twice). A crash loses only unacknowledged
+ * uploads, which clients retry. Commits run one at a time per run; while one is in flight the next
+ * group gathers (see `gather`).
  */
 import { f32Bytes, writeBlobs } from "./kv_chunks.ts";
 import { strategyFor } from "../runtime/federation/strategies.ts";
@@ -233,10 +234,11 @@ export class GroupCommit {
       const round = st.round!;
       const dense = strategyFor(st.run.config.method).denseMask;
       const t1 = performance.now();
+      const samples = group.reduce((a, p) => a + p.record.samples, 0);
       const next: ShardRecord = {
         instance: this.instance,
         accepted: (st.shard?.accepted ?? 0) + group.length,
-        samples: (st.shard?.samples ?? 0) + group.reduce((a, p) => a + p.record.samples, 0),
+        samples: (st.shard?.samples ?? 0) + samples,
         accGen: slot,
         listed: true,
         ...(st.shard?.takeovers ? { takeovers: st.shard.takeovers } : {}),
@@ -274,7 +276,7 @@ export class GroupCommit {
       st.shard = next;
       st.shardVs = res.versionstamp;
       st.accepted += group.length;
-      st.samples += group.reduce((a, p) => a + p.record.samples, 0);
+      st.samples += samples;
       st.commits++;
       for (const p of group) {
         st.uploads.set(p.client, p.record);

@@ -159,7 +159,6 @@ export const K = {
   acc: (run: string, r: number, gen: string, part: "s" | "w"): Deno.KvKey => ["acc", run, r, gen, part],
   accRound: (run: string, r: number): Deno.KvKey => ["acc", run, r],
   shard: (run: string, r: number, instance: string): Deno.KvKey => ["acc", run, r, "shard", instance],
-  shardsOf: (run: string, r: number): Deno.KvKey => ["acc", run, r, "shard"],
   shardList: (run: string, r: number): Deno.KvKey => ["acc", run, r, "shards"],
   claim: (run: string, r: number, client: string): Deno.KvKey => ["acc", run, r, "claim", client],
   accsOf: (run: string): Deno.KvKey => ["acc", run],

@@ -23,8 +23,9 @@ const GET_MANY = 10;
 
 /**
  * Most shards in one round: the close (and a cancel) checks the run, the round, the shard list and
- * every shard, and denokv allows 10 checks per atomic operation. An instance restarted mid-round counts again (its
- * id is new); past this, uploads go to instances that hold a shard already (503, the client retries).
+ * every shard, and denokv allows 10 checks per atomic operation. An instance restarted mid-round
+ * counts again (its id is new); past this, uploads go to instances that hold a shard already (503,
+ * the client retries).
  */
 export const MAX_SHARDS = 7;
 

@@ -79,6 +79,22 @@ async function shardSum(
   return { accepted, sum };
 }
 
+/** A one-round PerFIT run over an adapter of `n` values whose budget is all of it. */
+function runConfig(n: number, clientsPerRound: number) {
+  return parseRunConfig({
+    baseModel: "m",
+    lora: { rank: 1, alpha: 1, targets: ["q"] },
+    method: "perfit",
+    rounds: 1,
+    clientsPerRound,
+    roundDeadlineMs: 3_600_000,
+    adapterSize: n,
+    budget: n,
+    expansionTiers: { low: 1 },
+    maxNorm: 1e6,
+  });
+}
+
 function update(run: string, n: number, seed: number): DecodedUpdate {
   const mask = new Uint8Array(n);
   const dense = new Float32Array(n);
@@ -111,18 +127,7 @@ Deno.test("server commit queue: a full queue answers retry before folding; the s
   const coord = new Coordinator(kv);
   try {
     const n = 64;
-    const run = await coord.createRun(parseRunConfig({
-      baseModel: "m",
-      lora: { rank: 1, alpha: 1, targets: ["q"] },
-      method: "perfit",
-      rounds: 1,
-      clientsPerRound: 1000,
-      roundDeadlineMs: 3_600_000,
-      adapterSize: n,
-      budget: n,
-      expansionTiers: { low: 1 },
-      maxNorm: 1e6,
-    }));
+    const run = await coord.createRun(runConfig(n, 1000));
     const clients: string[] = [];
     for (let i = 0; i < MAX_GROUP + 2; i++) clients.push((await coord.join(run.id, {})).id);
 
@@ -268,18 +273,7 @@ Deno.test("server commit queue: an upload folded into a snapshot joins that comm
   const folder = new LateAckFolder();
   const coord = new Coordinator(kv, Date.now, folder);
   try {
-    const run = await coord.createRun(parseRunConfig({
-      baseModel: "m",
-      lora: { rank: 1, alpha: 1, targets: ["q"] },
-      method: "perfit",
-      rounds: 1,
-      clientsPerRound: 3,
-      roundDeadlineMs: 3_600_000,
-      adapterSize: n,
-      budget: n,
-      expansionTiers: { low: 1 },
-      maxNorm: 1e6,
-    }));
+    const run = await coord.createRun(runConfig(n, 3));
     runId = run.id;
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) ids.push((await coord.join(run.id, {})).id);

@@ -10,7 +10,7 @@ import { InlineFolder } from "../server/folder.ts";
 import { parseRunConfig } from "../server/run_config.ts";
 import { K, type RoundRecord } from "../server/records.ts";
 import { MAX_SHARDS, readShards } from "../server/shards.ts";
-import { faultyKv, isGroupCommit } from "./server_faults.ts";
+import { type Faults, faultyKv, isGroupCommit } from "./server_faults.ts";
 import { type DecodedUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
 
 const N = 256;
@@ -109,21 +109,37 @@ async function reference(clients: number): Promise<{ v: Float32Array; c: Uint32A
   }
 }
 
-async function twoInstances(f: (a: Coordinator, b: Coordinator, rawA: Deno.Kv) => Promise<void>) {
+/**
+ * Two coordinators on one KV file: `a` through `faults` (tests inject failures and holds), `b` on
+ * its own handle; `rawA` reads the file directly.
+ */
+async function twoInstances(
+  f: (a: Coordinator, b: Coordinator, rawA: Deno.Kv, faults: Faults) => Promise<void>,
+) {
   const dir = await Deno.makeTempDir({ prefix: "perfit-shards-" });
   const rawA = await Deno.openKv(`${dir}/kv`);
   const rawB = await Deno.openKv(`${dir}/kv`);
-  const a = new Coordinator(rawA, Date.now, new InlineFolder());
+  const { kv: kvA, faults } = faultyKv(rawA);
+  const a = new Coordinator(kvA, Date.now, new InlineFolder());
   const b = new Coordinator(rawB, Date.now, new InlineFolder());
   try {
-    await f(a, b, rawA);
+    await f(a, b, rawA, faults);
   } finally {
+    faults.release();
     await a.close();
     await b.close();
     rawA.close();
     rawB.close();
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/** A run of `clients` per round created on `coord`, and the ids of `clients` joined clients. */
+async function runWith(coord: Coordinator, clients: number): Promise<{ run: string; ids: string[] }> {
+  const run = (await unlocked(() => coord.createRun(config(clients)))).id;
+  const ids: string[] = [];
+  for (let i = 0; i < clients; i++) ids.push((await unlocked(() => coord.join(run, {}))).id);
+  return { run, ids };
 }
 
 function assertClose(got: { v: Float32Array; c: Uint32Array }, want: { v: Float32Array; c: Uint32Array }) {
@@ -137,13 +153,11 @@ function assertClose(got: { v: Float32Array; c: Uint32Array }, want: { v: Float3
 Deno.test("round shards: uploads alternating between two instances all commit at the first try; the close merges both shards", async () => {
   const want = await reference(6);
   await twoInstances(async (a, b, raw) => {
-    const run = await unlocked(() => a.createRun(config(6)));
-    const ids: string[] = [];
-    for (let i = 0; i < 6; i++) ids.push((await unlocked(() => a.join(run.id, {}))).id);
-    await unlocked(() => b.getRun(run.id)); // both hold the run's state before any upload
+    const { run, ids } = await runWith(a, 6);
+    await unlocked(() => b.getRun(run)); // both hold the run's state before any upload
     const tries: number[] = [];
     for (let i = 0; i < 6; i++) {
-      const r = await upload(i % 2 ? b : a, run.id, ids[i], () => update(run.id, i), `u${i}`);
+      const r = await upload(i % 2 ? b : a, run, ids[i], () => update(run, i), `u${i}`);
       assert.equal(r.status, "accepted");
       tries.push(r.tries);
     }
@@ -152,11 +166,11 @@ Deno.test("round shards: uploads alternating between two instances all commit at
     assert.deepEqual(tries, [1, 1, 1, 1, 1, 1], `tries per upload: ${tries}`);
     await unlocked(() => a.settled());
     await unlocked(() => b.settled());
-    const r1 = (await unlocked(() => raw.get<RoundRecord>(K.round(run.id, 1)))).value!;
+    const r1 = (await unlocked(() => raw.get<RoundRecord>(K.round(run, 1)))).value!;
     assert.deepEqual([r1.status, r1.accepted, r1.summary?.clients, r1.shards?.length], ["closed", 6, 6, 2]);
     assert.equal(r1.samples, [0, 1, 2, 3, 4, 5].reduce((s, i) => s + 1 + i, 0));
-    assertClose(await global(a, run.id), want);
-    assertClose(await global(b, run.id), want);
+    assertClose(await global(a, run), want);
+    assertClose(await global(b, run), want);
     // The closed round's shards are cleaned up with its sums.
     await unlocked(() => a.settled());
     const left = await readShards(raw, { ...r1, status: "open" });
@@ -167,39 +181,35 @@ Deno.test("round shards: uploads alternating between two instances all commit at
 Deno.test("round shards: an upload one instance accepted, sent again to another, is a replay there and counted once", async () => {
   const want = await reference(3);
   await twoInstances(async (a, b, raw) => {
-    const run = await unlocked(() => a.createRun(config(3)));
-    const ids: string[] = [];
-    for (let i = 0; i < 3; i++) ids.push((await unlocked(() => a.join(run.id, {}))).id);
-    assert.equal((await upload(b, run.id, ids[1], () => update(run.id, 1), "u1")).status, "accepted");
+    const { run, ids } = await runWith(a, 3);
+    assert.equal((await upload(b, run, ids[1], () => update(run, 1), "u1")).status, "accepted");
     // B holds the run's state from before A accepts client 0's upload; client 0 then sends it again
     // to B (its acknowledgement lost on the way back, a balancer picking another instance).
-    assert.equal((await upload(a, run.id, ids[0], () => update(run.id, 0), "u0")).status, "accepted");
-    const again = await upload(b, run.id, ids[0], () => update(run.id, 0), "u0");
+    assert.equal((await upload(a, run, ids[0], () => update(run, 0), "u0")).status, "accepted");
+    const again = await upload(b, run, ids[0], () => update(run, 0), "u0");
     assert.equal(again.status, "replay");
-    const open = (await raw.get<RoundRecord>(K.round(run.id, 1))).value!;
+    const open = (await raw.get<RoundRecord>(K.round(run, 1))).value!;
     const counted = (await readShards(raw, open)).shards.reduce((s, e) => s + (e.value?.accepted ?? 0), 0);
     assert.equal(counted, 2, "client 0 is counted once");
-    assert.equal((await upload(b, run.id, ids[2], () => update(run.id, 2), "u2")).status, "accepted");
+    assert.equal((await upload(b, run, ids[2], () => update(run, 2), "u2")).status, "accepted");
     await unlocked(() => a.settled());
     await unlocked(() => b.settled());
-    const r1 = (await unlocked(() => raw.get<RoundRecord>(K.round(run.id, 1)))).value!;
+    const r1 = (await unlocked(() => raw.get<RoundRecord>(K.round(run, 1)))).value!;
     assert.deepEqual([r1.status, r1.accepted], ["closed", 3]);
-    assertClose(await global(b, run.id), want);
+    assertClose(await global(b, run), want);
   });
 });
 
 Deno.test("round shards: the metrics of an open round count every instance's uploads", async () => {
   await twoInstances(async (a, b) => {
-    const run = await unlocked(() => a.createRun(config(4)));
-    const ids: string[] = [];
-    for (let i = 0; i < 4; i++) ids.push((await unlocked(() => a.join(run.id, {}))).id);
-    await upload(a, run.id, ids[0], () => update(run.id, 0), "u0");
-    await upload(b, run.id, ids[1], () => update(run.id, 1), "u1");
-    await upload(b, run.id, ids[2], () => update(run.id, 2), "u2");
+    const { run, ids } = await runWith(a, 4);
+    await upload(a, run, ids[0], () => update(run, 0), "u0");
+    await upload(b, run, ids[1], () => update(run, 1), "u1");
+    await upload(b, run, ids[2], () => update(run, 2), "u2");
     await unlocked(() => a.settled());
     await unlocked(() => b.settled());
     for (const c of [a, b]) {
-      const m = await unlocked(() => c.metrics(run.id));
+      const m = await unlocked(() => c.metrics(run));
       assert.deepEqual(
         [m.rounds[0].status, m.rounds[0].accepted, m.rounds[0].samples, m.rounds[0].clients.length],
         ["open", 3, 1 + 2 + 3, 3],
@@ -210,45 +220,30 @@ Deno.test("round shards: the metrics of an open round count every instance's upl
 
 Deno.test("round shards: another instance takes a claim over at once; the claimer's commit of it then fails, and its retry is a replay", async () => {
   const want = await reference(3);
-  const dir = await Deno.makeTempDir({ prefix: "perfit-claims-" });
-  const rawA = await Deno.openKv(`${dir}/kv`);
-  const rawB = await Deno.openKv(`${dir}/kv`);
-  const { kv: kvA, faults } = faultyKv(rawA);
-  const a = new Coordinator(kvA, Date.now, new InlineFolder());
-  const b = new Coordinator(rawB, Date.now, new InlineFolder());
-  try {
-    const run = await unlocked(() => a.createRun(config(3)));
-    const ids: string[] = [];
-    for (let i = 0; i < 3; i++) ids.push((await unlocked(() => a.join(run.id, {}))).id);
+  await twoInstances(async (a, b, rawA, faults) => {
+    const { run, ids } = await runWith(a, 3);
     // A claims client 0's upload and folds it; its group commit waits (A is slow, or dying).
     faults.hold = isGroupCommit;
-    const onA = a.upload(run.id, ids[0], 1, update(run.id, 0), "u0");
+    const onA = a.upload(run, ids[0], 1, update(run, 0), "u0");
     while (faults.held === 0) await new Promise((r) => setTimeout(r, 1));
     // The client, answered nothing, sends it to B: B takes the claim over and accepts it.
-    assert.equal((await upload(b, run.id, ids[0], () => update(run.id, 0), "u0")).status, "accepted");
+    assert.equal((await upload(b, run, ids[0], () => update(run, 0), "u0")).status, "accepted");
     // A's commit goes on: the takeover bumped A's shard record, so it fails instead of counting it twice.
     faults.release();
     await assert.rejects(onA, RetryableError);
-    assert.equal((await upload(a, run.id, ids[0], () => update(run.id, 0), "u0")).status, "replay");
+    assert.equal((await upload(a, run, ids[0], () => update(run, 0), "u0")).status, "replay");
     for (const i of [1, 2]) {
       assert.equal(
-        (await upload(i === 1 ? a : b, run.id, ids[i], () => update(run.id, i), `u${i}`)).status,
+        (await upload(i === 1 ? a : b, run, ids[i], () => update(run, i), `u${i}`)).status,
         "accepted",
       );
     }
     await unlocked(() => a.settled());
     await unlocked(() => b.settled());
-    const r1 = (await unlocked(() => rawA.get<RoundRecord>(K.round(run.id, 1)))).value!;
+    const r1 = (await unlocked(() => rawA.get<RoundRecord>(K.round(run, 1)))).value!;
     assert.deepEqual([r1.status, r1.accepted, r1.summary?.clients], ["closed", 3, 3]);
-    assertClose(await global(a, run.id), want);
-  } finally {
-    faults.release();
-    await a.close();
-    await b.close();
-    rawA.close();
-    rawB.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+    assertClose(await global(a, run), want);
+  });
 });
 
 Deno.test("round shards: past MAX_SHARDS instances in one round, a new instance refuses to register (retry elsewhere), and nothing is written", async () => {
