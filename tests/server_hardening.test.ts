@@ -8,10 +8,9 @@ import { Coordinator, RetryableError, summarize } from "../server/coordinator.ts
 import { InlineFolder } from "../server/folder.ts";
 import { parseRunConfig } from "../server/run_config.ts";
 import { K, type RoundRecord, type UploadRecord } from "../server/records.ts";
-import { ApiError } from "../server/errors.ts";
 import { strategyFor, weightedMetrics } from "../runtime/federation/strategies.ts";
 import { type DecodedUpdate, encodeUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
-import { ADMIN, createRun, dumpKv, fakeMask, makeApp, runBody } from "./server_helpers.ts";
+import { ADMIN, createRun, dumpKv, fakeMask, isApiError, makeApp, runBody } from "./server_helpers.ts";
 import { faultyKv, isClose, keyCount } from "./server_faults.ts";
 
 const N = 1000;
@@ -37,8 +36,6 @@ function update(
     sumSq: 0.25 * values.length,
   };
 }
-
-const isApiError = (code: string) => (e: unknown) => e instanceof ApiError && e.code === code;
 
 /**
  * The same safetensors body with its metadata's `metrics` replaced: what an attacker sends, since

@@ -1,5 +1,6 @@
 /** Shared fixtures of the server tests: an app on a fresh KV, a deterministic fake trainer, a reference federation. */
 import { createApp, type PerfitApp, type ServerConfig } from "../server/app.ts";
+import { ApiError } from "../server/errors.ts";
 import assert from "node:assert/strict";
 import {
   FederatedClient,
@@ -194,6 +195,9 @@ export async function runMetrics(
   return await (await request(`/v1/runs/${runId}/metrics`, { headers: { authorization: `Bearer ${ADMIN}` } }))
     .json();
 }
+
+/** Matches an ApiError (what a refusal throws) with this code, for `assert.rejects`. */
+export const isApiError = (code: string) => (e: unknown): boolean => e instanceof ApiError && e.code === code;
 
 /** Largest absolute difference. */
 export function maxDiff(a: Float32Array, b: Float32Array): number {

@@ -21,10 +21,9 @@ import {
 import { type DecodedUpdate, encodeUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
 import { forEachBit } from "../runtime/kernels/bits.ts";
 import { mulberry32 } from "../runtime/data/rng.ts";
-import { ADMIN, fakeMask, makeApp, runBody } from "./server_helpers.ts";
+import { ADMIN, fakeMask, isApiError, makeApp, runBody } from "./server_helpers.ts";
 import { faultyKv, isClose, keyCount } from "./server_faults.ts";
 
-const isApiError = (code: string) => (e: unknown) => e instanceof ApiError && e.code === code;
 const f64 = (xs: number[]) => Float64Array.from(xs);
 
 /** An update at the mask `mask` (0/1 per position) with `value(p)` at each selected position. */
