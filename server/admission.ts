@@ -97,18 +97,27 @@ export function priorUpload(
   return null;
 }
 
-/** Room in the open round and in the commit queue. */
+/**
+ * Room in the open round and in the commit queue, by what a run's state (run_state.ts) holds: its
+ * queue, and the round's uploads accepted (by every instance, as last counted) and pending here.
+ */
 export function checkCapacity(
   cfg: RunConfig,
-  s: { dead: boolean; closing: boolean; queued: number; taken: number },
+  s: {
+    dead: boolean;
+    closing: boolean;
+    queue: readonly unknown[];
+    accepted: number;
+    pending: { size: number };
+  },
   round: number,
 ): void {
   if (s.dead) throw new RetryableError("run state was reloaded, retry");
   if (s.closing) throw gone("round_closed", `round ${round} is closing`);
   // A commit snapshots the sum with every folded upload in it, so its group must hold every queued
   // upload (folding ones too): past one atomic operation's worth, push back (503, retry) instead.
-  if (s.queued >= MAX_GROUP) throw new RetryableError("commit queue is full, retry");
-  if (s.taken >= cfg.clientsPerRound) {
+  if (s.queue.length >= MAX_GROUP) throw new RetryableError("commit queue is full, retry");
+  if (s.accepted + s.pending.size >= cfg.clientsPerRound) {
     throw conflict("round_full", `round ${round} already has ${cfg.clientsPerRound} updates`);
   }
 }

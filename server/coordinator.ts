@@ -361,7 +361,13 @@ export class Coordinator {
     // The run's aggregation sees the values as it admits them (clipped-mean scales them to clipNorm).
     const admitted = ruleFor(cfg).admit(u.values, norm);
     if (admitted !== u.values) u = { ...u, values: admitted };
-    const claimed = await claimUpload(this.kv, st, this.runs.instance, clientId, uploadId);
+    // What this instance can refuse already, it refuses before the claim (a write): a refused upload
+    // changes nothing. A replay or a duplicate in flight here needs no claim either.
+    let claimed: UploadRecord | undefined;
+    if (priorUpload(st.uploads.get(clientId), st.pending.get(clientId), uploadId, round) === null) {
+      checkCapacity(cfg, st, round);
+      claimed = await claimUpload(this.kv, st, this.runs.instance, clientId, uploadId);
+    }
     // Synchronous from here to `commits.commit`: no await, so no other upload interleaves.
     if (st.round?.index !== round) throw new RetryableError("the round moved on, retry");
     const before = st.uploads.get(clientId) ?? claimed;
@@ -372,8 +378,7 @@ export class Coordinator {
       await st.pending.get(clientId)!.done;
       return { status: "replay", uploadId, round };
     }
-    const taken = st.accepted + st.pending.size;
-    checkCapacity(cfg, { dead: st.dead, closing: st.closing, queued: st.queue.length, taken }, round);
+    checkCapacity(cfg, st, round);
     const record: UploadRecord = {
       uploadId,
       client: clientId,

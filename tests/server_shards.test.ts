@@ -11,6 +11,7 @@ import { parseRunConfig } from "../server/run_config.ts";
 import { K, type RoundRecord } from "../server/records.ts";
 import { MAX_SHARDS, readShards } from "../server/shards.ts";
 import { type Faults, faultyKv, isGroupCommit } from "./server_faults.ts";
+import { dumpKv, isApiError } from "./server_helpers.ts";
 import { type DecodedUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
 
 const N = 256;
@@ -264,5 +265,33 @@ Deno.test("round shards: past MAX_SHARDS instances in one round, a new instance 
   } finally {
     await coord.close();
     kv.close();
+  }
+});
+
+Deno.test("round shards: an upload refused for a full round, or beside a different one in flight, claims nothing (KV unchanged)", async () => {
+  const raw = await Deno.openKv(":memory:");
+  const { kv, faults } = faultyKv(raw);
+  const coord = new Coordinator(kv, Date.now, new InlineFolder());
+  try {
+    const { run, ids } = await runWith(coord, 2);
+    const third = (await coord.join(run, {})).id;
+    assert.equal((await coord.upload(run, ids[0], 1, update(run, 0), "u0")).status, "accepted");
+    // Client 1's upload takes the last seat; its commit is held, so the round is full but open.
+    faults.hold = isGroupCommit;
+    const held = coord.upload(run, ids[1], 1, update(run, 1), "u1");
+    while (faults.held === 0) await new Promise((r) => setTimeout(r, 1));
+    const before = await dumpKv(raw);
+    await assert.rejects(coord.upload(run, third, 1, update(run, 2), "u2"), isApiError("round_full"));
+    await assert.rejects(
+      coord.upload(run, ids[1], 1, update(run, 3), "u1-other"),
+      isApiError("already_uploaded"),
+    );
+    assert.deepEqual(await dumpKv(raw), before, "the refusals wrote nothing");
+    faults.release();
+    assert.equal((await held).status, "accepted");
+  } finally {
+    faults.release();
+    await coord.close();
+    raw.close();
   }
 });
