@@ -18,6 +18,7 @@ import type { DashboardData, RunInfo, RunSetting } from "../web/dashboard/types.
 import { createRunCommands, refreshErrorText } from "../web/dashboard/messages.ts";
 import { budgetCounts, jaccardMatrix, runSetting } from "../server/ui/dashboard_data.ts";
 import type { RunRecord } from "../server/records.ts";
+import { engineParamsOf } from "../web/client_params.ts";
 import { andOrCounts, countRange } from "../runtime/kernels/bits.ts";
 import { contentType, safeJoin } from "../server/ui/static.ts";
 import { mountUi } from "../server/ui/mod.ts";
@@ -322,4 +323,16 @@ Deno.test("browser_ui_units: a dashboard token guards the data endpoint", async 
   const ok = await app.request("/ui/api/dashboard", { headers: { authorization: "Bearer s3cret" } });
   assert.equal(ok.status, 200);
   assert.deepEqual(await ok.json(), { generatedAt: 1, runs: [] });
+});
+
+Deno.test("client page: checkpoint and weightMode URL parameters parse, and a bad value is refused with its name", () => {
+  const of = (q: string) => engineParamsOf(new URLSearchParams(q));
+  assert.deepEqual(of(""), {});
+  assert.deepEqual(of("checkpoint=1&weightMode=inputs"), { checkpoint: true, weightMode: "inputs" });
+  assert.deepEqual(of("checkpoint=false&weightMode=constants"), {
+    checkpoint: false,
+    weightMode: "constants",
+  });
+  assert.throws(() => of("checkpoint=yes"), /checkpoint must be 1 or 0, got "yes"/);
+  assert.throws(() => of("weightMode=__proto__"), /weightMode must be inputs or constants, got "__proto__"/);
 });

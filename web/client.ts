@@ -42,6 +42,7 @@ import {
 } from "./client_storage.ts";
 import { engineTrainer, type TrainProgress } from "../runtime/client/engine_trainer.ts";
 import { peftAdapterFiles } from "../runtime/export/peft.ts";
+import { engineParamsOf } from "./client_params.ts";
 
 ort.env.wasm.wasmPaths = "/ui/ort/";
 Chart.register(...registerables);
@@ -59,24 +60,6 @@ const log = (msg: string) => {
 for (const k of ["run", "name", "tier", "backend"]) {
   const v = params.get(k);
   if (v) ($(k) as HTMLInputElement).value = v;
-}
-
-/** The engine options of the URL (`checkpoint`, `weightMode`); a bad value is refused, not ignored. */
-function engineParams(): { checkpoint?: boolean; weightMode?: "inputs" | "constants" } {
-  const out: { checkpoint?: boolean; weightMode?: "inputs" | "constants" } = {};
-  const c = params.get("checkpoint");
-  if (c !== null) {
-    if (!["1", "true", "0", "false"].includes(c)) throw new Error(`checkpoint must be 1 or 0, got "${c}"`);
-    out.checkpoint = c === "1" || c === "true";
-  }
-  const w = params.get("weightMode");
-  if (w !== null) {
-    if (w !== "inputs" && w !== "constants") {
-      throw new Error(`weightMode must be inputs or constants, got "${w}"`);
-    }
-    out.weightMode = w;
-  }
-  return out;
 }
 
 const lossLabels: string[] = [];
@@ -284,7 +267,7 @@ async function train(runId: string): Promise<void> {
   const formName = $<HTMLInputElement>("name").value.trim() || "browser";
   const formTier = $<HTMLInputElement>("tier").value.trim() || undefined;
   const backend = $<HTMLSelectElement>("backend").value as "auto" | "webgpu" | "wasm";
-  const engine = engineParams();
+  const engine = engineParamsOf(params);
   state("loading");
   const file = await readFile();
   const sha = await sha256Hex(file.text);
