@@ -448,6 +448,24 @@ export function renderResults(
       lines.push(`| ${c.id} | ${cells.join(" | ")} |`);
     }
   }
+  const mixing = s.filter((x) => strategyFor(x.method).mixes);
+  if (mixing.length) {
+    lines.push(
+      "",
+      "## Mixing methods: each client's own-B weight λ in its last-round model, per seed",
+      "",
+      "Picked by the client on its validation split (carved from its training data); 0 = the average, 1 = its own.",
+      "",
+    );
+    lines.push(`| client | ${mixing.map((x) => x.method).join(" | ")} |`);
+    lines.push(`|---|${mixing.map(() => "---").join("|")}|`);
+    for (const c of ref.clients) {
+      const cells = mixing.map((x) =>
+        x.runs.map((q) => q.rounds.at(-1)?.clients.find((y) => y.clientId === c.id)?.mix ?? "-").join(" / ")
+      );
+      lines.push(`| ${c.id} | ${cells.join(" | ")} |`);
+    }
+  }
   const withMasks = s.filter((x) => strategyFor(x.method).personalMask);
   if (withMasks.length) {
     lines.push(

@@ -22,6 +22,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "ffa",
     "feddpa",
     "perfit-sa",
+    "perfit-mix",
     "perfit-e1",
     "hetlora",
     "flora",
@@ -36,6 +37,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "ffa",
     "feddpa",
     "perfit-sa",
+    "perfit-mix",
     "perfit-e1",
     "hetlora",
     "flora",
@@ -56,6 +58,8 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
   assert.deepEqual(plans("perfit", 0).map((p) => p.search), [true, false, false, false, false]);
   assert.deepEqual(plans("perfit", 2).map((p) => p.search), [true, false, true, false, true]);
   assert.deepEqual(plans("perfit-sa", 0), plans("perfit", 0));
+  assert.deepEqual(plans("perfit-mix", 0), plans("perfit", 0));
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].mixes), ["perfit-mix"]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].shares === "A"), ["fedsa", "perfit-sa"]);
   assert.deepEqual(plans("perfit-random-mask", 0).map((p) => [p.search, p.randomMask]), [
     [false, true],
@@ -75,6 +79,7 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
     "perfit",
     "perfit-random-mask",
     "perfit-sa",
+    "perfit-mix",
     "hetlora",
     "flora",
   ]);
@@ -82,6 +87,7 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
     "perfit",
     "perfit-random-mask",
     "perfit-sa",
+    "perfit-mix",
     "perfit-e1",
   ]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].aggregation.name !== "holders"), ["hetlora", "flora"]);

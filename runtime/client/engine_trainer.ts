@@ -11,6 +11,8 @@ import { Engine, type EngineOptions, type LoadedModel } from "../model/engine.ts
 import { type AdapterLayout, initAdapter, type TargetModule } from "../model/lora.ts";
 import { embed, extract, kindMask, rankLayout } from "../perfit/layout.ts";
 import { strategyFor } from "../federation/strategies.ts";
+import { splitValidation } from "../federation/partition.ts";
+import { MIX_GRID, mixAt, pickMix } from "../perfit/mix.ts";
 import type { Allocation, PruneSchedule } from "../perfit/prune.ts";
 import { deriveSeed } from "../data/rng.ts";
 import { parseTrainSettings } from "./train_settings.ts";
@@ -89,6 +91,8 @@ export interface LocalHyper {
   proximalMu: number;
   /** FedDPA's weights of its two adapters. */
   dpa: DualSettings;
+  /** perfit-mix: share of the training examples held out to pick the mix weight on. */
+  validationShare: number;
 }
 
 /** Reads the run's `train` settings through the one table (runtime/client/train_settings.ts). */
@@ -114,6 +118,7 @@ export function localHyper(train: Record<string, unknown>): LocalHyper {
       instanceMaxWeight: t.instanceMaxWeight,
       instanceRefs: t.instanceRefs,
     },
+    validationShare: t.validationShare,
   };
 }
 
@@ -162,6 +167,19 @@ export type EngineTrainer = Trainer & {
   ): { layout: AdapterLayout; adapter: Float32Array; mask: Uint8Array; scale: number } | null;
   /** The learner (its layout, prune plan, adapter), once created. */
   learner(): LocalLearner | null;
+  /**
+   * The adapter (global layout) the client holds once a slice is merged: `merged` itself, or for a
+   * mixing method (`perfit-mix`) its B positions mixed with `own` (the adapter before the merge) at
+   * the weight the client's validation split prefers.
+   */
+  mixSlice(
+    task: TaskInfo,
+    own: Float32Array,
+    merged: Float32Array,
+    mask: Uint8Array | null,
+  ): Promise<Float32Array>;
+  /** perfit-mix: the weight of the last slice's mix; null before one (or for other methods). */
+  mixWeight(): number | null;
 };
 
 /** The A or B positions of a layout, computed once per layout. */
@@ -255,8 +273,14 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     const global = globalLayoutOf(task, e.layout);
     if (!fl || engine?.layout.rank !== e.layout.rank) {
       engine = e;
+      // A mixing method trains on the rest of its training data and picks its mix on the part held out.
+      const held = strategyFor(task.method).mixes
+        ? (({ fit, validation }) => ({ train: fit, validation }))(
+          splitValidation(opts.data.train, h.validationShare, opts.seed ?? task.seed),
+        )
+        : {};
       fl = new LocalLearner(
-        { ...opts.data, categories: {} },
+        { ...opts.data, ...held, categories: {} },
         task.tier,
         task.expansion,
         withLoss(e),
@@ -274,6 +298,8 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     return { learner: fl, global, layout: e.layout };
   };
   let merged: MergedBase | null = null;
+  /** perfit-mix: the weight of the last slice's mix (reported with the next upload). */
+  let lastMix: number | null = null;
   /** FLoRA: the learner over the base with the slice's stack merged (once per global round). */
   const rebase = async (
     task: TaskInfo,
@@ -353,6 +379,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       : await learner.fit(ins, cfg, onStep);
     const metrics: Record<string, number> = { loss: res.meanLoss };
     if (res.localLoss !== undefined) metrics.localLoss = res.localLoss;
+    if (strategy.mixes && lastMix !== null) metrics.mix = lastMix;
     if (opts.reportThroughput) {
       metrics.tokens = current.tokens;
       metrics.trainS = (performance.now() - t0) / 1000;
@@ -420,5 +447,20 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       };
     },
     learner: () => fl,
+    mixWeight: () => lastMix,
+    async mixSlice(task: TaskInfo, own: Float32Array, mergedIn: Float32Array, mask: Uint8Array | null) {
+      // Nothing to choose between before the first aggregation has moved anything.
+      if (!strategyFor(task.method).mixes || own.every((v, i) => v === mergedIn[i])) return mergedIn;
+      const { learner, global, layout } = await learnerFor(task, localHyper(task.train));
+      const ownL = extract(global, own, layout);
+      const globalL = extract(global, mergedIn, layout);
+      const m = mask ? extract(global, mask, layout) : learner.mask;
+      const at = kindOf.B(layout).map((b, i) => b & m[i]);
+      const best = await pickMix(MIX_GRID, (l) => learner.validate(mixAt(ownL, globalL, at, l), m));
+      lastMix = best.lambda;
+      const mixed = embed(layout, mixAt(ownL, globalL, at, best.lambda), global);
+      const inOwn = embed(layout, new Uint8Array(layout.size).fill(1), global);
+      return mergedIn.map((v, i) => (inOwn[i] ? mixed[i] : v));
+    },
   });
 }

@@ -58,6 +58,17 @@ export type Trainer = (
   mask: Uint8Array | null,
 ) => Promise<TrainerOutput>;
 
+/**
+ * A mixing method's merge (perfit-mix, engineTrainer's `mixSlice`): from the adapter before the slice
+ * (`own`), the adapter with the slice merged in, and the client's mask, the adapter it holds.
+ */
+export type SliceMixer = (
+  task: TaskInfo,
+  own: Float32Array,
+  merged: Float32Array,
+  mask: Uint8Array | null,
+) => Promise<Float32Array>;
+
 /** Options of `FederatedClient.create`. */
 export interface FederatedClientOptions {
   serverUrl: string;
@@ -111,6 +122,8 @@ interface SavedState {
   ackedMaskRef?: string;
   /** Global round whose slice is merged into the saved adapter (it is not fetched again). */
   sliceRound?: number;
+  /** A mixing method: the global round whose merge saved the pre-merge adapter as "own.f32". */
+  ownRound?: number;
   /** When the token was issued (by our clock) and when it expires (the server's word). */
   tokenIssuedAt?: number;
   tokenExpiresAt?: number;
@@ -321,8 +334,19 @@ export class FederatedClient {
     if (s.adapterSize !== n || s.coveredBits.length !== bitWords(n)) {
       throw new Error("slice does not match the run");
     }
-    const a = this.adapterBuf;
+    let a = this.adapterBuf;
+    // A mixing method weighs what it trained against the average (the trainer's `mixSlice`).
+    const mixer = strategyFor(task.method).mixes
+      ? (this.opts.trainer as { mixSlice?: SliceMixer }).mixSlice
+      : undefined;
+    const own = mixer ? await this.ownBeforeMerge(s.round, a) : null;
+    if (own) a.set(own);
     forEachBit(s.coveredBits, (p, r) => (a[p] = s.values[r]));
+    if (mixer) {
+      a = await mixer(task, own!, a, this.maskBuf);
+      if (a.length !== n) throw new Error(`mixSlice returned ${a.length} values, run needs ${n}`);
+      this.adapterBuf = a;
+    }
     await this.storage.set(
       "adapter.f32",
       new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength)),
@@ -332,6 +356,24 @@ export class FederatedClient {
       await this.save();
     }
     await this.opts.onSlice?.(s.round);
+  }
+
+  /**
+   * The adapter a mixing method mixes with the slice of `round`: the one saved before that merge began,
+   * so that a merge cut short by a crash is redone from the same inputs (mixing is not idempotent).
+   */
+  private async ownBeforeMerge(round: number, current: Float32Array): Promise<Float32Array> {
+    if (this.state?.ownRound === round) {
+      const saved = await this.storage.get("own.f32");
+      if (saved && saved.byteLength === current.byteLength) return new Float32Array(saved.slice().buffer);
+    }
+    const own = current.slice();
+    await this.storage.set("own.f32", new Uint8Array(own.buffer));
+    if (this.state) {
+      this.state.ownRound = round;
+      await this.save();
+    }
+    return own;
   }
 
   /**

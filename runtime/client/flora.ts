@@ -8,7 +8,6 @@
  */
 import { mergeAdapter } from "../export/merge.ts";
 import { type AdapterLayout, initAdapter } from "../model/lora.ts";
-import type { LoadedModel } from "../model/load.ts";
 import { deriveSeed } from "../data/rng.ts";
 import { embed } from "../perfit/layout.ts";
 import type { TrainEngine } from "../federation/types.ts";

@@ -48,6 +48,7 @@ export class LocalLearner {
   mask: Uint8Array;
   private trainBatches: Batch[];
   private readonly testBatches: Batch[];
+  private readonly validationBatches: Batch[];
   private cursor = 0;
   private searched = false;
   private epoch = 0;
@@ -72,11 +73,14 @@ export class LocalLearner {
     this.mask = new Uint8Array(engine.layout.size).fill(1);
     this.plan = makePrunePlan(engine.layout, baseRank);
     this.trainBatches = this.batchesForEpoch(0);
-    this.testBatches = makeBatches(data.test, opts.tokenizer, {
-      maxLen: opts.maxLen,
-      batchSize: opts.evalBatchSize ?? opts.batchSize,
-      shuffle: false,
-    });
+    const held = (examples: ClientData["test"]) =>
+      makeBatches(examples, opts.tokenizer, {
+        maxLen: opts.maxLen,
+        batchSize: opts.evalBatchSize ?? opts.batchSize,
+        shuffle: false,
+      });
+    this.testBatches = held(data.test);
+    this.validationBatches = held(data.validation ?? []);
   }
 
   /** The client's own layout (rank r*e). */
@@ -202,10 +206,27 @@ export class LocalLearner {
   }
 
   /** The same for another adapter and mask of this client's layout (e.g. a personalized slice merged in). */
-  async evaluateWith(adapter: Float32Array, mask: Uint8Array): Promise<{ nllSum: number; tokens: number }> {
+  evaluateWith(adapter: Float32Array, mask: Uint8Array): Promise<{ nllSum: number; tokens: number }> {
+    return this.nllOn(this.testBatches, adapter, mask);
+  }
+
+  /** Mean response-token NLL on the validation split carved from the training data (none: refused). */
+  async validate(adapter: Float32Array, mask: Uint8Array): Promise<number> {
+    if (this.validationBatches.length === 0) {
+      throw new RangeError(`client ${this.id} has no validation split`);
+    }
+    const r = await this.nllOn(this.validationBatches, adapter, mask);
+    return r.nllSum / Math.max(1, r.tokens);
+  }
+
+  private async nllOn(
+    batches: Batch[],
+    adapter: Float32Array,
+    mask: Uint8Array,
+  ): Promise<{ nllSum: number; tokens: number }> {
     let nllSum = 0;
     let tokens = 0;
-    for (const b of this.testBatches) {
+    for (const b of batches) {
       const r = await this.engine.evalNll(b, adapter, mask);
       nllSum += r.nllSum;
       tokens += r.tokens;

@@ -31,6 +31,7 @@ export interface TrainSettings {
   combine: "fixed" | "instance";
   instanceMaxWeight: number;
   instanceRefs: number;
+  validationShare: number;
 }
 
 /** One key of the table. */
@@ -172,6 +173,15 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     max: 1000,
     default: DEFAULT_SIM.dpa.instanceRefs,
     doc: "FedDPA instance-wise: training instances each test instance is compared with",
+  },
+  validationShare: {
+    type: "number",
+    min: 0,
+    max: 0.5,
+    minExclusive: true,
+    default: 0.1,
+    doc:
+      "perfit-mix: share of a client's training examples held out (never trained on) to pick its mix weight",
   },
 };
 

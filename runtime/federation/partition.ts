@@ -10,6 +10,8 @@ export interface ClientData {
   id: string;
   train: Example[];
   test: Example[];
+  /** Examples carved from the training data (never trained on) to choose the client's own knobs on. */
+  validation?: Example[];
   /** Example count per category (train + test), for reports. */
   categories: Record<string, number>;
 }
@@ -65,6 +67,22 @@ export function splitTrainTest(
   if (opts.maxTrain !== undefined) train = train.slice(0, opts.maxTrain);
   if (opts.maxTest !== undefined) test = test.slice(0, opts.maxTest);
   return { train, test };
+}
+
+/**
+ * A validation split carved from a client's training examples (seeded, never from its test split):
+ * `share` of them, at least one, held out from training to choose the client's own knobs on.
+ */
+export function splitValidation(
+  train: Example[],
+  share: number,
+  seed: number,
+): { fit: Example[]; validation: Example[] } {
+  if (!(share > 0 && share < 1)) throw new RangeError(`validation share must be in (0, 1), got ${share}`);
+  if (train.length < 2) throw new RangeError(`${train.length} training examples leave none to validate on`);
+  const mixed = shuffled(train, deriveSeed(seed, 0x7a1));
+  const n = Math.min(train.length - 1, Math.max(1, Math.round(train.length * share)));
+  return { fit: mixed.slice(n), validation: mixed.slice(0, n) };
 }
 
 function countCategories(examples: Example[]): Record<string, number> {

@@ -379,6 +379,7 @@ async function evaluateOwner(
     downloadBytes = o.down - before;
     ev = await o.trainer.evaluate(task, o.client.adapter!, o.client.mask);
   }
+  const mix = o.trainer.mixWeight();
   const up = trained ? o.up.get(round) : undefined;
   return {
     clientId: id,
@@ -392,6 +393,7 @@ async function evaluateOwner(
     uploadBytes: up?.bytes ?? 0,
     maskMode: up?.form ?? null,
     downloadBytes,
+    ...(mix !== null ? { mix } : {}),
   };
 }
 

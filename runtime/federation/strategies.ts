@@ -23,7 +23,8 @@ export type Method =
   | "hetlora"
   | "flora"
   | "feddpa"
-  | "perfit-sa";
+  | "perfit-sa"
+  | "perfit-mix";
 /** The methods a coordinator serves: all but the frozen base, which has nothing to federate. */
 export type DeployedMethod = Exclude<Method, "base">;
 
@@ -76,6 +77,11 @@ export interface MethodStrategy {
    * 2), a global adapter in rank components 0..r-1 and a local one in r..2r-1 (runtime/client/feddpa.ts).
    */
   readonly dual?: boolean;
+  /**
+   * `perfit-mix`: after each aggregation a client's B positions become λ·own + (1 − λ)·global, λ picked
+   * on a validation split of its training data (runtime/perfit/mix.ts); everything is shared.
+   */
+  readonly mixes?: boolean;
   /**
    * FLoRA's stacking: the run's layout holds one slot of r·max e rank components per client (its
    * join order), a client receives every slot, merges their product into its own copy of the base
@@ -205,6 +211,18 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     prunes: true,
     personalMask: true,
     shares: "A",
+    configure: perfitPlan,
+  },
+  // PerFIT's search, with each client's B mixed between its own and the average on its own
+  // validation split (runtime/perfit/mix.ts): λ = 0 is PerFIT, λ = 1 keeps B private like perfit-sa.
+  "perfit-mix": {
+    ...base,
+    name: "perfit-mix",
+    deployed: true,
+    expands: true,
+    prunes: true,
+    personalMask: true,
+    mixes: true,
     configure: perfitPlan,
   },
   // PerFIT with every client at e = 1: nothing to prune, so it must equal FedIT (a code-path check).

@@ -159,6 +159,8 @@ export interface ClientRound {
   downloadBytes: number;
   /** Wall seconds of the client's round (task, slice, local training, upload); 0 when not sampled. */
   computeSeconds?: number;
+  /** perfit-mix: the weight of the client's own B in the model evaluated (its validation split's pick). */
+  mix?: number;
 }
 
 /** One round of a simulation. */

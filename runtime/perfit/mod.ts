@@ -4,3 +4,4 @@ export * from "./importance.ts";
 export * from "./expansion.ts";
 export * from "./prune.ts";
 export * from "./reexpand.ts";
+export * from "./mix.ts";
