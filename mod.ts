@@ -1,7 +1,7 @@
 /**
  * Perfit: personalized federated instruction tuning (PerFIT) of language models on the edge.
  *
- * One library for Deno and browsers. Data flows one way:
+ * One library for Deno, Node and browsers. Data flows one way:
  * dataset → tokens → graph → ORT session → update → coordinator → aggregate → personalized slice.
  *
  * A PerFIT client in Deno (the browser page runs the same two calls):
@@ -16,13 +16,19 @@
  *
  * A simulated federation is the same clients against the coordinator's Hono app in process (or a
  * running coordinator): `simulate(cfg, inputs)`, or `runFederated(cfg, options)` on data and model
- * folders. Both need `--unstable-kv` (the in-process coordinator keeps its state in Deno KV).
+ * folders. In process both need Deno with `--unstable-kv` (that coordinator keeps its state in Deno KV);
+ * against a running coordinator (`remoteCoordinator`) they run under Node too.
  *
  * Import it from anywhere, with no config and no flag beyond permissions (its packages are `npm:`
  * specifiers pinned to package.json's versions, in runtime/deps.ts):
  * - Deno, by path or URL: `import { loadModel } from "/path/to/perfit/mod.ts"` (or `https://…/mod.ts`);
- * - npm: `npm install ./perfit-0.1.0.tgz` (`npm run pack` makes it), then `import … from "perfit"`;
+ * - npm: `npm install ./perfit-0.1.0.tgz` (`npm run pack` makes it), then `import … from "perfit"` (Deno,
+ *   Node);
  * - browsers: `import … from "…/perfit/dist/browser/perfit.js"` (the prebuilt ESM bundle in the tarball).
+ *
+ * Under Node everything a data owner needs runs (models, data, the engine, `runDataOwner` /
+ * `FederatedClient`, PEFT export); the coordinator, the in-process coordinator of `simulate` and the CLIs
+ * need Deno and throw a `NeedsDenoError` elsewhere (README, "Under Node").
  *
  * Each area is also exported whole as a namespace (`graph`, `model`, `data`, `perfit`,
  * `federation`, `client`, `exporter`, `evaluation`, `io`), because some helper names (an `Rng`, a
@@ -84,6 +90,7 @@ export { createSession, grad, type GradOptions, Graph, toOnnx } from "./runtime/
 export { decodeSafetensors, encodeSafetensors, SafetensorsError } from "./runtime/io/safetensors.ts";
 export { peftAdapterFiles, writeMergedModel, writePeftAdapter } from "./runtime/export/mod.ts";
 export { clientRouge, greedyGenerate, openDecoder, rougeL } from "./runtime/eval/mod.ts";
+export { NeedsDenoError } from "./runtime/deno_only.ts";
 
 // Every area, whole.
 export * as graph from "./runtime/graph/mod.ts";

@@ -12,12 +12,13 @@
  * sees them; each instance caches what it read for `cacheMs` (its own revocations at once).
  */
 import { type Context, createMiddleware } from "../runtime/deps.ts";
-import { ApiError, forbidden, unauthorized } from "./errors.ts";
+import { ApiError, forbidden, RetryableError, unauthorized } from "./errors.ts";
 import { idParam } from "./params.ts";
 import type { TokenBuckets } from "./ratelimit.ts";
 import { type ClientRecord, K } from "./records.ts";
 import { adminTokenMatches, type ClientClaims, type TokenSigner } from "./tokens.ts";
 import { BoundedCache } from "./bounded_cache.ts";
+import { liveCheck, liveStamp } from "./run_life.ts";
 
 /** The variables the client middleware sets. */
 export type ClientVars = { Variables: { client: ClientRecord } };
@@ -55,12 +56,20 @@ export class Revocations {
     return at;
   }
 
-  /** Revokes every token of the client issued until now; returns the revocation time. */
+  /**
+   * Revokes every token of the client issued until now; returns the revocation time. No record check
+   * guards the write: the run's live key does, so none lands once the run's delete has begun (404).
+   */
   async revoke(run: string, client: string): Promise<number> {
-    const at = this.now();
-    await this.kv.set(revokedKey(run, client), { at });
-    this.cache.set(`${run}/${client}`, { at, read: at });
-    return at;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const live = liveCheck(run, await liveStamp(this.kv, run));
+      const at = this.now();
+      if ((await this.kv.atomic().check(live).set(revokedKey(run, client), { at }).commit()).ok) {
+        this.cache.set(`${run}/${client}`, { at, read: at });
+        return at;
+      }
+    }
+    throw new RetryableError(`run ${run} changed while revoking, retry`);
   }
 }
 

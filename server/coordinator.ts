@@ -11,6 +11,7 @@
  *   sweep.ts         what a crash left behind, deleted when a run is first loaded
  *   read_model.ts    every read of KV for display
  *   run_admin.ts     cancel and delete a run, and its global adapter for the admin (`admin`)
+ *   run_life.ts      the run's live key: once a delete has begun, no write of the run lands
  */
 import { chunkCount } from "./kv_chunks.ts";
 import type { TaskInfo } from "../runtime/client/federated_client.ts";
@@ -48,6 +49,7 @@ import { deferred, type Pending, RetryableError, RunCache, type RunState } from 
 import { claimUpload } from "./shards.ts";
 import { sweepRun } from "./sweep.ts";
 import { RunAdmin } from "./run_admin.ts";
+import { LIVE } from "./run_life.ts";
 import { ruleFor } from "./robust.ts";
 import { accepted, type EventLog, joined, runCreated, silentLog } from "./event_log.ts";
 
@@ -161,7 +163,7 @@ export class Coordinator {
     };
     const res = this.kv.atomic()
       .check({ key: K.run(id), versionstamp: null })
-      .set(K.run(id), run)
+      .set(K.run(id), run).set(K.live(id), LIVE) // the live key (run_life.ts), from the start
       .set(K.round(id, 1), openRound(id, 1, t, config))
       .set(K.clientCount(id), { count: 0 });
     if (keyRecord) res.set(K.joinKey(id), keyRecord);
@@ -173,7 +175,7 @@ export class Coordinator {
 
   /** Issues single-use invites to a run with enrollment "invite" (see enrollment.ts). */
   async createInvites(runId: string, count: number): Promise<string[]> {
-    return await issueInvites(this.kv, (await this.runs.get(runId)).run, count, this.now());
+    return await issueInvites(this.kv, await this.runs.get(runId), count, this.now());
   }
 
   /** Every run, newest first. */

@@ -19,6 +19,7 @@ import { ApiError, conflict, gone, invalid } from "./errors.ts";
 import { K, type RunRecord } from "./records.ts";
 import type { RunConfig } from "./run_config.ts";
 import { RetryableError } from "./run_state.ts";
+import { liveCheck, MAX_CHECKS } from "./run_life.ts";
 import { b64url, sha256Hex, timingSafeEqual } from "./tokens.ts";
 
 const enc = new TextEncoder();
@@ -152,16 +153,20 @@ export async function joinKeyFor(
   return keyed ? await joinKeyRecord(joinKey!) : null;
 }
 
+/** Invites per atomic operation: each checks its id is new, and the run's live key is one check more. */
+const INVITES_PER_COMMIT = MAX_CHECKS - 1;
+
 /**
  * Issues `count` single-use invites to a run with enrollment "invite" (409 `enrollment_mismatch`
  * otherwise, 410 once it finished, 409 `run_cancelled` once cancelled). Returns the tokens; KV keeps only their hashes.
  */
 export async function issueInvites(
   kv: Deno.Kv,
-  run: RunRecord,
+  st: { run: RunRecord; liveVs: string },
   count: number,
   now: number,
 ): Promise<string[]> {
+  const run = st.run;
   const enrollment = run.config.enrollment ?? "open";
   if (enrollment !== "invite") {
     throw conflict("enrollment_mismatch", `run ${run.id} does not take invites (enrollment ${enrollment})`);
@@ -171,16 +176,20 @@ export async function issueInvites(
     throw conflict("run_cancelled", `run ${run.id} was cancelled by the admin: it takes no more joins`);
   }
   const invites = await Promise.all(Array.from({ length: count }, () => newInvite(now)));
-  // 2 mutations per invite: at most 400 invites per atomic operation (KV allows 1000 mutations).
-  for (let i = 0; i < invites.length; i += 400) {
-    const op = kv.atomic();
-    for (const inv of invites.slice(i, i + 400)) {
+  // No check of the run's records guards an invite: the live key does (a delete begun refuses them).
+  const commits: Promise<Deno.KvCommitResult | Deno.KvCommitError>[] = [];
+  for (let i = 0; i < invites.length; i += INVITES_PER_COMMIT) {
+    const op = kv.atomic().check(liveCheck(run.id, st.liveVs));
+    for (const inv of invites.slice(i, i + INVITES_PER_COMMIT)) {
       op.check({ key: K.invite(run.id, inv.id), versionstamp: null }).set(
         K.invite(run.id, inv.id),
         inv.record,
       );
     }
-    if (!(await op.commit()).ok) throw new RetryableError("invite id collision, retry");
+    commits.push(op.commit());
+  }
+  for (const r of await Promise.all(commits)) {
+    if (!r.ok) throw new RetryableError("invite id collision or the run changed, retry");
   }
   return invites.map((inv) => inv.token);
 }

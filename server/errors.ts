@@ -16,6 +16,11 @@ export class ApiError extends Error {
   }
 }
 
+/** 503 for a commit that lost a race (another instance) or a KV failure: the client retries. */
+export class RetryableError extends Error {
+  override name = "RetryableError";
+}
+
 /** 400: the request is syntactically broken (JSON, safetensors, parameters). */
 export const badRequest = (code: string, msg: string): ApiError => new ApiError(400, code, msg);
 /** 422: well-formed but semantically invalid (shapes, NaN, budget, norm). */

@@ -16,7 +16,7 @@ import type { Folder } from "./folder.ts";
 import { MAX_GROUP, roundComplete } from "./admission.ts";
 import { MAX_SHARDS, refreshAccepted } from "./shards.ts";
 import { lastMaskRecord } from "./mask_store.ts";
-import { type Pending, RetryableError, type RunCache, type RunState } from "./run_state.ts";
+import { liveGuard, type Pending, RetryableError, type RunCache, type RunState } from "./run_state.ts";
 import { weightOf } from "./robust.ts";
 import { foldTerms } from "../runtime/federation/aggregation.ts";
 import { runLayout } from "./run_config.ts";
@@ -184,7 +184,9 @@ export class GroupCommit {
     // folder catches up with the snapshot (masks are under round-specific keys: harmless if the flip
     // never happens, and swept at the next load once the round is closed).
     const early = st.queue.filter((p) => p.maskBits);
-    const earlyWrite = early.length > 0 ? writeBlobs(this.kv, early.map(maskBlob)) : null;
+    // Each blob commit checks the run's live key: none lands once a delete of the run has begun.
+    const guard = liveGuard(st);
+    const earlyWrite = early.length > 0 ? writeBlobs(this.kv, early.map(maskBlob), guard) : null;
     earlyWrite?.catch(() => {});
     let group: Pending[] = [];
     try {
@@ -211,7 +213,7 @@ export class GroupCommit {
         if (!h) throw new Error(`held upload of ${p.client} is missing`);
         blobs.push([K.held(runId, round.index, p.client, p.uploadId), f32Bytes(h.values)]);
       }
-      await Promise.all([writeBlobs(this.kv, blobs), earlyWrite]);
+      await Promise.all([writeBlobs(this.kv, blobs, guard), earlyWrite]);
       return { group, slot: snapshot ? slot : null, t0, t1: performance.now() };
     } catch (e) {
       for (const p of group) p.reject(new RetryableError(`commit failed: ${(e as Error).message}`));

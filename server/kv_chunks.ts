@@ -2,7 +2,8 @@
  * Byte blobs larger than one Deno KV value (64 KiB) stored as numbered chunks under a key prefix.
  * Writes are batched into atomic operations that stay under KV's per-commit limits (1000 mutations,
  * 800 KiB total); a blob is only *visible* through whatever record points at its prefix, so writing
- * chunks non-atomically and flipping a pointer afterwards is crash-safe.
+ * chunks non-atomically and flipping a pointer afterwards is crash-safe. The coordinator passes every
+ * write the run's live check (run_life.ts), so that no chunk lands once the run's delete has begun.
  */
 
 /** A blob's chunks are gone: the pointer that led here is stale (another writer replaced and GC'd it). */
@@ -20,11 +21,20 @@ export function chunkCount(bytes: number): number {
   return Math.ceil(bytes / CHUNK_BYTES);
 }
 
-/** Writes `data` as chunks `[...prefix, i]`. Resolves once every chunk is durable. */
-export async function writeChunks(kv: Deno.Kv, prefix: Deno.KvKey, data: Uint8Array): Promise<number> {
+/**
+ * Writes `data` as chunks `[...prefix, i]`. Resolves once every chunk is durable; every commit checks
+ * `guard` (when given), and a failed check fails the write.
+ */
+export async function writeChunks(
+  kv: Deno.Kv,
+  prefix: Deno.KvKey,
+  data: Uint8Array,
+  guard?: Deno.AtomicCheck,
+): Promise<number> {
   const n = chunkCount(data.byteLength);
   const commits: Promise<unknown>[] = [];
-  let op = kv.atomic();
+  const atomic = () => guard ? kv.atomic().check(guard) : kv.atomic();
+  let op = atomic();
   let opBytes = 0;
   for (let i = 0; i < n; i++) {
     const part = data.slice(i * CHUNK_BYTES, Math.min(data.byteLength, (i + 1) * CHUNK_BYTES));
@@ -32,7 +42,7 @@ export async function writeChunks(kv: Deno.Kv, prefix: Deno.KvKey, data: Uint8Ar
     opBytes += part.byteLength;
     if (opBytes + CHUNK_BYTES > COMMIT_BYTES) {
       commits.push(op.commit());
-      op = kv.atomic();
+      op = atomic();
       opBytes = 0;
     }
   }
@@ -46,11 +56,16 @@ export async function writeChunks(kv: Deno.Kv, prefix: Deno.KvKey, data: Uint8Ar
 /**
  * Writes several blobs (which must not change until it resolves), packing their chunks into as few
  * atomic commits as the limits allow (each commit costs an fsync, which dominates for many small
- * blobs such as masks).
+ * blobs such as masks). Every commit checks `guard` (when given), as in `writeChunks`.
  */
-export async function writeBlobs(kv: Deno.Kv, blobs: [Deno.KvKey, Uint8Array][]): Promise<void> {
+export async function writeBlobs(
+  kv: Deno.Kv,
+  blobs: [Deno.KvKey, Uint8Array][],
+  guard?: Deno.AtomicCheck,
+): Promise<void> {
   const commits: Promise<Deno.KvCommitResult | Deno.KvCommitError>[] = [];
-  let op = kv.atomic();
+  const atomic = () => guard ? kv.atomic().check(guard) : kv.atomic();
+  let op = atomic();
   let opBytes = 0;
   for (const [prefix, data] of blobs) {
     const n = chunkCount(data.byteLength);
@@ -59,7 +74,7 @@ export async function writeBlobs(kv: Deno.Kv, blobs: [Deno.KvKey, Uint8Array][])
       const part = data.subarray(i * CHUNK_BYTES, Math.min(data.byteLength, (i + 1) * CHUNK_BYTES));
       if (opBytes + part.byteLength > COMMIT_BYTES) {
         commits.push(op.commit());
-        op = kv.atomic();
+        op = atomic();
         opBytes = 0;
       }
       op.set([...prefix, i], part);

@@ -9,6 +9,8 @@
  *
  * Keys:
  *   ["run", run]                          RunRecord
+ *   ["live", run]                         LiveRecord: written with the run, rewritten only by its delete
+ *                                       (run_life.ts); writes no record check guards check it
  *   ["round", run, r]                     RoundRecord (includes the accumulator pointer `accGen`)
  *   ["acc", run, r, gen, "s", i]          sum accumulator chunks of an open round (gen: a slot)
  *   ["acc", run, r, "shards"]             ShardList: the instances with a shard in the open round
@@ -51,6 +53,15 @@ export interface RunRecord {
   globalGen: string | null;
   /** Last round folded into the global adapter (0 = none). */
   globalRound: number;
+}
+
+/**
+ * The run's live key (run_life.ts): `deleting` is null from the run's creation until its delete marks
+ * it, so its versionstamp changes once, when the delete begins.
+ */
+export interface LiveRecord {
+  /** When the delete began (ms since epoch); null while the run lives. */
+  deleting: number | null;
 }
 
 /** Per-round summary computed at close from the accepted uploads' metrics. */
@@ -154,6 +165,7 @@ export interface LastMask {
 export const K = {
   run: (run: string): Deno.KvKey => ["run", run],
   runs: (): Deno.KvKey => ["run"],
+  live: (run: string): Deno.KvKey => ["live", run],
   round: (run: string, r: number): Deno.KvKey => ["round", run, r],
   rounds: (run: string): Deno.KvKey => ["round", run],
   acc: (run: string, r: number, gen: string, part: "s" | "w"): Deno.KvKey => ["acc", run, r, gen, part],
@@ -193,7 +205,7 @@ export const K = {
  */
 export function runFamilies(run: string): { keys: Deno.KvKey[]; prefixes: Deno.KvKey[] } {
   return {
-    keys: [K.run(run), K.clientCount(run), K.joinKey(run)],
+    keys: [K.run(run), K.live(run), K.clientCount(run), K.joinKey(run)],
     prefixes: [
       K.rounds(run),
       K.accsOf(run),

@@ -19,6 +19,7 @@ import type { GroupCommit } from "./group_commit.ts";
 import type { MaskStore } from "./mask_store.ts";
 import {
   type GlobalAdapter,
+  liveGuard,
   readHeld,
   rebuildWeight,
   RetryableError,
@@ -174,8 +175,15 @@ export class RoundCloser {
         }
         coveredCount = popcountBits(newGlobal.c);
         uncommitted = newGlobal.gen;
-        await writeChunks(this.kv, K.global(run.id, newGlobal.gen!, "v"), f32Bytes(newGlobal.v));
-        await writeChunks(this.kv, K.global(run.id, newGlobal.gen!, "c"), new Uint8Array(newGlobal.c.buffer));
+        // Written before the commit that names it: each chunk commit checks the run's live key.
+        const guard = liveGuard(st);
+        await writeChunks(this.kv, K.global(run.id, newGlobal.gen!, "v"), f32Bytes(newGlobal.v), guard);
+        await writeChunks(
+          this.kv,
+          K.global(run.id, newGlobal.gen!, "c"),
+          new Uint8Array(newGlobal.c.buffer),
+          guard,
+        );
         globalGen = newGlobal.gen;
         globalRound = round.index;
       }

@@ -10,18 +10,20 @@
  * global adapter) still answer. On this instance the cancel runs after the run's commits and closes in
  * flight (its chain), and uploads still waiting for a commit are told to retry, which then is refused.
  *
- * Delete. An active run is cancelled first, so that no instance writes to it any more. Then every key
- * family of the run (records.ts `runFamilies`) is deleted, the run record last. A delete cut short by a
- * crash can so be repeated, and a second pass over the families after the run record is gone catches a
- * write that was in flight during the first (a revocation, say). One leftover remains possible: the
- * blobs of an upload or of a round close that another instance was writing at that very moment, from a
- * copy of the run it had not yet found stale (its commit then fails, and nothing names those blobs).
+ * Delete. An active run is cancelled first, so that no commit guarded by the run's records lands any
+ * more, on any instance. Then, in a commit of its own, the run's live key is marked deleting
+ * (run_life.ts), so that no other write lands either: the blobs another instance writes before its
+ * commit (an upload's sum and masks, a close's adapter), claims, invites and revocations all check that
+ * key. Whatever landed before the mark is then found by the listing of every key family of the run
+ * (records.ts `runFamilies`), which deletes them, the run record and the live key last: a delete cut
+ * short by a crash can so be repeated, and nothing of the run is left.
  */
 import { acceptedOf, readShards, samplesOf } from "./shards.ts";
 import { ApiError, conflict, notFound } from "./errors.ts";
 import { deletePrefix } from "./kv_chunks.ts";
 import { K, type RoundRecord, runFamilies, type RunRecord } from "./records.ts";
 import { type GlobalAdapter, RetryableError, type RunCache } from "./run_state.ts";
+import { markDeleting } from "./run_life.ts";
 import type { RoundCloser } from "./round_close.ts";
 import type { EventLog } from "./event_log.ts";
 import { strategyFor } from "../runtime/federation/strategies.ts";
@@ -78,6 +80,9 @@ export class RunAdmin {
         if (!(e instanceof ApiError && e.status === 409)) throw e;
       }
     }
+    // From the mark on no write of the run lands, here or elsewhere: the listing finds all there is.
+    await markDeleting(this.kv, id, this.now());
+    this.drop(id);
     const { keys, prefixes } = runFamilies(id);
     for (const p of prefixes) await deletePrefix(this.kv, p);
     const last = await this.kv.get<RunRecord>(K.run(id));
@@ -85,7 +90,6 @@ export class RunAdmin {
     const op = this.kv.atomic().check(last);
     for (const k of keys) op.delete(k);
     if (!(await op.commit()).ok) throw new RetryableError(`run ${id} changed while being deleted, retry`);
-    for (const p of prefixes) await deletePrefix(this.kv, p);
     this.drop(id);
     this.events.emit({ kind: "run_deleted", run: id });
   }

@@ -4,7 +4,7 @@
  * (8·N bytes), so the cache is bounded: past `maxLoaded` runs, the least recently used idle ones are
  * dropped and reloaded from KV when next asked for.
  */
-import { notFound } from "./errors.ts";
+import { notFound, RetryableError } from "./errors.ts";
 import { f32Bytes, MissingBlobError, readChunks } from "./kv_chunks.ts";
 import { strategyFor } from "../runtime/federation/strategies.ts";
 import {
@@ -17,13 +17,11 @@ import {
 } from "./records.ts";
 import { bitWords, forEachBit, fullBits } from "../runtime/kernels/bits.ts";
 import { runLayout } from "./run_config.ts";
+import { liveCheck, liveStamp } from "./run_life.ts";
 import type { Accumulators, Folder } from "./folder.ts";
 import { type HeldUpdate, ruleFor, weightOf } from "./robust.ts";
 
-/** 503 for a commit that lost a race (another instance) or a KV failure: the client retries. */
-export class RetryableError extends Error {
-  override name = "RetryableError";
-}
+export { RetryableError } from "./errors.ts";
 
 /** An admitted upload waiting for the group commit that makes it durable. */
 export interface Pending {
@@ -52,6 +50,8 @@ export interface GlobalAdapter {
 export interface RunState {
   run: RunRecord;
   runVs: string;
+  /** Versionstamp of the run's live key (run_life.ts), which every write that no record check guards checks. */
+  liveVs: string;
   round: RoundRecord | null;
   roundVs: string | null;
   /**
@@ -96,6 +96,9 @@ export interface RunState {
    */
   lastMasks: Map<string, LastMask | null>;
 }
+
+/** The check that guards a write of the run which no record check guards (run_life.ts). */
+export const liveGuard = (st: RunState): Deno.AtomicCheck => liveCheck(st.run.id, st.liveVs);
 
 export function deferred(): { done: Promise<void>; resolve: () => void; reject: (e: unknown) => void } {
   let resolve!: () => void;
@@ -263,10 +266,12 @@ export class RunCache {
   private async stale(st: RunState): Promise<boolean> {
     if (st.closing) return false;
     const commits = st.commits;
-    const keys: Deno.KvKey[] = [K.run(st.run.id)];
+    const keys: Deno.KvKey[] = [K.run(st.run.id), K.live(st.run.id)];
     if (st.round) keys.push(K.round(st.run.id, st.round.index));
-    const [r, ro] = await this.kv.getMany(keys);
+    const [r, live, ro] = await this.kv.getMany(keys);
     if (st.dead || st.closing) return false;
+    // A delete has begun (run_life.ts): the reload answers 404.
+    if (live.versionstamp !== st.liveVs) return true;
     // Only closes (ours or theirs) touch the run record, so it is checked even while we flush or
     // after a group commit of ours landed during the read (at worst a close of ours that landed
     // meanwhile makes us reload once).
@@ -287,12 +292,14 @@ export class RunCache {
   }
 
   private async loadOnce(id: string): Promise<RunState> {
+    const liveVs = await liveStamp(this.kv, id);
     const re = await this.kv.get<RunRecord>(K.run(id));
     if (!re.value) throw notFound(`no run ${id}`);
     const run = re.value;
     const st: RunState = {
       run,
       runVs: re.versionstamp!,
+      liveVs,
       round: null,
       roundVs: null,
       acc: null,

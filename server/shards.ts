@@ -16,18 +16,20 @@ import {
   type UploadRecord,
 } from "./records.ts";
 import { f32Bytes, readChunks } from "./kv_chunks.ts";
-import { RetryableError, type RunState } from "./run_state.ts";
+import { liveGuard, RetryableError, type RunState } from "./run_state.ts";
+import { notFound } from "./errors.ts";
+import { MAX_CHECKS } from "./run_life.ts";
 
 /** Deno KV's limit on keys per `getMany`. */
 const GET_MANY = 10;
 
 /**
  * Most shards in one round: the close (and a cancel) checks the run, the round, the shard list and
- * every shard, and denokv allows 10 checks per atomic operation. An instance restarted mid-round
+ * every shard, within denokv's MAX_CHECKS per atomic operation. An instance restarted mid-round
  * counts again (its id is new); past this, uploads go to instances that hold a shard already (503,
  * the client retries).
  */
-export const MAX_SHARDS = 7;
+export const MAX_SHARDS = MAX_CHECKS - 3;
 
 /** An open round's shard list and its shards, as KV holds them now, with their versionstamps. */
 export interface RoundShards {
@@ -118,9 +120,16 @@ export async function claimUpload(
   const claimKey = K.claim(run, round, client);
   const markerKey = K.upload(run, round, client);
   for (let attempt = 0; attempt < 3; attempt++) {
-    const [claim, marker] = await kv.getMany<[ClaimRecord, UploadRecord]>([claimKey, markerKey]);
+    const [claim, marker, live] = await kv.getMany<[ClaimRecord, UploadRecord, unknown]>([
+      claimKey,
+      markerKey,
+      K.live(run),
+    ]);
+    // A delete has begun (run_life.ts): every retry would fail the live check below.
+    if (live.versionstamp !== st.liveVs) throw notFound(`no run ${run}: it is being deleted`);
     if (marker.value) return marker.value;
-    const op = kv.atomic().check(claim).check({ key: markerKey, versionstamp: null })
+    // The claim (and a takeover's shard) is no record the delete's cancel changes: the live key guards it.
+    const op = kv.atomic().check(claim).check({ key: markerKey, versionstamp: null }).check(liveGuard(st))
       .set(claimKey, { instance, uploadId } satisfies ClaimRecord);
     const holder = claim.value?.instance;
     if (holder !== undefined && holder !== instance) {

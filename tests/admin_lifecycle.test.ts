@@ -19,7 +19,8 @@ import { join, type Joined, JSON_HEADERS, updateBody, upload } from "./server_ha
 import type { PerfitApp } from "../server/app.ts";
 import { ReadModel } from "../server/read_model.ts";
 import { kvDashboardSource } from "../server/ui/dashboard_data.ts";
-import { runFamilies } from "../server/records.ts";
+import { K, type LiveRecord, runFamilies } from "../server/records.ts";
+import { markDeleting } from "../server/run_life.ts";
 import { decodeGlobalAdapter } from "../runtime/client/global_adapter.ts";
 import { encodeUpdate, unpackMask } from "../runtime/client/wire.ts";
 
@@ -316,6 +317,77 @@ Deno.test("admin lifecycle: delete removes every key of the run and nothing else
     assert.deepEqual((list.json!.runs as { id: string }[]).map((r) => r.id), [keep]);
     await app.coordinator.settled();
     assert.deepEqual(await dumpKv(kv), others, "the 404s wrote nothing");
+  } finally {
+    await app.close();
+    kv.close();
+  }
+});
+
+Deno.test("admin lifecycle: a delete cut short after its first step refuses every write of the run (404, nothing written); repeated, it leaves nothing", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const app = makeApp(kv);
+  try {
+    const run = await createRun(
+      app,
+      runBody("perfit", { clientsPerRound: 3, quorum: 3, enrollment: "invite" }),
+    );
+    const issue = () =>
+      call(app, "POST", `/v1/runs/${run}/invites`, { ...ADMIN_AUTH, ...JSON_HEADERS }, '{"count":2}');
+    const [i1, i2] = (await issue()).json!.invites as string[];
+    const joinWith = async (invite: string): Promise<Joined> => {
+      const r = await app.request(`/v1/runs/${run}/join`, {
+        method: "POST",
+        headers: JSON_HEADERS,
+        body: JSON.stringify({ invite }),
+      });
+      const j = await r.json();
+      return { run, id: j.clientId, token: j.token };
+    };
+    const [x, y] = [await joinWith(i1), await joinWith(i2)];
+    assert.equal((await uploadStatus(app, x, 1, 0)).status, 201, "the app holds the run's state");
+    await app.coordinator.settled();
+    // The delete's first step (its own commit), then a crash: the run's records are all still there.
+    await markDeleting(kv, run, Date.now());
+    const before = await dumpKv(kv);
+    assert.ok(keysOf(before, [run]).some((l) => l.startsWith(`["upload","${run}"`)));
+    assert.deepEqual(await uploadStatus(app, y, 1, 1), { status: 404, code: "not_found" });
+    assert.equal((await issue()).status, 404);
+    assert.equal((await call(app, "DELETE", `/v1/runs/${run}/clients/${x.id}/token`)).status, 404);
+    assert.equal((await task(app, x)).status, 404);
+    assert.equal((await call(app, "GET", `/v1/runs/${run}`)).status, 404);
+    await app.coordinator.settled();
+    assert.deepEqual(await dumpKv(kv), before, "the refused writes wrote nothing");
+    assert.equal((await call(app, "DELETE", `/v1/runs/${run}`)).status, 200);
+    await app.coordinator.settled();
+    assert.deepEqual(keysOf(await dumpKv(kv), [run]), [], "no key of the run is left");
+  } finally {
+    await app.close();
+    kv.close();
+  }
+});
+
+Deno.test("admin lifecycle: runs from before the live key load, take joins, uploads and revocations, and their delete leaves nothing", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const old = makeApp(kv);
+  const used = await createRun(old, runBody("perfit", { clientsPerRound: 2, quorum: 2 }));
+  const idle = await createRun(old, runBody("perfit", { clientsPerRound: 2, quorum: 2 }));
+  await old.close();
+  // What a coordinator from before the key left: the same records, no live key.
+  for (const id of [used, idle]) await kv.delete(K.live(id));
+  const app = makeApp(kv);
+  try {
+    const [p, q] = [await join(app, used), await join(app, used)];
+    assert.equal((await uploadStatus(app, p, 1, 0)).status, 201);
+    assert.equal((await uploadStatus(app, q, 1, 1)).status, 201);
+    await app.coordinator.settled();
+    const round = (await call(app, "GET", `/v1/runs/${used}`)).json!.run as { round: number };
+    assert.equal(round.round, 2, "round 1 closed");
+    assert.deepEqual((await kv.get<LiveRecord>(K.live(used))).value, { deleting: null }, "written on load");
+    assert.equal((await call(app, "DELETE", `/v1/runs/${used}/clients/${q.id}/token`)).status, 200);
+    assert.equal((await kv.get(K.live(idle))).value, null, "a run nothing loaded has none yet");
+    for (const id of [used, idle]) assert.equal((await call(app, "DELETE", `/v1/runs/${id}`)).status, 200);
+    await app.coordinator.settled();
+    assert.deepEqual(keysOf(await dumpKv(kv), [used, idle]), [], "no key of the runs is left");
   } finally {
     await app.close();
     kv.close();

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import type { PerfitApp } from "../server/app.ts";
-import { INVITE_REPLAY_MS } from "../server/enrollment.ts";
+import { INVITE_REPLAY_MS, MAX_INVITES_PER_REQUEST } from "../server/enrollment.ts";
 import { ADMIN, appFetch, dumpKv, fakeTrainer, makeApp, runBody } from "./server_helpers.ts";
 import { FederatedClient, FederatedClientError } from "../runtime/client/mod.ts";
 import { keyCount } from "./server_faults.ts";
@@ -248,6 +248,22 @@ Deno.test("enrollment invite: single use (403 invite_used), replays of the same 
   } finally {
     await app.close();
     await twin.close();
+    kv.close();
+  }
+});
+
+Deno.test("enrollment invite: one request issues the most invites it may ask for (its commits within KV's checks per operation)", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const app = makeApp(kv);
+  try {
+    const run = await create(app, { enrollment: "invite" });
+    const many = await invites(app, run, MAX_INVITES_PER_REQUEST);
+    assert.equal(new Set(many).size, MAX_INVITES_PER_REQUEST);
+    assert.equal(await keyCount(kv, ["invite", run]), MAX_INVITES_PER_REQUEST);
+    const used = await joinWith(app, run, { invite: many[MAX_INVITES_PER_REQUEST - 1] });
+    assert.equal(used.status, 201, "the last one joins");
+  } finally {
+    await app.close();
     kv.close();
   }
 });

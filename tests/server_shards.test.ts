@@ -10,7 +10,7 @@ import { InlineFolder } from "../server/folder.ts";
 import { parseRunConfig } from "../server/run_config.ts";
 import { K, type RoundRecord } from "../server/records.ts";
 import { MAX_SHARDS, readShards } from "../server/shards.ts";
-import { type Faults, faultyKv, isGroupCommit } from "./server_faults.ts";
+import { type Faults, faultyKv, isGroupCommit, type OpView } from "./server_faults.ts";
 import { dumpKv, isApiError } from "./server_helpers.ts";
 import { type DecodedUpdate, packMask, popcountBits } from "../runtime/client/wire.ts";
 
@@ -294,4 +294,40 @@ Deno.test("round shards: an upload refused for a full round, or beside a differe
     await coord.close();
     raw.close();
   }
+});
+
+Deno.test("round shards: a delete on one instance leaves no key of the run, though another was writing an upload's and a close's blobs meanwhile", async () => {
+  await twoInstances(async (a, b, raw, faults) => {
+    const up = await runWith(a, 2); // A stages an upload in it: the client's mask and A's sum slot
+    const closing = await runWith(a, 1); // A closes its round: the new global adapter
+    const blobOf = (op: OpView, run: string) =>
+      op.sets.some((k) =>
+        k[1] === run &&
+        (run === up.run ? k[0] === "mask" || (k[0] === "acc" && k[4] === "s") : k[0] === "global")
+      );
+    // A is held with its blob commits sent and not landed (a slow isolate): B deletes both runs then.
+    const held: OpView[] = [];
+    faults.hold = (op) => {
+      const h = blobOf(op, up.run) || blobOf(op, closing.run);
+      if (h) held.push(op);
+      return h;
+    };
+    const onUp = a.upload(up.run, up.ids[0], 1, update(up.run, 0), "u0");
+    onUp.catch(() => {});
+    const onClose = a.upload(closing.run, closing.ids[0], 1, update(closing.run, 0), "c0");
+    const sum = (op: OpView) => op.sets.some((k) => k[0] === "acc" && k[1] === up.run);
+    const adapter = (op: OpView) => op.sets.some((k) => k[0] === "global");
+    while (!held.some(sum) || !held.some(adapter)) await new Promise((r) => setTimeout(r, 1));
+    assert.equal((await onClose).status, "accepted", "the upload that fills the round committed");
+    for (const run of [up.run, closing.run]) await unlocked(() => b.admin.delete(run));
+    faults.release();
+    await assert.rejects(onUp, RetryableError);
+    await unlocked(() => a.settled());
+    await unlocked(() => b.settled());
+    assert.ok(held.length >= 2, `${held.length} blob commits were held`);
+    const left = (await unlocked(() => dumpKv(raw))).filter((l) =>
+      [up.run, closing.run].some((id) => l.slice(0, l.indexOf("=")).includes(`"${id}"`))
+    );
+    assert.deepEqual(left, [], "no key of a deleted run is left");
+  });
 });

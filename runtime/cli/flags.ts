@@ -25,6 +25,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { requireDeno } from "../deno_only.ts";
 
 interface FlagBase<T> {
   /** One sentence for --help. */
@@ -398,10 +399,13 @@ export function defineCli<const T extends FlagTable>(spec: CliSpec<T>): Cli<T> {
     spec,
     tryParse: (argv, env = denoEnv) => parseFlagTable(spec, argv, env),
     help: () => helpText(spec),
-    parse(argv = Deno.args, env = denoEnv) {
+    parse(argv, env = denoEnv) {
+      const deno = requireDeno(`${spec.name} (a Perfit command-line tool)`, {
+        instead: "from Node, use the library (runDataOwner is what `deno task client` runs)",
+      });
       let r;
       try {
-        r = parseFlagTable(spec, argv, env);
+        r = parseFlagTable(spec, argv ?? deno.args, env);
       } catch (e) {
         return cli.fail(e);
       }

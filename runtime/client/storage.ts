@@ -1,8 +1,9 @@
 /**
  * Where a `FederatedClient` keeps what it needs to resume after a crash: small named byte blobs.
- * Deno: a directory (`FileStorage`); browsers: `localStorage` (`WebStorage`) or IndexedDB
+ * Deno and Node: a directory (`FileStorage`); browsers: `localStorage` (`WebStorage`) or IndexedDB
  * (`IndexedDbStorage`); tests: `MemoryStorage`. Writes replace a blob whole (file: write + rename).
  */
+import { makeDir, readBytesOrNull, removeIfExists, renamePath, writeBytes } from "../io/files.ts";
 
 /** A tiny key -> bytes store. */
 export interface ClientStorage {
@@ -32,27 +33,20 @@ function safeName(key: string): string {
   return key;
 }
 
-/** One file per key in `dir` (Deno); atomic replace via a temp file and rename. */
+/** One file per key in `dir` (Deno, Node); atomic replace via a temp file and rename. */
 export class FileStorage implements ClientStorage {
   constructor(private readonly dir: string) {}
   async get(key: string): Promise<Uint8Array | null> {
-    try {
-      return await Deno.readFile(`${this.dir}/${safeName(key)}`);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) return null;
-      throw e;
-    }
+    return await readBytesOrNull(`${this.dir}/${safeName(key)}`);
   }
   async set(key: string, value: Uint8Array): Promise<void> {
-    await Deno.mkdir(this.dir, { recursive: true });
+    await makeDir(this.dir);
     const path = `${this.dir}/${safeName(key)}`;
-    await Deno.writeFile(`${path}.tmp`, value);
-    await Deno.rename(`${path}.tmp`, path);
+    await writeBytes(`${path}.tmp`, value);
+    await renamePath(`${path}.tmp`, path);
   }
   async delete(key: string): Promise<void> {
-    await Deno.remove(`${this.dir}/${safeName(key)}`).catch((e) => {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-    });
+    await removeIfExists(`${this.dir}/${safeName(key)}`);
   }
 }
 

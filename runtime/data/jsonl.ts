@@ -1,6 +1,7 @@
 /** JSONL instruction loaders: Dolly, Alpaca and chat (`messages`) records to `Example`s. */
 import { ALPACA_TEMPLATE, type PromptTemplate, renderChat, renderInstruction } from "./template.ts";
 import { DataError, type Example } from "./types.ts";
+import { readText } from "../io/files.ts";
 
 /** Record formats understood by the loader. */
 export type JsonlFormat = "auto" | "dolly" | "alpaca" | "chat";
@@ -133,6 +134,6 @@ export function parseJsonl(text: string, opts: JsonlOptions = {}): Example[] {
 export async function loadJsonl(source: string, opts: JsonlOptions = {}): Promise<Example[]> {
   const looksLikeText = source.trimStart().startsWith("{") || source.includes("\n");
   if (looksLikeText) return parseJsonl(source, opts);
-  const text = await Deno.readTextFile(source);
+  const text = await readText(source);
   return parseJsonl(text, { ...opts, source: opts.source ?? source });
 }

@@ -3,6 +3,7 @@
  * personalized adapter can be merged, evaluated or generated from wherever it was saved.
  */
 import { decodeSafetensors, tensorToFloat32 } from "../io/safetensors.ts";
+import { readBytes, readText } from "../io/files.ts";
 import { HF_MODULE } from "./peft.ts";
 import {
   type AdapterEntryLike,
@@ -90,6 +91,6 @@ export function parsePeftAdapter(configJson: unknown, safetensors: Uint8Array): 
 
 /** Reads a PEFT adapter folder. */
 export async function readPeftAdapter(dir: string): Promise<ReadAdapter> {
-  const config = JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`));
-  return parsePeftAdapter(config, await Deno.readFile(`${dir}/adapter_model.safetensors`));
+  const config = JSON.parse(await readText(`${dir}/adapter_config.json`));
+  return parsePeftAdapter(config, await readBytes(`${dir}/adapter_model.safetensors`));
 }

@@ -4,6 +4,7 @@
  * merge.ts and onnx_decoder.ts.
  */
 import { encodeSafetensors, type TensorIn } from "../io/safetensors.ts";
+import { copyIfExists, makeDir, writeBytes, writeText } from "../io/files.ts";
 import { type ModelConfig, readConfigFile, toHfConfig } from "../model/config.ts";
 import { resolveSource } from "../model/hub.ts";
 import { loadWeights } from "../model/weights.ts";
@@ -23,9 +24,9 @@ export const TOKENIZER_FILES = [
 /** Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (created if needed). */
 export async function writePeftAdapter(dir: string, opts: PeftExportOptions): Promise<void> {
   const files = peftAdapterFiles(opts);
-  await Deno.mkdir(dir, { recursive: true });
-  await Deno.writeTextFile(`${dir}/adapter_config.json`, JSON.stringify(files.adapterConfig, null, 2));
-  await Deno.writeFile(`${dir}/adapter_model.safetensors`, files.safetensors);
+  await makeDir(dir);
+  await writeText(`${dir}/adapter_config.json`, JSON.stringify(files.adapterConfig, null, 2));
+  await writeBytes(`${dir}/adapter_model.safetensors`, files.safetensors);
 }
 
 /** Options of `writeMergedModel`. */
@@ -63,26 +64,21 @@ export function weightsToSafetensors(weights: Map<string, F32Tensor>): Uint8Arra
  */
 export async function writeMergedModel(dir: string, opts: MergedExportOptions): Promise<MergedExportResult> {
   const config = await readConfigFile(opts.baseDir);
-  const weights = await loadWeights(resolveSource(opts.baseDir));
+  const weights = await loadWeights(await resolveSource(opts.baseDir));
   const merged = mergeAdapter(weights, opts.layout, opts.adapter, opts.scale, opts.mask);
-  await Deno.mkdir(dir, { recursive: true });
+  await makeDir(dir);
   const files: string[] = [];
   const hfConfig = { ...toHfConfig(config), "transformers.js_config": { dtype: "fp32" } };
-  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(hfConfig, null, 2));
+  await writeText(`${dir}/config.json`, JSON.stringify(hfConfig, null, 2));
   files.push("config.json");
   for (const f of TOKENIZER_FILES) {
-    try {
-      await Deno.copyFile(`${opts.baseDir}/${f}`, `${dir}/${f}`);
-      files.push(f);
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-    }
+    if (await copyIfExists(`${opts.baseDir}/${f}`, `${dir}/${f}`)) files.push(f);
   }
-  await Deno.writeFile(`${dir}/model.safetensors`, weightsToSafetensors(merged));
+  await writeBytes(`${dir}/model.safetensors`, weightsToSafetensors(merged));
   files.push("model.safetensors");
   if (opts.onnx !== false) {
-    await Deno.mkdir(`${dir}/onnx`, { recursive: true });
-    await Deno.writeFile(`${dir}/onnx/model.onnx`, buildDecoderOnnx(config, merged));
+    await makeDir(`${dir}/onnx`);
+    await writeBytes(`${dir}/onnx/model.onnx`, buildDecoderOnnx(config, merged));
     files.push("onnx/model.onnx");
   }
   return { config, files };

@@ -4,6 +4,7 @@
  * goes through the deployed routes, auth, admission and streaming aggregation.
  */
 import { createApp } from "../../server/app.ts";
+import { requireDeno } from "../deno_only.ts";
 
 /** A coordinator the simulation talks to. */
 export interface CoordinatorLink {
@@ -27,9 +28,16 @@ const randomToken = () => {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 };
 
-/** The real Hono app over an in-memory KV, reached through `app.request`. Needs `--unstable-kv`. */
+/**
+ * The real Hono app over an in-memory KV, reached through `app.request`. Needs Deno with `--unstable-kv`
+ * (a `NeedsDenoError` elsewhere: under Node, run the clients against a `remoteCoordinator`).
+ */
 export async function inProcessCoordinator(): Promise<CoordinatorLink> {
-  const kv = await Deno.openKv(":memory:");
+  const deno = requireDeno("the in-process coordinator (simulate, runFederated without a server)", {
+    kv: true,
+    instead: "pass a running coordinator instead: remoteCoordinator(url, adminToken)",
+  });
+  const kv = await deno.openKv(":memory:");
   const adminToken = randomToken();
   const app = createApp({
     kv,

@@ -6,15 +6,16 @@ export interface ProgressSink {
   write(s: string): void;
 }
 
+/** Node's `process.stderr`, which Deno 2 has too (a global there as well: no import, nothing to bundle). */
+interface Stderr {
+  isTTY?: boolean;
+  write(s: string): unknown;
+}
+
 function stderrSink(): ProgressSink {
-  const enc = new TextEncoder();
-  let tty = false;
-  try {
-    tty = Deno.stderr.isTerminal();
-  } catch {
-    tty = false;
-  }
-  return { tty, write: (s) => Deno.stderr.writeSync(enc.encode(s)) };
+  const err = (globalThis as { process?: { stderr?: Stderr } }).process?.stderr;
+  if (!err) throw new Error("ProgressBar: this runtime has no stderr (a browser?): pass a sink");
+  return { tty: err.isTTY === true, write: (s) => void err.write(s) };
 }
 
 /**

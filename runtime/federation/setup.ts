@@ -1,5 +1,6 @@
 /** I/O shell for runs on real data: loading lexicon-instruct, engines per rank, CLI flags. */
 import { loadJsonl } from "../data/jsonl.ts";
+import { fileNames } from "../io/files.ts";
 import type { Example } from "../data/types.ts";
 import { Engine, type LoadedModel } from "../model/engine.ts";
 import type { EngineFactory, SimConfig } from "./types.ts";
@@ -13,8 +14,7 @@ export const PRETRAIN_STRIDE = 4;
 
 /** Loads every `*.jsonl` file of a folder (sorted by name, any supported format). */
 export async function loadFolder(dir: string, opts: { skipEvery?: number } = {}): Promise<Example[]> {
-  const names: string[] = [];
-  for await (const e of Deno.readDir(dir)) if (e.isFile && e.name.endsWith(".jsonl")) names.push(e.name);
+  const names = (await fileNames(dir)).filter((n) => n.endsWith(".jsonl"));
   if (names.length === 0) throw new Error(`no .jsonl files in ${dir}`);
   const out: Example[] = [];
   for (const n of names.sort()) {

@@ -26,6 +26,7 @@ import {
   outArray,
 } from "./validate.ts";
 import { LinearArena } from "./memory.ts";
+import { hasFileSystem, readBytes } from "../io/files.ts";
 
 /** Where to load the module from: bytes, a compiled module, or a URL (string or URL object). */
 export type WasmSource = BufferSource | WebAssembly.Module | URL | string;
@@ -80,16 +81,8 @@ const IN = 0, OUT = 1, INOUT = 2;
 type Mode = typeof IN | typeof OUT | typeof INOUT;
 
 async function fetchBytes(url: URL): Promise<BufferSource> {
-  // deno-lint-ignore no-explicit-any
-  const g = globalThis as any;
-  if (url.protocol === "file:") {
-    if (g.Deno?.readFile) return await g.Deno.readFile(url);
-    if (g.process?.versions?.node) {
-      const spec = "node:fs/promises"; // a variable keeps browser bundlers from resolving it
-      const fs = await import(spec);
-      return await fs.readFile(url);
-    }
-  }
+  // Deno and Node read file: URLs from disk (fetch of a file: URL is Deno's only); browsers fetch.
+  if (url.protocol === "file:" && hasFileSystem()) return (await readBytes(url)) as Uint8Array<ArrayBuffer>;
   const res = await fetch(url);
   if (!res.ok) throw new KernelError(`could not fetch ${url}: HTTP ${res.status}`);
   return await res.arrayBuffer();

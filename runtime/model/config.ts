@@ -4,6 +4,7 @@
  * Only the fields the decoder graph needs are kept, under camelCase names, with the defaults that
  * `transformers` itself applies, so a config written by either library means the same model here.
  */
+import { readText } from "../io/files.ts";
 
 /** Decoder families we build. qwen2 differs from llama only by its q/k/v biases. */
 export type ModelType = "llama" | "qwen2";
@@ -167,7 +168,7 @@ export async function readConfigFile(dir: string): Promise<ModelConfig> {
   const path = `${dir.replace(/\/+$/, "")}/config.json`;
   let text: string;
   try {
-    text = await Deno.readTextFile(path);
+    text = await readText(path);
   } catch (e) {
     throw new ConfigError(`cannot read ${path}: ${(e as Error).message}`);
   }
@@ -187,7 +188,7 @@ export async function readConfigFile(dir: string): Promise<ModelConfig> {
 export async function loadConfigAuto(pathOrId: string): Promise<ModelConfig> {
   const { AutoConfig } = await (await import("../deps.ts")).importTransformers();
   const { resolveSource, transformersOptions } = await import("./hub.ts");
-  const src = resolveSource(pathOrId);
+  const src = await resolveSource(pathOrId);
   const cfg = await AutoConfig.from_pretrained(src.location, transformersOptions(src));
   // PretrainedConfig copies every field of config.json onto itself.
   return parseConfig(JSON.parse(JSON.stringify(cfg)));

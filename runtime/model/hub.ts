@@ -1,7 +1,8 @@
 /**
- * Where model files come from: a local folder (Deno), an http(s) base URL (browsers, edge), or a
+ * Where model files come from: a local folder (Deno, Node), an http(s) base URL (browsers, edge), or a
  * Hugging Face hub id (where the network allows). One small reader serves config, weights and tokenizer.
  */
+import { absPath, hasFileSystem, isDir, readBytesOrNull } from "../io/files.ts";
 
 /** A resolved model location. */
 export interface ModelSource {
@@ -20,38 +21,20 @@ export class ModelSourceError extends Error {
   }
 }
 
-function absolutePath(p: string): string {
-  if (p.startsWith("/")) return p.replace(/\/+$/, "") || "/";
-  const cwd = typeof Deno !== "undefined" ? Deno.cwd() : "/";
-  const parts: string[] = [];
-  for (const seg of `${cwd}/${p}`.split("/")) {
-    if (seg === "" || seg === ".") continue;
-    if (seg === "..") parts.pop();
-    else parts.push(seg);
-  }
-  return "/" + parts.join("/");
-}
-
-function localDirExists(p: string): boolean {
-  if (typeof Deno === "undefined") return false;
-  try {
-    return Deno.statSync(p).isDirectory;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Classifies a path, URL or hub id. A string that names an existing local folder is local even when
  * it also looks like a hub id ("models/perfit-tiny"), so the bundled model never goes to the network.
+ * (Browsers have no local folders: there a path is a hub id or nothing.)
  */
-export function resolveSource(pathOrId: string): ModelSource {
+export async function resolveSource(pathOrId: string): Promise<ModelSource> {
   if (/^https?:\/\//.test(pathOrId)) return { kind: "url", location: pathOrId.replace(/\/+$/, "") };
   if (pathOrId.startsWith("file://")) {
-    return { kind: "local", location: absolutePath(new URL(pathOrId).pathname) };
+    return { kind: "local", location: await absPath(decodeURIComponent(new URL(pathOrId).pathname)) };
   }
-  const abs = typeof Deno !== "undefined" ? absolutePath(pathOrId) : pathOrId;
-  if (localDirExists(abs)) return { kind: "local", location: abs };
+  if (hasFileSystem()) {
+    const abs = await absPath(pathOrId);
+    if (await isDir(abs)) return { kind: "local", location: abs };
+  }
   if (HUB_ID.test(pathOrId) && !pathOrId.startsWith(".")) return { kind: "hub", location: pathOrId };
   throw new ModelSourceError(`model folder not found: ${pathOrId}`);
 }
@@ -73,9 +56,8 @@ export async function readOptional(src: ModelSource, file: string): Promise<Uint
   const loc = fileLocation(src, file);
   if (src.kind === "local") {
     try {
-      return await Deno.readFile(loc);
+      return await readBytesOrNull(loc);
     } catch (e) {
-      if (e instanceof Deno.errors.NotFound) return null;
       throw new ModelSourceError(`cannot read ${loc}: ${(e as Error).message}`);
     }
   }

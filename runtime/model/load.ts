@@ -26,7 +26,7 @@ export interface LoadOptions {
  * and checks the weights against the config.
  */
 export async function loadModel(dirOrUrl: string, opts: LoadOptions = {}): Promise<LoadedModel> {
-  const src = resolveSource(dirOrUrl);
+  const src = await resolveSource(dirOrUrl);
   const raw = await readJsonOptional(src, "config.json");
   if (raw === null) throw new Error(`no config.json at ${src.location}`);
   const config = parseConfig(raw);

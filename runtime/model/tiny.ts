@@ -4,6 +4,7 @@
  * seeded weights in safetensors (optionally f16/bf16 or sharded, to exercise every loader path).
  */
 import { encodeSafetensors, floatToHalf, type TensorIn } from "../io/safetensors.ts";
+import { makeDir, writeBytes, writeText } from "../io/files.ts";
 import { type ModelConfig, toHfConfig } from "./config.ts";
 import { trainBpe } from "./bpe.ts";
 import { Rng } from "./rng.ts";
@@ -117,10 +118,10 @@ export async function saveWeights(
       tensors[n] = { dtype, shape: w.shape, data: toStored(w.data, dtype) };
       weightMap[n] = file;
     }
-    await Deno.writeFile(`${dir}/${file}`, encodeSafetensors(tensors, { format: "pt" }));
+    await writeBytes(`${dir}/${file}`, encodeSafetensors(tensors, { format: "pt" }));
   }
   if (shards > 1) {
-    await Deno.writeTextFile(
+    await writeText(
       `${dir}/model.safetensors.index.json`,
       JSON.stringify({ metadata: {}, weight_map: weightMap }, null, 1),
     );
@@ -129,8 +130,8 @@ export async function saveWeights(
 
 /** Writes the tokenizer files for a trained tokenizer.json. */
 export async function saveTokenizer(dir: string, tokenizerJson: unknown, maxLength: number): Promise<void> {
-  await Deno.writeTextFile(`${dir}/tokenizer.json`, JSON.stringify(tokenizerJson));
-  await Deno.writeTextFile(
+  await writeText(`${dir}/tokenizer.json`, JSON.stringify(tokenizerJson));
+  await writeText(
     `${dir}/tokenizer_config.json`,
     JSON.stringify(
       {
@@ -155,13 +156,13 @@ export async function saveTokenizer(dir: string, tokenizerJson: unknown, maxLeng
  * whose vocab matches it, seeded weights. Returns the config. Deterministic for equal options.
  */
 export async function generateTinyModel(dir: string, opts: TinyModelOptions = {}): Promise<ModelConfig> {
-  await Deno.mkdir(dir, { recursive: true });
+  await makeDir(dir);
   const bpe = trainBpe(opts.corpus ?? DEFAULT_CORPUS, {
     merges: opts.merges ?? 40,
     specialTokens: [EOS_TOKEN, PAD_TOKEN],
   });
   const cfg = tinyConfig({ ...opts.config, vocabSize: bpe.vocabSize, eosTokenId: 0, padTokenId: 1 });
-  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(toHfConfig(cfg), null, 1));
+  await writeText(`${dir}/config.json`, JSON.stringify(toHfConfig(cfg), null, 1));
   await saveTokenizer(dir, bpe.tokenizerJson, cfg.maxPositionEmbeddings);
   await saveWeights(dir, opts.weights ?? initWeights(cfg, opts.seed ?? 0), {
     dtype: opts.dtype,

@@ -59,7 +59,7 @@ export async function tokenizerFromJson(
 
 /** Loads the tokenizer of a model folder, URL or hub id. */
 export async function loadTokenizer(pathOrSource: string | ModelSource): Promise<ModelTokenizer> {
-  const src = typeof pathOrSource === "string" ? resolveSource(pathOrSource) : pathOrSource;
+  const src = typeof pathOrSource === "string" ? await resolveSource(pathOrSource) : pathOrSource;
   if (src.kind === "url") {
     const json = await readJsonOptional(src, "tokenizer.json");
     if (json === null) throw new TokenizerError(`no tokenizer.json at ${src.location}`);
