@@ -22,6 +22,7 @@ import {
   runFederated,
   type SimConfig,
 } from "../runtime/federation/mod.ts";
+import { RANK_PRUNING_DEFAULTS } from "../runtime/client/hetlora_prune.ts";
 
 /** The simulate CLI's flags (also what --help prints). */
 export const simulateCli = defineCli({
@@ -124,6 +125,25 @@ export const simulateCli = defineCli({
       default: 0,
       help: "FedProx: μ of the proximal term on the shared positions (0 = off)",
     },
+    "rank-pruning": {
+      type: "boolean",
+      help: "HetLoRA: rank self-pruning (train.rankPruning on); off by default",
+    },
+    "rank-decay": {
+      type: "number",
+      min: 0,
+      exclusiveMin: true,
+      max: 1,
+      default: RANK_PRUNING_DEFAULTS.decay,
+      validate: (v) => (v < 1 ? undefined : "a number below 1"),
+      help: "HetLoRA self-pruning: γ, a prune keeps ⌊γ·rank⌋ components",
+    },
+    "rank-tail-weight": {
+      type: "number",
+      min: 0,
+      default: RANK_PRUNING_DEFAULTS.tailWeight,
+      help: "HetLoRA self-pruning: λ of the tail penalty in the local loss",
+    },
     "local-weight": {
       type: "number",
       min: 0,
@@ -200,6 +220,9 @@ async function main(args: string[]): Promise<number> {
       instanceMaxWeight: f["instance-max-weight"],
       instanceRefs: f["instance-refs"],
     },
+    ...(f["rank-pruning"]
+      ? { rankPruning: { decay: f["rank-decay"], tailWeight: f["rank-tail-weight"] } }
+      : {}),
     fractionFit: f["fraction-fit"],
     clientTiers: f.tiers,
     targets: f.targets,

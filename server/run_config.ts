@@ -9,7 +9,7 @@ import { type AdapterLayout, adapterLayout, type TargetModule } from "../runtime
 import { budgetOf } from "../runtime/perfit/expansion.ts";
 import { DEPLOYED_METHODS, type DeployedMethod, strategyFor } from "../runtime/federation/strategies.ts";
 import { type Aggregation, AGGREGATIONS, type Weighting, WEIGHTINGS, WIRE_MAX_SAMPLES } from "./robust.ts";
-import { parseTrainSettings } from "../runtime/client/train_settings.ts";
+import { parseTrainSettings, type TrainSettings } from "../runtime/client/train_settings.ts";
 
 const TARGETS: TargetModule[] = ["q", "k", "v", "o", "gate", "up", "down"];
 
@@ -247,10 +247,18 @@ export function parseRunConfig(raw: unknown): RunConfig {
   parseJoinKey(o, enrollment);
   const train = o.train === undefined ? {} : obj(o.train, "train");
   if (JSON.stringify(train).length > 8192) throw invalid("invalid_config", "train must serialize to ≤ 8 KiB");
+  let settings: TrainSettings;
   try {
-    parseTrainSettings(train); // every key a client reads, typed and ranged; unknown keys are refused
+    // Every key a client reads, typed and ranged; unknown keys are refused.
+    settings = parseTrainSettings(train);
   } catch (e) {
     throw invalid("invalid_config", (e as Error).message);
+  }
+  if (settings.rankPruning === "on" && !strategy.selfPrunes) {
+    throw invalid(
+      "invalid_config",
+      `train.rankPruning is HetLoRA's rank self-pruning; ${method} has no rank to prune`,
+    );
   }
   return {
     baseModel,

@@ -8,6 +8,10 @@ import { DEFAULT_SIM, type SimConfig } from "../runtime/federation/types.ts";
 import type { Method } from "../runtime/federation/strategies.ts";
 import { toHfConfig } from "../runtime/model/config.ts";
 import { embed, rankLayout } from "../runtime/perfit/layout.ts";
+import { heldRank, leadingMask, prunedRank } from "../runtime/client/hetlora_prune.ts";
+import * as clientLib from "../runtime/client/mod.ts";
+import { engineTrainer, FederatedClient, MemoryStorage } from "../runtime/client/mod.ts";
+import { appFetch, createRun, makeApp } from "./server_helpers.ts";
 
 /** An upload of the budget's values by reference: 4·B bytes of values plus a safetensors header. */
 const HEADER_MAX = 320;
@@ -320,4 +324,159 @@ Deno.test("federation: FedProx's proximal term keeps a round's update near the a
     });
   }
   assert.ok(drift[1] < 0.8 * drift[0], `drift with mu 50 ${drift[1]} vs without ${drift[0]}`);
+});
+
+Deno.test("federation: HetLoRA's rank self-pruning shrinks a client's rank for good; its uploads hold only the kept components", async () => {
+  const ranks: number[][] = [];
+  const zeroBeyond: boolean[][] = [];
+  const prune = { decay: 0.5, tailWeight: 1 };
+  const r = await run("hetlora", { rounds: 3, rankPruning: prune }, (_, clients) => {
+    ranks.push(clients.map((v) => heldRank(v.layout, v.mask)));
+    // What a client holds beyond its kept components is zero (nothing of it is uploaded or merged).
+    zeroBeyond.push(clients.map((v) => {
+      const kept = leadingMask(v.layout, heldRank(v.layout, v.mask));
+      return v.adapter.every((x, p) => kept[p] === 1 || x === 0);
+    }));
+  });
+  // Round 1 cannot prune: the tail starts at B = 0, so its norm cannot fall.
+  assert.deepEqual(ranks[0], [8, 4, 2]);
+  for (let t = 1; t < ranks.length; t++) {
+    for (const [i, k] of ranks[t].entries()) {
+      const prev = ranks[t - 1][i];
+      assert.ok(k === prev || k === prunedRank(prev, prune.decay), `round ${t + 1}: ${prev} → ${k}`);
+    }
+  }
+  assert.ok(
+    ranks[2].every((k, i) => k >= 1 && k < ranks[0][i]),
+    `every client pruned: ${JSON.stringify(ranks)}`,
+  );
+  assert.ok(zeroBeyond.every((round) => round.every(Boolean)));
+  // The upload of every round holds the rank kept after it: a prune shows in that round's upload,
+  // with its new (smaller) mask; an unchanged rank goes by reference.
+  const unit = r.budget / 2; // one rank component (r = 2)
+  for (const [t, rd] of r.rounds.entries()) {
+    for (const [i, c] of rd.clients.entries()) {
+      const k = ranks[t][i];
+      assert.ok(
+        c.uploadBytes > 4 * k * unit && c.uploadBytes <= 4 * k * unit + HEADER_MAX + 64,
+        `round ${t + 1} client ${i}: ${c.uploadBytes} B at rank ${k}`,
+      );
+      if (t > 0) assert.equal(c.maskMode === "ref", k === ranks[t - 1][i], `round ${t + 1} client ${i}`);
+    }
+  }
+  assert.deepEqual(r.clients.map((c) => c.trainableParams), ranks[2].map((k) => k * unit));
+
+  // Off (no keys), the run trains each tier's whole rank as before; with λ = 0 and nothing pruned
+  // (checked), the rule's bookkeeping leaves the run bit for bit as it is without it.
+  const offRanks: number[][] = [];
+  const off = await run(
+    "hetlora",
+    { rounds: 3 },
+    (_, c) => offRanks.push(c.map((v) => heldRank(v.layout, v.mask))),
+  );
+  assert.deepEqual(offRanks, [[8, 4, 2], [8, 4, 2], [8, 4, 2]]);
+  const idleRanks: number[][] = [];
+  const idle = await run(
+    "hetlora",
+    { rounds: 3, rankPruning: { decay: 0.5, tailWeight: 0 } },
+    (_, c) => idleRanks.push(c.map((v) => heldRank(v.layout, v.mask))),
+  );
+  assert.deepEqual(idleRanks, offRanks, "this seed prunes nobody without the tail penalty");
+  assert.deepEqual(
+    idle.rounds.map((x) => x.clients.map((c) => [c.perplexity, c.uploadBytes])),
+    off.rounds.map((x) => x.clients.map((c) => [c.perplexity, c.uploadBytes])),
+  );
+  assert.notDeepEqual(
+    r.rounds[2].clients.map((c) => c.perplexity),
+    off.rounds[2].clients.map((c) => c.perplexity),
+  );
+});
+
+Deno.test("federation: a restarted HetLoRA client keeps its pruned rank: it is the mask the client saved", async () => {
+  const m = await tiny();
+  const kv = await Deno.openKv(":memory:");
+  const app = makeApp(kv);
+  const engines = new Map<number, Engine>();
+  const engineFor = async (rank: number) => {
+    if (!engines.has(rank)) {
+      engines.set(rank, await Engine.create(m, { rank, alpha: 4, targets: ["q", "v"] }, { scale: 2 }));
+    }
+    return engines.get(rank)!;
+  };
+  try {
+    const runId = await createRun(app, {
+      baseModel: "tiny",
+      model: toHfConfig(m.config),
+      lora: { rank: 2, alpha: 4, targets: ["q", "v"] },
+      method: "hetlora",
+      rounds: 8,
+      clientsPerRound: 1,
+      quorum: 1,
+      roundDeadlineMs: 600_000,
+      expansionTiers: { high: 4 },
+      train: {
+        localSteps: 6,
+        batchSize: 4,
+        maxLen: 48,
+        rankPruning: "on",
+        rankDecay: 0.5,
+        rankTailWeight: 1,
+      },
+      seed: 1,
+    });
+    const storage = new MemoryStorage();
+    const sent: { round: number; values: number; ref: boolean }[] = [];
+    const route = appFetch(() => app);
+    let adapterSize = 0;
+    const spy: typeof fetch = (input, init) => {
+      const up = /\/rounds\/(\d+)\/update$/.exec(String(input));
+      if (up) {
+        const u = clientLib.decodeUpdate(init!.body as Uint8Array, adapterSize);
+        sent.push({ round: Number(up[1]), values: u.values.length, ref: clientLib.isMaskRef(u) });
+      }
+      return route(input, init);
+    };
+    const own = partitionByCategory(data, 1, { seed: 1, testFraction: 0.15 })[0];
+    // A new process each time: a new client object and a new trainer, only the storage kept.
+    const start = () => {
+      const trainer = engineTrainer({
+        engines: engineFor,
+        tokenizer: m.tokenizer!,
+        data: own,
+        evaluateAfterTraining: false,
+      });
+      return FederatedClient.create({
+        serverUrl: "http://perfit.test",
+        runId,
+        tier: "high",
+        storage,
+        trainer,
+        initAdapter: trainer.initAdapter,
+        fetch: spy,
+        pollMs: 1,
+        sleep: () => new Promise((r) => setTimeout(r, 0)),
+      });
+    };
+    let c = await start();
+    adapterSize = (await c.task()).adapterSize;
+    const unit = adapterSize / 8; // one rank component of the run's rank-8 layout
+    while (sent.length < 6 && (sent.at(-1)?.values ?? 8 * unit) === 8 * unit) {
+      assert.equal((await c.step()).kind, "trained");
+      await app.coordinator.settled();
+    }
+    const pruned = sent.at(-1)!;
+    assert.ok(pruned.values < 8 * unit && pruned.values % unit === 0 && !pruned.ref, JSON.stringify(sent));
+    c = await start();
+    assert.equal((await c.step()).kind, "trained");
+    const next = sent.at(-1)!;
+    assert.equal(next.round, pruned.round + 1);
+    // The restarted client trains at its pruned rank (or prunes further): never the tier's 8 again.
+    assert.ok(next.values <= pruned.values && next.values % unit === 0, JSON.stringify(sent));
+    assert.equal(next.ref, next.values === pruned.values);
+    // One tier, so the client's layout is the run's: its saved mask holds that rank.
+    assert.equal(heldRank(engines.get(8)!.layout, c.mask!), next.values / unit);
+  } finally {
+    await app.coordinator.settled();
+    kv.close();
+  }
 });

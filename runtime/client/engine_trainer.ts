@@ -26,6 +26,14 @@ import {
   type TrainEngine,
 } from "../federation/types.ts";
 import { combineDual, dualFit, leadMask } from "./feddpa.ts";
+import {
+  checkRankPruning,
+  heldRank,
+  leadingMask,
+  nextRank,
+  type RankPruning,
+  tailScore,
+} from "./hetlora_prune.ts";
 import type { Example, TextTokenizer } from "../data/types.ts";
 import type { TaskInfo, Trainer, TrainerOutput } from "./federated_client.ts";
 
@@ -93,6 +101,8 @@ export interface LocalHyper {
   dpa: DualSettings;
   /** perfit-mix: share of the training examples held out to pick the mix weight on. */
   validationShare: number;
+  /** HetLoRA's rank self-pruning, γ and λ (null: off). */
+  rankPruning: RankPruning | null;
 }
 
 /** Reads the run's `train` settings through the one table (runtime/client/train_settings.ts). */
@@ -119,6 +129,9 @@ export function localHyper(train: Record<string, unknown>): LocalHyper {
       instanceRefs: t.instanceRefs,
     },
     validationShare: t.validationShare,
+    rankPruning: t.rankPruning === "on"
+      ? checkRankPruning({ decay: t.rankDecay, tailWeight: t.rankTailWeight })
+      : null,
   };
 }
 
@@ -367,8 +380,20 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     const proximal = h.proximalMu > 0 && part !== "none"
       ? { mu: h.proximalMu, anchor: learner.adapter.slice(), positions: sharedOf(learner.mask) }
       : undefined;
+    // HetLoRA's self-pruning: the client's rank is its mask's (runtime/client/hetlora_prune.ts).
+    const prune = strategy.selfPrunes && h.rankPruning ? h.rankPruning : null;
+    const rank = prune ? heldRank(layout, learner.mask) : 0;
+    const tailBefore = prune ? tailScore(layout, learner.adapter, rank, prune.decay) : 0;
+    const tailPenalty = prune && prune.tailWeight > 0 ? { rank, ...prune } : null;
     let lastStep = 0;
-    const ins = { round: task.round, steps: h.steps, ...task.plan, frozen: strategy.frozen, proximal };
+    const ins = {
+      round: task.round,
+      steps: h.steps,
+      ...task.plan,
+      frozen: strategy.frozen,
+      proximal,
+      ...(tailPenalty ? { tailPenalty } : {}),
+    };
     const onStep = (_id: string, step: number, steps: number) => {
       lastStep = step;
       opts.onProgress?.({ round: task.round, step, steps, phase: "train" });
@@ -380,6 +405,12 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     const metrics: Record<string, number> = { loss: res.meanLoss };
     if (res.localLoss !== undefined) metrics.localLoss = res.localLoss;
     if (strategy.mixes && lastMix !== null) metrics.mix = lastMix;
+    if (prune) {
+      // A prune takes effect at once: this round's upload already holds only the kept components.
+      const after = tailScore(layout, learner.adapter, rank, prune.decay);
+      const kept = nextRank({ before: tailBefore, after, rank, decay: prune.decay });
+      if (kept < rank) learner.setMask(leadingMask(layout, kept));
+    }
     if (opts.reportThroughput) {
       metrics.tokens = current.tokens;
       metrics.trainS = (performance.now() - t0) / 1000;

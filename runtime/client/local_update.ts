@@ -15,6 +15,7 @@ import { reviveDeadComponents, stageBoundaries } from "../perfit/reexpand.ts";
 import type { ClientData } from "../federation/partition.ts";
 import type { FitIns, FitRes, SimConfig, TrainEngine } from "../federation/types.ts";
 import { evaluateInstanceWise, type InstanceWeighting } from "./feddpa_eval.ts";
+import { addTailGradient } from "./hetlora_prune.ts";
 
 /** Positions a round keeps as they are: a frozen matrix kind, and whatever `trainable` leaves out. */
 function frozenOf(layout: AdapterLayout, ins: FitIns): Uint8Array | null {
@@ -172,6 +173,9 @@ export class LocalLearner {
         for (let i = 0; i < positions.length; i++) {
           if (positions[i]) res.grads[i] += mu * (this.adapter[i] - anchor[i]);
         }
+      }
+      if (ins.tailPenalty) {
+        addTailGradient(this.layout, this.adapter, res.grads, ins.tailPenalty.rank, ins.tailPenalty);
       }
       if (cfg.clipNorm > 0) clipGradNorm(res.grads, cfg.clipNorm);
       adam.step(this.adapter, res.grads, frozen ? trainable(this.mask) : this.mask);

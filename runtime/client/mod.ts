@@ -2,7 +2,8 @@
  * Client side of federated runs: `FederatedClient` (join, pull task and slice, train, upload,
  * resume), `engineTrainer` over `LocalLearner` (the PerFIT round on the ORT engine: search, prune,
  * masked training, evaluation, in the client's own layout; FedDPA's two-adapter round and mix in
- * feddpa.ts and feddpa_eval.ts; FLoRA's merged base in flora.ts), its storage back-ends, the wire
+ * feddpa.ts and feddpa_eval.ts; FLoRA's merged base in flora.ts; HetLoRA's rank self-pruning in
+ * hetlora_prune.ts), its storage back-ends, the wire
  * format, `runDataOwner` (the `deno task client` process), and the run's global adapter as the admin
  * downloads it (`decodeGlobalAdapter`, `globalPeftAdapter`). The browser page, a Deno process and the
  * simulation all train through these.
@@ -29,6 +30,17 @@ export {
 export { LocalLearner, type StepHook } from "./local_update.ts";
 export { adapterWeights, combineDual, dualFit, leadMask } from "./feddpa.ts";
 export { evaluateInstanceWise, type InstanceWeighting } from "./feddpa_eval.ts";
+export {
+  addTailGradient,
+  checkRankPruning,
+  heldRank,
+  leadingMask,
+  nextRank,
+  prunedRank,
+  RANK_PRUNING_DEFAULTS,
+  type RankPruning,
+  tailScore,
+} from "./hetlora_prune.ts";
 export {
   type EngineTrainer,
   engineTrainer,

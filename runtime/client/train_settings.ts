@@ -9,6 +9,7 @@
  * @module
  */
 import { DEFAULT_SIM } from "../federation/types.ts";
+import { RANK_PRUNING_DEFAULTS } from "./hetlora_prune.ts";
 
 /** The validated, complete training settings a client uses. */
 export interface TrainSettings {
@@ -26,6 +27,9 @@ export interface TrainSettings {
   importanceMode: "ema" | "sum";
   importanceBeta: number;
   proximalMu: number;
+  rankPruning: "off" | "on";
+  rankDecay: number;
+  rankTailWeight: number;
   localWeight: number;
   localTrainWeight: number;
   combine: "fixed" | "instance";
@@ -138,6 +142,30 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     max: 1e3,
     default: 0,
     doc: "FedProx: μ of the proximal term μ/2·‖θ − θ_round‖² on the shared positions; 0 = off",
+  },
+  // HetLoRA's optional rank self-pruning (runtime/client/hetlora_prune.ts); γ and λ default to the
+  // public re-implementations' (the authors published no code).
+  rankPruning: {
+    type: "enum",
+    choices: ["off", "on"],
+    default: "off",
+    doc: "HetLoRA: a client shrinks its rank when its tail norm falls in a round (rank self-pruning)",
+  },
+  rankDecay: {
+    type: "number",
+    min: 0,
+    minExclusive: true,
+    max: 1,
+    maxExclusive: true,
+    default: RANK_PRUNING_DEFAULTS.decay,
+    doc: "HetLoRA self-pruning: γ; a prune keeps ⌊γ·rank⌋ components (≥ 1), the others are the tail",
+  },
+  rankTailWeight: {
+    type: "number",
+    min: 0,
+    max: 1e3,
+    default: RANK_PRUNING_DEFAULTS.tailWeight,
+    doc: "HetLoRA self-pruning: λ of the tail penalty λ·Σ‖A_tail‖·‖B_tail‖ in the local loss",
   },
   localWeight: {
     type: "number",

@@ -88,6 +88,9 @@ export function trainSettings(cfg: SimConfig, inp: Pick<SimulationInputs, "batch
     researchEvery: cfg.researchEvery,
     ...(cfg.proximalMu > 0 ? { proximalMu: cfg.proximalMu } : {}),
     ...(strategyFor(cfg.method).dual ? cfg.dpa : {}),
+    ...(cfg.rankPruning
+      ? { rankPruning: "on", rankDecay: cfg.rankPruning.decay, rankTailWeight: cfg.rankPruning.tailWeight }
+      : {}),
     batchSize: inp.batchSize,
     maxLen: inp.maxLen,
   };
@@ -231,8 +234,15 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
         expansion: owners[i].e,
         train: owners[i].data.train.length,
         test: owners[i].data.test.length,
-        // Pruning methods train their budget; the others (FedDPA's 2r, HetLoRA's r·e) their whole layout.
-        trainableParams: !strategy.trains ? 0 : strategy.prunes ? v.plan.budget : v.plan.total,
+        // Pruning methods train their budget; the others (FedDPA's 2r, HetLoRA's r·e) their whole
+        // layout, a self-pruned HetLoRA client the rank it has pruned to (its mask).
+        trainableParams: !strategy.trains
+          ? 0
+          : strategy.prunes
+          ? v.plan.budget
+          : strategy.selfPrunes
+          ? v.mask.reduce((a, m) => a + m, 0)
+          : v.plan.total,
         searchSpace: v.plan.total,
       })),
       budget: base.size,

@@ -89,6 +89,11 @@ export interface MethodStrategy {
    */
   readonly stacks?: boolean;
   /**
+   * HetLoRA's optional rank self-pruning (`train.rankPruning`): a client may shrink its own rank
+   * after a round and keep the smaller rank (runtime/client/hetlora_prune.ts); other methods refuse it.
+   */
+  readonly selfPrunes?: boolean;
+  /**
    * What a sampled client does in `round`: `firstTime` when it has no mask yet; `researchEvery`
    * re-runs the search every k rounds (0 = only the first time); `slot` is where its slot would
    * start in a stacked layout.
@@ -239,13 +244,25 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
   // coordinator zero-pads to the largest rank and weighs each projection by its ‖B·A‖_F. No public
   // code from the authors; checked against two re-implementations (sparsity_weighted_aggregation:
   // per-projection norm weights over all of the round's clients, zero padding). Its fixed mask (the
-  // leading components) is stored once and named by reference after. Rank self-pruning: not built.
+  // leading components) is stored once and named by reference after.
+  // Rank self-pruning, optional (`train.rankPruning: "on"`, off by default): local training adds
+  // λ·Σ ‖A_tail‖_F·‖B_tail‖_F over the tail max(1, ⌊γ·k⌋)..k-1 of the client's rank k; when that tail
+  // norm ends the round below where it started, the client prunes to max(1, ⌊γ·k⌋) components,
+  // uploads only those (its mask shrinks, so the coordinator zero-pads it as the smaller rank and its
+  // slice is truncated to it) and keeps that rank, as its saved mask, in every later round and across
+  // a restart. γ = 0.99, λ = 0.01 by default. The paper's text of the rule was not available to us;
+  // it follows the re-implementations PabloE-KAIST/FedLoRA-public @6628dea (heterolora_utils.py
+  // `tail_penalty`, hetlora_client.py `_hetlora_prune_and_send_rank`), chenxingqiang/PFLoRA-lib
+  // @2d0bb32 (hetlora_model.py `rank_self_pruning`) and measaverb/SplitHetLoRA (utils/etc.py
+  // `self_pruning_regularisation`); what each does, and our one deviation, in
+  // runtime/client/hetlora_prune.ts.
   hetlora: {
     ...base,
     name: "hetlora",
     deployed: true,
     expands: true,
     personalMask: true,
+    selfPrunes: true,
     configure: noSearch,
     aggregation: ZERO_PADDED,
   },

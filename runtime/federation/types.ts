@@ -69,6 +69,11 @@ export interface SimConfig {
   proximalMu: number;
   /** FedDPA's combination of the global and the local adapter (the `train` keys of the same names). */
   dpa: DualSettings;
+  /**
+   * HetLoRA's rank self-pruning, γ and λ (the `train` keys `rankDecay`, `rankTailWeight` with
+   * `rankPruning: "on"`); absent: off, and the run's settings carry none of these keys.
+   */
+  rankPruning?: { decay: number; tailWeight: number };
   /** Tier table and the tier of each client (cycled when shorter than the client list). */
   tiers: TierTable;
   clientTiers: string[];
@@ -135,6 +140,11 @@ export interface FitIns {
   forwardScale?: Float32Array;
   /** The only positions the optimizer may move (FedDPA trains one adapter at a time); the rest stay. */
   trainable?: Uint8Array;
+  /**
+   * HetLoRA's self-pruning: adds the gradient of λ·Σ ‖A_tail‖_F·‖B_tail‖_F over the tail of the
+   * client's current `rank` (runtime/client/hetlora_prune.ts).
+   */
+  tailPenalty?: { rank: number; decay: number; tailWeight: number };
 }
 
 /** A client's answer (Flower FitRes). */
