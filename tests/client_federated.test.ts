@@ -176,67 +176,62 @@ Deno.test("client: the token is refreshed before it expires, so a run longer tha
   kv.close();
 });
 
-Deno.test("client: a mixing method's merge cut short by a crash is redone from the adapter before it", async () => {
-  /** Runs a 2-round perfit-mix run with one client; `crashAt` throws on that write of the adapter. */
-  const runOnce = async (crashAt: number | null) => {
-    const kv = await Deno.openKv(":memory:");
-    const app = makeApp(kv);
-    const runId = await createRun(
-      app,
-      runBody("perfit", {
-        method: "perfit-mix",
-        clientsPerRound: 1,
-        quorum: 1,
-        rounds: 2,
-      }),
-    );
-    const route = appFetch(() => app);
-    const inner = new MemoryStorage();
-    let writes = 0;
-    const storage = {
-      get: (k: string) => inner.get(k),
-      delete: (k: string) => inner.delete(k),
-      set: (k: string, v: Uint8Array) => {
-        if (k === "adapter.f32") writes++;
-        // The merged adapter is written, but the process dies before its state says it merged.
-        else if (k === "state.json" && writes === crashAt) {
-          crashAt = null;
-          return Promise.reject(new Error("process killed"));
-        }
-        return inner.set(k, v);
-      },
-    };
-    // Not idempotent on purpose: mixing twice gives another adapter than mixing once.
-    const trainer = Object.assign(fakeTrainer(0), {
-      mixSlice: (_t: unknown, own: Float32Array, merged: Float32Array) =>
-        Promise.resolve(merged.map((v, i) => 0.5 * v + 0.5 * own[i] + 0.25)),
-    });
-    const opts = {
-      serverUrl: "http://t",
-      runId,
-      sleep: yieldTask,
-      pollMs: 0,
-      fetch: route,
-      storage,
-      trainer,
-    };
-    let c = await FederatedClient.create(opts);
-    let crashed = false;
-    try {
-      await c.run({ maxSteps: 500 });
-    } catch (e) {
-      assert.match(String(e), /process killed/);
-      crashed = true;
-      c = await FederatedClient.create(opts);
-      await c.run({ maxSteps: 500 });
-    }
-    await app.close();
-    kv.close();
-    return { adapter: Array.from(c.adapter!), crashed };
+/**
+ * A 2-round run with one client (a deterministic fake trainer, and a mix that is not idempotent); the
+ * process dies at the state write that follows adapter write `crashAt`, and a new client resumes.
+ */
+async function runCutShort(method: "perfit" | "perfit-mix", crashAt: number | null) {
+  const kv = await Deno.openKv(":memory:");
+  const app = makeApp(kv);
+  const runId = await createRun(app, runBody("perfit", { method, clientsPerRound: 1, quorum: 1, rounds: 2 }));
+  const route = appFetch(() => app);
+  const inner = new MemoryStorage();
+  let writes = 0;
+  const storage = {
+    get: (k: string) => inner.get(k),
+    delete: (k: string) => inner.delete(k),
+    set: (k: string, v: Uint8Array) => {
+      if (k.startsWith("adapter.")) writes++;
+      // The adapter is written, but the process dies before the state that names it.
+      else if (k === "state.json" && writes === crashAt) {
+        crashAt = null;
+        return Promise.reject(new Error("process killed"));
+      }
+      return inner.set(k, v);
+    },
   };
-  const clean = await runOnce(null);
-  // Adapter writes: 1 merges the initial slice, 2 ends round 1's training, 3 merges round 1's aggregate.
-  const cut = await runOnce(3);
+  // Not idempotent on purpose: mixing twice gives another adapter than mixing once.
+  const trainer = Object.assign(fakeTrainer(0), {
+    mixSlice: (_t: unknown, own: Float32Array, merged: Float32Array) =>
+      Promise.resolve(merged.map((v, i) => 0.5 * v + 0.5 * own[i] + 0.25)),
+  });
+  const opts = { serverUrl: "http://t", runId, sleep: yieldTask, pollMs: 0, fetch: route, storage, trainer };
+  let c = await FederatedClient.create(opts);
+  let crashed = false;
+  try {
+    await c.run({ maxSteps: 500 });
+  } catch (e) {
+    assert.match(String(e), /process killed/);
+    crashed = true;
+    c = await FederatedClient.create(opts);
+    await c.run({ maxSteps: 500 });
+  }
+  await app.close();
+  kv.close();
+  return { adapter: Array.from(c.adapter!), crashed };
+}
+
+// Adapter writes: 1 merges the initial slice, 2 ends round 1's training, 3 merges round 1's aggregate.
+Deno.test("client: a crash between saving a trained adapter and the state that names it redoes the round from its start", async () => {
+  const clean = await runCutShort("perfit", null);
+  const cut = await runCutShort("perfit", 2);
+  assert.ok(cut.crashed, "the crash happened");
+  assert.deepEqual(cut.adapter, clean.adapter);
+});
+
+Deno.test("client: a mixing method's merge cut short by a crash is redone from the adapter before it", async () => {
+  const clean = await runCutShort("perfit-mix", null);
+  const cut = await runCutShort("perfit-mix", 3);
   assert.ok(cut.crashed, "the crash happened");
   assert.deepEqual(cut.adapter, clean.adapter);
 });

@@ -122,12 +122,22 @@ interface SavedState {
   ackedMaskRef?: string;
   /** Global round whose slice is merged into the saved adapter (it is not fetched again). */
   sliceRound?: number;
-  /** A mixing method: the global round whose merge saved the pre-merge adapter as "own.f32". */
-  ownRound?: number;
+  /**
+   * Generation of the saved adapter, mask and share (`adapter.<gen>.f32`, …; 0 or absent: the first
+   * names, `adapter.f32`, …). A new generation is written under new names and becomes the saved one by
+   * the state write that names it, so a crash between the two leaves the previous one in force.
+   */
+  gen?: number;
   /** When the token was issued (by our clock) and when it expires (the server's word). */
   tokenIssuedAt?: number;
   tokenExpiresAt?: number;
 }
+
+/** The storage names of a saved generation's adapter, mask and share. */
+const blobKeys = (gen: number) =>
+  gen === 0
+    ? { adapter: "adapter.f32", mask: "mask.u8", share: "share.u8" }
+    : { adapter: `adapter.${gen}.f32`, mask: `mask.${gen}.u8`, share: `share.${gen}.u8` };
 
 /** What one `step()` did. */
 export interface StepOutcome {
@@ -164,11 +174,12 @@ export class FederatedClient {
       const s = JSON.parse(dec.decode(raw)) as SavedState;
       if (s.serverUrl === opts.serverUrl && s.runId === opts.runId) {
         c.state = s;
-        const a = await c.storage.get("adapter.f32");
+        const k = blobKeys(s.gen ?? 0);
+        const a = await c.storage.get(k.adapter);
         if (a && a.byteLength === s.adapterSize * 4) c.adapterBuf = new Float32Array(a.slice().buffer);
-        const m = await c.storage.get("mask.u8");
+        const m = await c.storage.get(k.mask);
         if (m && m.byteLength === s.adapterSize) c.maskBuf = m;
-        const sh = await c.storage.get("share.u8");
+        const sh = await c.storage.get(k.share);
         c.shareBuf = sh && sh.byteLength === s.adapterSize ? sh : c.maskBuf;
       }
     }
@@ -194,6 +205,30 @@ export class FederatedClient {
 
   private async save(): Promise<void> {
     await this.storage.set("state.json", enc.encode(JSON.stringify(this.state)));
+  }
+
+  /**
+   * Saves the adapter, mask and share as a new generation, then the state that names it (with
+   * `update`'s changes): a crash before the state write keeps the previous generation and state
+   * together, so a resumed client redoes the merge or the round from what it had started from.
+   */
+  private async commit(
+    blobs: { adapter: Float32Array; mask: Uint8Array | null; share: Uint8Array | null },
+    update: (st: SavedState) => void,
+  ): Promise<void> {
+    const st = this.state!;
+    const old = st.gen ?? 0, next = blobKeys(old + 1), prev = blobKeys(old);
+    const a = blobs.adapter;
+    await this.storage.set(
+      next.adapter,
+      new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength)),
+    );
+    if (blobs.mask) await this.storage.set(next.mask, blobs.mask);
+    if (blobs.share) await this.storage.set(next.share, blobs.share);
+    st.gen = old + 1;
+    update(st);
+    await this.save();
+    for (const key of [prev.adapter, prev.mask, prev.share]) await this.storage.delete(key);
   }
 
   private now(): number {
@@ -334,46 +369,25 @@ export class FederatedClient {
     if (s.adapterSize !== n || s.coveredBits.length !== bitWords(n)) {
       throw new Error("slice does not match the run");
     }
-    let a = this.adapterBuf;
+    // Merged into a copy: the adapter in memory stays what it was until the merge is saved.
+    let a: Float32Array = this.adapterBuf.slice();
+    forEachBit(s.coveredBits, (p, r) => (a[p] = s.values[r]));
     // A mixing method weighs what it trained against the average (the trainer's `mixSlice`).
     const mixer = strategyFor(task.method).mixes
       ? (this.opts.trainer as { mixSlice?: SliceMixer }).mixSlice
       : undefined;
-    const own = mixer ? await this.ownBeforeMerge(s.round, a) : null;
-    if (own) a.set(own);
-    forEachBit(s.coveredBits, (p, r) => (a[p] = s.values[r]));
     if (mixer) {
-      a = await mixer(task, own!, a, this.maskBuf);
+      a = await mixer(task, this.adapterBuf, a, this.maskBuf);
       if (a.length !== n) throw new Error(`mixSlice returned ${a.length} values, run needs ${n}`);
-      this.adapterBuf = a;
     }
-    await this.storage.set(
-      "adapter.f32",
-      new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength)),
-    );
     if (this.state) {
-      this.state.sliceRound = s.round;
-      await this.save();
+      await this.commit(
+        { adapter: a, mask: this.maskBuf, share: this.shareBuf },
+        (st) => (st.sliceRound = s.round),
+      );
     }
+    this.adapterBuf = a;
     await this.opts.onSlice?.(s.round);
-  }
-
-  /**
-   * The adapter a mixing method mixes with the slice of `round`: the one saved before that merge began,
-   * so that a merge cut short by a crash is redone from the same inputs (mixing is not idempotent).
-   */
-  private async ownBeforeMerge(round: number, current: Float32Array): Promise<Float32Array> {
-    if (this.state?.ownRound === round) {
-      const saved = await this.storage.get("own.f32");
-      if (saved && saved.byteLength === current.byteLength) return new Float32Array(saved.slice().buffer);
-    }
-    const own = current.slice();
-    await this.storage.set("own.f32", new Uint8Array(own.buffer));
-    if (this.state) {
-      this.state.ownRound = round;
-      await this.save();
-    }
-    return own;
   }
 
   /**
@@ -478,12 +492,11 @@ export class FederatedClient {
       mask: this.shareBuf,
       support: res.support,
     }, shares ? st.ackedMaskRef : undefined);
-    await this.storage.set("adapter.f32", new Uint8Array(this.adapterBuf.buffer));
-    await this.storage.set("mask.u8", this.maskBuf);
-    await this.storage.set("share.u8", this.shareBuf);
     await this.storage.set("pending.safetensors", body);
-    st.pendingRound = task.round;
-    await this.save();
+    await this.commit(
+      { adapter: this.adapterBuf, mask: this.maskBuf, share: this.shareBuf },
+      (s) => (s.pendingRound = task.round),
+    );
     return { kind: "trained", round: task.round, status: await this.push(task.round, body) };
   }
 
