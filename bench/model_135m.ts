@@ -6,9 +6,9 @@
  * for the page.
  */
 import { type ModelConfig, parseConfig } from "../runtime/model/config.ts";
-import { type Batch, setKernelWeights } from "../runtime/model/engine.ts";
+import type { Batch } from "../runtime/model/engine.ts";
 import type { KernelWeights } from "../runtime/model/train_step.ts";
-import { expectedWeightShapes, type Weights } from "../runtime/model/weights.ts";
+import { expectedWeightShapes } from "../runtime/model/weights.ts";
 import type { LoadedModel } from "../runtime/model/load.ts";
 import { isLinearWeight } from "../runtime/model/llama.ts";
 import { Rng } from "../runtime/model/rng.ts";
@@ -57,30 +57,23 @@ export const BENCH_BATCH = 4, BENCH_SEQ = 256;
 
 /**
  * A random-weight model of a bench shape (default 135M). The linear weights are generated directly in
- * kernel layout (a transposed N(0, 0.02) matrix is another N(0, 0.02) matrix), so no HF-layout copy
- * ever exists: the process holds one copy of the weights (540 MB for 135M, 1447 MB for 360M) instead
- * of briefly two. `layers` cuts the decoder short, for quick iteration and tests.
+ * kernel layout (a transposed N(0, 0.02) matrix is another N(0, 0.02) matrix), the layout a
+ * `LoadedModel` holds, so the process holds one copy of the weights (540 MB for 135M, 1447 MB for
+ * 360M). `layers` cuts the decoder short, for quick iteration and tests.
  */
 export function benchModel(layers?: number, shape: BenchShape = "135m"): LoadedModel {
   const raw = BENCH_SHAPES[shape];
   if (!raw) throw new Error(`unknown bench shape "${shape}": one of ${Object.keys(BENCH_SHAPES).join(", ")}`);
   const config = parseConfig({ ...raw, num_hidden_layers: layers ?? raw.num_hidden_layers });
   const rng = new Rng(0);
-  const weights: Weights = new Map();
-  const kernel: KernelWeights = new Map();
+  const kernelWeights: KernelWeights = new Map();
   for (const [name, shape] of expectedWeightShapes(config)) {
     const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
     if (name.endsWith("norm.weight")) data.fill(1);
     else rng.fillNormal(data, 0.02);
-    if (isLinearWeight(name)) kernel.set(name, { shape: [shape[1], shape[0]], data });
-    else {
-      weights.set(name, { shape: shape.slice(), data });
-      kernel.set(name, { shape: shape.slice(), data });
-    }
+    kernelWeights.set(name, { shape: isLinearWeight(name) ? [shape[1], shape[0]] : shape.slice(), data });
   }
-  const model: LoadedModel = { config, weights, source: `random SmolLM2-${shape.toUpperCase()} shape` };
-  setKernelWeights(model, kernel);
-  return model;
+  return { config, kernelWeights, source: `random SmolLM2-${shape.toUpperCase()} shape` };
 }
 
 /**

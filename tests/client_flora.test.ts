@@ -5,6 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { Engine } from "../runtime/model/engine.ts";
+import { resolveSource } from "../runtime/model/hub.ts";
+import { toKernelLayout } from "../runtime/model/train_step.ts";
+import { loadWeights } from "../runtime/model/weights.ts";
+import { baseWeightName, mergeAdapter } from "../runtime/export/merge.ts";
 import { adapterLayout } from "../runtime/model/lora.ts";
 import { freshAdapter, MergedBase, slotMask } from "../runtime/client/flora.ts";
 import { rankLayout } from "../runtime/perfit/layout.ts";
@@ -42,6 +46,37 @@ Deno.test("flora: the base with the stack merged equals the original base with t
   assert.notEqual(plain.nllSum, got.nllSum);
   assert.equal(await base.engineFor(1, stacked.layout, stack, alpha / r), merged);
   await assert.rejects(() => base.engineFor(0, stacked.layout, stack, alpha / r), /older/);
+});
+
+Deno.test("flora: the merged base copies only the adapted matrices, with the bits of the HF-layout merge", async () => {
+  const { dir, model } = await tinyModel({ seed: 6 });
+  const targets = ["q", "v", "down"] as const;
+  const spec = { rank: 2, alpha: 4, targets: [...targets], baseRank: 2 };
+  const stacked = adapterLayout(model.config, { ...spec, rank: 6 });
+  const own = await Engine.create(model, spec, { backend: "node" });
+  const base = new MergedBase(own);
+  const stack = perturbedAdapter(stacked.size, 22);
+  const merged = (await base.engineFor(1, stacked, stack, 2)).model!;
+  // The reference: PEFT's merge of the checkpoint as the file holds it (HF layout), then transposed.
+  const hf = mergeAdapter(await loadWeights(await resolveSource(dir)), stacked, stack, 2);
+  const want = toKernelLayout(model.config, hf);
+  const adapted = new Set(stacked.entries.map((e) => baseWeightName(e.layer, e.module)));
+  assert.equal(merged.kernelWeights.size, want.size);
+  for (const [name, w] of want) {
+    const got = merged.kernelWeights.get(name)!;
+    const orig = model.kernelWeights.get(name)!;
+    assert.deepEqual(got.shape, w.shape, name);
+    assert.deepEqual(
+      new Uint32Array(got.data.buffer),
+      new Uint32Array(w.data.buffer),
+      `${name}: bit for bit`,
+    );
+    if (adapted.has(name)) assert.notEqual(got.data, orig.data, `${name} is a copy`);
+    else assert.equal(got.data, orig.data, `${name} is shared with the original base`);
+  }
+  // The original base is left as it was.
+  const file = toKernelLayout(model.config, await loadWeights(await resolveSource(dir)));
+  for (const [name, w] of file) assert.deepEqual(model.kernelWeights.get(name)!.data, w.data, name);
 });
 
 Deno.test("flora: a fresh LoRA per round (A random, B zero) and a slot after the earlier ones", () => {

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { loadModel } from "../runtime/model/load.ts";
-import { kernelWeights } from "../runtime/model/engine.ts";
+import { fromKernelLayout } from "../runtime/model/train_step.ts";
 import { buildDecoder, type LoraTensors } from "../runtime/model/llama.ts";
 import { adapterLayout, type TargetModule } from "../runtime/model/lora.ts";
 import { createSession, Graph, toOnnx } from "../runtime/graph/mod.ts";
@@ -25,6 +25,8 @@ import {
 import { rougeL } from "../runtime/eval/rouge.ts";
 
 const model = await loadModel(new URL("../models/perfit-tiny", import.meta.url).pathname);
+/** The decoder is built from HF-layout weights. */
+const hfWeights = fromKernelLayout(model.kernelWeights);
 const tok = model.tokenizer!;
 const cfg = model.config;
 const targets: TargetModule[] = ["q", "k", "v", "o", "gate", "up", "down"];
@@ -60,7 +62,7 @@ async function forwardLogits(ids: number[], a?: ClientAdapter): Promise<Float32A
   const g = new Graph();
   const inputIds = g.input("input_ids", "i64", [1, "seq"]);
   const attentionMask = g.input("attention_mask", "f32", [1, "seq"]);
-  const kernel = kernelWeights(model);
+  const kernel = model.kernelWeights;
   const cache = new Map<string, ReturnType<Graph["constant"]>>();
   const w = (name: string, shape: number[]) => {
     if (!cache.has(name)) cache.set(name, g.constant(kernel.get(name)!.data, shape));
@@ -91,7 +93,7 @@ async function forwardLogits(ids: number[], a?: ClientAdapter): Promise<Float32A
 }
 
 async function generate(a: ClientAdapter | undefined, ps: number[][], o = gopts, batchSize?: number) {
-  const dec = await openDecoder(cfg, model.weights, a);
+  const dec = await openDecoder(cfg, hfWeights, a);
   try {
     return await greedyGenerate(dec, ps, { ...o, batchSize });
   } finally {
@@ -201,7 +203,7 @@ Deno.test({
         }),
       GenerateError,
     );
-    const dec = await openDecoder(cfg, model.weights);
+    const dec = await openDecoder(cfg, hfWeights);
     try {
       await assert.rejects(() => greedyGenerate(dec, [[]], gopts), GenerateError);
       await assert.rejects(() => greedyGenerate(dec, [[cfg.vocabSize]], gopts), GenerateError);

@@ -8,6 +8,7 @@ import { adapterLayout } from "../runtime/model/lora.ts";
 import { tinyConfig } from "../runtime/model/tiny.ts";
 import {
   addLowRank,
+  baseWeightName,
   ExportError,
   mergeAdapter,
   peftAdapterFiles,
@@ -175,6 +176,44 @@ Deno.test("export_peft: merge folds scale * B @ A into exactly the adapted weigh
     /base weights have no model.layers.0.mlp.up_proj.weight/,
   );
 });
+
+Deno.test("export_peft: a merge in kernel layout gives the HF-layout merge's bits, transposed", () => {
+  const layout = adapterLayout(cfg, { rank: 3, alpha: 6, targets: ["q", "v", "down"] });
+  const hf = new Map<string, { shape: number[]; data: Float32Array }>();
+  let seed = 30;
+  for (const e of layout.entries.filter((x) => x.kind === "A")) {
+    const b = layout.entries.find((x) => x.kind === "B" && x.layer === e.layer && x.module === e.module)!;
+    const [out, inDim] = [b.shape[0], e.shape[1]];
+    hf.set(baseWeightName(e.layer, e.module), { shape: [out, inDim], data: seeded(out * inDim, seed++) });
+  }
+  const kernel = new Map([...hf].map(([n, t]) => [n, { shape: [t.shape[1], t.shape[0]], data: t2(t) }]));
+  // Zeros in B (skipped terms) and a mask, so that every branch of the sum is taken.
+  const adapter = seeded(layout.size, 40).map((v, i) => (i % 5 === 0 ? 0 : v));
+  const mask = new Uint8Array(layout.size).map((_, i) => (i % 7 === 3 ? 0 : 1));
+  const want = mergeAdapter(hf, layout, adapter, 1.75, mask);
+  const got = mergeAdapter(kernel, layout, adapter, 1.75, mask, "kernel");
+  assert.equal(got.size, want.size);
+  for (const [n, w] of want) {
+    const k = got.get(n)!;
+    assert.deepEqual(k.shape, [w.shape[1], w.shape[0]], n);
+    assert.notDeepEqual(new Uint32Array(k.data.buffer), new Uint32Array(kernel.get(n)!.data.buffer), n);
+    assert.deepEqual(new Uint32Array(k.data.buffer), new Uint32Array(t2(w).buffer), `${n}: bit for bit`);
+  }
+  // A kernel-layout weight taken for an HF one (or the reverse) is refused where the shapes tell.
+  assert.throws(() => mergeAdapter(kernel, layout, adapter, 1.75), /shape mismatch/);
+  assert.throws(
+    () => mergeAdapter(kernel, layout, adapter, 1, undefined, "rows" as "hf"),
+    /weight layout must be/,
+  );
+});
+
+/** An HF [out, in] tensor's data transposed to [in, out]. */
+function t2(t: { shape: number[]; data: Float32Array }): Float32Array {
+  const [r, c] = t.shape;
+  const out = new Float32Array(r * c);
+  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) out[j * r + i] = t.data[i * c + j];
+  return out;
+}
 
 Deno.test("export_peft: an exported adapter reads back into the same layout, values and scale", async () => {
   const { parsePeftAdapter } = await import("../runtime/export/mod.ts");

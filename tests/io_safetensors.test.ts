@@ -3,9 +3,13 @@ import {
   decodeSafetensors,
   encodeSafetensors,
   floatToHalf,
+  readSafetensors,
   SafetensorsError,
+  type TensorOut,
   tensorToFloat32,
 } from "../runtime/io/safetensors.ts";
+import { type SequentialReader, streamReader } from "../runtime/io/reader.ts";
+import { openFileReader } from "../runtime/io/files.ts";
 
 Deno.test("safetensors round-trips tensors and metadata", () => {
   const a = new Float32Array([1.5, -2, 3.25, 0, 1e-8, -7]);
@@ -78,4 +82,72 @@ Deno.test("safetensors rejects malformed containers with clear errors", () => {
     () => encodeSafetensors({ a: { dtype: "F32", shape: [3], data: new Float32Array(2) } }),
     /expected 12/,
   );
+});
+
+/** `bytes` as a stream of `chunk`-byte pieces, counting the largest read asked of its reader. */
+function chunked(bytes: Uint8Array, chunk: number): { reader: SequentialReader; largest: () => number } {
+  let largest = 0;
+  const inner = streamReader(
+    new ReadableStream<Uint8Array>({
+      start(c) {
+        for (let p = 0; p < bytes.length; p += chunk) c.enqueue(bytes.slice(p, p + chunk));
+        c.close();
+      },
+    }),
+  );
+  return {
+    reader: { ...inner, read: (n) => (largest = Math.max(largest, n), inner.read(n)) },
+    largest: () => largest,
+  };
+}
+
+Deno.test("safetensors read in pieces: the same tensors, one tensor's bytes at a time, ends checked", async () => {
+  const big = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i));
+  const bytes = encodeSafetensors({
+    small: { dtype: "F32", shape: [3], data: new Float32Array([1, -2, 3]) },
+    big: { dtype: "F32", shape: [10, 100], data: big },
+    ids: { dtype: "I64", shape: [2], data: new BigInt64Array([7n, -1n]) },
+  }, { k: "v" });
+  const want = decodeSafetensors(bytes);
+  for (const chunk of [1, 7, 4096, bytes.length]) {
+    const { reader, largest } = chunked(bytes, chunk);
+    const got = new Map<string, TensorOut>();
+    const meta = await readSafetensors(reader, (name, t) => got.set(name, t));
+    assert.deepEqual(meta, { k: "v" });
+    assert.deepEqual([...got.keys()], ["small", "big", "ids"]); // in the order of their data
+    for (const [name, t] of want.tensors) {
+      assert.deepEqual(got.get(name)!.shape, t.shape, name);
+      assert.deepEqual(got.get(name)!.bytes, t.bytes, name);
+    }
+    // Never the whole file: the header, then one tensor at a time.
+    const hlen = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+    assert.equal(largest(), Math.max(hlen, big.byteLength), `chunk ${chunk}`);
+  }
+  // A file that ends early is refused, wherever it ends.
+  for (
+    const [cut, re] of [[4, /shorter/], [20, /header/], [bytes.length - 3, /ends inside tensor ids/]] as const
+  ) {
+    await assert.rejects(
+      () => readSafetensors(chunked(bytes.subarray(0, cut), 5).reader, () => {}),
+      (e: unknown) => e instanceof SafetensorsError && re.test((e as Error).message),
+    );
+  }
+  // From a file: its size bounds the header and the offsets before anything else is read.
+  const dir = await Deno.makeTempDir({ prefix: "perfit_st_" });
+  try {
+    await Deno.writeFile(`${dir}/a.safetensors`, bytes);
+    const file = (await openFileReader(`${dir}/a.safetensors`))!;
+    assert.equal(file.size, bytes.length);
+    const names: string[] = [];
+    await readSafetensors(file, (n) => names.push(n));
+    await file.close();
+    assert.deepEqual(names, ["small", "big", "ids"]);
+    assert.equal(await openFileReader(`${dir}/missing`), null);
+    await Deno.writeFile(`${dir}/cut.safetensors`, bytes.subarray(0, bytes.length - 3));
+    const cut = (await openFileReader(`${dir}/cut.safetensors`))!;
+    await assert.rejects(() => readSafetensors(cut, () => {}), /out of bounds/);
+    await cut.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

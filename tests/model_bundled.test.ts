@@ -8,6 +8,7 @@ import { loadModel } from "../runtime/model/load.ts";
 import { Engine } from "../runtime/model/engine.ts";
 import { initAdapter } from "../runtime/model/lora.ts";
 import { initWeights } from "../runtime/model/tiny.ts";
+import { toKernelLayout } from "../runtime/model/train_step.ts";
 import type { Batch } from "../runtime/model/engine.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -53,7 +54,10 @@ Deno.test("model_bundled: perfit-tiny loads, fits the 20 MB budget and models un
     return Math.exp(r.nllSum / r.tokens);
   };
   const trained = await ppl(model);
-  const random = await ppl({ ...model, weights: initWeights(model.config, 1) });
+  const random = await ppl({
+    ...model,
+    kernelWeights: toKernelLayout(model.config, initWeights(model.config, 1)),
+  });
   assert.ok(random > 1000, `random-init perplexity ${random}`);
   console.log(`model_bundled: perplexity ${trained.toFixed(1)} (random init ${random.toFixed(0)})`);
   assert.ok(trained < 150, `bundled model perplexity on unseen records ${trained}`);

@@ -3,7 +3,14 @@ import { Engine, EngineError } from "../runtime/model/engine.ts";
 import { initAdapter } from "../runtime/model/lora.ts";
 import { evaluatePerplexity, trainLora } from "../runtime/model/trainer.ts";
 import { Rng } from "../runtime/model/rng.ts";
-import { patternBatch, perturbedAdapter, randomBatch, tinyModel } from "./model_fixtures.ts";
+import { expectedWeightShapes } from "../runtime/model/weights.ts";
+import {
+  patternBatch,
+  perturbedAdapter,
+  randomBatch,
+  reachableBuffers,
+  tinyModel,
+} from "./model_fixtures.ts";
 
 /**
  * Directional finite differences: (L(x+hd) - L(x-hd)) / 2h against grad·d for random directions.
@@ -178,5 +185,55 @@ Deno.test("model_engine: activation checkpointing gives the same loss, gradients
   for (let i = 0; i < mask.length; i++) {
     if (!mask[i]) assert.ok(b.grads[i] === 0, `masked position ${i} has gradient ${b.grads[i]}`);
     assert.ok(Math.abs(a.importance[i] - b.importance[i]) <= 1e-5 * scale * (1 + Math.abs(adapter[i])));
+  }
+});
+
+Deno.test("model_engine: the model and its engines hold the base weights once, on every backend and weight mode", async () => {
+  const { model } = await tinyModel({ seed: 12, config: { tieWordEmbeddings: false } });
+  const cfg = model.config;
+  let weightBytes = 0;
+  for (const shape of expectedWeightShapes(cfg).values()) weightBytes += 4 * shape.reduce((a, b) => a * b, 1);
+  const held = (roots: unknown[], skip = 0) => {
+    let n = 0;
+    for (const v of reachableBuffers(roots, [Engine]).values()) {
+      if (v.byteLength !== skip) n += v.buffer.byteLength;
+    }
+    return n;
+  };
+  // The model: every weight once, in kernel layout, nothing else.
+  assert.equal(held([model]), weightBytes);
+  const own = new Set([...model.kernelWeights.values()].map((t) => t.data.buffer));
+  const spec = { rank: 2, alpha: 4, targets: ["q", "v", "down"] as ("q" | "v" | "down")[] };
+  const batch = randomBatch(cfg.vocabSize, [9, 6], 10, 3);
+  const pick = new Float32Array(batch.batch * batch.seq);
+  pick[2] = pick[batch.seq + 3] = 1;
+  for (
+    const opts of [
+      { backend: "node", weightMode: "inputs" },
+      { backend: "node", weightMode: "constants" },
+      { backend: "wasm", weightMode: "constants", numThreads: 1 },
+    ] as const
+  ) {
+    const engine = await Engine.create(model, spec, opts);
+    const adapter = perturbedAdapter(engine.layout.size, 4);
+    const mask = new Uint8Array(adapter.length).fill(1);
+    mask[0] = 0;
+    await engine.trainStep(batch, adapter, mask);
+    await engine.evalNll(batch, adapter, mask);
+    await engine.hiddenAt(batch, pick, adapter, mask);
+    // Every weight-holding array the engine reaches is one of the model's own (its feeds are views of
+    // them); beside them it keeps only its adapter-sized mask buffers.
+    for (const v of reachableBuffers([engine], [Engine]).values()) {
+      if (v.byteLength === 4 * engine.layout.size) continue;
+      assert.ok(
+        own.has(v.buffer),
+        `${opts.backend}/${opts.weightMode}: a ${v.byteLength}-byte array of its own`,
+      );
+    }
+    assert.equal(
+      held([model, engine], 4 * engine.layout.size),
+      weightBytes,
+      `${opts.backend}/${opts.weightMode}`,
+    );
   }
 });

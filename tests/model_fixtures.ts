@@ -61,3 +61,35 @@ export function patternBatch(
   });
   return { inputIds, attentionMask: new Float32Array(B * seq).fill(1), lossMask, batch: B, seq };
 }
+
+/**
+ * Bytes of every distinct buffer behind a typed array reachable from `roots` through plain objects,
+ * arrays, Maps and instances of `classes` (not through other objects: onnxruntime's sessions, promises,
+ * closures): what the JS side holds, each buffer counted once however many views share it.
+ */
+export function reachableBuffers(
+  roots: unknown[],
+  classes: { prototype: object }[] = [],
+): Map<ArrayBufferLike, ArrayBufferView> {
+  const buffers = new Map<ArrayBufferLike, ArrayBufferView>();
+  const seen = new Set<unknown>();
+  const todo = [...roots];
+  while (todo.length) {
+    const v = todo.pop();
+    if (v === null || typeof v !== "object" || seen.has(v)) continue;
+    seen.add(v);
+    if (ArrayBuffer.isView(v)) {
+      if (!buffers.has(v.buffer)) buffers.set(v.buffer, v);
+      continue;
+    }
+    if (v instanceof Map) {
+      for (const [k, x] of v) todo.push(k, x);
+      continue;
+    }
+    const proto = Object.getPrototypeOf(v);
+    const walk = Array.isArray(v) || proto === Object.prototype || proto === null ||
+      classes.some((c) => Object.prototype.isPrototypeOf.call(c.prototype, v));
+    if (walk) todo.push(...Object.values(v as object));
+  }
+  return buffers;
+}

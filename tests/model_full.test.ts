@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
-import { Engine, FullEngine, kernelWeights } from "../runtime/model/engine.ts";
+import { Engine, FullEngine } from "../runtime/model/engine.ts";
 import { Rng } from "../runtime/model/rng.ts";
+import { resolveSource } from "../runtime/model/hub.ts";
+import { loadWeights } from "../runtime/model/weights.ts";
 import { fromKernelLayout, type KernelWeights } from "../runtime/model/train_step.ts";
 import { patternBatch, perturbedAdapter, randomBatch, tinyModel } from "./model_fixtures.ts";
 import { AdamW } from "../runtime/model/optim.ts";
@@ -11,7 +13,7 @@ Deno.test("model_full: full-parameter gradients match directional finite differe
     seed: 8,
   });
   const engine = await FullEngine.create(model.config, { backend: "node" });
-  const w = kernelWeights(model);
+  const w = model.kernelWeights;
   const batch = randomBatch(model.config.vocabSize, [9, 6], 10, 3);
   const { grads } = await engine.step(batch, w);
   assert.equal(grads.size, w.size);
@@ -38,11 +40,13 @@ Deno.test("model_full: full-parameter gradients match directional finite differe
 });
 
 Deno.test("model_full: a few full-parameter AdamW steps lower the loss; kernel layout round-trips", async () => {
-  const { model } = await tinyModel({ seed: 9 });
+  const { dir, model } = await tinyModel({ seed: 9 });
   const engine = await FullEngine.create(model.config, { backend: "node" });
-  const w = kernelWeights(model);
+  const w = model.kernelWeights;
   const back = fromKernelLayout(w);
-  for (const [n, t] of model.weights) assert.deepEqual(back.get(n)!.data, t.data, n);
+  const file = await loadWeights(await resolveSource(dir));
+  assert.equal(back.size, file.size);
+  for (const [n, t] of file) assert.deepEqual(back.get(n)!.data, t.data, n);
   const batch = patternBatch(model.config.vocabSize, [0, 7, 11], 12);
   const names = [...w.keys()];
   const opts = new Map(names.map((n) => [n, new AdamW(w.get(n)!.data.length, { lr: 1e-2 })]));

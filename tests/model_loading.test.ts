@@ -5,6 +5,7 @@ import { loadModel } from "../runtime/model/load.ts";
 import { loadTokenizer } from "../runtime/model/tokenizer.ts";
 import { checkWeights, WeightsError } from "../runtime/model/weights.ts";
 import { encodeSafetensors } from "../runtime/io/safetensors.ts";
+import { toKernelLayout } from "../runtime/model/train_step.ts";
 
 const SMOLLM2 = {
   architectures: ["LlamaForCausalLM"],
@@ -78,12 +79,13 @@ async function roundTrip(opts: { dtype?: "F32" | "F16" | "BF16"; shards?: number
     config: { modelType: "qwen2", qkvBias: true, tieWordEmbeddings: false },
     ...opts,
   });
-  const ref = initWeights(cfg, 2);
+  // The model holds the weights in kernel layout (linear weights transposed), the reference in HF layout.
+  const ref = toKernelLayout(cfg, initWeights(cfg, 2));
   const m = await loadModel(dir);
-  assert.equal(m.weights.size, ref.size);
+  assert.equal(m.kernelWeights.size, ref.size);
   let maxRel = 0;
   for (const [name, w] of ref) {
-    const got = m.weights.get(name)!;
+    const got = m.kernelWeights.get(name)!;
     assert.deepEqual(got.shape, w.shape, name);
     for (let i = 0; i < w.data.length; i++) {
       maxRel = Math.max(maxRel, Math.abs(got.data[i] - w.data[i]) / (Math.abs(w.data[i]) + 1e-3));
@@ -187,7 +189,7 @@ Deno.test("model_loading: a model served over http loads through fetch (the brow
     const remote = await loadModel(url);
     const local = await loadModel(dir);
     assert.deepEqual(remote.config, cfg);
-    for (const [n, w] of local.weights) assert.deepEqual(remote.weights.get(n)!.data, w.data, n);
+    for (const [n, w] of local.kernelWeights) assert.deepEqual(remote.kernelWeights.get(n)!.data, w.data, n);
     assert.deepEqual(
       remote.tokenizer!.encode("Translate: house"),
       local.tokenizer!.encode("Translate: house"),

@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
 import { createSession, Graph, toOnnx } from "../runtime/graph/mod.ts";
 import { sessionTuning, tuneNativeMalloc } from "../runtime/graph/session.ts";
-import { Engine, kernelWeights, setKernelWeights } from "../runtime/model/engine.ts";
-import { isLinearWeight } from "../runtime/model/llama.ts";
+import { Engine } from "../runtime/model/engine.ts";
 import type { LoadedModel } from "../runtime/model/load.ts";
 import { perturbedAdapter, randomBatch, tinyModel } from "./model_fixtures.ts";
 
@@ -68,7 +67,7 @@ Deno.test("perf_session_options: every tuning combination gives the same outputs
   );
 });
 
-Deno.test("perf_session_options: engine session options and handed-over kernel weights keep the step exact", async () => {
+Deno.test("perf_session_options: engine session options and a hand-built kernel-layout model keep the step exact", async () => {
   const { model } = await tinyModel({ seed: 21 });
   const spec = { rank: 2, alpha: 4, targets: ["q", "v"] as ("q" | "v")[] };
   const batch = randomBatch(model.config.vocabSize, [9, 6], 10, 3);
@@ -78,14 +77,14 @@ Deno.test("perf_session_options: engine session options and handed-over kernel w
   const want = await base.trainStep(batch, adapter, mask);
   assert.ok(want.grads.some((v) => v !== 0));
 
-  // A model holding only its non-linear weights, with kernel-layout weights handed over directly
-  // (what the benchmark does to avoid a second copy of the linear weights).
-  const slim: LoadedModel = {
+  // A model built by hand in kernel layout (what the benchmark does with its random weights).
+  const built: LoadedModel = {
     ...model,
-    weights: new Map([...model.weights].filter(([n]) => !isLinearWeight(n))),
+    kernelWeights: new Map(
+      [...model.kernelWeights].map(([n, t]) => [n, { shape: t.shape, data: t.data.slice() }]),
+    ),
   };
-  setKernelWeights(slim, kernelWeights(model));
-  const tuned = await Engine.create(slim, spec, {
+  const tuned = await Engine.create(built, spec, {
     backend: "node",
     session: { memArena: false, memPattern: false, mallocMmapThreshold: 1 << 20 },
   });

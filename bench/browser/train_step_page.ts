@@ -10,7 +10,7 @@
  */
 import * as ort from "onnxruntime-web";
 import { type Batch, Engine, type LoadedModel } from "../../runtime/model/engine.ts";
-import type { WeightMode } from "../../runtime/model/train_step.ts";
+import { toKernelLayout, type WeightMode } from "../../runtime/model/train_step.ts";
 import { initWeights, tinyConfig } from "../../runtime/model/tiny.ts";
 import { initAdapter } from "../../runtime/model/lora.ts";
 import { probeWebgpu } from "../../runtime/graph/mod.ts";
@@ -202,7 +202,11 @@ const page: BenchPage = {
         loaded = { model, batch: benchBatch(model.config.vocabSize, batch, seq) };
       } else {
         loaded = {
-          model: { config: TINY_CONFIG, weights: initWeights(TINY_CONFIG, 0), source: "random tiny" },
+          model: {
+            config: TINY_CONFIG,
+            kernelWeights: toKernelLayout(TINY_CONFIG, initWeights(TINY_CONFIG, 0)),
+            source: "random tiny",
+          },
           batch: tinyBatch(),
         };
       }

@@ -35,8 +35,9 @@ export class MergedBase {
     }
     if (globalRound > this.round) {
       const base = this.engine.model!;
-      const weights = mergeAdapter(base.weights, global, stack, scale);
-      this.engine = await this.original.rebased!({ ...base, weights });
+      // Merged in the engine's own layout: only the adapted matrices are copied, the rest is shared.
+      const kernelWeights = mergeAdapter(base.kernelWeights, global, stack, scale, undefined, "kernel");
+      this.engine = await this.original.rebased!({ ...base, kernelWeights });
       this.round = globalRound;
     }
     return this.engine;

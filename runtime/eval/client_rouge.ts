@@ -4,6 +4,7 @@
  */
 import type { Example, TextTokenizer } from "../data/types.ts";
 import type { LoadedModel } from "../model/load.ts";
+import { fromKernelLayout } from "../model/train_step.ts";
 import type { Backend } from "../graph/session.ts";
 import { type ClientAdapter, GenerateError, greedyGenerate, openDecoder, promptTokens } from "./generate.ts";
 import { meanRouge, rougeL, type RougeScore } from "./rouge.ts";
@@ -74,7 +75,8 @@ export async function clientRouge(
       seconds: 0,
     };
   }
-  const dec = await openDecoder(model.config, model.weights, adapter, opts);
+  // HF layout only for the decoder's build (the model holds the engine's layout).
+  const dec = await openDecoder(model.config, fromKernelLayout(model.kernelWeights), adapter, opts);
   let gen: number[][];
   try {
     gen = await greedyGenerate(dec, exs.map((ex) => promptTokens(ex, tokenizer, settings.maxLen)), {

@@ -18,7 +18,16 @@ export function baseWeightName(layer: number, module: TargetModuleName): string 
   return `model.layers.${layer}.${HF_MODULE[module]}.weight`;
 }
 
-/** Adds scale * B @ A to W in place. W [out, in], B [out, r], A [r, in]. */
+/**
+ * How a weight matrix is stored: HF layout W [out, in] (checkpoints, exports), or the engine's kernel
+ * layout Wᵀ [in, out] (runtime/model `toKernelLayout`, what a `LoadedModel` holds).
+ */
+export type WeightLayout = "hf" | "kernel";
+
+/**
+ * Adds scale * B @ A to W in place. W [out, in] (or [in, out] in kernel layout), B [out, r], A [r, in].
+ * Each element's sum is formed in the same order in both layouts, so both give the same bits.
+ */
 export function addLowRank(
   w: Float32Array,
   b: Float32Array,
@@ -27,7 +36,10 @@ export function addLowRank(
   inDim: number,
   r: number,
   scale: number,
+  layout: WeightLayout = "hf",
 ): void {
+  // Where element (o, i) of W is: o * rowStride + i * colStride.
+  const rowStride = layout === "hf" ? inDim : 1, colStride = layout === "hf" ? 1 : out;
   const row = new Float32Array(inDim);
   for (let o = 0; o < out; o++) {
     row.fill(0);
@@ -37,14 +49,15 @@ export function addLowRank(
       const aRow = k * inDim;
       for (let i = 0; i < inDim; i++) row[i] += bk * a[aRow + i];
     }
-    const wRow = o * inDim;
-    for (let i = 0; i < inDim; i++) w[wRow + i] += scale * row[i];
+    const wRow = o * rowStride;
+    for (let i = 0; i < inDim; i++) w[wRow + i * colStride] += scale * row[i];
   }
 }
 
 /**
  * Returns a new weight map with the adapter merged (untouched tensors are shared, adapted ones copied).
- * Masked-out adapter positions count as zero, exactly as in training.
+ * Masked-out adapter positions count as zero, exactly as in training. `weightLayout` says how the
+ * weights are stored (default HF layout); the merge is the same either way.
  */
 export function mergeAdapter(
   weights: Map<string, F32Tensor>,
@@ -52,8 +65,12 @@ export function mergeAdapter(
   adapter: Float32Array,
   scale: number,
   mask?: Uint8Array,
+  weightLayout: WeightLayout = "hf",
 ): Map<string, F32Tensor> {
   if (!Number.isFinite(scale)) throw new ExportError(`scale must be finite, got ${scale}`);
+  if (weightLayout !== "hf" && weightLayout !== "kernel") {
+    throw new ExportError(`weight layout must be "hf" or "kernel", got ${JSON.stringify(weightLayout)}`);
+  }
   const values = maskedAdapter(layout, adapter, mask);
   const out = new Map(weights);
   const pairs = new Map<
@@ -73,7 +90,8 @@ export function mergeAdapter(
     if (!base) throw new ExportError(`base weights have no ${key}`);
     const [r, inDim] = a.shape;
     const [outDim, rb] = b.shape;
-    if (rb !== r || base.shape.length !== 2 || base.shape[0] !== outDim || base.shape[1] !== inDim) {
+    const want = weightLayout === "hf" ? [outDim, inDim] : [inDim, outDim];
+    if (rb !== r || base.shape.length !== 2 || base.shape[0] !== want[0] || base.shape[1] !== want[1]) {
       throw new ExportError(
         `shape mismatch for ${key}: W [${base.shape}], B [${b.shape}], A [${a.shape}]`,
       );
@@ -87,6 +105,7 @@ export function mergeAdapter(
       inDim,
       r,
       scale,
+      weightLayout,
     );
     out.set(key, { shape: base.shape.slice(), data: w });
   }

@@ -7,7 +7,7 @@ export {
   type PeftFiles,
   peftTensorName,
 } from "./peft.ts";
-export { addLowRank, baseWeightName, type F32Tensor, mergeAdapter } from "./merge.ts";
+export { addLowRank, baseWeightName, type F32Tensor, mergeAdapter, type WeightLayout } from "./merge.ts";
 export { buildDecoderOnnx, type DecoderShape } from "./onnx_decoder.ts";
 export {
   type MergedExportOptions,

@@ -5,6 +5,8 @@
  * functions: `hasFileSystem` is false there, and a call says so). Reads return plain `Uint8Array`s (not
  * Node `Buffer`s, whose `slice` is a view), starting at offset 0 of their own buffer.
  */
+import { checkCount, type SequentialReader } from "./reader.ts";
+
 type Fs = typeof import("node:fs/promises");
 type Path = typeof import("node:path");
 
@@ -50,6 +52,44 @@ export async function readBytesOrNull(path: string | URL): Promise<Uint8Array | 
     if (isNotFound(e)) return null;
     throw e;
   }
+}
+
+/**
+ * A file opened for reading front to back in pieces (see `SequentialReader`), or null when it does not
+ * exist. The caller closes it.
+ */
+export async function openFileReader(path: string): Promise<SequentialReader | null> {
+  let fh: Awaited<ReturnType<Fs["open"]>>;
+  try {
+    fh = await (await fs()).open(path, "r");
+  } catch (e) {
+    if (isNotFound(e)) return null;
+    throw e;
+  }
+  let size: number;
+  try {
+    size = (await fh.stat()).size;
+  } catch (e) {
+    await fh.close();
+    throw e;
+  }
+  let pos = 0;
+  return {
+    size,
+    async read(n: number): Promise<Uint8Array> {
+      checkCount(n);
+      const out = new Uint8Array(n);
+      let got = 0;
+      while (got < n) {
+        const { bytesRead } = await fh.read(out, got, n - got, pos);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+        pos += bytesRead;
+      }
+      return got === n ? out : out.slice(0, got);
+    },
+    close: () => fh.close(),
+  };
 }
 
 /** A UTF-8 text file. */

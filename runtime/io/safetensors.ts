@@ -5,6 +5,8 @@
  * then the raw little-endian bytes.
  */
 
+import type { SequentialReader } from "./reader.ts";
+
 export type DType = "F32" | "F16" | "BF16" | "I64" | "I32" | "U8" | "U32" | "BOOL";
 
 /** What `encodeSafetensors` takes for one tensor. */
@@ -111,34 +113,44 @@ export function encodeSafetensors(
   return out;
 }
 
-/**
- * Parses a safetensors buffer. Checks everything a hostile upload could get wrong: header length,
- * JSON, dtypes, shapes against byte ranges, overlapping or out-of-bounds ranges.
- */
-export function decodeSafetensors(
-  bytes: Uint8Array,
-  opts: { maxHeaderBytes?: number } = {},
-): Decoded {
-  const maxHeader = opts.maxHeaderBytes ?? 100 * 1024 * 1024;
-  if (bytes.byteLength < 8) throw new SafetensorsError("buffer shorter than the 8-byte header length");
-  const hlen = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
-  if (hlen > BigInt(Math.min(maxHeader, bytes.byteLength - 8))) {
+/** One tensor's header entry; `begin`/`end` are byte offsets into the data section. */
+interface HeaderEntry {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+/** The header length in a container's first 8 bytes, checked against the limit and the bytes there are. */
+function headerLength(first8: Uint8Array, available: number, maxHeader: number): number {
+  if (first8.byteLength < 8) throw new SafetensorsError("buffer shorter than the 8-byte header length");
+  const hlen = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
+  if (hlen > BigInt(Math.min(maxHeader, available))) {
     throw new SafetensorsError(`header length ${hlen} exceeds the buffer or the ${maxHeader}-byte limit`);
   }
-  const headerEnd = 8 + Number(hlen);
+  return Number(hlen);
+}
+
+/**
+ * Parses and checks a JSON header against a data section of `dataLen` bytes: dtypes, shapes against
+ * byte ranges, overlapping or out-of-bounds ranges. Entries come in the header's order.
+ */
+function parseHeader(
+  json: Uint8Array,
+  dataLen: number,
+): { metadata: Record<string, string>; entries: HeaderEntry[] } {
   let header: unknown;
   try {
-    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, headerEnd)));
+    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(json));
   } catch (e) {
     throw new SafetensorsError(`header is not valid JSON: ${(e as Error).message}`);
   }
   if (typeof header !== "object" || header === null || Array.isArray(header)) {
     throw new SafetensorsError("header must be a JSON object");
   }
-  const dataLen = bytes.byteLength - headerEnd;
   const metadata: Record<string, string> = {};
-  const tensors = new Map<string, TensorOut>();
-  const ranges: [number, number, string][] = [];
+  const entries: HeaderEntry[] = [];
   for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
     if (name === "__metadata__") {
       if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
@@ -176,16 +188,73 @@ export function decodeSafetensors(
         `tensor ${name}: ${end - begin} bytes do not match shape ${JSON.stringify(shape)} of ${dtype}`,
       );
     }
-    ranges.push([begin, end, name]);
-    tensors.set(name, { dtype, shape, bytes: bytes.subarray(headerEnd + begin, headerEnd + end) });
+    entries.push({ name, dtype, shape, begin, end });
   }
-  ranges.sort((a, b) => a[0] - b[0]);
+  const ranges = [...entries].sort((a, b) => a.begin - b.begin);
   for (let i = 1; i < ranges.length; i++) {
-    if (ranges[i][0] < ranges[i - 1][1]) {
-      throw new SafetensorsError(`tensors ${ranges[i - 1][2]} and ${ranges[i][2]} overlap`);
+    if (ranges[i].begin < ranges[i - 1].end) {
+      throw new SafetensorsError(`tensors ${ranges[i - 1].name} and ${ranges[i].name} overlap`);
     }
   }
+  return { metadata, entries };
+}
+
+/**
+ * Parses a safetensors buffer. Checks everything a hostile upload could get wrong: header length,
+ * JSON, dtypes, shapes against byte ranges, overlapping or out-of-bounds ranges.
+ */
+export function decodeSafetensors(
+  bytes: Uint8Array,
+  opts: { maxHeaderBytes?: number } = {},
+): Decoded {
+  const maxHeader = opts.maxHeaderBytes ?? 100 * 1024 * 1024;
+  const headerEnd = 8 + headerLength(bytes.subarray(0, 8), bytes.byteLength - 8, maxHeader);
+  const { metadata, entries } = parseHeader(bytes.subarray(8, headerEnd), bytes.byteLength - headerEnd);
+  const tensors = new Map<string, TensorOut>();
+  for (const e of entries) {
+    tensors.set(e.name, {
+      dtype: e.dtype,
+      shape: e.shape,
+      bytes: bytes.subarray(headerEnd + e.begin, headerEnd + e.end),
+    });
+  }
   return { metadata, tensors };
+}
+
+/**
+ * Reads a safetensors container front to back, handing each tensor to `visit` in the order of its
+ * data, so that only one tensor's bytes are in memory at a time (a model's weights file is never held
+ * whole). The same checks as `decodeSafetensors`; a file that ends early is refused. Returns the
+ * metadata.
+ */
+export async function readSafetensors(
+  reader: SequentialReader,
+  visit: (name: string, tensor: TensorOut) => void,
+  opts: { maxHeaderBytes?: number } = {},
+): Promise<Record<string, string>> {
+  const maxHeader = opts.maxHeaderBytes ?? 100 * 1024 * 1024;
+  const known = reader.size;
+  const hlen = headerLength(await reader.read(8), known === undefined ? Infinity : known - 8, maxHeader);
+  const json = await reader.read(hlen);
+  if (json.byteLength < hlen) throw new SafetensorsError(`file ends inside its ${hlen}-byte header`);
+  const dataLen = known === undefined ? Number.MAX_SAFE_INTEGER : known - 8 - hlen;
+  const { metadata, entries } = parseHeader(json, dataLen);
+  let pos = 0;
+  for (const e of [...entries].sort((a, b) => a.begin - b.begin)) {
+    // Bytes between tensors belong to none (the format allows no gaps, but they cost nothing to skip).
+    for (let gap = e.begin - pos; gap > 0;) {
+      const skipped = (await reader.read(Math.min(gap, 1 << 20))).byteLength;
+      if (skipped === 0) throw new SafetensorsError(`file ends before tensor ${e.name}`);
+      gap -= skipped;
+    }
+    const bytes = await reader.read(e.end - e.begin);
+    if (bytes.byteLength < e.end - e.begin) {
+      throw new SafetensorsError(`file ends inside tensor ${e.name}`);
+    }
+    pos = e.end;
+    visit(e.name, { dtype: e.dtype, shape: e.shape, bytes });
+  }
+  return metadata;
 }
 
 /** f16 bits to f32 value (IEEE 754 half: subnormals, inf and NaN included). */

@@ -24,7 +24,6 @@ import {
   type BuiltGraph,
   type KernelWeights,
   type LoraGraphOptions,
-  toKernelLayout,
   type WeightMode,
 } from "./train_step.ts";
 
@@ -90,23 +89,6 @@ export class EngineError extends Error {
     super(message);
     this.name = "EngineError";
   }
-}
-
-const kernelCache = new WeakMap<LoadedModel, KernelWeights>();
-/**
- * Hands over kernel-layout weights for a model so engines use them instead of transposing
- * `model.weights` (lets a caller that builds weights itself, e.g. a benchmark with random weights,
- * skip the HF-layout copies of the linear weights entirely).
- */
-export function setKernelWeights(model: LoadedModel, kernel: KernelWeights): void {
-  kernelCache.set(model, kernel);
-}
-
-/** Kernel-layout weights of a model, computed once per LoadedModel and shared by its engines. */
-export function kernelWeights(model: LoadedModel): KernelWeights {
-  let k = kernelCache.get(model);
-  if (!k) kernelCache.set(model, k = toKernelLayout(model.config, model.weights));
-  return k;
 }
 
 /** Checks a batch and returns the feeds shared by every graph (ids, masks, shifted targets). */
@@ -190,14 +172,14 @@ export class Engine {
    * feeds change; with weights baked in as constants the graphs are built again.
    */
   async rebased(model: LoadedModel): Promise<Engine> {
-    for (const [name, t] of this.model.weights) {
-      const u = model.weights.get(name);
+    for (const [name, t] of this.model.kernelWeights) {
+      const u = model.kernelWeights.get(name);
       if (!u || u.shape.join() !== t.shape.join()) throw new EngineError(`rebased weights differ at ${name}`);
     }
     if (this.weightMode !== "inputs") {
       return await Engine.create(model, this.created.spec, { ...this.created.opts, backend: this.backend });
     }
-    const kernel = kernelWeights(model);
+    const kernel = model.kernelWeights;
     const feeds: Record<string, Feed> = {};
     for (const key of Object.keys(this.weightFeeds)) {
       const k = kernel.get(key.slice(2))!;
@@ -225,7 +207,7 @@ export class Engine {
     const layout = adapterLayout(model.config, spec);
     const scale = opts.scale ?? loraScale(spec);
     const mode: WeightMode = opts.weightMode ?? (backend === "node" ? "inputs" : "constants");
-    const kernel = kernelWeights(model);
+    const kernel = model.kernelWeights;
     if (opts.headChunk !== undefined && (!Number.isInteger(opts.headChunk) || opts.headChunk < 1)) {
       throw new EngineError(`headChunk must be a positive integer, got ${opts.headChunk}`);
     }
@@ -308,7 +290,7 @@ export class Engine {
         this.layout,
         this.scale,
         this.weightMode,
-        kernelWeights(this.model),
+        this.model.kernelWeights,
         this.graphOpts,
       );
       return await createSession(built.onnx, this.sessionOpts);
@@ -339,7 +321,7 @@ export class Engine {
       if (ones !== 1) throw new EngineError(`pick must mark exactly one position of row ${b}, marks ${ones}`);
     }
     this.hiddenSession ??= (async () => {
-      const kernel = kernelWeights(this.model);
+      const kernel = this.model.kernelWeights;
       const built = buildLoraHiddenGraph(this.model.config, this.layout, this.scale, this.weightMode, kernel);
       // Its own weight feeds: without the loss it may not read the head (an untied lm_head).
       return {

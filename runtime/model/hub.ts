@@ -2,7 +2,8 @@
  * Where model files come from: a local folder (Deno, Node), an http(s) base URL (browsers, edge), or a
  * Hugging Face hub id (where the network allows). One small reader serves config, weights and tokenizer.
  */
-import { absPath, hasFileSystem, isDir, readBytesOrNull } from "../io/files.ts";
+import { absPath, hasFileSystem, isDir, openFileReader, readBytesOrNull } from "../io/files.ts";
+import { type SequentialReader, streamReader } from "../io/reader.ts";
 
 /** A resolved model location. */
 export interface ModelSource {
@@ -61,6 +62,29 @@ export async function readOptional(src: ModelSource, file: string): Promise<Uint
       throw new ModelSourceError(`cannot read ${loc}: ${(e as Error).message}`);
     }
   }
+  const res = await fetchOptional(loc);
+  return res && new Uint8Array(await res.arrayBuffer());
+}
+
+/**
+ * Opens one file for reading in pieces (a large weights file, never held whole), or null when it does
+ * not exist. Other failures throw ModelSourceError. The caller closes the reader.
+ */
+export async function openOptional(src: ModelSource, file: string): Promise<SequentialReader | null> {
+  const loc = fileLocation(src, file);
+  if (src.kind === "local") {
+    try {
+      return await openFileReader(loc);
+    } catch (e) {
+      throw new ModelSourceError(`cannot read ${loc}: ${(e as Error).message}`);
+    }
+  }
+  const res = await fetchOptional(loc);
+  return res && streamReader(res.body ?? new Blob([]).stream());
+}
+
+/** A successful response for `loc`, or null on 404; anything else throws ModelSourceError. */
+async function fetchOptional(loc: string): Promise<Response | null> {
   let res: Response;
   try {
     res = await fetch(loc);
@@ -75,7 +99,7 @@ export async function readOptional(src: ModelSource, file: string): Promise<Uint
     await res.body?.cancel();
     throw new ModelSourceError(`cannot fetch ${loc}: HTTP ${res.status}`);
   }
-  return new Uint8Array(await res.arrayBuffer());
+  return res;
 }
 
 /** Reads one file's bytes; a missing file throws ModelSourceError naming it. */

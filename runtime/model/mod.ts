@@ -13,8 +13,10 @@ export {
 } from "./config.ts";
 export {
   checkWeights,
+  checkWeightTensor,
   decodeWeights,
   expectedWeightShapes,
+  forEachWeight,
   loadWeights,
   type Weights,
   WeightsError,
@@ -44,9 +46,7 @@ export {
   EngineError,
   type EngineOptions,
   FullEngine,
-  kernelWeights,
   type SessionTuningOptions,
-  setKernelWeights,
   type StepResult,
 } from "./engine.ts";
 export {
@@ -66,4 +66,4 @@ export {
   type TinyModelOptions,
 } from "./tiny.ts";
 export { trainBpe } from "./bpe.ts";
-export { fromKernelLayout, toKernelLayout } from "./train_step.ts";
+export { fromKernelLayout, kernelTensor, type KernelWeights, toKernelLayout } from "./train_step.ts";

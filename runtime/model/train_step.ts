@@ -22,7 +22,7 @@ import {
   transpose2d,
 } from "./llama.ts";
 import type { AdapterLayout, TargetModule } from "./lora.ts";
-import { expectedWeightShapes, type Weights } from "./weights.ts";
+import { expectedWeightShapes, type Weights, type WeightTensor } from "./weights.ts";
 
 /** How base weights enter a graph: baked-in initializers, or inputs fed on every run. */
 export type WeightMode = "constants" | "inputs";
@@ -213,15 +213,19 @@ export function buildFullEvalGraph(cfg: ModelConfig): BuiltGraph {
 /** Converts HF-layout weights into the kernel layout the graphs take (linear weights transposed). */
 export function toKernelLayout(cfg: ModelConfig, weights: Weights): KernelWeights {
   const out: KernelWeights = new Map();
-  for (const [name, shape] of expectedWeightShapes(cfg)) {
+  for (const name of expectedWeightShapes(cfg).keys()) {
     const w = weights.get(name);
     if (!w) throw new Error(`weight ${name} is missing`);
-    if (isLinearWeight(name)) {
-      const [rows, cols] = shape;
-      out.set(name, { shape: [cols, rows], data: transpose2d(w.data, rows, cols) });
-    } else out.set(name, { shape: shape.slice(), data: w.data });
+    out.set(name, kernelTensor(name, w));
   }
   return out;
+}
+
+/** One HF-layout weight in kernel layout: a linear weight transposed, any other one shared as it is. */
+export function kernelTensor(name: string, w: WeightTensor): { shape: number[]; data: Float32Array } {
+  if (!isLinearWeight(name)) return { shape: w.shape.slice(), data: w.data };
+  const [rows, cols] = w.shape;
+  return { shape: [cols, rows], data: transpose2d(w.data, rows, cols) };
 }
 
 /** Converts kernel-layout weights back to HF layout (for saving). */

@@ -3,9 +3,9 @@
  * into f32 under their HF names, then checked against the config so a wrong checkpoint fails loudly
  * here instead of as a shape error deep inside an ONNX session.
  */
-import { decodeSafetensors, tensorToFloat32 } from "../io/safetensors.ts";
+import { decodeSafetensors, readSafetensors, type TensorOut, tensorToFloat32 } from "../io/safetensors.ts";
 import type { ModelConfig } from "./config.ts";
-import { fileLocation, type ModelSource, readJsonOptional, readOptional, readRequired } from "./hub.ts";
+import { fileLocation, type ModelSource, ModelSourceError, openOptional, readJsonOptional } from "./hub.ts";
 
 /** One f32 weight tensor (row-major). */
 export interface WeightTensor {
@@ -24,47 +24,74 @@ export class WeightsError extends Error {
   }
 }
 
+const isFloat = (t: TensorOut) => t.dtype === "F32" || t.dtype === "F16" || t.dtype === "BF16";
+
 /** Decodes one safetensors buffer into f32 weights (F32, F16 and BF16 tensors; others are skipped). */
 export function decodeWeights(bytes: Uint8Array, into: Weights = new Map()): Weights {
   const { tensors } = decodeSafetensors(bytes);
   for (const [name, t] of tensors) {
-    if (t.dtype !== "F32" && t.dtype !== "F16" && t.dtype !== "BF16") continue;
-    into.set(name, { shape: t.shape.slice(), data: tensorToFloat32(t) });
+    if (isFloat(t)) into.set(name, { shape: t.shape.slice(), data: tensorToFloat32(t) });
   }
   return into;
 }
 
 /**
- * Loads `model.safetensors`, or the shards listed by `model.safetensors.index.json`, from a source.
- * Each shard is decoded and dropped before the next is read, so peak memory is the f32 weights plus one shard.
+ * Hands every float tensor of a source's weights to `visit`, decoded to f32 in HF layout: those of
+ * `model.safetensors`, or of the shards `model.safetensors.index.json` lists. The files are read in
+ * pieces, one tensor at a time, so memory holds what `visit` keeps plus one tensor's bytes: never a
+ * whole file beside its decoded weights.
  */
-export async function loadWeights(src: ModelSource): Promise<Weights> {
+export async function forEachWeight(
+  src: ModelSource,
+  visit: (name: string, w: WeightTensor) => void,
+): Promise<void> {
+  const fromFile = async (file: string, missing: () => Error, onName?: (name: string) => void) => {
+    const reader = await openOptional(src, file);
+    if (reader === null) throw missing();
+    try {
+      await readSafetensors(reader, (name, t) => {
+        if (!isFloat(t)) return;
+        onName?.(name);
+        visit(name, { shape: t.shape.slice(), data: tensorToFloat32(t) });
+      });
+    } finally {
+      await reader.close();
+    }
+  };
   const index = await readJsonOptional(src, "model.safetensors.index.json");
+  if (index === null) {
+    return await fromFile(
+      "model.safetensors",
+      () => new WeightsError(`no model.safetensors or model.safetensors.index.json at ${src.location}`),
+    );
+  }
+  const map = (index as { weight_map?: Record<string, string> }).weight_map;
+  if (!map || typeof map !== "object") {
+    throw new WeightsError(`${fileLocation(src, "model.safetensors.index.json")}: missing "weight_map"`);
+  }
+  const shards = [...new Set(Object.values(map))].sort();
+  for (const shard of shards) {
+    if (typeof shard !== "string" || shard.includes("..") || shard.startsWith("/")) {
+      throw new WeightsError(`bad shard name ${JSON.stringify(shard)} in the safetensors index`);
+    }
+  }
+  const seen = new Set<string>();
+  for (const shard of shards) {
+    const missing = () => new ModelSourceError(`missing model file: ${fileLocation(src, shard)}`);
+    await fromFile(shard, missing, (name) => seen.add(name));
+  }
+  for (const name of Object.keys(map)) {
+    if (!seen.has(name)) {
+      throw new WeightsError(`weight ${name} listed in the index is missing from ${map[name]}`);
+    }
+  }
+}
+
+/** Loads a source's weights (see `forEachWeight`) under their HF names, in HF layout. */
+export async function loadWeights(src: ModelSource): Promise<Weights> {
   const weights: Weights = new Map();
-  if (index !== null) {
-    const map = (index as { weight_map?: Record<string, string> }).weight_map;
-    if (!map || typeof map !== "object") {
-      throw new WeightsError(`${fileLocation(src, "model.safetensors.index.json")}: missing "weight_map"`);
-    }
-    const shards = [...new Set(Object.values(map))].sort();
-    for (const shard of shards) {
-      if (typeof shard !== "string" || shard.includes("..") || shard.startsWith("/")) {
-        throw new WeightsError(`bad shard name ${JSON.stringify(shard)} in the safetensors index`);
-      }
-      decodeWeights(await readRequired(src, shard), weights);
-    }
-    for (const name of Object.keys(map)) {
-      if (!weights.has(name)) {
-        throw new WeightsError(`weight ${name} listed in the index is missing from ${map[name]}`);
-      }
-    }
-    return weights;
-  }
-  const single = await readOptional(src, "model.safetensors");
-  if (single === null) {
-    throw new WeightsError(`no model.safetensors or model.safetensors.index.json at ${src.location}`);
-  }
-  return decodeWeights(single, weights);
+  await forEachWeight(src, (name, w) => weights.set(name, w));
+  return weights;
 }
 
 /** The HF names and shapes a config's checkpoint must hold. */
@@ -109,13 +136,18 @@ export function checkWeights(cfg: ModelConfig, weights: Weights): void {
   for (const [name, shape] of expectedWeightShapes(cfg)) {
     const w = weights.get(name);
     if (!w) throw new WeightsError(`checkpoint lacks weight ${name} (shape [${shape}])`);
-    if (w.shape.length !== shape.length || w.shape.some((d, i) => d !== shape[i])) {
-      throw new WeightsError(`weight ${name} has shape [${w.shape}], config expects [${shape}]`);
-    }
-    for (let i = 0; i < w.data.length; i++) {
-      if (!Number.isFinite(w.data[i])) {
-        throw new WeightsError(`weight ${name} holds a non-finite value at ${i}`);
-      }
+    checkWeightTensor(name, w, shape);
+  }
+}
+
+/** Checks one weight against the shape its config expects, and that its values are finite. */
+export function checkWeightTensor(name: string, w: WeightTensor, shape: number[]): void {
+  if (w.shape.length !== shape.length || w.shape.some((d, i) => d !== shape[i])) {
+    throw new WeightsError(`weight ${name} has shape [${w.shape}], config expects [${shape}]`);
+  }
+  for (let i = 0; i < w.data.length; i++) {
+    if (!Number.isFinite(w.data[i])) {
+      throw new WeightsError(`weight ${name} holds a non-finite value at ${i}`);
     }
   }
 }
