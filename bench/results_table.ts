@@ -29,6 +29,7 @@ import {
   strategyFor,
 } from "../runtime/federation/mod.ts";
 import { parsePartition, type PartitionSpec } from "../runtime/federation/partition.ts";
+import { type Knobs, knobsLabel, parseKnobsTable, withKnobs } from "../runtime/federation/knobs.ts";
 import {
   computeRunRouge,
   DEFAULT_ROUGE,
@@ -67,6 +68,12 @@ export interface ResultsOptions {
   rougeNewTokens?: number;
   /** Leave out (method, seed) runs that are not in the cache instead of running them. */
   cachedOnly?: boolean;
+  /** Each method's own knobs (bench/tune.ts chooses them on a validation split); absent: the defaults. */
+  knobs?: Partial<Record<Method, Knobs>>;
+  /** The file the knobs came from, for the command line the report prints. */
+  knobsFile?: string;
+  /** Score the clients on a validation split of their training data instead of their test split (tuning). */
+  evaluateOn?: "test" | "validation";
   log?: (s: string) => void;
 }
 
@@ -182,67 +189,82 @@ export async function runResults(o: ResultsOptions = DEFAULT_RESULTS): Promise<s
     );
   }
   if (o.cachedOnly && o.cacheDir === undefined) throw new Error("--cached-only needs --cache DIR");
-  const rougeSettings = {
-    maxExamples: o.rougeExamples ?? DEFAULT_ROUGE.maxExamples,
-    maxNewTokens: o.rougeNewTokens ?? DEFAULT_ROUGE.maxNewTokens,
-    maxLen: o.maxLen,
-  };
   const summaries: MethodSummary[] = [];
   const leftOut: string[] = [];
   const t0 = performance.now();
   for (const method of o.methods) {
-    const runs: SimResult[] = [];
-    const rouges: (RunRouge | null)[] = [];
-    for (const seed of o.seeds) {
-      const cfg: SimConfig = {
-        ...DEFAULT_SIM,
-        method,
-        rounds: o.rounds,
-        localSteps: o.localSteps,
-        seed,
-        lr: o.lr,
-        rank: o.rank,
-        alpha: 2 * o.rank,
-        targets: o.targets,
-        clientTiers: o.tiers,
-      };
-      const key = cacheKey(o, method, seed);
-      const cached = o.cacheDir ? await readCached(o.cacheDir, key) : null;
-      if (!cached && o.cachedOnly) {
-        log(`${method} seed ${seed}: not in the cache, left out (--cached-only)`);
-        leftOut.push(`${method} seed ${seed}`);
-        continue;
-      }
-      const r = cached ?? await runFederated(cfg, {
-        modelDir: o.modelDir,
-        partition: o.partition,
-        backend: o.backend,
-        saveAdapters: o.saveAdaptersDir === undefined ? undefined : `${o.saveAdaptersDir}/${key}`,
-        batchSize: o.batchSize,
-        maxLen: o.maxLen,
-        maxTrain: o.maxTrain,
-        maxTest: o.maxTest,
-        progress: true,
-      });
-      if (o.cacheDir && !cached) {
-        await Deno.mkdir(o.cacheDir, { recursive: true });
-        await Deno.writeTextFile(`${o.cacheDir}/${key}.json`, JSON.stringify(r));
-      }
-      log(
-        `${method} seed ${seed}${cached ? " (cached)" : ""}: mean ppl ${
-          r.rounds[r.rounds.length - 1].meanPerplexity.toFixed(3)
-        } (${r.wallSeconds.toFixed(0)} s)`,
-      );
-      runs.push(r);
-      rouges.push(await rougeOf(o, r, key, rougeSettings, log));
-    }
-    if (runs.length) summaries.push(summarizeMethod(method, runs, rouges));
+    const sum = await runMethod(o, method, leftOut);
+    if (sum) summaries.push(sum);
   }
   if (summaries.length === 0) throw new Error("no run to report (--cached-only with an empty cache?)");
   // Cached runs took no time now: report the runs' own wall times (serial equivalent) instead.
   const total = summaries.reduce((a, x) => a + x.runs.reduce((b, r) => b + r.wallSeconds, 0), 0);
   log(`this invocation: ${((performance.now() - t0) / 1000).toFixed(0)} s`);
   return renderResults(o, summaries, total, leftOut);
+}
+
+/**
+ * One method's runs over the seeds (from the cache where there), or null when `cachedOnly` left them all
+ * out; what was left out is pushed to `leftOut`.
+ */
+export async function runMethod(
+  o: ResultsOptions,
+  method: Method,
+  leftOut: string[] = [],
+): Promise<MethodSummary | null> {
+  const log = o.log ?? (() => {});
+  const rougeSettings = {
+    maxExamples: o.rougeExamples ?? DEFAULT_ROUGE.maxExamples,
+    maxNewTokens: o.rougeNewTokens ?? DEFAULT_ROUGE.maxNewTokens,
+    maxLen: o.maxLen,
+  };
+  const runs: SimResult[] = [];
+  const rouges: (RunRouge | null)[] = [];
+  for (const seed of o.seeds) {
+    const cfg: SimConfig = withKnobs({
+      ...DEFAULT_SIM,
+      method,
+      rounds: o.rounds,
+      localSteps: o.localSteps,
+      seed,
+      lr: o.lr,
+      rank: o.rank,
+      alpha: 2 * o.rank,
+      targets: o.targets,
+      clientTiers: o.tiers,
+    }, o.knobs?.[method] ?? {});
+    const key = cacheKey(o, method, seed);
+    const cached = o.cacheDir ? await readCached(o.cacheDir, key) : null;
+    if (!cached && o.cachedOnly) {
+      log(`${method} seed ${seed}: not in the cache, left out (--cached-only)`);
+      leftOut.push(`${method} seed ${seed}`);
+      continue;
+    }
+    const r = cached ?? await runFederated(cfg, {
+      modelDir: o.modelDir,
+      partition: o.partition,
+      backend: o.backend,
+      saveAdapters: o.saveAdaptersDir === undefined ? undefined : `${o.saveAdaptersDir}/${key}`,
+      batchSize: o.batchSize,
+      maxLen: o.maxLen,
+      maxTrain: o.maxTrain,
+      maxTest: o.maxTest,
+      evaluateOn: o.evaluateOn,
+      progress: true,
+    });
+    if (o.cacheDir && !cached) {
+      await Deno.mkdir(o.cacheDir, { recursive: true });
+      await Deno.writeTextFile(`${o.cacheDir}/${key}.json`, JSON.stringify(r));
+    }
+    log(
+      `${method} seed ${seed}${cached ? " (cached)" : ""}: mean ppl ${
+        r.rounds[r.rounds.length - 1].meanPerplexity.toFixed(3)
+      } (${r.wallSeconds.toFixed(0)} s)`,
+    );
+    runs.push(r);
+    rouges.push(await rougeOf(o, r, key, rougeSettings, log));
+  }
+  return runs.length ? summarizeMethod(method, runs, rouges) : null;
 }
 
 /** A run's ROUGE-L: the stored pass (if its settings match when computing), else computed with `--rouge`. */
@@ -283,6 +305,9 @@ export function cacheKey(o: ResultsOptions, method: Method, seed: number): strin
     o.modelDir ?? "",
     // Appended only off the default, so the category runs cached before partitions were a setting keep their keys.
     ...(partitionName(o.partition) === "category" ? [] : [partitionName(o.partition)]),
+    // Likewise knobs and the validation scoring: only where they are set.
+    ...(Object.keys(o.knobs?.[method] ?? {}).length ? [knobsLabel(o.knobs![method]!)] : []),
+    ...((o.evaluateOn ?? "test") === "test" ? [] : ["validation"]),
   ]);
   let h = 0x811c9dc5;
   for (let i = 0; i < relevant.length; i++) h = Math.imul(h ^ relevant.charCodeAt(i), 0x01000193) >>> 0;
@@ -323,6 +348,7 @@ export function commandLine(o: ResultsOptions): string {
   add("rank", String(o.rank), String(d.rank));
   add("targets", o.targets.join(","), d.targets.join(","));
   add("methods", o.methods.join(","), d.methods.join(","));
+  if (o.knobsFile) flags.push(`--knobs ${o.knobsFile}`);
   if (o.partition.kind === "dirichlet") {
     flags.push(`--partition dirichlet:${o.partition.alpha} --clients ${o.partition.clients}`);
   } else add("partition", partitionName(o.partition), "category");
@@ -387,6 +413,15 @@ export function renderResults(
   if (leftOut.length) {
     lines.push(
       `Not in the cache, so left out of every mean below (\`--cached-only\`): ${leftOut.join(", ")}.`,
+      "",
+    );
+  }
+  const tuned = s.filter((x) => Object.keys(o.knobs?.[x.method] ?? {}).length);
+  if (tuned.length) {
+    lines.push(
+      `Knobs chosen on a validation split of each client's training data (bench/results/tuning.md), not the defaults above: ${
+        tuned.map((x) => `${x.method} ${knobsLabel(o.knobs![x.method]!)}`).join("; ")
+      }.`,
       "",
     );
   }
@@ -635,6 +670,11 @@ export const resultsCli = defineCli({
       type: "boolean",
       help: "leave out (method, seed) runs missing from --cache instead of running them",
     },
+    knobs: {
+      type: "string",
+      value: "FILE",
+      help: "each method's own knobs, a JSON object of method: knobs (what `deno task tune` writes)",
+    },
   },
 });
 
@@ -663,9 +703,11 @@ if (import.meta.main) {
     rougeExamples: f["rouge-examples"],
     rougeNewTokens: f["rouge-new-tokens"],
     cachedOnly: f["cached-only"],
+    knobsFile: f.knobs,
     log: (s) => console.error(s),
   };
   try {
+    if (f.knobs) opts.knobs = parseKnobsTable(JSON.parse(await Deno.readTextFile(f.knobs)), f.knobs);
     const md = await runResults(opts);
     const out = f.out ?? new URL("./results/perfit.md", import.meta.url).pathname;
     await Deno.writeTextFile(out, md);

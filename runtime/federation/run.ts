@@ -3,7 +3,8 @@
  * `deno task simulate` and the results table.
  */
 import { loadModel } from "../model/engine.ts";
-import { type ClientData, partition, type PartitionSpec } from "./partition.ts";
+import { type ClientData, partition, type PartitionSpec, splitValidation } from "./partition.ts";
+import { deriveSeed } from "../data/rng.ts";
 import { ProgressBar } from "./progress.ts";
 import { engineFactory, loadFolder, PRETRAIN_STRIDE } from "./setup.ts";
 import { simulate } from "./simulate.ts";
@@ -29,6 +30,13 @@ export interface RunOptions {
   maxTrain: number;
   maxTest: number;
   testFraction?: number;
+  /**
+   * What the clients are scored on: their test split (the results), or a validation split carved from
+   * their training data (`validationShare` of it, trained on by no one) for choosing knobs without
+   * seeing a test example (bench/tune.ts).
+   */
+  evaluateOn?: "test" | "validation";
+  validationShare?: number;
   /** Skip the records the bundled base was pre-trained on (default: when using the bundled data). */
   skipPretrained?: boolean;
   /** Show a progress bar on stderr. */
@@ -48,17 +56,30 @@ export async function loadClients(
   seed: number,
   opts: Pick<
     RunOptions,
-    "dataDir" | "partition" | "maxTrain" | "maxTest" | "testFraction" | "skipPretrained"
+    | "dataDir"
+    | "partition"
+    | "maxTrain"
+    | "maxTest"
+    | "testFraction"
+    | "skipPretrained"
+    | "evaluateOn"
+    | "validationShare"
   >,
 ): Promise<ClientData[]> {
   // The bundled base saw every 4th record of the bundled data; other data folders are used whole.
   const skip = opts.skipPretrained ?? (opts.dataDir === undefined || opts.dataDir === BUNDLED_DATA);
   const examples = await loadFolder(opts.dataDir ?? BUNDLED_DATA, { skipEvery: skip ? PRETRAIN_STRIDE : 0 });
-  return partition(examples, opts.partition, {
+  const clients = partition(examples, opts.partition, {
     seed,
     testFraction: opts.testFraction ?? 0.1,
     maxTrain: opts.maxTrain,
     maxTest: opts.maxTest,
+  });
+  if ((opts.evaluateOn ?? "test") === "test") return clients;
+  // The test split goes unused: a tuned knob has then never been scored on it.
+  return clients.map((c) => {
+    const { fit, validation } = splitValidation(c.train, opts.validationShare ?? 0.1, deriveSeed(seed, 0x7e57));
+    return { ...c, train: fit, test: validation.slice(0, opts.maxTest) };
   });
 }
 

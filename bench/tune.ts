@@ -1,0 +1,188 @@
+/**
+ * `deno task tune`: chooses each method's own knobs on a validation split carved from every client's
+ * training data (the test split is never read), with the same budget of settings per method, and
+ * writes the choices as JSON for `deno task results --knobs FILE`.
+ *
+ *   deno task tune [--methods fedit,perfit] [--seeds 0] [--partition category] [--cache bench/results/runs]
+ *                  [--out bench/results/tuning-category.md] [--knobs-out bench/results/knobs-category.json] [--cached-only]
+ *
+ * Each setting is one results run (bench/results_table.ts) scored on the validation split, cached under
+ * `--cache` with the knobs and the split in its key, so a tuning can be resumed or split over processes.
+ */
+import { defineCli } from "../runtime/cli/flags.ts";
+import { BACKENDS, partitionCheck } from "../runtime/cli/common.ts";
+import { type Method, METHODS } from "../runtime/federation/mod.ts";
+import { parsePartition } from "../runtime/federation/partition.ts";
+import { type Knobs, knobsLabel, parseKnobsTable } from "../runtime/federation/knobs.ts";
+import {
+  DEFAULT_RESULTS,
+  meanSd,
+  partitionName,
+  type ResultsOptions,
+  runMethod,
+} from "./results_table.ts";
+
+/**
+ * Every method's settings, the defaults first, the same number for each: lr for the methods whose
+ * papers name no other knob; FedDPA's mix weight (its authors' only knob); PerFIT's never-tuned search
+ * knobs (the share of round 1 spent pruning, the EMA of importance). The `perfit` variants share
+ * PerFIT's grid.
+ */
+export const TUNING_GRID: Record<Method, Knobs[]> = (() => {
+  const lr: Knobs[] = [{}, { lr: 1e-2 }, { lr: 2.5e-3 }];
+  const search: Knobs[] = [{}, { searchFraction: 0.25 }, { importanceBeta: 0.5 }];
+  return {
+    perfit: search,
+    "perfit-mix": search,
+    "perfit-sa": search,
+    "perfit-random-mask": lr,
+    "perfit-e1": search,
+    fedit: lr,
+    local: lr,
+    base: [{}],
+    fedsa: lr,
+    ffa: lr,
+    hetlora: lr,
+    flora: lr,
+    feddpa: [{}, { dpaLocalWeight: 0.3 }, { dpaLocalWeight: 0.7 }],
+  } as Record<Method, Knobs[]>;
+})();
+
+/** One setting's validation score: the mean over its seeds of the clients' mean perplexity. */
+export interface TuningRow {
+  method: Method;
+  knobs: Knobs;
+  seedMeans: number[];
+  mean: number;
+}
+
+/** The chosen setting of each method: the lowest mean validation perplexity, the earlier setting on a tie. */
+export function chooseKnobs(rows: TuningRow[]): Partial<Record<Method, Knobs>> {
+  const best = new Map<Method, TuningRow>();
+  for (const r of rows) {
+    if (!Number.isFinite(r.mean)) continue;
+    const b = best.get(r.method);
+    if (!b || r.mean < b.mean) best.set(r.method, r);
+  }
+  return Object.fromEntries([...best].map(([m, r]) => [m, r.knobs])) as Partial<Record<Method, Knobs>>;
+}
+
+/** Runs every setting of every method on the validation split; rows in grid order (left out: not cached). */
+export async function tune(o: ResultsOptions, grid = TUNING_GRID): Promise<TuningRow[]> {
+  const rows: TuningRow[] = [];
+  for (const method of o.methods) {
+    for (const knobs of grid[method]) {
+      const s = await runMethod({ ...o, evaluateOn: "validation", knobs: { [method]: knobs }, rouge: false }, method);
+      if (!s) continue;
+      rows.push({ method, knobs, seedMeans: s.seedMeans, mean: s.meanPpl });
+      o.log?.(`tune ${method} ${knobsLabel(knobs)}: validation mean ppl ${s.meanPpl.toFixed(3)}`);
+    }
+  }
+  return rows;
+}
+
+/** The tuning report: every setting's validation score, the chosen one in bold. */
+export function renderTuning(o: ResultsOptions, rows: TuningRow[], command: string): string {
+  const chosen = chooseKnobs(rows);
+  const lines = [
+    `# Knobs chosen on validation (${partitionName(o.partition)}, seeds ${o.seeds.join(", ")})`,
+    "",
+    `Command: \`${command}\` — backend ${o.backend}.`,
+    "",
+    `Every client holds out 10% of its training examples (seeded, \`splitValidation\`), trains on the rest, ` +
+    `and is scored on the held-out part after the last round; the test split is not read. Each method ` +
+    `gets the same number of settings (the defaults first); the lowest mean validation perplexity wins, ` +
+    `the earlier setting on a tie. Settings otherwise as \`deno task results\`: ${o.rounds} rounds × ` +
+    `${o.localSteps} steps, lr ${o.lr} unless a knob says otherwise.`,
+    "",
+    "| method | setting | validation mean ppl | per seed |",
+    "|---|---|---:|---|",
+  ];
+  for (const r of rows) {
+    const win = chosen[r.method] === r.knobs;
+    const label = knobsLabel(r.knobs);
+    lines.push(
+      `| ${r.method} | ${win ? `**${label}**` : label} | ${win ? `**${meanSd(r.seedMeans)}**` : meanSd(r.seedMeans)} | ${
+        r.seedMeans.map((x) => x.toFixed(3)).join(", ")
+      } |`,
+    );
+  }
+  return lines.join("\n") + "\n";
+}
+
+export const tuneCli = defineCli({
+  name: "tune",
+  summary: "Chooses each method's own knobs on a validation split of the clients' training data.",
+  flags: {
+    methods: {
+      type: "list",
+      choices: METHODS,
+      default: ["fedit", "local", "fedsa", "feddpa", "perfit", "perfit-mix"],
+      help: "methods to tune",
+    },
+    seeds: {
+      type: "list",
+      value: "0",
+      default: ["0"],
+      validate: (v) => (v.every((x) => /^\d+$/.test(x)) ? undefined : "a comma-separated list of integers ≥ 0"),
+      help: "seeds each setting runs (its score is their mean)",
+    },
+    partition: {
+      type: "string",
+      value: "P",
+      default: "category",
+      validate: partitionCheck,
+      help: "category, category:K, or dirichlet:ALPHA (with --clients)",
+    },
+    clients: { type: "int", min: 2, default: 16, help: "clients of a Dirichlet partition" },
+    backend: { type: "string", choices: BACKENDS, default: DEFAULT_RESULTS.backend, help: "onnxruntime backend" },
+    cache: { type: "string", value: "DIR", defaultText: "bench/results/runs", help: "finished runs, reused and saved" },
+    out: { type: "string", value: "PATH", defaultText: "bench/results/tuning-<partition>.md", help: "the report" },
+    "knobs-out": {
+      type: "string",
+      value: "PATH",
+      defaultText: "bench/results/knobs-<partition>.json",
+      help: "the chosen knobs (merged into the file's other methods), for `deno task results --knobs`",
+    },
+    "cached-only": { type: "boolean", help: "report only the settings already in --cache" },
+  },
+});
+
+if (import.meta.main) {
+  const { values: f } = tuneCli.parse();
+  const here = (p: string) => new URL(p, import.meta.url).pathname;
+  const o: ResultsOptions = {
+    ...DEFAULT_RESULTS,
+    seeds: f.seeds.map(Number),
+    methods: f.methods,
+    backend: f.backend,
+    partition: parsePartition(f.partition, f.clients),
+    cacheDir: f.cache ?? here("./results/runs"),
+    cachedOnly: f["cached-only"],
+    log: (s) => console.error(s),
+  };
+  const command = ["deno task tune", `--methods ${f.methods.join(",")}`, `--seeds ${f.seeds.join(",")}`]
+    .concat(o.partition.kind === "dirichlet" ? [`--partition ${f.partition} --clients ${f.clients}`] : [])
+    .join(" ");
+  try {
+    const rows = await tune(o);
+    if (rows.length === 0) throw new Error("no setting to report (--cached-only with an empty cache?)");
+    const md = renderTuning(o, rows, command);
+    // One file per partition: a Dirichlet tuning must not overwrite the category one.
+    const tag = partitionName(o.partition).replace(/:/g, "-");
+    const out = f.out ?? here(`./results/tuning-${tag}.md`);
+    await Deno.writeTextFile(out, md);
+    const knobsOut = f["knobs-out"] ?? here(`./results/knobs-${tag}.json`);
+    let prior = {};
+    try {
+      prior = parseKnobsTable(JSON.parse(await Deno.readTextFile(knobsOut)), knobsOut);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    await Deno.writeTextFile(knobsOut, JSON.stringify({ ...prior, ...chooseKnobs(rows) }, null, 2) + "\n");
+    console.log(md);
+    console.error(`wrote ${out} and ${knobsOut}`);
+  } catch (e) {
+    tuneCli.fail(e);
+  }
+}
