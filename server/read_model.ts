@@ -9,6 +9,7 @@ import {
   type ClientRecord,
   K,
   type LastMask,
+  type LiveRecord,
   type RoundRecord,
   type RunRecord,
   type UploadRecord,
@@ -57,8 +58,15 @@ export class ReadModel {
 
   /** Every run, oldest first. */
   async runs(): Promise<RunRecord[]> {
+    // A run whose delete has begun (its live key marked, server/run_life.ts) is gone to every reader.
+    const deleting = new Set<string>();
+    for await (const e of this.kv.list<LiveRecord>({ prefix: K.lives() })) {
+      if (e.value.deleting !== null) deleting.add(String(e.key[1]));
+    }
     const out: RunRecord[] = [];
-    for await (const e of this.kv.list<RunRecord>({ prefix: K.runs() })) out.push(e.value);
+    for await (const e of this.kv.list<RunRecord>({ prefix: K.runs() })) {
+      if (!deleting.has(e.value.id)) out.push(e.value);
+    }
     return out.sort((a, b) => a.createdAt - b.createdAt);
   }
 

@@ -166,6 +166,7 @@ export const K = {
   run: (run: string): Deno.KvKey => ["run", run],
   runs: (): Deno.KvKey => ["run"],
   live: (run: string): Deno.KvKey => ["live", run],
+  lives: (): Deno.KvKey => ["live"],
   round: (run: string, r: number): Deno.KvKey => ["round", run, r],
   rounds: (run: string): Deno.KvKey => ["round", run],
   acc: (run: string, r: number, gen: string, part: "s" | "w"): Deno.KvKey => ["acc", run, r, gen, part],

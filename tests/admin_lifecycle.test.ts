@@ -355,6 +355,8 @@ Deno.test("admin lifecycle: a delete cut short after its first step refuses ever
     assert.equal((await call(app, "DELETE", `/v1/runs/${run}/clients/${x.id}/token`)).status, 404);
     assert.equal((await task(app, x)).status, 404);
     assert.equal((await call(app, "GET", `/v1/runs/${run}`)).status, 404);
+    const listed = (await call(app, "GET", "/v1/runs", ADMIN_AUTH)).json!.runs as { id: string }[];
+    assert.ok(!listed.some((r) => r.id === run), "a run being deleted is not listed");
     await app.coordinator.settled();
     assert.deepEqual(await dumpKv(kv), before, "the refused writes wrote nothing");
     assert.equal((await call(app, "DELETE", `/v1/runs/${run}`)).status, 200);
