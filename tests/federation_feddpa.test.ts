@@ -6,9 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { generateTinyModel } from "../runtime/model/tiny.ts";
-import { Engine, type LoadedModel, loadModel } from "../runtime/model/engine.ts";
+import { Engine, loadModel } from "../runtime/model/engine.ts";
 import { type AdapterLayout, adapterLayout, initAdapter, type TargetModule } from "../runtime/model/lora.ts";
-import type { Example } from "../runtime/data/types.ts";
 import { makeBatches } from "../runtime/data/batches.ts";
 import { tokenizeExample } from "../runtime/data/tokenize.ts";
 import { collate } from "../runtime/data/batches.ts";
@@ -30,27 +29,13 @@ import { parseRunConfig } from "../server/run_config.ts";
 import { ApiError } from "../server/errors.ts";
 import { runBody } from "./server_helpers.ts";
 import { referencePython } from "./reference/python.ts";
+import { federationTinyModel, wordData } from "./federation_fixtures.ts";
 
 const HEADER_MAX = 320;
 const R = 2;
 
-let tinyModel: LoadedModel | undefined;
-async function tiny(): Promise<LoadedModel> {
-  if (tinyModel) return tinyModel;
-  const dir = await Deno.makeTempDir();
-  await generateTinyModel(dir, { seed: 3 });
-  tinyModel = await loadModel(dir);
-  await Deno.remove(dir, { recursive: true });
-  return tinyModel;
-}
-
-const words = ["tree", "house", "cache", "fox", "dog", "kludge", "memory", "plant", "unit", "data"];
-const data: Example[] = [];
-for (let i = 0; i < 40; i++) {
-  const w = words[i % words.length];
-  data.push({ prompt: `Define the word "${w}".`, response: `a ${w} is a tall ${w}`, category: "define" });
-  data.push({ prompt: `Translate ${w}.`, response: `maison ${w} Haus`, category: "translate" });
-}
+const tiny = federationTinyModel;
+const data = wordData(40);
 
 /** A seeded adapter with every position non-zero (B too, unlike a fresh LoRA). */
 function randomAdapter(n: number, seed: number): Float32Array {

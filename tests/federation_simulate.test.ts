@@ -1,7 +1,5 @@
 import assert from "node:assert/strict";
-import { generateTinyModel } from "../runtime/model/tiny.ts";
-import { Engine, type LoadedModel, loadModel } from "../runtime/model/engine.ts";
-import type { Example } from "../runtime/data/types.ts";
+import { Engine } from "../runtime/model/engine.ts";
 import { partitionByCategory } from "../runtime/federation/partition.ts";
 import { type SimClientView, simulate } from "../runtime/federation/simulate.ts";
 import { DEFAULT_SIM, type SimConfig } from "../runtime/federation/types.ts";
@@ -12,28 +10,13 @@ import { heldRank, leadingMask, prunedRank } from "../runtime/client/hetlora_pru
 import * as clientLib from "../runtime/client/mod.ts";
 import { engineTrainer, FederatedClient, MemoryStorage } from "../runtime/client/mod.ts";
 import { appFetch, createRun, makeApp } from "./server_helpers.ts";
+import { federationTinyModel, wordData } from "./federation_fixtures.ts";
 
 /** An upload of the budget's values by reference: 4·B bytes of values plus a safetensors header. */
 const HEADER_MAX = 320;
 
-let model: LoadedModel | undefined;
-async function tiny(): Promise<LoadedModel> {
-  if (model) return model;
-  const dir = await Deno.makeTempDir();
-  await generateTinyModel(dir, { seed: 3 });
-  model = await loadModel(dir);
-  await Deno.remove(dir, { recursive: true });
-  return model;
-}
-
-const words = ["tree", "house", "cache", "fox", "dog", "kludge", "memory", "plant", "unit", "data"];
-const data: Example[] = [];
-for (let i = 0; i < 60; i++) {
-  const w = words[i % words.length];
-  data.push({ prompt: `Define the word "${w}".`, response: `a ${w} is a tall ${w}`, category: "define" });
-  data.push({ prompt: `Translate ${w}.`, response: `maison ${w} Haus`, category: "translate" });
-  data.push({ prompt: `Acronym ${w}?`, response: `CPU stands for ${w}`, category: "acronym" });
-}
+const tiny = federationTinyModel;
+const data = wordData(60, ["define", "translate", "acronym"]);
 
 async function run(
   method: Method,

@@ -4,8 +4,6 @@
  * and a simulated federation where every client reports a pick from the grid.
  */
 import assert from "node:assert/strict";
-import { generateTinyModel } from "../runtime/model/tiny.ts";
-import type { Example } from "../runtime/data/types.ts";
 import { partitionByCategory, splitValidation } from "../runtime/federation/partition.ts";
 import { simulate } from "../runtime/federation/simulate.ts";
 import { DEFAULT_SIM } from "../runtime/federation/types.ts";
@@ -13,28 +11,14 @@ import { strategyFor } from "../runtime/federation/strategies.ts";
 import { kindMask } from "../runtime/perfit/layout.ts";
 import { MIX_GRID, mixAt, pickMix } from "../runtime/perfit/mix.ts";
 import { adapterLayout } from "../runtime/model/lora.ts";
-import { Engine, type LoadedModel, loadModel } from "../runtime/model/engine.ts";
+import { Engine } from "../runtime/model/engine.ts";
 import { engineTrainer } from "../runtime/client/engine_trainer.ts";
 import type { TaskInfo } from "../runtime/client/federated_client.ts";
 import { parseTrainSettings } from "../runtime/client/train_settings.ts";
+import { federationTinyModel, wordData } from "./federation_fixtures.ts";
 
-let tinyModel: LoadedModel | undefined;
-async function tiny(): Promise<LoadedModel> {
-  if (tinyModel) return tinyModel;
-  const dir = await Deno.makeTempDir();
-  await generateTinyModel(dir, { seed: 3 });
-  tinyModel = await loadModel(dir);
-  await Deno.remove(dir, { recursive: true });
-  return tinyModel;
-}
-
-const words = ["tree", "house", "cache", "fox", "dog", "kludge", "memory", "plant", "unit", "data"];
-const data: Example[] = [];
-for (let i = 0; i < 40; i++) {
-  const w = words[i % words.length];
-  data.push({ prompt: `Define the word "${w}".`, response: `a ${w} is a tall ${w}`, category: "define" });
-  data.push({ prompt: `Translate ${w}.`, response: `maison ${w} Haus`, category: "translate" });
-}
+const tiny = federationTinyModel;
+const data = wordData(40);
 
 Deno.test("perfit-mix: mixAt mixes only the given positions, and refuses what is not a mix", () => {
   const own = Float32Array.from([1, 2, 3, 4]), global = Float32Array.from([5, 6, 7, 8]);
