@@ -14,13 +14,7 @@ import { BACKENDS, partitionCheck } from "../runtime/cli/common.ts";
 import { type Method, METHODS } from "../runtime/federation/mod.ts";
 import { parsePartition } from "../runtime/federation/partition.ts";
 import { type Knobs, knobsLabel, parseKnobsTable } from "../runtime/federation/knobs.ts";
-import {
-  DEFAULT_RESULTS,
-  meanSd,
-  partitionName,
-  type ResultsOptions,
-  runMethod,
-} from "./results_table.ts";
+import { DEFAULT_RESULTS, meanSd, partitionName, type ResultsOptions, runMethod } from "./results_table.ts";
 
 /**
  * Every method's settings, the defaults first, the same number for each: lr for the methods whose
@@ -72,7 +66,10 @@ export async function tune(o: ResultsOptions, grid = TUNING_GRID): Promise<Tunin
   const rows: TuningRow[] = [];
   for (const method of o.methods) {
     for (const knobs of grid[method]) {
-      const s = await runMethod({ ...o, evaluateOn: "validation", knobs: { [method]: knobs }, rouge: false }, method);
+      const s = await runMethod(
+        { ...o, evaluateOn: "validation", knobs: { [method]: knobs }, rouge: false },
+        method,
+      );
       if (!s) continue;
       rows.push({ method, knobs, seedMeans: s.seedMeans, mean: s.meanPpl });
       o.log?.(`tune ${method} ${knobsLabel(knobs)}: validation mean ppl ${s.meanPpl.toFixed(3)}`);
@@ -102,9 +99,9 @@ export function renderTuning(o: ResultsOptions, rows: TuningRow[], command: stri
     const win = chosen[r.method] === r.knobs;
     const label = knobsLabel(r.knobs);
     lines.push(
-      `| ${r.method} | ${win ? `**${label}**` : label} | ${win ? `**${meanSd(r.seedMeans)}**` : meanSd(r.seedMeans)} | ${
-        r.seedMeans.map((x) => x.toFixed(3)).join(", ")
-      } |`,
+      `| ${r.method} | ${win ? `**${label}**` : label} | ${
+        win ? `**${meanSd(r.seedMeans)}**` : meanSd(r.seedMeans)
+      } | ${r.seedMeans.map((x) => x.toFixed(3)).join(", ")} |`,
     );
   }
   return lines.join("\n") + "\n";
@@ -124,7 +121,9 @@ export const tuneCli = defineCli({
       type: "list",
       value: "0",
       default: ["0"],
-      validate: (v) => (v.every((x) => /^\d+$/.test(x)) ? undefined : "a comma-separated list of integers ≥ 0"),
+      validate: (
+        v,
+      ) => (v.every((x) => /^\d+$/.test(x)) ? undefined : "a comma-separated list of integers ≥ 0"),
       help: "seeds each setting runs (its score is their mean)",
     },
     partition: {
@@ -135,9 +134,24 @@ export const tuneCli = defineCli({
       help: "category, category:K, or dirichlet:ALPHA (with --clients)",
     },
     clients: { type: "int", min: 2, default: 16, help: "clients of a Dirichlet partition" },
-    backend: { type: "string", choices: BACKENDS, default: DEFAULT_RESULTS.backend, help: "onnxruntime backend" },
-    cache: { type: "string", value: "DIR", defaultText: "bench/results/runs", help: "finished runs, reused and saved" },
-    out: { type: "string", value: "PATH", defaultText: "bench/results/tuning-<partition>.md", help: "the report" },
+    backend: {
+      type: "string",
+      choices: BACKENDS,
+      default: DEFAULT_RESULTS.backend,
+      help: "onnxruntime backend",
+    },
+    cache: {
+      type: "string",
+      value: "DIR",
+      defaultText: "bench/results/runs",
+      help: "finished runs, reused and saved",
+    },
+    out: {
+      type: "string",
+      value: "PATH",
+      defaultText: "bench/results/tuning-<partition>.md",
+      help: "the report",
+    },
     "knobs-out": {
       type: "string",
       value: "PATH",

@@ -49,7 +49,9 @@ export const KNOB_NAMES = Object.keys(CHECKS) as (keyof Knobs)[];
 
 /** Checks a parsed JSON value as knobs; refuses unknown names and out-of-range values rather than dropping them. */
 export function parseKnobs(v: unknown, where = "knobs"): Knobs {
-  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new TypeError(`${where} must be an object`);
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new TypeError(`${where} must be an object`);
+  }
   const out: Record<string, unknown> = {};
   for (const [k, x] of Object.entries(v)) {
     if (!Object.hasOwn(CHECKS, k)) {
@@ -91,7 +93,9 @@ export function withKnobs(cfg: SimConfig, k: Knobs): SimConfig {
     pruneStages: k.pruneStages ?? cfg.pruneStages,
     searchFraction: k.searchFraction ?? cfg.searchFraction,
     researchEvery: k.researchEvery ?? cfg.researchEvery,
-    importance: k.importanceBeta === undefined ? cfg.importance : { ...cfg.importance, beta: k.importanceBeta },
+    importance: k.importanceBeta === undefined
+      ? cfg.importance
+      : { ...cfg.importance, beta: k.importanceBeta },
     proximalMu: k.proximalMu ?? cfg.proximalMu,
     dpa,
     tiers,

@@ -78,7 +78,11 @@ export async function loadClients(
   if ((opts.evaluateOn ?? "test") === "test") return clients;
   // The test split goes unused: a tuned knob has then never been scored on it.
   return clients.map((c) => {
-    const { fit, validation } = splitValidation(c.train, opts.validationShare ?? 0.1, deriveSeed(seed, 0x7e57));
+    const { fit, validation } = splitValidation(
+      c.train,
+      opts.validationShare ?? 0.1,
+      deriveSeed(seed, 0x7e57),
+    );
     return { ...c, train: fit, test: validation.slice(0, opts.maxTest) };
   });
 }
