@@ -29,7 +29,7 @@ import {
   strategyFor,
 } from "../runtime/federation/mod.ts";
 import { parsePartition, type PartitionSpec } from "../runtime/federation/partition.ts";
-import { type Knobs, knobsLabel, parseKnobsTable, withKnobs } from "../runtime/federation/knobs.ts";
+import { type Knobs, knobsLabel, parseKnobsFile, withKnobs } from "../runtime/federation/knobs.ts";
 import {
   computeRunRouge,
   DEFAULT_ROUGE,
@@ -707,7 +707,7 @@ if (import.meta.main) {
     log: (s) => console.error(s),
   };
   try {
-    if (f.knobs) opts.knobs = parseKnobsTable(JSON.parse(await Deno.readTextFile(f.knobs)), f.knobs);
+    if (f.knobs) opts.knobs = parseKnobsFile(await Deno.readTextFile(f.knobs), f.knobs);
     const md = await runResults(opts);
     const out = f.out ?? new URL("./results/perfit.md", import.meta.url).pathname;
     await Deno.writeTextFile(out, md);

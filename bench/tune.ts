@@ -13,7 +13,7 @@ import { defineCli } from "../runtime/cli/flags.ts";
 import { BACKENDS, partitionCheck } from "../runtime/cli/common.ts";
 import { type Method, METHODS } from "../runtime/federation/mod.ts";
 import { parsePartition } from "../runtime/federation/partition.ts";
-import { type Knobs, knobsLabel, parseKnobsTable } from "../runtime/federation/knobs.ts";
+import { type Knobs, knobsLabel, parseKnobsFile } from "../runtime/federation/knobs.ts";
 import { DEFAULT_RESULTS, meanSd, partitionName, type ResultsOptions, runMethod } from "./results_table.ts";
 
 /**
@@ -189,7 +189,7 @@ if (import.meta.main) {
     const knobsOut = f["knobs-out"] ?? here(`./results/knobs-${tag}.json`);
     let prior = {};
     try {
-      prior = parseKnobsTable(JSON.parse(await Deno.readTextFile(knobsOut)), knobsOut);
+      prior = parseKnobsFile(await Deno.readTextFile(knobsOut), knobsOut);
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }

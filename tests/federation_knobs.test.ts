@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { DEFAULT_SIM } from "../runtime/federation/types.ts";
 import type { Example } from "../runtime/data/types.ts";
-import { knobsLabel, parseKnobs, parseKnobsTable, withKnobs } from "../runtime/federation/knobs.ts";
+import { knobsLabel, parseKnobs, parseKnobsFile, parseKnobsTable, withKnobs } from "../runtime/federation/knobs.ts";
 import { loadClients } from "../runtime/federation/run.ts";
 import { cacheKey, DEFAULT_RESULTS, type ResultsOptions } from "../bench/results_table.ts";
 import { chooseKnobs, tune, TUNING_GRID } from "../bench/tune.ts";
@@ -19,6 +19,8 @@ Deno.test("knobs: parsed values pass, unknown names and bad values are refused",
   assert.throws(() => parseKnobs([1]), /must be an object/);
   assert.throws(() => parseKnobsTable({ fedx: {} }), /unknown method "fedx"/);
   assert.deepEqual(parseKnobsTable({ fedit: { lr: 0.01 } }), { fedit: { lr: 0.01 } });
+  assert.throws(() => parseKnobsFile("{nope", "k.json"), /k\.json is not JSON/);
+  assert.throws(() => parseKnobsFile('{"fedit": {"lr": -1}}', "k.json"), /k\.json\.fedit\.lr must be/);
 });
 
 Deno.test("knobs: applied to a run's config, nested settings merged, the clients' tiers required", () => {

@@ -79,6 +79,17 @@ export function parseKnobsTable(v: unknown, where = "knobs"): Partial<Record<Met
   return out;
 }
 
+/** A knobs file's text (JSON of method: knobs), named in every refusal. */
+export function parseKnobsFile(text: string, path: string): Partial<Record<Method, Knobs>> {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new SyntaxError(`${path} is not JSON: ${(e as Error).message}`);
+  }
+  return parseKnobsTable(v, path);
+}
+
 /** A run's config with a method's knobs applied (tiers replace the table; the tiers assigned stay). */
 export function withKnobs(cfg: SimConfig, k: Knobs): SimConfig {
   const tiers = k.tiers ?? cfg.tiers;
