@@ -8,3 +8,4 @@ export * from "./simulate.ts";
 export { ProgressBar } from "./progress.ts";
 export * from "./run.ts";
 export * from "./setup.ts";
+export * from "./knobs.ts";
