@@ -176,6 +176,7 @@ if (import.meta.main) {
     log: (s) => console.error(s),
   };
   const command = ["deno task tune", `--methods ${f.methods.join(",")}`, `--seeds ${f.seeds.join(",")}`]
+    .concat(o.backend === DEFAULT_RESULTS.backend ? [] : [`--backend ${o.backend}`])
     .concat(o.partition.kind === "dirichlet" ? [`--partition ${f.partition} --clients ${f.clients}`] : [])
     .join(" ");
   try {
