@@ -18,7 +18,7 @@
  * exist, with or without `--rouge`.
  */
 import { defineCli, isDirectory } from "../runtime/cli/flags.ts";
-import { BACKENDS, partitionCheck, TARGET_CHOICES } from "../runtime/cli/common.ts";
+import { BACKENDS, partitionCheck, seedsCheck, TARGET_CHOICES } from "../runtime/cli/common.ts";
 import {
   DEFAULT_SIM,
   type Method,
@@ -419,7 +419,7 @@ export function renderResults(
   const tuned = s.filter((x) => Object.keys(o.knobs?.[x.method] ?? {}).length);
   if (tuned.length) {
     lines.push(
-      `Knobs chosen on a validation split of each client's training data (bench/results/tuning.md), not the defaults above: ${
+      `Knobs chosen on a validation split of each client's training data (\`deno task tune\`, bench/results/tuning-<partition>.md), not the defaults above: ${
         tuned.map((x) => `${x.method} ${knobsLabel(o.knobs![x.method]!)}`).join("; ")
       }.`,
       "",
@@ -578,9 +578,7 @@ export const resultsCli = defineCli({
       type: "list",
       value: "0,1,2",
       default: DEFAULT_RESULTS.seeds.map(String),
-      validate: (
-        v,
-      ) => (v.every((x) => /^\d+$/.test(x)) ? undefined : "a comma-separated list of integers ≥ 0"),
+      validate: seedsCheck,
       help: "one run per seed and method",
     },
     tiers: {

@@ -10,7 +10,7 @@
  * `--cache` with the knobs and the split in its key, so a tuning can be resumed or split over processes.
  */
 import { defineCli } from "../runtime/cli/flags.ts";
-import { BACKENDS, partitionCheck } from "../runtime/cli/common.ts";
+import { BACKENDS, partitionCheck, seedsCheck } from "../runtime/cli/common.ts";
 import { type Method, METHODS } from "../runtime/federation/mod.ts";
 import { parsePartition } from "../runtime/federation/partition.ts";
 import { type Knobs, knobsLabel, parseKnobsFile } from "../runtime/federation/knobs.ts";
@@ -121,9 +121,7 @@ export const tuneCli = defineCli({
       type: "list",
       value: "0",
       default: ["0"],
-      validate: (
-        v,
-      ) => (v.every((x) => /^\d+$/.test(x)) ? undefined : "a comma-separated list of integers ≥ 0"),
+      validate: seedsCheck,
       help: "seeds each setting runs (its score is their mean)",
     },
     partition: {

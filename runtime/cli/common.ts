@@ -115,6 +115,11 @@ export function coordinatorOf(
   return { url: values.server.replace(/\/+$/, ""), adminToken };
 }
 
+/** A `--seeds` list's check: each a non-negative integer. */
+export function seedsCheck(v: string[]): string | undefined {
+  return v.every((x) => /^\d+$/.test(x)) ? undefined : "a comma-separated list of integers ≥ 0";
+}
+
 /** A `--partition` value's check: undefined when `parsePartition` takes it, else the valid forms. */
 export function partitionCheck(v: string): string | undefined {
   try {
