@@ -10,6 +10,7 @@ import { serveCli } from "../server/settings.ts";
 import { simulateCli } from "../examples/simulate.ts";
 import { demoCli } from "../examples/demo.ts";
 import { resultsCli } from "../bench/results_table.ts";
+import { tuneCli } from "../bench/tune.ts";
 import { clientCli } from "../examples/client.ts";
 import { generateCli } from "../examples/generate.ts";
 
@@ -19,6 +20,7 @@ const CLIS = {
   simulate: { file: `${root}examples/simulate.ts`, cli: simulateCli },
   demo: { file: `${root}examples/demo.ts`, cli: demoCli },
   results: { file: `${root}bench/results_table.ts`, cli: resultsCli },
+  tune: { file: `${root}bench/tune.ts`, cli: tuneCli },
   client: { file: `${root}examples/client.ts`, cli: clientCli },
   generate: { file: `${root}examples/generate.ts`, cli: generateCli },
 } as const;
@@ -215,6 +217,10 @@ Deno.test("cli flags: the issue's bad flags answer one line and exit 2 in every 
     ["results", ["--seeds", "a"], /--seeds must be a comma-separated list of integers/],
     ["results", ["--partition", "bogus"], /--partition must be category, category:K or dirichlet:ALPHA/],
     ["results", ["--clients", "1"], /--clients must be an integer ≥ 2, got "1"/],
+    ["tune", ["--methods", "fedit,nope"], /"nope" is not one of perfit/],
+    ["tune", ["--seeds", "0,-1"], /--seeds must be a comma-separated list of integers/],
+    ["tune", ["--partition", "dirichlet:0"], /--partition must be category, category:K or dirichlet:ALPHA/],
+    ["tune", ["--bogus"], /unknown flag --bogus; valid flags: --methods,/],
     ["generate", ["--category", "nope"], /--category must be one of acronyms, computing, .*, got "nope"/],
     ["generate", ["--max-new-tokens=0"], /--max-new-tokens must be an integer in \[1, 4096\], got "0"/],
     ["generate", ["--steps", "-3"], /--steps must be an integer ≥ 1, got "-3"/],
