@@ -13,33 +13,44 @@ import { defineCli } from "../runtime/cli/flags.ts";
 import { BACKENDS, partitionCheck, seedsCheck } from "../runtime/cli/common.ts";
 import { type Method, METHODS } from "../runtime/federation/mod.ts";
 import { parsePartition } from "../runtime/federation/partition.ts";
-import { type Knobs, knobsLabel, parseKnobsFile } from "../runtime/federation/knobs.ts";
+import { type Knobs, knobsLabel, mergeKnobs, parseKnobsFile } from "../runtime/federation/knobs.ts";
 import { DEFAULT_RESULTS, meanSd, partitionName, type ResultsOptions, runMethod } from "./results_table.ts";
 
 /**
- * Every method's settings, the defaults first, the same number for each: lr for the methods whose
- * papers name no other knob; FedDPA's mix weight (its authors' only knob); PerFIT's never-tuned search
- * knobs (the share of round 1 spent pruning, the EMA of importance). The `perfit` variants share
- * PerFIT's grid.
+ * A method's tuning plan, in two stages with the same budget for every method. Stage 1 is the learning
+ * rate, the knob every method has and the one that moves the baselines most. Stage 2 is the method's
+ * own knobs, each applied on top of stage 1's winner: PerFIT's never-tuned search knobs (the share of
+ * round 1 spent pruning, the EMA of importance), FedDPA's mix weight (its authors' only knob), and for
+ * the federated methods whose papers name no knob of their own FedProx's μ (the issue's option for any
+ * method that trains shared parameters). Local-only shares nothing, so its stage 2 is two more learning
+ * rates. The `perfit` variants with a search share PerFIT's plan.
  */
-export const TUNING_GRID: Record<Method, Knobs[]> = (() => {
+export interface TuningPlan {
+  /** Stage 1, the defaults first. */
+  lr: Knobs[];
+  /** Stage 2, each merged onto stage 1's winner (a key here replaces the winner's). */
+  own: Knobs[];
+}
+
+export const TUNING_GRID: Record<Method, TuningPlan> = (() => {
   const lr: Knobs[] = [{}, { lr: 1e-2 }, { lr: 2.5e-3 }];
-  const search: Knobs[] = [{}, { searchFraction: 0.25 }, { importanceBeta: 0.5 }];
+  const search = { lr, own: [{ searchFraction: 0.25 }, { importanceBeta: 0.5 }] };
+  const prox = { lr, own: [{ proximalMu: 0.1 }, { proximalMu: 1 }] };
   return {
     perfit: search,
     "perfit-mix": search,
     "perfit-sa": search,
-    "perfit-random-mask": lr,
+    "perfit-random-mask": prox,
     "perfit-e1": search,
-    fedit: lr,
-    local: lr,
-    base: [{}],
-    fedsa: lr,
-    ffa: lr,
-    hetlora: lr,
-    flora: lr,
-    feddpa: [{}, { dpaLocalWeight: 0.3 }, { dpaLocalWeight: 0.7 }],
-  } as Record<Method, Knobs[]>;
+    fedit: prox,
+    local: { lr, own: [{ lr: 1.25e-3 }, { lr: 3.75e-3 }] },
+    base: { lr: [{}], own: [] },
+    fedsa: prox,
+    ffa: prox,
+    hetlora: prox,
+    flora: prox,
+    feddpa: { lr, own: [{ dpaLocalWeight: 0.3 }, { dpaLocalWeight: 0.7 }] },
+  };
 })();
 
 /** One setting's validation score: the mean over its seeds of the clients' mean perplexity. */
@@ -61,19 +72,23 @@ export function chooseKnobs(rows: TuningRow[]): Partial<Record<Method, Knobs>> {
   return Object.fromEntries([...best].map(([m, r]) => [m, r.knobs])) as Partial<Record<Method, Knobs>>;
 }
 
-/** Runs every setting of every method on the validation split; rows in grid order (left out: not cached). */
+/** Runs each method's plan on the validation split: stage 1, then stage 2 on its winner; rows in run order (left out: not cached). */
 export async function tune(o: ResultsOptions, grid = TUNING_GRID): Promise<TuningRow[]> {
   const rows: TuningRow[] = [];
+  const run = async (method: Method, knobs: Knobs) => {
+    const s = await runMethod(
+      { ...o, evaluateOn: "validation", knobs: { [method]: knobs }, rouge: false },
+      method,
+    );
+    if (!s) return;
+    rows.push({ method, knobs, seedMeans: s.seedMeans, mean: s.meanPpl });
+    o.log?.(`tune ${method} ${knobsLabel(knobs)}: validation mean ppl ${s.meanPpl.toFixed(3)}`);
+  };
   for (const method of o.methods) {
-    for (const knobs of grid[method]) {
-      const s = await runMethod(
-        { ...o, evaluateOn: "validation", knobs: { [method]: knobs }, rouge: false },
-        method,
-      );
-      if (!s) continue;
-      rows.push({ method, knobs, seedMeans: s.seedMeans, mean: s.meanPpl });
-      o.log?.(`tune ${method} ${knobsLabel(knobs)}: validation mean ppl ${s.meanPpl.toFixed(3)}`);
-    }
+    const plan = grid[method];
+    for (const knobs of plan.lr) await run(method, knobs);
+    const first = chooseKnobs(rows.filter((r) => r.method === method))[method] ?? {};
+    for (const own of plan.own) await run(method, mergeKnobs(first, own));
   }
   return rows;
 }
@@ -88,8 +103,10 @@ export function renderTuning(o: ResultsOptions, rows: TuningRow[], command: stri
     "",
     `Every client holds out 10% of its training examples (seeded, \`splitValidation\`), trains on the rest, ` +
     `and is scored on the held-out part after the last round; the test split is not read. Each method ` +
-    `gets the same number of settings (the defaults first); the lowest mean validation perplexity wins, ` +
-    `the earlier setting on a tie. Settings otherwise as \`deno task results\`: ${o.rounds} rounds × ` +
+    `gets the same budget in two stages: three learning rates (the default first), then two settings of ` +
+    `its own knobs on top of the best of those (FedProx's μ where the method's paper names none; two ` +
+    `more learning rates for local-only, which shares nothing). The lowest mean validation perplexity ` +
+    `of all five wins, the earlier setting on a tie. Settings otherwise as \`deno task results\`: ${o.rounds} rounds × ` +
     `${o.localSteps} steps, lr ${o.lr} unless a knob says otherwise.`,
     "",
     "| method | setting | validation mean ppl | per seed |",

@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
 import { DEFAULT_SIM } from "../runtime/federation/types.ts";
 import type { Example } from "../runtime/data/types.ts";
-import { knobsLabel, parseKnobs, parseKnobsFile, parseKnobsTable, withKnobs } from "../runtime/federation/knobs.ts";
+import {
+  knobsLabel,
+  mergeKnobs,
+  parseKnobs,
+  parseKnobsFile,
+  parseKnobsTable,
+  withKnobs,
+} from "../runtime/federation/knobs.ts";
 import { loadClients } from "../runtime/federation/run.ts";
 import { cacheKey, DEFAULT_RESULTS, type ResultsOptions } from "../bench/results_table.ts";
 import { chooseKnobs, tune, TUNING_GRID } from "../bench/tune.ts";
@@ -38,11 +45,30 @@ Deno.test("knobs: applied to a run's config, nested settings merged, the clients
   assert.equal(knobsLabel({ lr: 0.01, tiers: { low: 1, high: 3 } }), "lr=0.01 tiers=low:1,high:3");
 });
 
-Deno.test("knobs: every method has a grid of the same size, defaults first (base trains nothing)", () => {
-  const sizes = METHODS.filter((m) => m !== "base").map((m) => TUNING_GRID[m].length);
-  assert.ok(sizes.every((n) => n === sizes[0] && n > 1), `grid sizes ${sizes}`);
-  for (const m of METHODS) assert.deepEqual(TUNING_GRID[m][0], {}, m);
-  for (const m of METHODS) for (const k of TUNING_GRID[m]) assert.deepEqual(parseKnobs(k), k);
+Deno.test("knobs: every method has a plan of the same size, the lr stage first from the defaults (base trains nothing)", () => {
+  const sizes = METHODS.filter((m) => m !== "base").map((
+    m,
+  ) => [TUNING_GRID[m].lr.length, TUNING_GRID[m].own.length]);
+  assert.ok(
+    sizes.every(([a, b]) => a === sizes[0][0] && b === sizes[0][1] && a > 1 && b > 0),
+    `plan sizes ${sizes}`,
+  );
+  for (const m of METHODS) {
+    assert.deepEqual(TUNING_GRID[m].lr[0], {}, m);
+    assert.ok(TUNING_GRID[m].lr.slice(1).every((k) => Object.keys(k).join() === "lr"), m);
+    for (const k of [...TUNING_GRID[m].lr, ...TUNING_GRID[m].own]) assert.deepEqual(parseKnobs(k), k);
+  }
+  assert.deepEqual(TUNING_GRID.base, { lr: [{}], own: [] });
+});
+
+Deno.test("knobs: merged in the names' order, the later setting replacing, so one setting has one label", () => {
+  assert.deepEqual(Object.keys(mergeKnobs({ importanceBeta: 0.5 }, { lr: 0.01 })), ["lr", "importanceBeta"]);
+  assert.equal(
+    knobsLabel(mergeKnobs({ importanceBeta: 0.5 }, { lr: 0.01 })),
+    knobsLabel(mergeKnobs({ lr: 0.01 }, { importanceBeta: 0.5 })),
+  );
+  assert.deepEqual(mergeKnobs({ lr: 0.0025 }, { lr: 0.00125 }), { lr: 0.00125 });
+  assert.deepEqual(mergeKnobs({}, {}), {});
 });
 
 Deno.test("tuning: the lowest validation score wins, the earlier setting on a tie, NaN never", () => {
@@ -100,10 +126,16 @@ Deno.test("tuning: a short tuning runs each setting on validation and picks the 
     backend: "node",
     partition: { kind: "category", clientsPerCategory: 1 },
   };
-  // lr 0.9 with clipping at 1 throws the adapter far off: its validation perplexity must be the worse.
-  const rows = await tune(o, { ...TUNING_GRID, fedit: [{}, { lr: 0.9 }] });
-  assert.equal(rows.length, 2);
+  // lr 0.9 with clipping at 1 throws the adapter far off: its validation perplexity must be the worse,
+  // so stage 2 starts from the default lr, and its setting carries no lr.
+  const rows = await tune(o, {
+    ...TUNING_GRID,
+    fedit: { lr: [{}, { lr: 0.9 }], own: [{ proximalMu: 0.1 }] },
+  });
+  assert.equal(rows.length, 3);
   assert.ok(rows.every((r) => Number.isFinite(r.mean) && r.mean > 1));
   assert.ok(rows[1].mean > rows[0].mean, `lr 0.9 ${rows[1].mean} vs default ${rows[0].mean}`);
-  assert.deepEqual(chooseKnobs(rows).fedit, {});
+  assert.deepEqual(rows[2].knobs, { proximalMu: 0.1 });
+  assert.notEqual(rows[2].mean, rows[0].mean, "the proximal term changed nothing");
+  assert.deepEqual(chooseKnobs(rows).fedit, rows[2].mean < rows[0].mean ? { proximalMu: 0.1 } : {});
 });

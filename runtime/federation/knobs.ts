@@ -113,6 +113,17 @@ export function withKnobs(cfg: SimConfig, k: Knobs): SimConfig {
   };
 }
 
+/**
+ * `over` applied on top of `base` (its keys replace base's), in the canonical order of the knob names,
+ * so that the same setting reached two ways has one label and one cache key.
+ */
+export function mergeKnobs(base: Knobs, over: Knobs): Knobs {
+  const both: Record<string, unknown> = { ...base, ...over };
+  const out: Record<string, unknown> = {};
+  for (const n of KNOB_NAMES) if (Object.hasOwn(both, n)) out[n] = both[n];
+  return out as Knobs;
+}
+
 /** Knobs as one short label ("default" when none): `lr=0.01 searchFraction=0.25`. */
 export function knobsLabel(k: Knobs): string {
   const parts = Object.entries(k).map(([n, v]) =>
