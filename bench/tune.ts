@@ -33,8 +33,8 @@ export interface TuningPlan {
 }
 
 export const TUNING_GRID: Record<Method, TuningPlan> = (() => {
-  // Halving from the shared 5e-3: in the first tuning (category, seed 0) 1e-2 was the worst of
-  // {1e-2, 5e-3, 2.5e-3} on validation for all six methods tried (bench/results/tuning-category.md).
+  // Halving from the shared 5e-3: 1e-2 was the worst of {1e-2, 5e-3, 2.5e-3} on validation (category,
+  // seed 0) for all five methods tried with it (bench/results/tuning-category.md's notes).
   const lr: Knobs[] = [{}, { lr: 2.5e-3 }, { lr: 1.25e-3 }];
   const search = { lr, own: [{ searchFraction: 0.25 }, { importanceBeta: 0.5 }] };
   const prox = { lr, own: [{ proximalMu: 0.1 }, { proximalMu: 1 }] };
