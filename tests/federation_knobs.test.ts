@@ -69,6 +69,8 @@ Deno.test("knobs: merged in the names' order, the later setting replacing, so on
   );
   assert.deepEqual(mergeKnobs({ lr: 0.0025 }, { lr: 0.00125 }), { lr: 0.00125 });
   assert.deepEqual(mergeKnobs({}, {}), {});
+  // A knobs file may write them in any order: the label (and so the cache key) is the same.
+  assert.equal(knobsLabel({ importanceBeta: 0.5, lr: 0.01 }), "lr=0.01 importanceBeta=0.5");
 });
 
 Deno.test("tuning: the lowest validation score wins, the earlier setting on a tie, NaN never", () => {

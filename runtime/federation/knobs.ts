@@ -113,20 +113,24 @@ export function withKnobs(cfg: SimConfig, k: Knobs): SimConfig {
   };
 }
 
-/**
- * `over` applied on top of `base` (its keys replace base's), in the canonical order of the knob names,
- * so that the same setting reached two ways has one label and one cache key.
- */
-export function mergeKnobs(base: Knobs, over: Knobs): Knobs {
-  const both: Record<string, unknown> = { ...base, ...over };
+/** The same knobs in the canonical order of the knob names, whatever order they were written or merged in. */
+function canonical(k: Knobs): Knobs {
   const out: Record<string, unknown> = {};
-  for (const n of KNOB_NAMES) if (Object.hasOwn(both, n)) out[n] = both[n];
+  for (const n of KNOB_NAMES) if (Object.hasOwn(k, n)) out[n] = k[n];
   return out as Knobs;
 }
 
-/** Knobs as one short label ("default" when none): `lr=0.01 searchFraction=0.25`. */
+/** `over` applied on top of `base` (its keys replace base's), in the canonical order. */
+export function mergeKnobs(base: Knobs, over: Knobs): Knobs {
+  return canonical({ ...base, ...over });
+}
+
+/**
+ * Knobs as one short label ("default" when none): `lr=0.01 searchFraction=0.25`, in the canonical
+ * order, so that one setting has one label and one results-cache key however a file orders it.
+ */
 export function knobsLabel(k: Knobs): string {
-  const parts = Object.entries(k).map(([n, v]) =>
+  const parts = Object.entries(canonical(k)).map(([n, v]) =>
     typeof v === "object" ? `${n}=${Object.entries(v).map(([t, e]) => `${t}:${e}`).join(",")}` : `${n}=${v}`
   );
   return parts.length ? parts.join(" ") : "default";
