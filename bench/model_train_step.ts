@@ -12,10 +12,12 @@
  *   deno run -A bench/model_train_step.ts [node|wasm ...] [--model=135m|360m] [--steps=N] [--pairs=N] [--layers=N]
  *     [--no-torch] [--checkpoint]
  *     [--arena=on|off] [--mem-pattern=on|off] [--execution-mode=sequential|parallel]
- *     [--mmap-threshold=BYTES|off] [--verbose]
+ *     [--mmap-threshold=BYTES|off] [--weights=inputs|constants] [--profile=PREFIX] [--verbose]
  *
  * `--model=360m` runs the SmolLM2-360M shape instead (bench/model_135m.ts); PyTorch's side
  * (tests/reference/torch_bench.py) knows only the 135M shape, so it is not run there.
+ * `--profile=PREFIX` (node only) writes onnxruntime's per-node profile of the session's steps to
+ * PREFIX_<date>.json; `bench/profile_ops.ts` sums it by op.
  *
  * Model FLOPs of a LoRA step = 2 x forward matmul FLOPs (forward + input gradients; frozen weights
  * need no weight gradients), attention scores counted in full.
@@ -110,6 +112,11 @@ export interface TrainStepBenchOptions {
   torch?: boolean;
   /** Activation checkpointing in our train step (`EngineOptions.checkpoint`, default false). */
   checkpoint?: boolean;
+  /**
+   * How the frozen base reaches the graph (default "inputs" on every backend, so backends compare on
+   * one graph); "constants" bakes it in, which lets onnxruntime pre-pack the MatMul weights.
+   */
+  weightMode?: "inputs" | "constants";
 }
 
 /** Markdown section: per backend, our row and PyTorch's from the same interleaved pairs. */
@@ -124,6 +131,9 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
   const pairs = opts.pairs ?? (withTorch ? 3 : 1);
   if (!(Number.isInteger(steps) && steps >= 1)) {
     throw new Error(`--steps must be a positive integer, got ${steps}`);
+  }
+  if (opts.weightMode !== undefined && opts.weightMode !== "inputs" && opts.weightMode !== "constants") {
+    throw new Error(`--weights must be inputs or constants, got ${opts.weightMode}`);
   }
   if (!(Number.isInteger(pairs) && pairs >= 1)) {
     throw new Error(`--pairs must be a positive integer, got ${pairs}`);
@@ -152,7 +162,7 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
     const t0 = performance.now();
     const engine = await Engine.create(model, { rank: 8, alpha: 16, targets: ["q", "v"] }, {
       backend,
-      weightMode: "inputs",
+      weightMode: opts.weightMode ?? "inputs",
       session: opts.session,
       checkpoint: opts.checkpoint,
     });
@@ -240,7 +250,9 @@ export async function run(opts: TrainStepBenchOptions = {}): Promise<string> {
         : `${shape.toUpperCase()}-width ${cfg.numLayers}-layer`
     } shape (batch ${BATCH}, seq ${SEQ}, r=8 on q,v)`,
     ``,
-    `Activation checkpointing: ${opts.checkpoint ? "on" : "off"}. Model FLOPs per step: ${
+    `Activation checkpointing: ${opts.checkpoint ? "on" : "off"}. Base weights: ${
+      opts.weightMode ?? "inputs"
+    }. Model FLOPs per step: ${
       (flopsPerToken * tokens / 1e12).toFixed(3)
     } TFLOP (forward + input gradients). MFU = achieved / the backend's 1024³ MatMul GFLOP/s in the same run. ` +
     `Step figures are the median (range) over ${pairs} pair(s), each pair's figure the median of ${steps} timed steps ` +
@@ -277,6 +289,7 @@ if (import.meta.main) {
       layers: flag("layers") ? Number(flag("layers")) : undefined,
       torch: !Deno.args.includes("--no-torch"),
       checkpoint: Deno.args.includes("--checkpoint"),
+      weightMode: flag("weights") as "inputs" | "constants" | undefined,
       verbose: Deno.args.includes("--verbose"),
       session: {
         memArena: onOff("arena"),
@@ -287,6 +300,7 @@ if (import.meta.main) {
           : flag("mmap-threshold")
           ? Number(flag("mmap-threshold"))
           : undefined,
+        ...(flag("profile") ? { profile: flag("profile") } : {}),
       },
     }),
   );

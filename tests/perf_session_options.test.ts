@@ -4,6 +4,7 @@ import { sessionTuning, tuneNativeMalloc } from "../runtime/graph/session.ts";
 import { Engine } from "../runtime/model/engine.ts";
 import type { LoadedModel } from "../runtime/model/load.ts";
 import { perturbedAdapter, randomBatch, tinyModel } from "./model_fixtures.ts";
+import { renderProfile, summarizeProfile } from "../bench/profile_ops.ts";
 
 function smallGraph(): Uint8Array {
   const g = new Graph();
@@ -131,4 +132,41 @@ Deno.test("perf_head_chunks: a vocabulary-chunked head gives the loss and gradie
     () => Engine.create(model, { rank: 2, alpha: 4, targets: ["q"] }, { backend: "node", headChunk: 0 }),
     /headChunk must be a positive integer/,
   );
+});
+
+Deno.test("perf_profile: a profiled node session writes onnxruntime's profile on release, and profile_ops sums it by op", async () => {
+  assert.throws(() => sessionTuning("wasm", { profile: "/tmp/x" }), /profile needs/);
+  assert.throws(() => sessionTuning("node", { profile: "" }), /profile needs/);
+  const dir = await Deno.makeTempDir();
+  try {
+    const s = await createSession(smallGraph(), { backend: "node", profile: `${dir}/p`, noCache: true });
+    const a = Float32Array.from({ length: 12 }, (_, i) => i / 12);
+    for (let i = 0; i < 3; i++) await s.run({ a: { data: a, dims: [3, 4] } });
+    await s.release();
+    const files = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.startsWith("p"));
+    assert.equal(files.length, 1, `one profile file, got ${files}`);
+    const events = JSON.parse(await Deno.readTextFile(`${dir}/${files[0]}`));
+    const last = summarizeProfile(events);
+    assert.equal(last.runs.length, 3);
+    assert.deepEqual(last.counted, [3]);
+    const ops = last.byOp.map((r) => r.op);
+    for (const op of ["MatMul", "Softmax"]) assert.ok(ops.includes(op), `${op} in ${ops}`);
+    assert.ok(last.byOp.every((r) => r.calls === 1), "each op of the graph runs once per run");
+    assert.ok(Math.abs(last.byOp.reduce((x, r) => x + r.share, 0) - 1) < 1e-9);
+    const all = summarizeProfile(events, "all");
+    assert.equal(all.byOp.find((r) => r.op === "MatMul")!.calls, 3);
+    // The activation's shape leads (onnxruntime leaves out a pre-packed constant's).
+    assert.match(all.byShape.find((r) => r.op === "MatMul")!.shapes, /^\[\[3,4\]/);
+    assert.throws(() => summarizeProfile(events, 4), /run 4 is not/);
+    assert.throws(() => summarizeProfile({}), /JSON array/);
+    assert.throws(() => summarizeProfile([{ cat: "Node", name: "x_kernel_time", ts: 1 }]), /no model_run/);
+    assert.match(renderProfile(last, 10), /\| MatMul \| 1 \|/);
+    assert.equal(
+      renderProfile(last, 1).split("\n").filter((l) => /^\| [A-Z]/.test(l)).length,
+      2,
+      "top 1 of each table",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -15,6 +15,7 @@ import { Engine } from "../runtime/model/engine.ts";
 import { engineTrainer } from "../runtime/client/engine_trainer.ts";
 import type { TaskInfo } from "../runtime/client/federated_client.ts";
 import { parseTrainSettings } from "../runtime/client/train_settings.ts";
+import { parseKnobs, withKnobs } from "../runtime/federation/knobs.ts";
 import { federationTinyModel, wordData } from "./federation_fixtures.ts";
 
 const tiny = federationTinyModel;
@@ -139,4 +140,49 @@ Deno.test("perfit-mix: in a federation every client searches like PerFIT and rep
       assert.ok(Number.isFinite(c.perplexity));
     }
   }
+});
+
+Deno.test("perfit-mix: with mixPart all the A positions are mixed too, so a spoilt average A is refused", async () => {
+  const m = await tiny();
+  const R = 2;
+  const trainer = engineTrainer({
+    model: m,
+    tokenizer: m.tokenizer!,
+    data: { id: "c", train: data.slice(0, 40), test: data.slice(40, 50) },
+    backend: "node",
+  });
+  const size = adapterLayout(m.config, { rank: R, alpha: 4, targets: ["q", "v"] }).size;
+  const task: TaskInfo = {
+    run: "r",
+    round: 1,
+    status: "train",
+    deadline: null,
+    method: "perfit-mix",
+    baseModel: "tiny",
+    lora: { rank: R, alpha: 4, targets: ["q", "v"] },
+    tier: "base",
+    expansion: 1,
+    rank: R,
+    budget: size,
+    adapterSize: size,
+    seed: 1,
+    globalRound: 0,
+    train: { maxLen: 32, batchSize: 4, localSteps: 12, lr: 0.02, validationShare: 0.25, mixPart: "all" },
+    plan: { search: false, randomMask: false },
+  };
+  const out = await trainer(task, await trainer.initAdapter(task), null);
+  const own = out.values;
+  const A = kindMask(trainer.learner()!.layout, "A");
+  const spoiltA = own.map((x, i) => (A[i] ? x + (i % 2 ? 3 : -3) : x));
+  const keep = await trainer.mixSlice(task, own, spoiltA, out.mask);
+  assert.equal(trainer.mixWeight(), 1, "its own A is better than a spoilt one");
+  assert.deepEqual(Array.from(keep), Array.from(own));
+  const take = await trainer.mixSlice(task, spoiltA, own, out.mask);
+  assert.equal(trainer.mixWeight(), 0);
+  assert.deepEqual(Array.from(take), Array.from(own));
+  assert.throws(() => parseTrainSettings({ mixPart: "A" }), /mixPart/);
+  assert.deepEqual(parseKnobs({ mixPart: "all" }), { mixPart: "all" });
+  assert.throws(() => parseKnobs({ mixPart: "AB" }), /mixPart/);
+  assert.equal(withKnobs(DEFAULT_SIM, { mixPart: "all" }).mixPart, "all");
+  assert.equal(withKnobs(DEFAULT_SIM, {}).mixPart, undefined, "unset, the run's settings carry no key");
 });

@@ -101,6 +101,8 @@ export interface LocalHyper {
   dpa: DualSettings;
   /** perfit-mix: share of the training examples held out to pick the mix weight on. */
   validationShare: number;
+  /** perfit-mix: the positions mixed, the mask's B only or all of it. */
+  mixPart: "B" | "all";
   /** HetLoRA's rank self-pruning, γ and λ (null: off). */
   rankPruning: RankPruning | null;
 }
@@ -129,6 +131,7 @@ export function localHyper(train: Record<string, unknown>): LocalHyper {
       instanceRefs: t.instanceRefs,
     },
     validationShare: t.validationShare,
+    mixPart: t.mixPart,
     rankPruning: t.rankPruning === "on"
       ? checkRankPruning({ decay: t.rankDecay, tailWeight: t.rankTailWeight })
       : null,
@@ -482,11 +485,12 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     async mixSlice(task: TaskInfo, own: Float32Array, mergedIn: Float32Array, mask: Uint8Array | null) {
       // Nothing to choose between before the first aggregation has moved anything.
       if (!strategyFor(task.method).mixes || own.every((v, i) => v === mergedIn[i])) return mergedIn;
-      const { learner, global, layout } = await learnerFor(task, localHyper(task.train));
+      const h = localHyper(task.train);
+      const { learner, global, layout } = await learnerFor(task, h);
       const ownL = extract(global, own, layout);
       const globalL = extract(global, mergedIn, layout);
       const m = mask ? extract(global, mask, layout) : learner.mask;
-      const at = kindOf.B(layout).map((b, i) => b & m[i]);
+      const at = h.mixPart === "all" ? m : kindOf.B(layout).map((b, i) => b & m[i]);
       const best = await pickMix(MIX_GRID, (l) => learner.validate(mixAt(ownL, globalL, at, l), m));
       lastMix = best.lambda;
       const mixed = embed(layout, mixAt(ownL, globalL, at, best.lambda), global);

@@ -36,6 +36,7 @@ export interface TrainSettings {
   instanceMaxWeight: number;
   instanceRefs: number;
   validationShare: number;
+  mixPart: "B" | "all";
 }
 
 /** One key of the table. */
@@ -210,6 +211,12 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     default: 0.1,
     doc:
       "perfit-mix: share of a client's training examples held out (never trained on) to pick its mix weight",
+  },
+  mixPart: {
+    type: "enum",
+    choices: ["B", "all"],
+    default: "B",
+    doc: "perfit-mix: the mask positions mixed between own and average, `B` only or `all` (A and B)",
   },
 };
 

@@ -14,6 +14,8 @@ export interface Knobs {
   importanceBeta?: number;
   proximalMu?: number;
   dpaLocalWeight?: number;
+  /** perfit-mix: mix only the mask's B between own and average, or all of it. */
+  mixPart?: "B" | "all";
   /** Expansion factor of each tier (low, mid, high): PerFIT's tiers, the same table for every client. */
   tiers?: Record<string, number>;
 }
@@ -30,6 +32,7 @@ const CHECKS: Record<keyof Knobs, Check> = {
   importanceBeta: num((x) => x >= 0 && x < 1, "a number in [0, 1)"),
   proximalMu: num((x) => x >= 0, "a number ≥ 0"),
   dpaLocalWeight: num((x) => x >= 0 && x <= 1, "a number in [0, 1]"),
+  mixPart: (v) => v === "B" || v === "all" ? undefined : `must be "B" or "all"`,
   tiers: (v) => {
     if (typeof v !== "object" || v === null || Array.isArray(v)) return "must be an object of tier: factor";
     const entries = Object.entries(v);
@@ -109,6 +112,7 @@ export function withKnobs(cfg: SimConfig, k: Knobs): SimConfig {
       : { ...cfg.importance, beta: k.importanceBeta },
     proximalMu: k.proximalMu ?? cfg.proximalMu,
     dpa,
+    ...(k.mixPart === undefined ? {} : { mixPart: k.mixPart }),
     tiers,
   };
 }

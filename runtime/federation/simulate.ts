@@ -88,6 +88,7 @@ export function trainSettings(cfg: SimConfig, inp: Pick<SimulationInputs, "batch
     researchEvery: cfg.researchEvery,
     ...(cfg.proximalMu > 0 ? { proximalMu: cfg.proximalMu } : {}),
     ...(strategyFor(cfg.method).dual ? cfg.dpa : {}),
+    ...(cfg.mixPart && cfg.mixPart !== "B" ? { mixPart: cfg.mixPart } : {}),
     ...(cfg.rankPruning
       ? { rankPruning: "on", rankDecay: cfg.rankPruning.decay, rankTailWeight: cfg.rankPruning.tailWeight }
       : {}),

@@ -74,6 +74,8 @@ export interface SimConfig {
    * `rankPruning: "on"`); absent: off, and the run's settings carry none of these keys.
    */
   rankPruning?: { decay: number; tailWeight: number };
+  /** perfit-mix's mixed positions (the `train` key `mixPart`); absent: B only, and the settings carry no key. */
+  mixPart?: "B" | "all";
   /** Tier table and the tier of each client (cycled when shorter than the client list). */
   tiers: TierTable;
   clientTiers: string[];

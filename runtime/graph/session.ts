@@ -47,6 +47,12 @@ export interface SessionOptions {
    * peak RSS drifted from 2.9 to 4.3 GB between runs; with the fixed threshold it stays at ~2.75 GB.
    */
   mallocMmapThreshold?: number | false;
+  /**
+   * onnxruntime-node only: write onnxruntime's per-node profile (Chrome-trace JSON, every kernel's
+   * time and shapes) to a file starting with this prefix, flushed when the session is released.
+   * `bench/profile_ops.ts` sums it by op, to find where a step's time goes.
+   */
+  profile?: string;
 }
 
 const DEFAULT_MMAP_THRESHOLD = 1 << 20;
@@ -85,6 +91,7 @@ export interface SessionTuning {
   memPattern?: boolean;
   executionMode: "sequential" | "parallel";
   graphOptimizationLevel: "disabled" | "basic" | "extended" | "all";
+  profile?: string;
 }
 
 /** Resolves the tuning options a session on `backend` gets (defaults filled in; undefined = ORT's). */
@@ -99,11 +106,17 @@ export function sessionTuning(backend: ResolvedBackend, opts: SessionOptions = {
       `graphOptimizationLevel must be disabled, basic, extended or all, got "${graphOptimizationLevel}"`,
     );
   }
+  if (
+    opts.profile !== undefined && (backend !== "node" || typeof opts.profile !== "string" || !opts.profile)
+  ) {
+    throw new Error(`profile needs a non-empty file prefix and onnxruntime-node (backend is ${backend})`);
+  }
   return {
     memArena: opts.memArena ?? (backend === "node" ? false : undefined),
     memPattern: opts.memPattern,
     executionMode,
     graphOptimizationLevel,
+    ...(opts.profile ? { profile: opts.profile } : {}),
   };
 }
 /** A ready inference session. */
@@ -269,6 +282,10 @@ async function open(
     if (mallocOpt !== false) tuneNativeMalloc(mallocOpt ?? DEFAULT_MMAP_THRESHOLD);
     so.executionProviders = ["cpu"];
     so.intraOpNumThreads = threads;
+    if (tuning.profile) {
+      so.enableProfiling = true;
+      so.profileFilePrefix = tuning.profile;
+    }
   } else if (backend === "wasm") {
     // numThreads is global to the WASM module and fixed once it initializes.
     ort.env.wasm.numThreads = threads;

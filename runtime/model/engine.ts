@@ -80,7 +80,7 @@ export interface EngineOptions {
 /** The session options an engine passes through to `createSession`. */
 export type SessionTuningOptions = Pick<
   SessionOptions,
-  "memArena" | "memPattern" | "executionMode" | "graphOptimizationLevel" | "mallocMmapThreshold"
+  "memArena" | "memPattern" | "executionMode" | "graphOptimizationLevel" | "mallocMmapThreshold" | "profile"
 >;
 
 /** Bad batch or adapter: the message says which field. */
