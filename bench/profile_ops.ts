@@ -86,6 +86,9 @@ export function summarizeProfile(events: unknown, run: number | "all" = -1): Pro
 
 /** The summary as two Markdown tables (the `top` largest rows of each). */
 export function renderProfile(s: ProfileSummary, top = 15): string {
+  if (!(Number.isInteger(top) && top >= 1)) {
+    throw new RangeError(`top must be a positive integer, got ${top}`);
+  }
   const table = (rows: ProfileRow[], shapes: boolean) =>
     [
       `| op${shapes ? " | input shapes" : ""} | calls | ms | share |`,
@@ -118,9 +121,9 @@ if (import.meta.main) {
     console.error("usage: deno run -A bench/profile_ops.ts PROFILE.json [--run=N|all] [--top=N]");
     Deno.exit(2);
   }
-  const run = values.run === undefined ? -1 : values.run === "all" ? "all" : Number(values.run);
-  const top = values.top === undefined ? 15 : Number(values.top);
   try {
+    const run = values.run === undefined ? -1 : values.run === "all" ? "all" : Number(values.run);
+    const top = values.top === undefined ? 15 : Number(values.top);
     const s = summarizeProfile(JSON.parse(await Deno.readTextFile(positionals[0])), run);
     console.log(renderProfile(s, top));
   } catch (e) {

@@ -166,6 +166,9 @@ Deno.test("perf_profile: a profiled node session writes onnxruntime's profile on
       2,
       "top 1 of each table",
     );
+    assert.throws(() => renderProfile(last, 0), /top must be/);
+    assert.throws(() => renderProfile(last, Number("x")), /top must be/);
+    assert.throws(() => summarizeProfile(events, Number("x")), /is not in the profile/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

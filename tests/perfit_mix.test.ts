@@ -58,7 +58,8 @@ Deno.test("perfit-mix: the validation split is a seeded part of the training dat
   assert.equal(parseTrainSettings({}).validationShare, 0.1);
 });
 
-Deno.test("perfit-mix: the trainer keeps its own B when the average is spoilt, takes the average when its own is", async () => {
+/** A perfit-mix trainer over 40 training examples (a quarter held out) and its round-1 task, dense rank 2. */
+async function mixTrainer(train: Record<string, unknown> = {}) {
   const m = await tiny();
   const R = 2;
   const trainer = engineTrainer({
@@ -67,6 +68,7 @@ Deno.test("perfit-mix: the trainer keeps its own B when the average is spoilt, t
     data: { id: "c", train: data.slice(0, 40), test: data.slice(40, 50) },
     backend: "node",
   });
+  const size = adapterLayout(m.config, { rank: R, alpha: 4, targets: ["q", "v"] }).size;
   const task: TaskInfo = {
     run: "r",
     round: 1,
@@ -78,15 +80,18 @@ Deno.test("perfit-mix: the trainer keeps its own B when the average is spoilt, t
     tier: "base",
     expansion: 1,
     rank: R,
-    budget: 0,
-    adapterSize: 0,
+    budget: size,
+    adapterSize: size,
     seed: 1,
     globalRound: 0,
-    train: { maxLen: 32, batchSize: 4, localSteps: 12, lr: 0.02, validationShare: 0.25 },
+    train: { maxLen: 32, batchSize: 4, localSteps: 12, lr: 0.02, validationShare: 0.25, ...train },
     plan: { search: false, randomMask: false },
   };
-  const size = adapterLayout(m.config, { rank: R, alpha: 4, targets: ["q", "v"] }).size;
-  const t1 = { ...task, adapterSize: size, budget: size };
+  return { trainer, task };
+}
+
+Deno.test("perfit-mix: the trainer keeps its own B when the average is spoilt, takes the average when its own is", async () => {
+  const { trainer, task: t1 } = await mixTrainer();
   const out = await trainer(t1, await trainer.initAdapter(t1), null);
   const learner = trainer.learner()!;
   assert.equal(learner.samples, 30, "a quarter of the 40 training examples is held out, never trained on");
@@ -143,33 +148,7 @@ Deno.test("perfit-mix: in a federation every client searches like PerFIT and rep
 });
 
 Deno.test("perfit-mix: with mixPart all the A positions are mixed too, so a spoilt average A is refused", async () => {
-  const m = await tiny();
-  const R = 2;
-  const trainer = engineTrainer({
-    model: m,
-    tokenizer: m.tokenizer!,
-    data: { id: "c", train: data.slice(0, 40), test: data.slice(40, 50) },
-    backend: "node",
-  });
-  const size = adapterLayout(m.config, { rank: R, alpha: 4, targets: ["q", "v"] }).size;
-  const task: TaskInfo = {
-    run: "r",
-    round: 1,
-    status: "train",
-    deadline: null,
-    method: "perfit-mix",
-    baseModel: "tiny",
-    lora: { rank: R, alpha: 4, targets: ["q", "v"] },
-    tier: "base",
-    expansion: 1,
-    rank: R,
-    budget: size,
-    adapterSize: size,
-    seed: 1,
-    globalRound: 0,
-    train: { maxLen: 32, batchSize: 4, localSteps: 12, lr: 0.02, validationShare: 0.25, mixPart: "all" },
-    plan: { search: false, randomMask: false },
-  };
+  const { trainer, task } = await mixTrainer({ mixPart: "all" });
   const out = await trainer(task, await trainer.initAdapter(task), null);
   const own = out.values;
   const A = kindMask(trainer.learner()!.layout, "A");

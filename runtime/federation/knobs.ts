@@ -4,6 +4,7 @@
  */
 import type { DualSettings, SimConfig } from "./types.ts";
 import { type Method, METHODS } from "./strategies.ts";
+import { TRAIN_SETTINGS } from "../client/train_settings.ts";
 
 /** The knobs a tuning grid may set; everything else of a `SimConfig` stays the run's. */
 export interface Knobs {
@@ -32,7 +33,12 @@ const CHECKS: Record<keyof Knobs, Check> = {
   importanceBeta: num((x) => x >= 0 && x < 1, "a number in [0, 1)"),
   proximalMu: num((x) => x >= 0, "a number ≥ 0"),
   dpaLocalWeight: num((x) => x >= 0 && x <= 1, "a number in [0, 1]"),
-  mixPart: (v) => v === "B" || v === "all" ? undefined : `must be "B" or "all"`,
+  mixPart: (v) => {
+    // The train setting's own choices, so the knob and the setting cannot drift apart.
+    const spec = TRAIN_SETTINGS.mixPart;
+    const choices = spec.type === "enum" ? spec.choices : [];
+    return choices.includes(v as string) ? undefined : `must be one of ${choices.join(", ")}`;
+  },
   tiers: (v) => {
     if (typeof v !== "object" || v === null || Array.isArray(v)) return "must be an object of tier: factor";
     const entries = Object.entries(v);
