@@ -260,6 +260,18 @@ export function parseRunConfig(raw: unknown): RunConfig {
       `train.rankPruning is HetLoRA's rank self-pruning; ${method} has no rank to prune`,
     );
   }
+  if (settings.finetuneSteps > 0) {
+    // Fine-tuning starts from the adapter the federation gave a client: FLoRA's model is its merged
+    // base (no adapter), FedDPA keeps a local adapter already, local-only has no federation to start from.
+    const why = strategy.stacks
+      ? "FLoRA's model is its merged base, with no adapter to fine-tune"
+      : strategy.dual
+      ? "FedDPA keeps a local adapter of its own already"
+      : strategy.shares === "none"
+      ? "local-only trains alone throughout (raise localSteps instead)"
+      : null;
+    if (why) throw invalid("invalid_config", `train.finetuneSteps is not offered for ${method}: ${why}`);
+  }
   return {
     baseModel,
     lora: { rank, alpha, targets: targets as TargetModule[] },

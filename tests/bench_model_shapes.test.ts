@@ -96,3 +96,14 @@ Deno.test("browser bench options: 360m defaults to weights as inputs; tiny refus
   assert.throws(() => resolveOptions({ model: "360m", seq: 1 }), /--seq must be at least 2/);
   assert.throws(() => resolveOptions({ model: "1b" as "360m" }), /--model must be one of tiny, 135m, 360m/);
 });
+
+Deno.test("train step bench: refuses a bad --weights, --steps, --pairs or --model", async () => {
+  const { run } = await import("../bench/model_train_step.ts");
+  await assert.rejects(
+    () => run({ weightMode: "weights" as "inputs" }),
+    /--weights must be inputs or constants, got weights/,
+  );
+  await assert.rejects(() => run({ steps: 0 }), /--steps must be a positive integer/);
+  await assert.rejects(() => run({ pairs: 1.5, torch: false }), /--pairs must be a positive integer/);
+  await assert.rejects(() => run({ shape: "1b" as "135m" }), /--model must be one of/);
+});

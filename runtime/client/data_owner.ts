@@ -156,6 +156,8 @@ export async function runDataOwner(o: DataOwnerOptions): Promise<DataOwnerResult
       } else if (s.kind === "done") {
         // A finished run's task names the round after its last.
         log(`run ${o.run} finished after round ${s.round - 1}`);
+        // The done-step may have fine-tuned the final model (`finetuneSteps`): that is the one to keep.
+        pending = pending.then(() => writeAdapter(s.round - 1, true));
       }
     },
   });

@@ -103,6 +103,8 @@ export interface LocalHyper {
   validationShare: number;
   /** perfit-mix: the positions mixed, the mask's B only or all of it. */
   mixPart: "B" | "all";
+  /** Local fine-tuning steps once the run is done (0: off). */
+  finetuneSteps: number;
   /** HetLoRA's rank self-pruning, γ and λ (null: off). */
   rankPruning: RankPruning | null;
 }
@@ -132,6 +134,7 @@ export function localHyper(train: Record<string, unknown>): LocalHyper {
     },
     validationShare: t.validationShare,
     mixPart: t.mixPart,
+    finetuneSteps: t.finetuneSteps,
     rankPruning: t.rankPruning === "on"
       ? checkRankPruning({ decay: t.rankDecay, tailWeight: t.rankTailWeight })
       : null,
@@ -196,6 +199,13 @@ export type EngineTrainer = Trainer & {
   ): Promise<Float32Array>;
   /** perfit-mix: the weight of the last slice's mix; null before one (or for other methods). */
   mixWeight(): number | null;
+  /**
+   * Local fine-tuning once the run is done: `finetuneSteps` masked AdamW steps on the client's own
+   * training data from `adapter` (global layout, the final personalized model), under `mask`, with the
+   * method's frozen matrices kept. Returns the fine-tuned adapter (global layout; positions outside
+   * this client's layout as given). Nothing of it is uploaded.
+   */
+  finetune(task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null): Promise<Float32Array>;
 };
 
 /** The A or B positions of a layout, computed once per layout. */
@@ -240,6 +250,27 @@ function evaluateOwn(
     refs: h.dpa.instanceRefs,
     seed: deriveSeed(task.seed, task.globalRound),
   });
+}
+
+/** The learner's view of a task's settings (the round's `SimConfig`). */
+function simConfigOf(task: TaskInfo, h: LocalHyper): SimConfig {
+  return {
+    ...DEFAULT_SIM,
+    method: task.method,
+    rank: task.lora.rank,
+    alpha: task.lora.alpha,
+    targets: task.lora.targets as TargetModule[],
+    localSteps: h.steps,
+    lr: h.lr,
+    weightDecay: h.weightDecay,
+    clipNorm: h.clipNorm,
+    pruneStages: h.pruneStages,
+    searchFraction: h.searchFraction,
+    schedule: h.schedule,
+    allocation: h.allocation,
+    importance: h.importance,
+    seed: task.seed,
+  };
 }
 
 /** Builds the trainer; engines are created (or fetched from `engines`) per client rank on first use. */
@@ -351,23 +382,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       if (mask) learner.setMask(extract(global, mask, layout));
     }
     current = { round: task.round, step: 0, tokens: 0 };
-    const cfg: SimConfig = {
-      ...DEFAULT_SIM,
-      method: task.method,
-      rank: task.lora.rank,
-      alpha: task.lora.alpha,
-      targets: task.lora.targets as TargetModule[],
-      localSteps: h.steps,
-      lr: h.lr,
-      weightDecay: h.weightDecay,
-      clipNorm: h.clipNorm,
-      pruneStages: h.pruneStages,
-      searchFraction: h.searchFraction,
-      schedule: h.schedule,
-      allocation: h.allocation,
-      importance: h.importance,
-      seed: task.seed,
-    };
+    const cfg = simConfigOf(task, h);
     const strategy = strategyFor(task.method);
     const part = strategy.shares;
     const r = task.lora.rank;
@@ -482,6 +497,27 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     },
     learner: () => fl,
     mixWeight: () => lastMix,
+    async finetune(task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null) {
+      const h = localHyper(task.train);
+      const strategy = strategyFor(task.method);
+      if (h.finetuneSteps < 1) throw new RangeError("finetune needs train.finetuneSteps ≥ 1");
+      if (strategy.stacks || strategy.dual || !strategy.trains) {
+        throw new RangeError(`${task.method} has no personalized adapter to fine-tune`);
+      }
+      const { learner, global, layout } = await learnerFor(task, h);
+      learner.adapter = extract(global, adapter, layout);
+      if (mask) learner.setMask(extract(global, mask, layout));
+      const round = task.round + 1;
+      current = { round, step: 0, tokens: 0 };
+      await learner.fit(
+        { round, steps: h.finetuneSteps, search: false, randomMask: false, frozen: strategy.frozen },
+        simConfigOf(task, h),
+        (_id, step, steps) => opts.onProgress?.({ round, step, steps, phase: "train" }),
+      );
+      const tuned = embed(layout, learner.adapter, global);
+      const inOwn = embed(layout, new Uint8Array(layout.size).fill(1), global);
+      return adapter.map((v, i) => (inOwn[i] ? tuned[i] : v));
+    },
     async mixSlice(task: TaskInfo, own: Float32Array, mergedIn: Float32Array, mask: Uint8Array | null) {
       // Nothing to choose between before the first aggregation has moved anything.
       if (!strategyFor(task.method).mixes || own.every((v, i) => v === mergedIn[i])) return mergedIn;

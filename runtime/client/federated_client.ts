@@ -10,6 +10,7 @@ import { bitWords, forEachBit, maskRef } from "../kernels/bits.ts";
 import { type ClientStorage, MemoryStorage } from "./storage.ts";
 import { type ClientPlan, type DeployedMethod, strategyFor } from "../federation/strategies.ts";
 import type { TargetModule } from "../model/lora.ts";
+import { parseTrainSettings } from "./train_settings.ts";
 
 /** The round task as the server sends it. */
 export interface TaskInfo {
@@ -69,6 +70,16 @@ export type SliceMixer = (
   mask: Uint8Array | null,
 ) => Promise<Float32Array>;
 
+/**
+ * Local fine-tuning once the run is done (engineTrainer's `finetune`): from the final personalized
+ * adapter and mask, the adapter the client keeps.
+ */
+export type Finetuner = (
+  task: TaskInfo,
+  adapter: Float32Array,
+  mask: Uint8Array | null,
+) => Promise<Float32Array>;
+
 /** Options of `FederatedClient.create`. */
 export interface FederatedClientOptions {
   serverUrl: string;
@@ -122,6 +133,8 @@ interface SavedState {
   ackedMaskRef?: string;
   /** Global round whose slice is merged into the saved adapter (it is not fetched again). */
   sliceRound?: number;
+  /** Global round whose final adapter the saved one is the local fine-tuning of (it is not tuned again). */
+  finetunedRound?: number;
   /**
    * Generation of the saved adapter, mask and share (`adapter.<gen>.f32`, …; 0 or absent: the first
    * names, `adapter.f32`, …). A new generation is written under new names and becomes the saved one by
@@ -461,6 +474,7 @@ export class FederatedClient {
     }
     if (task.status === "done") {
       await this.pullSlice(task);
+      await this.finetuneOnce(task);
       return { kind: "done", round: task.round };
     }
     if (task.status === "wait" || task.round <= st.lastRound) {
@@ -498,6 +512,31 @@ export class FederatedClient {
       (s) => (s.pendingRound = task.round),
     );
     return { kind: "trained", round: task.round, status: await this.push(task.round, body) };
+  }
+
+  /**
+   * The run's `finetuneSteps` of local fine-tuning on the final personalized model, once: the tuned
+   * adapter is committed with the round it tunes, so a restarted client neither tunes twice nor loses it.
+   */
+  private async finetuneOnce(task: TaskInfo): Promise<void> {
+    const steps = parseTrainSettings(task.train).finetuneSteps;
+    if (steps === 0 || this.state!.finetunedRound === task.globalRound) return;
+    const tune = (this.opts.trainer as { finetune?: Finetuner }).finetune;
+    if (!tune) {
+      throw new Error(
+        `the run asks for ${steps} fine-tuning steps; this trainer cannot fine-tune (engineTrainer can)`,
+      );
+    }
+    const a = await tune(task, this.adapterBuf!, this.maskBuf);
+    if (!(a instanceof Float32Array) || a.length !== task.adapterSize) {
+      throw new Error(`finetune must give a Float32Array of ${task.adapterSize} values`);
+    }
+    if (!a.every(Number.isFinite)) throw new Error("finetune gave a non-finite value");
+    await this.commit(
+      { adapter: a, mask: this.maskBuf, share: this.shareBuf },
+      (st) => (st.finetunedRound = task.globalRound),
+    );
+    this.adapterBuf = a;
   }
 
   /** Steps until the run is done (or `maxSteps`), returning the outcomes. */

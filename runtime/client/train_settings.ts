@@ -37,6 +37,7 @@ export interface TrainSettings {
   instanceRefs: number;
   validationShare: number;
   mixPart: "B" | "all";
+  finetuneSteps: number;
 }
 
 /** One key of the table. */
@@ -218,6 +219,14 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     default: "B",
     doc: "perfit-mix: the mask positions mixed between own and average, `B` only or `all` (A and B)",
   },
+  finetuneSteps: {
+    type: "int",
+    min: 0,
+    max: 100_000,
+    default: 0,
+    doc:
+      "steps each client trains its final personalized model on its own data once the run is done, kept private (local fine-tuning); 0 = off",
+  },
 };
 
 /** Older names still accepted for a key (a run config may carry them). */
@@ -243,6 +252,12 @@ function valid(s: TrainSettingSpec, v: unknown): boolean {
   if (s.type === "int" && !Number.isInteger(v)) return false;
   if (s.type === "int") return v >= s.min && v <= s.max;
   return (s.minExclusive ? v > s.min : v >= s.min) && (s.maxExclusive ? v < s.max : v <= s.max);
+}
+
+/** Why `v` is not a value of the setting `key` ("must be an integer in [0, 100000]"); undefined if it is. */
+export function settingProblem(key: keyof TrainSettings, v: unknown): string | undefined {
+  const s = TRAIN_SETTINGS[key];
+  return valid(s, v) ? undefined : `must be ${expected(s)}`;
 }
 
 /**

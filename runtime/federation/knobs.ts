@@ -4,7 +4,7 @@
  */
 import type { DualSettings, SimConfig } from "./types.ts";
 import { type Method, METHODS } from "./strategies.ts";
-import { TRAIN_SETTINGS } from "../client/train_settings.ts";
+import { settingProblem } from "../client/train_settings.ts";
 
 /** The knobs a tuning grid may set; everything else of a `SimConfig` stays the run's. */
 export interface Knobs {
@@ -17,6 +17,8 @@ export interface Knobs {
   dpaLocalWeight?: number;
   /** perfit-mix: mix only the mask's B between own and average, or all of it. */
   mixPart?: "B" | "all";
+  /** Local fine-tuning steps once the run is done (0: off). */
+  finetuneSteps?: number;
   /** Expansion factor of each tier (low, mid, high): PerFIT's tiers, the same table for every client. */
   tiers?: Record<string, number>;
 }
@@ -33,12 +35,9 @@ const CHECKS: Record<keyof Knobs, Check> = {
   importanceBeta: num((x) => x >= 0 && x < 1, "a number in [0, 1)"),
   proximalMu: num((x) => x >= 0, "a number ≥ 0"),
   dpaLocalWeight: num((x) => x >= 0 && x <= 1, "a number in [0, 1]"),
-  mixPart: (v) => {
-    // The train setting's own choices, so the knob and the setting cannot drift apart.
-    const spec = TRAIN_SETTINGS.mixPart;
-    const choices = spec.type === "enum" ? spec.choices : [];
-    return choices.includes(v as string) ? undefined : `must be one of ${choices.join(", ")}`;
-  },
+  // The train settings' own checks, so a knob and its setting cannot drift apart.
+  mixPart: (v) => settingProblem("mixPart", v),
+  finetuneSteps: (v) => settingProblem("finetuneSteps", v),
   tiers: (v) => {
     if (typeof v !== "object" || v === null || Array.isArray(v)) return "must be an object of tier: factor";
     const entries = Object.entries(v);
@@ -119,6 +118,7 @@ export function withKnobs(cfg: SimConfig, k: Knobs): SimConfig {
     proximalMu: k.proximalMu ?? cfg.proximalMu,
     dpa,
     ...(k.mixPart === undefined ? {} : { mixPart: k.mixPart }),
+    ...(k.finetuneSteps === undefined ? {} : { finetuneSteps: k.finetuneSteps }),
     tiers,
   };
 }

@@ -89,6 +89,7 @@ export function trainSettings(cfg: SimConfig, inp: Pick<SimulationInputs, "batch
     ...(cfg.proximalMu > 0 ? { proximalMu: cfg.proximalMu } : {}),
     ...(strategyFor(cfg.method).dual ? cfg.dpa : {}),
     ...(cfg.mixPart && cfg.mixPart !== "B" ? { mixPart: cfg.mixPart } : {}),
+    ...(cfg.finetuneSteps ? { finetuneSteps: cfg.finetuneSteps } : {}),
     ...(cfg.rankPruning
       ? { rankPruning: "on", rankDecay: cfg.rankPruning.decay, rankTailWeight: cfg.rankPruning.tailWeight }
       : {}),
@@ -200,6 +201,17 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
         }
       }
       if (link) await untilClosed(link, owners[0].client!, round);
+      if (round === cfg.rounds && cfg.finetuneSteps) {
+        // The run is done: each client's done-step fine-tunes its final model, as a deployed one does.
+        for (const o of owners) {
+          const t = performance.now();
+          const out = await o.client!.step();
+          compute.set(o, (compute.get(o) ?? 0) + (performance.now() - t) / 1000);
+          if (out.kind !== "done") {
+            throw new Error(`client ${o.data.id} after the last round: ${JSON.stringify(out)}`);
+          }
+        }
+      }
       const records: ClientRound[] = [];
       for (const o of owners) {
         const rec = await evaluateOwner(o, round, sampled.includes(o), previous, global, base, cfg);

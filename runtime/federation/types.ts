@@ -76,6 +76,12 @@ export interface SimConfig {
   rankPruning?: { decay: number; tailWeight: number };
   /** perfit-mix's mixed positions (the `train` key `mixPart`); absent: B only, and the settings carry no key. */
   mixPart?: "B" | "all";
+  /**
+   * Local fine-tuning once the run is done (the `train` key `finetuneSteps`): each client trains its
+   * final personalized model this many steps on its own data and keeps it; absent or 0: off, and the
+   * settings carry no key.
+   */
+  finetuneSteps?: number;
   /** Tier table and the tier of each client (cycled when shorter than the client list). */
   tiers: TierTable;
   clientTiers: string[];
