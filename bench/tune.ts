@@ -5,6 +5,7 @@
  *
  *   deno task tune [--methods fedit,perfit] [--seeds 0] [--partition category] [--cache bench/results/runs]
  *                  [--out bench/results/tuning-category.md] [--knobs-out bench/results/knobs-category.json] [--cached-only]
+ *                  [--plan FILE]
  *
  * Each setting is one results run (bench/results_table.ts) scored on the validation split, cached under
  * `--cache` with the knobs and the split in its key, so a tuning can be resumed or split over processes.
@@ -13,7 +14,13 @@ import { defineCli } from "../runtime/cli/flags.ts";
 import { BACKENDS, partitionCheck, seedsCheck } from "../runtime/cli/common.ts";
 import { type Method, METHODS } from "../runtime/federation/mod.ts";
 import { parsePartition } from "../runtime/federation/partition.ts";
-import { type Knobs, knobsLabel, mergeKnobs, parseKnobsFile } from "../runtime/federation/knobs.ts";
+import {
+  type Knobs,
+  knobsLabel,
+  mergeKnobs,
+  parseKnobs,
+  parseKnobsFile,
+} from "../runtime/federation/knobs.ts";
 import { DEFAULT_RESULTS, meanSd, partitionName, type ResultsOptions, runMethod } from "./results_table.ts";
 
 /**
@@ -54,6 +61,46 @@ export const TUNING_GRID: Record<Method, TuningPlan> = (() => {
     feddpa: { lr, own: [{ dpaLocalWeight: 0.3 }, { dpaLocalWeight: 0.7 }] },
   };
 })();
+
+/**
+ * Plans read from a file (`--plan`), replacing the grid's for the methods they name: a JSON object of
+ * method: { lr: [knobs…], own: [knobs…] }. For settings beyond the fixed budget (a method's other knobs),
+ * reported apart from the equal-budget tuning. Refuses unknown methods, empty stage 1 and bad knobs.
+ */
+export function parsePlans(text: string, where: string): Partial<Record<Method, TuningPlan>> {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new SyntaxError(`${where} is not JSON: ${(e as Error).message}`);
+  }
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new TypeError(`${where} must be an object of method: { lr, own }`);
+  }
+  const out: Partial<Record<Method, TuningPlan>> = {};
+  for (const [m, plan] of Object.entries(v)) {
+    if (!(METHODS as string[]).includes(m)) {
+      throw new TypeError(`${where}: unknown method ${JSON.stringify(m)} (known: ${METHODS.join(", ")})`);
+    }
+    const p = plan as Record<string, unknown>;
+    if (typeof p !== "object" || p === null || Array.isArray(p)) {
+      throw new TypeError(`${where}.${m} must be an object { lr, own }`);
+    }
+    const extra = Object.keys(p).filter((k) => k !== "lr" && k !== "own");
+    if (extra.length) {
+      throw new TypeError(`${where}.${m}: unknown stage ${JSON.stringify(extra[0])} (known: lr, own)`);
+    }
+    const stage = (k: "lr" | "own", min: number): Knobs[] => {
+      const list = p[k] ?? [];
+      if (!Array.isArray(list) || list.length < min) {
+        throw new TypeError(`${where}.${m}.${k} must be a list of knobs${min ? ", not empty" : ""}`);
+      }
+      return list.map((x, i) => parseKnobs(x, `${where}.${m}.${k}[${i}]`));
+    };
+    out[m as Method] = { lr: stage("lr", 1), own: stage("own", 0) };
+  }
+  return out;
+}
 
 /** One setting's validation score: the mean over its seeds of the clients' mean perplexity. */
 export interface TuningRow {
@@ -96,7 +143,7 @@ export async function tune(o: ResultsOptions, grid = TUNING_GRID): Promise<Tunin
 }
 
 /** The tuning report: every setting's validation score, the chosen one in bold. */
-export function renderTuning(o: ResultsOptions, rows: TuningRow[], command: string): string {
+export function renderTuning(o: ResultsOptions, rows: TuningRow[], command: string, plan?: string): string {
   const chosen = chooseKnobs(rows);
   const lines = [
     `# Knobs chosen on validation (${partitionName(o.partition)}, seeds ${o.seeds.join(", ")})`,
@@ -110,6 +157,10 @@ export function renderTuning(o: ResultsOptions, rows: TuningRow[], command: stri
     `more learning rates for local-only, which shares nothing). The lowest mean validation perplexity ` +
     `of all five wins, the earlier setting on a tie. Settings otherwise as \`deno task results\`: ${o.rounds} rounds × ` +
     `${o.localSteps} steps, lr ${o.lr} unless a knob says otherwise.`,
+    ...(plan === undefined ? [] : [
+      "",
+      `**Not the equal budget**: \`${plan}\` replaced the plans of the methods it names with settings of its own.`,
+    ]),
     "",
     "| method | setting | validation mean ppl | per seed |",
     "|---|---|---:|---|",
@@ -176,6 +227,12 @@ export const tuneCli = defineCli({
       help: "the chosen knobs (merged into the file's other methods), for `deno task results --knobs`",
     },
     "cached-only": { type: "boolean", help: "report only the settings already in --cache" },
+    plan: {
+      type: "string",
+      value: "FILE",
+      help:
+        "JSON of method: { lr: [knobs], own: [knobs] } replacing those methods' plans (settings beyond the equal budget)",
+    },
   },
 });
 
@@ -195,11 +252,13 @@ if (import.meta.main) {
   const command = ["deno task tune", `--methods ${f.methods.join(",")}`, `--seeds ${f.seeds.join(",")}`]
     .concat(o.backend === DEFAULT_RESULTS.backend ? [] : [`--backend ${o.backend}`])
     .concat(o.partition.kind === "dirichlet" ? [`--partition ${f.partition} --clients ${f.clients}`] : [])
+    .concat(f.plan === undefined ? [] : [`--plan ${f.plan}`])
     .join(" ");
   try {
-    const rows = await tune(o);
+    const plans = f.plan === undefined ? {} : parsePlans(await Deno.readTextFile(f.plan), f.plan);
+    const rows = await tune(o, { ...TUNING_GRID, ...plans });
     if (rows.length === 0) throw new Error("no setting to report (--cached-only with an empty cache?)");
-    const md = renderTuning(o, rows, command);
+    const md = renderTuning(o, rows, command, f.plan);
     // One file per partition: a Dirichlet tuning must not overwrite the category one.
     const tag = partitionName(o.partition).replace(/:/g, "-");
     const out = f.out ?? here(`./results/tuning-${tag}.md`);

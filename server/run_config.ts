@@ -271,6 +271,11 @@ export function parseRunConfig(raw: unknown): RunConfig {
       ? "local-only trains alone throughout (raise localSteps instead)"
       : null;
     if (why) throw invalid("invalid_config", `train.finetuneSteps is not offered for ${method}: ${why}`);
+  } else if (settings.finetuneLrScale !== 1) {
+    throw invalid(
+      "invalid_config",
+      "train.finetuneLrScale sets the fine-tuning's rate: it needs train.finetuneSteps ≥ 1",
+    );
   }
   return {
     baseModel,

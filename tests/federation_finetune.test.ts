@@ -2,7 +2,7 @@
  * Local fine-tuning once the run is done (`train.finetuneSteps`): each client trains its final
  * personalized model on its own data and keeps it. The simulation and a deployed client take the same
  * path (the done-step of `FederatedClient`); the coordinator refuses it where there is no adapter to
- * tune; a client tunes once, also across a restart.
+ * tune; a client tunes once, also across a restart. `finetuneLrScale` sets the rate of those steps.
  */
 import assert from "node:assert/strict";
 import { Engine } from "../runtime/model/engine.ts";
@@ -88,6 +88,20 @@ Deno.test("finetune: only the final models change, each on its own data, masks a
   assert.equal(tuned.result.config.finetuneSteps, 8);
 });
 
+Deno.test("finetune: finetuneLrScale sets the fine-tuning's rate, and only the fine-tuning's", async () => {
+  const plain = await run("perfit");
+  const full = await run("perfit", { finetuneSteps: 6 });
+  const slow = await run("perfit", { finetuneSteps: 6, finetuneLrScale: 0.05 });
+  assert.deepEqual(ppl(slow.result, 1), ppl(plain.result, 1), "the federation's rate is the run's");
+  const moved = (r: typeof plain) =>
+    r.views[1].map((v, i) => Math.hypot(...v.adapter.map((x, j) => x - plain.views[1][i].adapter[j])));
+  for (const [i, d] of moved(slow).entries()) {
+    assert.ok(d > 0, `client ${i} was tuned`);
+    assert.ok(d < moved(full)[i], `client ${i}: ${d} at 0.05× vs ${moved(full)[i]} at 1×`);
+  }
+  assert.equal(slow.result.config.finetuneLrScale, 0.05);
+});
+
 Deno.test("finetune: FedIT's shared final model becomes one per client; FFA-LoRA's A stays at its init", async () => {
   const fedit = await run("fedit", { finetuneSteps: 6 });
   const [a, b] = fedit.views[1];
@@ -112,6 +126,12 @@ Deno.test("finetune: the setting and the knob refuse what is not a step count; t
   assert.deepEqual(parseKnobs({ finetuneSteps: 40 }), { finetuneSteps: 40 });
   assert.equal(withKnobs(DEFAULT_SIM, { finetuneSteps: 40 }).finetuneSteps, 40);
   assert.equal(withKnobs(DEFAULT_SIM, {}).finetuneSteps, undefined, "unset, the settings carry no key");
+  assert.equal(parseTrainSettings({}).finetuneLrScale, 1);
+  for (const bad of [0, -0.5, 1.5, "0.5", NaN]) {
+    assert.throws(() => parseTrainSettings({ finetuneLrScale: bad }), /finetuneLrScale/);
+    assert.throws(() => parseKnobs({ finetuneLrScale: bad }), /finetuneLrScale/);
+  }
+  assert.equal(withKnobs(DEFAULT_SIM, { finetuneLrScale: 0.25 }).finetuneLrScale, 0.25);
 
   const kv = await Deno.openKv(":memory:");
   const app = makeApp(kv);
@@ -140,6 +160,14 @@ Deno.test("finetune: the setting and the knob refuse what is not a step count; t
     assert.equal(res.status, 422, `${method}: ${JSON.stringify(body)}`);
     assert.match(body.error.message, /finetuneSteps is not offered for/);
   }
+  // A fine-tuning rate with no fine-tuning is a mistake in the config, not a no-op.
+  const rate = await app.request("/v1/runs", {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${ADMIN}` },
+    body: JSON.stringify({ ...runBody("perfit"), train: { finetuneLrScale: 0.25 } }),
+  });
+  assert.equal(rate.status, 422);
+  assert.match((await rate.json()).error.message, /finetuneLrScale .* needs train\.finetuneSteps/);
   assert.equal(await count(), before, "nothing was stored");
   await app.close();
   kv.close();

@@ -11,7 +11,7 @@ import {
 } from "../runtime/federation/knobs.ts";
 import { loadClients } from "../runtime/federation/run.ts";
 import { cacheKey, DEFAULT_RESULTS, type ResultsOptions } from "../bench/results_table.ts";
-import { chooseKnobs, tune, TUNING_GRID } from "../bench/tune.ts";
+import { chooseKnobs, parsePlans, tune, TUNING_GRID } from "../bench/tune.ts";
 import { METHODS } from "../runtime/federation/strategies.ts";
 
 Deno.test("knobs: parsed values pass, unknown names and bad values are refused", () => {
@@ -140,4 +140,35 @@ Deno.test("tuning: a short tuning runs each setting on validation and picks the 
   assert.deepEqual(rows[2].knobs, { proximalMu: 0.1 });
   assert.notEqual(rows[2].mean, rows[0].mean, "the proximal term changed nothing");
   assert.deepEqual(chooseKnobs(rows).fedit, rows[2].mean < rows[0].mean ? { proximalMu: 0.1 } : {});
+});
+
+Deno.test("tuning: a plan file replaces the named methods' plans, and bad plans are refused by name", () => {
+  const plans = parsePlans(
+    JSON.stringify({
+      perfit: { lr: [{ importanceBeta: 0.5 }], own: [{ tiers: { low: 2, mid: 4, high: 8 } }] },
+    }),
+    "plan.json",
+  );
+  assert.deepEqual(Object.keys(plans), ["perfit"]);
+  assert.deepEqual(plans.perfit, {
+    lr: [{ importanceBeta: 0.5 }],
+    own: [{ tiers: { low: 2, mid: 4, high: 8 } }],
+  });
+  assert.deepEqual(parsePlans('{"fedit":{"lr":[{}]}}', "p").fedit, { lr: [{}], own: [] });
+  const refused: [string, RegExp][] = [
+    ["{", /p is not JSON/],
+    ["[]", /p must be an object/],
+    ['{"fedx":{"lr":[{}]}}', /unknown method "fedx"/],
+    ['{"__proto__":{"lr":[{}]}}', /unknown method "__proto__"/],
+    ['{"fedit":[]}', /p\.fedit must be an object/],
+    ['{"fedit":{"lr":[]}}', /p\.fedit\.lr must be a list of knobs, not empty/],
+    ['{"fedit":{"own":[{}]}}', /p\.fedit\.lr must be a list/],
+    ['{"fedit":{"lr":[{}],"extra":[]}}', /unknown stage "extra"/],
+    ['{"fedit":{"lr":[{"lr":2}]}}', /p\.fedit\.lr\[0\]\.lr must be a number in \(0, 1\)/],
+    [
+      '{"fedit":{"lr":[{}],"own":[{"tiers":{"low":0}}]}}',
+      /p\.fedit\.own\[0\]\.tiers tier low must be an integer/,
+    ],
+  ];
+  for (const [text, re] of refused) assert.throws(() => parsePlans(text, "p"), re, text);
 });

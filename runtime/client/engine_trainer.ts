@@ -105,6 +105,8 @@ export interface LocalHyper {
   mixPart: "B" | "all";
   /** Local fine-tuning steps once the run is done (0: off). */
   finetuneSteps: number;
+  /** Their learning rate, as a share of `lr`. */
+  finetuneLrScale: number;
   /** HetLoRA's rank self-pruning, γ and λ (null: off). */
   rankPruning: RankPruning | null;
 }
@@ -135,6 +137,7 @@ export function localHyper(train: Record<string, unknown>): LocalHyper {
     validationShare: t.validationShare,
     mixPart: t.mixPart,
     finetuneSteps: t.finetuneSteps,
+    finetuneLrScale: t.finetuneLrScale,
     rankPruning: t.rankPruning === "on"
       ? checkRankPruning({ decay: t.rankDecay, tailWeight: t.rankTailWeight })
       : null,
@@ -511,7 +514,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       current = { round, step: 0, tokens: 0 };
       await learner.fit(
         { round, steps: h.finetuneSteps, search: false, randomMask: false, frozen: strategy.frozen },
-        simConfigOf(task, h),
+        { ...simConfigOf(task, h), lr: h.lr * h.finetuneLrScale },
         (_id, step, steps) => opts.onProgress?.({ round, step, steps, phase: "train" }),
       );
       const tuned = embed(layout, learner.adapter, global);

@@ -38,6 +38,7 @@ export interface TrainSettings {
   validationShare: number;
   mixPart: "B" | "all";
   finetuneSteps: number;
+  finetuneLrScale: number;
 }
 
 /** One key of the table. */
@@ -226,6 +227,14 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     default: 0,
     doc:
       "steps each client trains its final personalized model on its own data once the run is done, kept private (local fine-tuning); 0 = off",
+  },
+  finetuneLrScale: {
+    type: "number",
+    min: 0,
+    max: 1,
+    minExclusive: true,
+    default: 1,
+    doc: "the fine-tuning steps' learning rate, as a share of `lr` (needs finetuneSteps ≥ 1)",
   },
 };
 

@@ -19,6 +19,8 @@ export interface Knobs {
   mixPart?: "B" | "all";
   /** Local fine-tuning steps once the run is done (0: off). */
   finetuneSteps?: number;
+  /** Their learning rate, as a share of `lr`. */
+  finetuneLrScale?: number;
   /** Expansion factor of each tier (low, mid, high): PerFIT's tiers, the same table for every client. */
   tiers?: Record<string, number>;
 }
@@ -38,6 +40,7 @@ const CHECKS: Record<keyof Knobs, Check> = {
   // The train settings' own checks, so a knob and its setting cannot drift apart.
   mixPart: (v) => settingProblem("mixPart", v),
   finetuneSteps: (v) => settingProblem("finetuneSteps", v),
+  finetuneLrScale: (v) => settingProblem("finetuneLrScale", v),
   tiers: (v) => {
     if (typeof v !== "object" || v === null || Array.isArray(v)) return "must be an object of tier: factor";
     const entries = Object.entries(v);
@@ -119,6 +122,7 @@ export function withKnobs(cfg: SimConfig, k: Knobs): SimConfig {
     dpa,
     ...(k.mixPart === undefined ? {} : { mixPart: k.mixPart }),
     ...(k.finetuneSteps === undefined ? {} : { finetuneSteps: k.finetuneSteps }),
+    ...(k.finetuneLrScale === undefined ? {} : { finetuneLrScale: k.finetuneLrScale }),
     tiers,
   };
 }

@@ -90,6 +90,9 @@ export function trainSettings(cfg: SimConfig, inp: Pick<SimulationInputs, "batch
     ...(strategyFor(cfg.method).dual ? cfg.dpa : {}),
     ...(cfg.mixPart && cfg.mixPart !== "B" ? { mixPart: cfg.mixPart } : {}),
     ...(cfg.finetuneSteps ? { finetuneSteps: cfg.finetuneSteps } : {}),
+    ...(cfg.finetuneLrScale !== undefined && cfg.finetuneLrScale !== 1
+      ? { finetuneLrScale: cfg.finetuneLrScale }
+      : {}),
     ...(cfg.rankPruning
       ? { rankPruning: "on", rankDecay: cfg.rankPruning.decay, rankTailWeight: cfg.rankPruning.tailWeight }
       : {}),

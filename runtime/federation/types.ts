@@ -82,6 +82,8 @@ export interface SimConfig {
    * settings carry no key.
    */
   finetuneSteps?: number;
+  /** Their learning rate as a share of `lr` (the `train` key `finetuneLrScale`); absent: 1, no key. */
+  finetuneLrScale?: number;
   /** Tier table and the tier of each client (cycled when shorter than the client list). */
   tiers: TierTable;
   clientTiers: string[];
