@@ -17,26 +17,14 @@ import { kindMask } from "../runtime/perfit/layout.ts";
 import { FederatedClient, type TaskInfo } from "../runtime/client/mod.ts";
 import { FileStorage } from "../runtime/client/storage.ts";
 import { ADMIN, appFetch, createRun, fakeTrainer, makeApp, runBody } from "./server_helpers.ts";
-import { federationTinyModel, wordData } from "./federation_fixtures.ts";
+import { federationTinyModel, smallSimConfig, wordData } from "./federation_fixtures.ts";
 
 const data = wordData(60, ["define", "translate", "acronym"]);
 
 /** A 2-round simulation on the tiny model; the views each round ends with. */
 async function run(method: Method, over: Partial<SimConfig> = {}) {
   const m = await federationTinyModel();
-  const cfg: SimConfig = {
-    ...DEFAULT_SIM,
-    method,
-    rounds: 2,
-    localSteps: 6,
-    rank: 2,
-    alpha: 4,
-    lr: 5e-3,
-    pruneStages: 3,
-    clientTiers: ["high", "mid", "low"],
-    seed: 1,
-    ...over,
-  };
+  const cfg = smallSimConfig(method, over);
   const engines = new Map<number, Engine>();
   const views: SimClientView[][] = [];
   const result = await simulate(cfg, {

@@ -2,6 +2,8 @@
 import { generateTinyModel } from "../runtime/model/tiny.ts";
 import { type LoadedModel, loadModel } from "../runtime/model/engine.ts";
 import type { Example } from "../runtime/data/types.ts";
+import { DEFAULT_SIM, type SimConfig } from "../runtime/federation/types.ts";
+import type { Method } from "../runtime/federation/strategies.ts";
 
 let cached: Promise<LoadedModel> | undefined;
 /** The seed-3 tiny model (default merges), generated and loaded once per process; its folder is removed. */
@@ -40,4 +42,21 @@ export function wordData(n: number, categories: (keyof typeof KINDS)[] = ["defin
   const out: Example[] = [];
   for (let i = 0; i < n; i++) for (const c of categories) out.push(KINDS[c](WORDS[i % WORDS.length]));
   return out;
+}
+
+/** The small simulations' config: 2 rounds × 6 steps at rank 2 over three tiers, seed 1. */
+export function smallSimConfig(method: Method, over: Partial<SimConfig> = {}): SimConfig {
+  return {
+    ...DEFAULT_SIM,
+    method,
+    rounds: 2,
+    localSteps: 6,
+    rank: 2,
+    alpha: 4,
+    lr: 5e-3,
+    pruneStages: 3,
+    clientTiers: ["high", "mid", "low"],
+    seed: 1,
+    ...over,
+  };
 }

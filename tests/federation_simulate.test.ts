@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Engine } from "../runtime/model/engine.ts";
 import { partitionByCategory } from "../runtime/federation/partition.ts";
 import { type SimClientView, simulate } from "../runtime/federation/simulate.ts";
-import { DEFAULT_SIM, type SimConfig } from "../runtime/federation/types.ts";
+import type { SimConfig } from "../runtime/federation/types.ts";
 import type { Method } from "../runtime/federation/strategies.ts";
 import { toHfConfig } from "../runtime/model/config.ts";
 import { embed, rankLayout } from "../runtime/perfit/layout.ts";
@@ -10,7 +10,7 @@ import { heldRank, leadingMask, prunedRank } from "../runtime/client/hetlora_pru
 import * as clientLib from "../runtime/client/mod.ts";
 import { engineTrainer, FederatedClient, MemoryStorage } from "../runtime/client/mod.ts";
 import { appFetch, createRun, makeApp } from "./server_helpers.ts";
-import { federationTinyModel, wordData } from "./federation_fixtures.ts";
+import { federationTinyModel, smallSimConfig, wordData } from "./federation_fixtures.ts";
 
 /** An upload of the budget's values by reference: 4·B bytes of values plus a safetensors header. */
 const HEADER_MAX = 320;
@@ -25,19 +25,7 @@ async function run(
   maxLen = 48,
 ) {
   const m = await tiny();
-  const cfg: SimConfig = {
-    ...DEFAULT_SIM,
-    method,
-    rounds: 2,
-    localSteps: 6,
-    rank: 2,
-    alpha: 4,
-    lr: 5e-3,
-    pruneStages: 3,
-    clientTiers: ["high", "mid", "low"],
-    seed: 1,
-    ...over,
-  };
+  const cfg = smallSimConfig(method, over);
   const engines = new Map<number, Engine>();
   return await simulate(cfg, {
     clients: partitionByCategory(data, 1, { seed: 1, testFraction: 0.15 }),
