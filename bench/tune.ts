@@ -18,8 +18,10 @@ import {
   type Knobs,
   knobsLabel,
   mergeKnobs,
+  parseJsonText,
   parseKnobs,
   parseKnobsFile,
+  parseMethodTable,
 } from "../runtime/federation/knobs.ts";
 import { DEFAULT_RESULTS, meanSd, partitionName, type ResultsOptions, runMethod } from "./results_table.ts";
 
@@ -68,38 +70,26 @@ export const TUNING_GRID: Record<Method, TuningPlan> = (() => {
  * reported apart from the equal-budget tuning. Refuses unknown methods, empty stage 1 and bad knobs.
  */
 export function parsePlans(text: string, where: string): Partial<Record<Method, TuningPlan>> {
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch (e) {
-    throw new SyntaxError(`${where} is not JSON: ${(e as Error).message}`);
-  }
+  return parseMethodTable(parseJsonText(text, where), where, "{ lr, own }", parsePlan);
+}
+
+function parsePlan(v: unknown, where: string): TuningPlan {
   if (typeof v !== "object" || v === null || Array.isArray(v)) {
-    throw new TypeError(`${where} must be an object of method: { lr, own }`);
+    throw new TypeError(`${where} must be an object { lr, own }`);
   }
-  const out: Partial<Record<Method, TuningPlan>> = {};
-  for (const [m, plan] of Object.entries(v)) {
-    if (!(METHODS as string[]).includes(m)) {
-      throw new TypeError(`${where}: unknown method ${JSON.stringify(m)} (known: ${METHODS.join(", ")})`);
-    }
-    const p = plan as Record<string, unknown>;
-    if (typeof p !== "object" || p === null || Array.isArray(p)) {
-      throw new TypeError(`${where}.${m} must be an object { lr, own }`);
-    }
-    const extra = Object.keys(p).filter((k) => k !== "lr" && k !== "own");
-    if (extra.length) {
-      throw new TypeError(`${where}.${m}: unknown stage ${JSON.stringify(extra[0])} (known: lr, own)`);
-    }
-    const stage = (k: "lr" | "own", min: number): Knobs[] => {
-      const list = p[k] ?? [];
-      if (!Array.isArray(list) || list.length < min) {
-        throw new TypeError(`${where}.${m}.${k} must be a list of knobs${min ? ", not empty" : ""}`);
-      }
-      return list.map((x, i) => parseKnobs(x, `${where}.${m}.${k}[${i}]`));
-    };
-    out[m as Method] = { lr: stage("lr", 1), own: stage("own", 0) };
+  const p = v as Record<string, unknown>;
+  const extra = Object.keys(p).filter((k) => k !== "lr" && k !== "own");
+  if (extra.length) {
+    throw new TypeError(`${where}: unknown stage ${JSON.stringify(extra[0])} (known: lr, own)`);
   }
-  return out;
+  const stage = (k: "lr" | "own", min: number): Knobs[] => {
+    const list = p[k] ?? [];
+    if (!Array.isArray(list) || list.length < min) {
+      throw new TypeError(`${where}.${k} must be a list of knobs${min ? ", not empty" : ""}`);
+    }
+    return list.map((x, i) => parseKnobs(x, `${where}.${k}[${i}]`));
+  };
+  return { lr: stage("lr", 1), own: stage("own", 0) };
 }
 
 /** One setting's validation score: the mean over its seeds of the clients' mean perplexity. */

@@ -75,30 +75,46 @@ export function parseKnobs(v: unknown, where = "knobs"): Knobs {
   return out as Knobs;
 }
 
-/** A JSON object of knobs per method (what bench/tune.ts writes); refuses unknown methods. */
-export function parseKnobsTable(v: unknown, where = "knobs"): Partial<Record<Method, Knobs>> {
+/**
+ * A JSON object keyed by method, each value read by `entry` (`what` names the values in the refusal);
+ * refuses unknown methods, `__proto__` among them.
+ */
+export function parseMethodTable<T>(
+  v: unknown,
+  where: string,
+  what: string,
+  entry: (x: unknown, where: string) => T,
+): Partial<Record<Method, T>> {
   if (typeof v !== "object" || v === null || Array.isArray(v)) {
-    throw new TypeError(`${where} must be an object of method: knobs`);
+    throw new TypeError(`${where} must be an object of method: ${what}`);
   }
-  const out: Partial<Record<Method, Knobs>> = {};
-  for (const [m, k] of Object.entries(v)) {
+  const out: Partial<Record<Method, T>> = {};
+  for (const [m, x] of Object.entries(v)) {
     if (!(METHODS as string[]).includes(m)) {
       throw new TypeError(`${where}: unknown method ${JSON.stringify(m)} (known: ${METHODS.join(", ")})`);
     }
-    out[m as Method] = parseKnobs(k, `${where}.${m}`);
+    out[m as Method] = entry(x, `${where}.${m}`);
   }
   return out;
 }
 
-/** A knobs file's text (JSON of method: knobs), named in every refusal. */
-export function parseKnobsFile(text: string, path: string): Partial<Record<Method, Knobs>> {
-  let v: unknown;
+/** A JSON object of knobs per method (what bench/tune.ts writes); refuses unknown methods. */
+export function parseKnobsTable(v: unknown, where = "knobs"): Partial<Record<Method, Knobs>> {
+  return parseMethodTable(v, where, "knobs", parseKnobs);
+}
+
+/** A file's text as JSON, the file named in the refusal. */
+export function parseJsonText(text: string, path: string): unknown {
   try {
-    v = JSON.parse(text);
+    return JSON.parse(text);
   } catch (e) {
     throw new SyntaxError(`${path} is not JSON: ${(e as Error).message}`);
   }
-  return parseKnobsTable(v, path);
+}
+
+/** A knobs file's text (JSON of method: knobs), named in every refusal. */
+export function parseKnobsFile(text: string, path: string): Partial<Record<Method, Knobs>> {
+  return parseKnobsTable(parseJsonText(text, path), path);
 }
 
 /** A run's config with a method's knobs applied (tiers replace the table; the tiers assigned stay). */
