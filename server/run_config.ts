@@ -277,6 +277,13 @@ export function parseRunConfig(raw: unknown): RunConfig {
       "train.finetuneLrScale sets the fine-tuning's rate: it needs train.finetuneSteps ≥ 1",
     );
   }
+  if (settings.optimizerState === "kept" && strategy.stacks) {
+    throw invalid(
+      "invalid_config",
+      `train.optimizerState "kept" is not offered for ${method}: it starts a fresh LoRA every round, ` +
+        "so the last round's moments belong to other parameters",
+    );
+  }
   return {
     baseModel,
     lora: { rank, alpha, targets: targets as TargetModule[] },

@@ -107,6 +107,8 @@ export interface LocalHyper {
   finetuneSteps: number;
   /** Their learning rate, as a share of `lr`. */
   finetuneLrScale: number;
+  /** A client's AdamW moments: fresh every round, or kept across its rounds. */
+  optimizerState: "round" | "kept";
   /** HetLoRA's rank self-pruning, γ and λ (null: off). */
   rankPruning: RankPruning | null;
 }
@@ -138,6 +140,7 @@ export function localHyper(train: Record<string, unknown>): LocalHyper {
     mixPart: t.mixPart,
     finetuneSteps: t.finetuneSteps,
     finetuneLrScale: t.finetuneLrScale,
+    optimizerState: t.optimizerState,
     rankPruning: t.rankPruning === "on"
       ? checkRankPruning({ decay: t.rankDecay, tailWeight: t.rankTailWeight })
       : null,
@@ -209,6 +212,13 @@ export type EngineTrainer = Trainer & {
    * this client's layout as given). Nothing of it is uploaded.
    */
   finetune(task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null): Promise<Float32Array>;
+  /** The kept optimizer's state after the last round (`train.optimizerState: "kept"`); null otherwise. */
+  optimizerState(): Uint8Array | null;
+  /**
+   * Resumes the kept optimizer from what `optimizerState` gave (a restarted client); it takes effect
+   * when the learner is created, which refuses a state of another size.
+   */
+  restoreOptimizerState(bytes: Uint8Array): void;
 };
 
 /** The A or B positions of a layout, computed once per layout. */
@@ -272,6 +282,7 @@ function simConfigOf(task: TaskInfo, h: LocalHyper): SimConfig {
     schedule: h.schedule,
     allocation: h.allocation,
     importance: h.importance,
+    optimizerState: h.optimizerState,
     seed: task.seed,
   };
 }
@@ -284,6 +295,8 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
   let engine: TrainEngine | null = null;
   let backendName = "none";
   let current = { round: 0, step: 0, tokens: 0 };
+  /** A saved optimizer state for the learner not created yet (a restarted client). */
+  let savedOptimizer: Uint8Array | null = null;
   const created = new Map<number, Promise<TrainEngine>>();
   const engineFor = (task: TaskInfo, steps: number): Promise<TrainEngine> => {
     if (opts.engines) return opts.engines(task.rank);
@@ -344,6 +357,10 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
         },
         opts.seed ?? task.seed,
       );
+      if (savedOptimizer) {
+        fl.restoreOptimizer(savedOptimizer, h);
+        savedOptimizer = null;
+      }
     }
     return { learner: fl, global, layout: e.layout };
   };
@@ -500,6 +517,11 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     },
     learner: () => fl,
     mixWeight: () => lastMix,
+    optimizerState: () =>
+      lastTask && localHyper(lastTask.train).optimizerState === "kept" ? fl?.optimizerState() ?? null : null,
+    restoreOptimizerState(bytes: Uint8Array) {
+      savedOptimizer = bytes.slice();
+    },
     async finetune(task: TaskInfo, adapter: Float32Array, mask: Uint8Array | null) {
       const h = localHyper(task.train);
       const strategy = strategyFor(task.method);

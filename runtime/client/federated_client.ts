@@ -80,6 +80,16 @@ export type Finetuner = (
   mask: Uint8Array | null,
 ) => Promise<Float32Array>;
 
+/**
+ * A trainer that keeps private optimizer state between rounds (engineTrainer under
+ * `train.optimizerState: "kept"`): the client saves it with each generation and hands it back after a
+ * restart, so a resumed client steps on from its moments rather than from a fresh AdamW.
+ */
+export interface OptimizerKeeper {
+  optimizerState(): Uint8Array | null;
+  restoreOptimizerState(bytes: Uint8Array): void;
+}
+
 /** Options of `FederatedClient.create`. */
 export interface FederatedClientOptions {
   serverUrl: string;
@@ -146,11 +156,16 @@ interface SavedState {
   tokenExpiresAt?: number;
 }
 
-/** The storage names of a saved generation's adapter, mask and share. */
+/** The storage names of a saved generation's adapter, mask, share and kept optimizer state. */
 const blobKeys = (gen: number) =>
-  gen === 0
-    ? { adapter: "adapter.f32", mask: "mask.u8", share: "share.u8" }
-    : { adapter: `adapter.${gen}.f32`, mask: `mask.${gen}.u8`, share: `share.${gen}.u8` };
+  gen === 0 ? { adapter: "adapter.f32", mask: "mask.u8", share: "share.u8", optimizer: "optimizer.bin" } : {
+    adapter: `adapter.${gen}.f32`,
+    mask: `mask.${gen}.u8`,
+    share: `share.${gen}.u8`,
+    optimizer: `optimizer.${gen}.bin`,
+  };
+
+const keeperOf = (t: Trainer): Partial<OptimizerKeeper> => t as Partial<OptimizerKeeper>;
 
 /** What one `step()` did. */
 export interface StepOutcome {
@@ -169,6 +184,8 @@ export class FederatedClient {
   private maskBuf: Uint8Array | null = null;
   /** The part of the mask uploaded (what `ackedMaskRef` names); the mask itself when all is shared. */
   private shareBuf: Uint8Array | null = null;
+  /** The trainer's kept optimizer state after the last round it trained (null: none kept). */
+  private optimizerBuf: Uint8Array | null = null;
   private readonly storage: ClientStorage;
   private readonly fetchImpl: typeof fetch;
   private readonly sleep: (ms: number) => Promise<void>;
@@ -194,6 +211,12 @@ export class FederatedClient {
         if (m && m.byteLength === s.adapterSize) c.maskBuf = m;
         const sh = await c.storage.get(k.share);
         c.shareBuf = sh && sh.byteLength === s.adapterSize ? sh : c.maskBuf;
+        const o = await c.storage.get(k.optimizer);
+        const keeper = keeperOf(opts.trainer);
+        if (o && keeper.restoreOptimizerState) {
+          keeper.restoreOptimizerState(o);
+          c.optimizerBuf = o;
+        }
       }
     }
     return c;
@@ -238,10 +261,12 @@ export class FederatedClient {
     );
     if (blobs.mask) await this.storage.set(next.mask, blobs.mask);
     if (blobs.share) await this.storage.set(next.share, blobs.share);
+    // The optimizer state goes with every generation: it belongs to the adapter it trained.
+    if (this.optimizerBuf) await this.storage.set(next.optimizer, this.optimizerBuf);
     st.gen = old + 1;
     update(st);
     await this.save();
-    for (const key of [prev.adapter, prev.mask, prev.share]) await this.storage.delete(key);
+    for (const key of [prev.adapter, prev.mask, prev.share, prev.optimizer]) await this.storage.delete(key);
   }
 
   private now(): number {
@@ -491,6 +516,7 @@ export class FederatedClient {
     }
     this.adapterBuf = res.values.slice();
     this.maskBuf = res.mask.slice();
+    this.optimizerBuf = keeperOf(this.opts.trainer).optimizerState?.() ?? null;
     // A method that aggregates nothing (local-only) reports its metrics with an empty mask.
     const shares = strategyFor(task.method).aggregates;
     if (res.share && res.share.length !== n) {

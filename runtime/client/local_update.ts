@@ -54,6 +54,8 @@ export class LocalLearner {
   private searched = false;
   private epoch = 0;
   private allocation: Allocation = "global";
+  /** The optimizer of the last round, carried into the next under `optimizerState: "kept"`. */
+  private adam: AdamW | null = null;
 
   constructor(
     readonly data: ClientData,
@@ -106,6 +108,18 @@ export class LocalLearner {
     return this.trainBatches[this.cursor++];
   }
 
+  /** The optimizer state `optimizerState: "kept"` carries into the next round (null before a round). */
+  optimizerState(): Uint8Array | null {
+    return this.adam?.save() ?? null;
+  }
+
+  /** Resumes the kept optimizer from `optimizerState`'s bytes (a restarted client); refuses a bad state. */
+  restoreOptimizer(bytes: Uint8Array, cfg: Pick<SimConfig, "lr" | "weightDecay">): void {
+    const adam = new AdamW(this.adapter.length, { lr: cfg.lr, weightDecay: cfg.weightDecay });
+    adam.load(bytes);
+    this.adam = adam;
+  }
+
   /** Installs a new mask; pruned positions become zero so they drop out of the architecture. */
   setMask(mask: Uint8Array): void {
     this.mask = mask;
@@ -122,7 +136,13 @@ export class LocalLearner {
       this.allocation = cfg.allocation;
     }
     const k = kernels();
-    const adam = new AdamW(this.adapter.length, { lr: cfg.lr, weightDecay: cfg.weightDecay });
+    // A kept optimizer steps on from its moments and bias correction, so a round does not open with
+    // a fresh AdamW's full-size first steps on every parameter.
+    const adam = cfg.optimizerState === "kept" && this.adam?.size === this.adapter.length &&
+        this.adam.weightDecay === cfg.weightDecay
+      ? this.adam
+      : new AdamW(this.adapter.length, { lr: cfg.lr, weightDecay: cfg.weightDecay });
+    this.adam = adam;
     const T = cfg.pruneStages;
     let importance: Float32Array | null = null;
     let boundaries: number[] = [];
@@ -178,7 +198,7 @@ export class LocalLearner {
         addTailGradient(this.layout, this.adapter, res.grads, ins.tailPenalty.rank, ins.tailPenalty);
       }
       if (cfg.clipNorm > 0) clipGradNorm(res.grads, cfg.clipNorm);
-      adam.step(this.adapter, res.grads, frozen ? trainable(this.mask) : this.mask);
+      adam.step(this.adapter, res.grads, frozen ? trainable(this.mask) : this.mask, cfg.lr);
       while (importance && stage < T && s === boundaries[stage]) {
         stage++;
         this.setMask(pruneStage(importance, this.mask, this.plan, stage, T, cfg.schedule, k));

@@ -12,6 +12,7 @@ export {
   FederatedClient,
   FederatedClientError,
   type FederatedClientOptions,
+  type OptimizerKeeper,
   type StepOutcome,
   type TaskInfo,
   type Trainer,

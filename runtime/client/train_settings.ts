@@ -39,6 +39,7 @@ export interface TrainSettings {
   mixPart: "B" | "all";
   finetuneSteps: number;
   finetuneLrScale: number;
+  optimizerState: "round" | "kept";
 }
 
 /** One key of the table. */
@@ -235,6 +236,13 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     minExclusive: true,
     default: 1,
     doc: "the fine-tuning steps' learning rate, as a share of `lr` (needs finetuneSteps ≥ 1)",
+  },
+  optimizerState: {
+    type: "enum",
+    choices: ["round", "kept"],
+    default: "round",
+    doc:
+      "a client's AdamW moments: fresh every round (`round`), or `kept` across its rounds and into fine-tuning (private, never uploaded; a restarted client starts them afresh)",
   },
 };
 

@@ -21,6 +21,8 @@ export interface Knobs {
   finetuneSteps?: number;
   /** Their learning rate, as a share of `lr`. */
   finetuneLrScale?: number;
+  /** A client's AdamW moments: fresh every round, or kept across its rounds. */
+  optimizerState?: "round" | "kept";
   /** Expansion factor of each tier (low, mid, high): PerFIT's tiers, the same table for every client. */
   tiers?: Record<string, number>;
 }
@@ -41,6 +43,7 @@ const CHECKS: Record<keyof Knobs, Check> = {
   mixPart: (v) => settingProblem("mixPart", v),
   finetuneSteps: (v) => settingProblem("finetuneSteps", v),
   finetuneLrScale: (v) => settingProblem("finetuneLrScale", v),
+  optimizerState: (v) => settingProblem("optimizerState", v),
   tiers: (v) => {
     if (typeof v !== "object" || v === null || Array.isArray(v)) return "must be an object of tier: factor";
     const entries = Object.entries(v);
@@ -139,6 +142,7 @@ export function withKnobs(cfg: SimConfig, k: Knobs): SimConfig {
     ...(k.mixPart === undefined ? {} : { mixPart: k.mixPart }),
     ...(k.finetuneSteps === undefined ? {} : { finetuneSteps: k.finetuneSteps }),
     ...(k.finetuneLrScale === undefined ? {} : { finetuneLrScale: k.finetuneLrScale }),
+    ...(k.optimizerState === undefined ? {} : { optimizerState: k.optimizerState }),
     tiers,
   };
 }

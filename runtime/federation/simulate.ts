@@ -93,6 +93,7 @@ export function trainSettings(cfg: SimConfig, inp: Pick<SimulationInputs, "batch
     ...(cfg.finetuneLrScale !== undefined && cfg.finetuneLrScale !== 1
       ? { finetuneLrScale: cfg.finetuneLrScale }
       : {}),
+    ...(cfg.optimizerState === "kept" ? { optimizerState: cfg.optimizerState } : {}),
     ...(cfg.rankPruning
       ? { rankPruning: "on", rankDecay: cfg.rankPruning.decay, rankTailWeight: cfg.rankPruning.tailWeight }
       : {}),

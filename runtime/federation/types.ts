@@ -84,6 +84,11 @@ export interface SimConfig {
   finetuneSteps?: number;
   /** Their learning rate as a share of `lr` (the `train` key `finetuneLrScale`); absent: 1, no key. */
   finetuneLrScale?: number;
+  /**
+   * A client's AdamW moments and step count (the `train` key `optimizerState`): `round` starts them
+   * afresh every round, `kept` carries them over from the client's last round; absent: `round`, no key.
+   */
+  optimizerState?: "round" | "kept";
   /** Tier table and the tier of each client (cycled when shorter than the client list). */
   tiers: TierTable;
   clientTiers: string[];

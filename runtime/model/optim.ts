@@ -56,6 +56,37 @@ export class AdamW {
     }
   }
 
+  /** The step count and moments as bytes (f64 t, then m and v as f32), for `load` after a restart. */
+  save(): Uint8Array {
+    const out = new Uint8Array(8 + 8 * this.size);
+    new DataView(out.buffer).setFloat64(0, this.t, true);
+    out.set(new Uint8Array(this.m.buffer, this.m.byteOffset, this.m.byteLength), 8);
+    out.set(new Uint8Array(this.v.buffer, this.v.byteOffset, this.v.byteLength), 8 + 4 * this.size);
+    return out;
+  }
+
+  /** Takes the state `save` wrote; refuses bytes of another size, a bad step count or bad moments. */
+  load(bytes: Uint8Array): void {
+    if (bytes.byteLength !== 8 + 8 * this.size) {
+      throw new RangeError(
+        `AdamW state of ${bytes.byteLength} bytes, this optimizer's is ${8 + 8 * this.size}`,
+      );
+    }
+    const copy = bytes.slice();
+    const t = new DataView(copy.buffer).getFloat64(0, true);
+    const m = new Float32Array(copy.buffer, 8, this.size),
+      v = new Float32Array(copy.buffer, 8 + 4 * this.size, this.size);
+    if (!Number.isInteger(t) || t < 0) throw new RangeError(`AdamW state has step count ${t}`);
+    for (let i = 0; i < this.size; i++) {
+      if (!Number.isFinite(m[i]) || !(v[i] >= 0) || !Number.isFinite(v[i])) {
+        throw new RangeError(`AdamW state has a bad moment at ${i}`);
+      }
+    }
+    this.m.set(m);
+    this.v.set(v);
+    this.t = t;
+  }
+
   /** Clears the moments and step count (e.g. when a new mask starts a new training phase). */
   reset(): void {
     this.m.fill(0);
