@@ -242,7 +242,7 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     choices: ["round", "kept"],
     default: "round",
     doc:
-      "a client's AdamW moments: fresh every round (`round`), or `kept` across its rounds and into fine-tuning (private, never uploaded; a restarted client starts them afresh)",
+      "a client's AdamW moments: fresh every round (`round`), or `kept` across its rounds and into fine-tuning (private, never uploaded; saved with the adapter, so a restarted client resumes them)",
   },
 };
 
