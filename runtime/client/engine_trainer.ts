@@ -517,8 +517,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     },
     learner: () => fl,
     mixWeight: () => lastMix,
-    optimizerState: () =>
-      lastTask && localHyper(lastTask.train).optimizerState === "kept" ? fl?.optimizerState() ?? null : null,
+    optimizerState: () => fl?.optimizerState() ?? null,
     restoreOptimizerState(bytes: Uint8Array) {
       savedOptimizer = bytes.slice();
     },

@@ -108,7 +108,7 @@ export class LocalLearner {
     return this.trainBatches[this.cursor++];
   }
 
-  /** The optimizer state `optimizerState: "kept"` carries into the next round (null before a round). */
+  /** The optimizer state `optimizerState: "kept"` carries into the next round (null unless kept). */
   optimizerState(): Uint8Array | null {
     return this.adam?.save() ?? null;
   }
@@ -142,7 +142,8 @@ export class LocalLearner {
         this.adam.weightDecay === cfg.weightDecay
       ? this.adam
       : new AdamW(this.adapter.length, { lr: cfg.lr, weightDecay: cfg.weightDecay });
-    this.adam = adam;
+    // Held on only when kept: a fresh-every-round client carries no optimizer between rounds.
+    this.adam = cfg.optimizerState === "kept" ? adam : null;
     const T = cfg.pruneStages;
     let importance: Float32Array | null = null;
     let boundaries: number[] = [];
