@@ -50,13 +50,31 @@ async function run(
 
 Deno.test("federation: end-to-end PerFIT on a tiny model: exact budgets, ref uploads, deterministic", async () => {
   const finalMasks: number[][] = [];
+  let embedded: Uint8Array[] = [];
   const r = await run("perfit", {}, (round, clients) => {
     if (round === 2) {
       for (const c of clients) {
         finalMasks.push([c.mask.reduce((s, v) => s + v, 0), c.plan.budget, c.plan.total]);
       }
+      // The widest client's layout holds every other's: overlaps counted there, position by position.
+      embedded = clients.map((c) => embed(c.layout, c.mask, clients[0].layout));
     }
   });
+  const overlap = (a: Uint8Array, b: Uint8Array) => {
+    let both = 0, either = 0;
+    a.forEach((x, p) => ((both += x & b[p]), (either += x | b[p])));
+    return both / either;
+  };
+  for (const [i, m] of r.maskStats.entries()) {
+    assert.equal(m.jaccard.length, 3);
+    m.jaccard.forEach((v, j) =>
+      assert.ok(Math.abs(v - (i === j ? 1 : overlap(embedded[i], embedded[j]))) < 1e-12)
+    );
+    const others = m.jaccard.filter((_, j) => j !== i);
+    assert.ok(Math.abs(m.meanJaccard - (others[0] + others[1]) / 2) < 1e-12);
+  }
+  // Masks chosen by importance at different ranks differ: not one mask for all.
+  assert.ok(r.maskStats[0].jaccard[1] < 1);
   assert.equal(r.rounds.length, 2);
   assert.deepEqual(r.clients.map((c) => c.expansion), [4, 2, 1]);
   for (const [kept, budget, total] of finalMasks) {

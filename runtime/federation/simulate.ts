@@ -445,7 +445,10 @@ async function viewOf(
   };
 }
 
-/** Share of each final mask in A matrices, and its mean Jaccard overlap with the others (global layout). */
+/**
+ * Share of each final mask in A matrices, its Jaccard overlap with every client's mask (the row of the
+ * pairwise matrix, in client order, 1 on the diagonal) and its mean over the others (global layout).
+ */
 function maskStats(views: SimClientView[], global: AdapterLayout): SimResult["maskStats"] {
   const k = kernels();
   const masks = views.map((v) => embed(v.layout, v.mask, global));
@@ -454,10 +457,12 @@ function maskStats(views: SimClientView[], global: AdapterLayout): SimResult["ma
     for (const e of v.layout.entries) {
       if (e.kind === "A") { for (let j = 0; j < e.size; j++) inA += v.mask[e.offset + j]; }
     }
-    const others = masks.filter((_, j) => j !== i).map((m) => k.jaccard(masks[i], m));
+    const jaccard = masks.map((m, j) => j === i ? 1 : k.jaccard(masks[i], m));
+    const others = jaccard.filter((_, j) => j !== i);
     return {
       id: v.id,
       fractionInA: inA / Math.max(1, k.popcount(v.mask)),
+      jaccard,
       meanJaccard: others.length ? others.reduce((a, b) => a + b, 0) / others.length : 1,
     };
   });

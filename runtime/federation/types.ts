@@ -211,8 +211,8 @@ export interface SimResult {
     searchSpace: number;
   }[];
   budget: number;
-  /** Final masks: share of kept positions in A matrices, and mean Jaccard overlap with the other clients (global layout). */
-  maskStats: { id: string; fractionInA: number; meanJaccard: number }[];
+  /** Final masks: share of kept positions in A matrices, Jaccard overlap with each client (in client order) and its mean over the others (global layout). */
+  maskStats: { id: string; fractionInA: number; jaccard: number[]; meanJaccard: number }[];
   rounds: SimRound[];
   wallSeconds: number;
 }
