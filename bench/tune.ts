@@ -51,6 +51,8 @@ export const TUNING_GRID: Record<Method, TuningPlan> = (() => {
     perfit: search,
     "perfit-mix": search,
     "perfit-sa": search,
+    // Its own knob, either side of the default weight 3 of a client's own upload.
+    "perfit-own": { lr, own: [{ ownWeight: 2 }, { ownWeight: 5 }] },
     "perfit-random-mask": prox,
     "perfit-e1": search,
     fedit: prox,

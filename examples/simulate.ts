@@ -17,6 +17,8 @@ import {
   DEFAULT_SIM,
   formatRound,
   METHODS,
+  OWN_WEIGHT_DEFAULT,
+  OWN_WEIGHT_RANGE,
   parsePartition,
   resultToCsv,
   runFederated,
@@ -125,6 +127,13 @@ export const simulateCli = defineCli({
       default: 0,
       help: "FedProx: μ of the proximal term on the shared positions (0 = off)",
     },
+    "own-weight": {
+      type: "number",
+      min: OWN_WEIGHT_RANGE.min,
+      max: OWN_WEIGHT_RANGE.max,
+      help:
+        `perfit-own: how many times its weight a client's own upload counts in its slice (default ${OWN_WEIGHT_DEFAULT})`,
+    },
     "rank-pruning": {
       type: "boolean",
       help: "HetLoRA: rank self-pruning (train.rankPruning on); off by default",
@@ -223,6 +232,7 @@ async function main(args: string[]): Promise<number> {
     ...(f["rank-pruning"]
       ? { rankPruning: { decay: f["rank-decay"], tailWeight: f["rank-tail-weight"] } }
       : {}),
+    ...(f["own-weight"] !== undefined ? { ownWeight: f["own-weight"] } : {}),
     fractionFit: f["fraction-fit"],
     clientTiers: f.tiers,
     targets: f.targets,

@@ -64,6 +64,8 @@ export class GroupCommit {
     st.pending.set(p.client, p);
     folded?.(); // from here on `gather` counts it among the group-to-be (queued)
     const weight = weightOf(st.run.config, u.samples);
+    // Own copies, as for held values: a view into the request body would keep the body alive.
+    if (strategyFor(st.run.config.method).ownWeighted) p.kept = u.values.slice();
     if (st.held) {
       // Held until the round closes (and written with this upload's group commit): own copies, so
       // a view into a larger request body does not keep the whole body alive.
@@ -213,7 +215,11 @@ export class GroupCommit {
         if (!h) throw new Error(`held upload of ${p.client} is missing`);
         blobs.push([K.held(runId, round.index, p.client, p.uploadId), f32Bytes(h.values)]);
       }
+      for (const p of group) {
+        if (p.kept) blobs.push([K.held(runId, round.index, p.client, p.uploadId), f32Bytes(p.kept)]);
+      }
       await Promise.all([writeBlobs(this.kv, blobs, guard), earlyWrite]);
+      for (const p of group) delete p.kept;
       return { group, slot: snapshot ? slot : null, t0, t1: performance.now() };
     } catch (e) {
       for (const p of group) p.reject(new RetryableError(`commit failed: ${(e as Error).message}`));

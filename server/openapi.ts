@@ -1,4 +1,5 @@
 /** The OpenAPI 3.1 description served at `/openapi.json` (hand-written; mirrors app.ts). */
+import { DEPLOYED_METHODS, OWN_WEIGHT_DEFAULT, OWN_WEIGHT_RANGE } from "../runtime/federation/strategies.ts";
 
 const err = { $ref: "#/components/responses/Error" };
 const bin = {
@@ -80,9 +81,7 @@ export const openapi = {
               },
             },
           },
-          method: {
-            enum: ["perfit", "fedit", "local", "perfit-random-mask", "perfit-e1", "fedsa", "ffa", "feddpa"],
-          },
+          method: { enum: DEPLOYED_METHODS },
           rounds: { type: "integer", minimum: 1 },
           clientsPerRound: {
             type: "integer",
@@ -140,6 +139,14 @@ export const openapi = {
             description:
               "clipped-mean only (required, ≤ maxNorm): each upload's values are scaled to an L2 " +
               "norm of at most this before the fold.",
+          },
+          ownWeight: {
+            type: "number",
+            minimum: OWN_WEIGHT_RANGE.min,
+            maximum: OWN_WEIGHT_RANGE.max,
+            description:
+              `perfit-own only (default ${OWN_WEIGHT_DEFAULT}): how many times its weight a client's own ` +
+              "upload counts in its slice, against the holders' mean (server/own_weighted.ts).",
           },
           enrollment: {
             enum: ["open", "key", "invite"],

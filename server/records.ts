@@ -17,6 +17,8 @@
  *   ["acc", run, r, "shard", instance]    ShardRecord: one instance's part of an open round
  *   ["acc", run, r, "claim", client]      ClaimRecord: which instance is committing the client's upload
  *   ["global", run, gen, "v"|"c", i]      aggregated adapter values and covered bitmask
+ *   ["global", run, gen, "w", i]          own-weighted methods (perfit-own): each position's weight in
+ *                                       the round that made the generation
  *   ["client", run, client]               ClientRecord
  *   ["clients", run]                      join counter {count}
  *   ["upload", run, r, client]            UploadRecord (the accepted marker; its id makes replays idempotent)
@@ -25,7 +27,10 @@
  *   ["lastmask", run, client]             {round, popcount, hash}: which mask is the client's latest
  *   ["held", run, r, client, uploadId, i] an upload's values (f32, in mask bit order) for aggregations
  *                                       that combine at close (trimmed-mean, median); named by the
- *                                       upload marker's id, deleted when the round closes
+ *                                       upload marker's id, deleted when the round closes; for
+ *                                       own-weighted methods (perfit-own) every accepted upload's,
+ *                                       kept until the next round that aggregates closes (slices
+ *                                       reweigh the client's own upload)
  *   ["enroll", run]                       {salt, hash} of the run's join key (enrollment "key")
  *   ["invite", run, id]                   InviteRecord: a single-use invite (enrollment "invite")
  *   ["revoked", run, client]              {at}: the client's token revocation (auth.ts)
@@ -175,7 +180,7 @@ export const K = {
   shardList: (run: string, r: number): Deno.KvKey => ["acc", run, r, "shards"],
   claim: (run: string, r: number, client: string): Deno.KvKey => ["acc", run, r, "claim", client],
   accsOf: (run: string): Deno.KvKey => ["acc", run],
-  global: (run: string, gen: string, part: "v" | "c"): Deno.KvKey => ["global", run, gen, part],
+  global: (run: string, gen: string, part: "v" | "c" | "w"): Deno.KvKey => ["global", run, gen, part],
   globalGen: (run: string, gen: string): Deno.KvKey => ["global", run, gen],
   globalsOf: (run: string): Deno.KvKey => ["global", run],
   client: (run: string, c: string): Deno.KvKey => ["client", run, c],

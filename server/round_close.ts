@@ -162,6 +162,7 @@ export class RoundCloser {
           await addOtherSums(this.kv, round, shards, me, sum);
           await rebuildWeight(this.kv, run, others, weight);
           finalizeInto(kernels(), sum, weight, newGlobal.v, newGlobal.c);
+          if (strategyFor(cfg.method).ownWeighted) newGlobal.w = weight;
         } else {
           // The rule combines each position's holders: the accepted uploads only (every admitted
           // upload is accepted by now, the queue having been flushed above).
@@ -184,6 +185,9 @@ export class RoundCloser {
           new Uint8Array(newGlobal.c.buffer),
           guard,
         );
+        if (newGlobal.w) {
+          await writeChunks(this.kv, K.global(run.id, newGlobal.gen!, "w"), f32Bytes(newGlobal.w), guard);
+        }
         globalGen = newGlobal.gen;
         globalRound = round.index;
       }
@@ -253,6 +257,11 @@ export class RoundCloser {
       );
       this.cleanUp(deletePrefix(this.kv, K.accRound(run.id, round.index)));
       if (st.held) this.cleanUp(deletePrefix(this.kv, K.heldRound(run.id, round.index)));
+      // An own-weighted run's slices read the uploads of the round that made the global: the ones
+      // before it are read no more.
+      if (newGlobal?.w && run.globalRound > 0) {
+        this.cleanUp(deletePrefix(this.kv, K.heldRound(run.id, run.globalRound)));
+      }
       this.cleanUp(this.masks.dropReplacedMasks(run.id, cfg.adapterSize, closedUploads));
       if (newGlobal && oldGlobal) this.cleanUp(deletePrefix(this.kv, K.globalGen(run.id, oldGlobal)));
     } catch (e) {
@@ -281,6 +290,10 @@ export class RoundCloser {
       try {
         await readChunks(this.kv, K.global(st.run.id, gen, "v"), f32Bytes(g.v));
         await readChunks(this.kv, K.global(st.run.id, gen, "c"), new Uint8Array(g.c.buffer));
+        if (strategyFor(st.run.config.method).ownWeighted) {
+          g.w = new Float32Array(n);
+          await readChunks(this.kv, K.global(st.run.id, gen, "w"), f32Bytes(g.w));
+        }
       } catch (e) {
         if (!(e instanceof MissingBlobError)) throw e;
         this.runs.kill(st, e);

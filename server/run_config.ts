@@ -7,7 +7,13 @@ import { invalid } from "./errors.ts";
 import { parseConfig } from "../runtime/model/config.ts";
 import { type AdapterLayout, adapterLayout, type TargetModule } from "../runtime/model/lora.ts";
 import { budgetOf } from "../runtime/perfit/expansion.ts";
-import { DEPLOYED_METHODS, type DeployedMethod, strategyFor } from "../runtime/federation/strategies.ts";
+import {
+  DEPLOYED_METHODS,
+  type DeployedMethod,
+  OWN_WEIGHT_DEFAULT,
+  OWN_WEIGHT_RANGE,
+  strategyFor,
+} from "../runtime/federation/strategies.ts";
 import { type Aggregation, AGGREGATIONS, type Weighting, WEIGHTINGS, WIRE_MAX_SAMPLES } from "./robust.ts";
 import { parseTrainSettings, type TrainSettings } from "../runtime/client/train_settings.ts";
 
@@ -43,6 +49,11 @@ export interface RunConfig {
   trim?: number;
   /** clipped-mean: each upload's values are scaled to an L2 norm of at most this before the fold. */
   clipNorm?: number;
+  /**
+   * Own-weighted methods (perfit-own): how many times its weight a client's own upload counts in its
+   * slice (server/own_weighted.ts); set for those runs only.
+   */
+  ownWeight?: number;
   /**
    * Who may join: anyone who knows the run id ("open"), a client presenting the run's join key
    * ("key"; only its salted hash is stored, apart from the run record), or one holding a
@@ -243,6 +254,30 @@ export function parseRunConfig(raw: unknown): RunConfig {
         `(${clientsPerRound} × ${adapterSize}) must be at most ${LIMITS.maxHeldValues}`,
     );
   }
+  let ownWeight: number | undefined;
+  if (strategy.ownWeighted) {
+    if (aggregation !== "mean" && aggregation !== "clipped-mean") {
+      throw invalid(
+        "invalid_config",
+        `${method} reweighs the holders' mean in each slice: aggregation must be mean or clipped-mean`,
+      );
+    }
+    const v = o.ownWeight === undefined ? OWN_WEIGHT_DEFAULT : o.ownWeight;
+    if (typeof v !== "number" || !(v >= OWN_WEIGHT_RANGE.min && v <= OWN_WEIGHT_RANGE.max)) {
+      throw invalid(
+        "invalid_config",
+        `ownWeight must be a number in [${OWN_WEIGHT_RANGE.min}, ${OWN_WEIGHT_RANGE.max}], got ${
+          JSON.stringify(o.ownWeight)
+        }`,
+      );
+    }
+    ownWeight = v;
+  } else if (o.ownWeight !== undefined) {
+    throw invalid(
+      "invalid_config",
+      `ownWeight is the setting of own-weighted methods (perfit-own), not ${method}`,
+    );
+  }
   const enrollment = oneOf(o, "enrollment", ENROLLMENTS, "open");
   parseJoinKey(o, enrollment);
   const train = o.train === undefined ? {} : obj(o.train, "train");
@@ -302,6 +337,7 @@ export function parseRunConfig(raw: unknown): RunConfig {
     aggregation,
     ...(trim !== undefined ? { trim } : {}),
     ...(clipNorm !== undefined ? { clipNorm } : {}),
+    ...(ownWeight !== undefined ? { ownWeight } : {}),
     enrollment,
     seed,
     train,

@@ -32,6 +32,11 @@ export interface Pending {
   record: UploadRecord;
   /** Kept until the group commit writes it (masks are persisted with the commit, not before). */
   maskBits: Uint32Array | null;
+  /**
+   * The upload's values, kept until the group commit writes them, for methods whose slices need each
+   * client's own upload after the round closes (`ownWeighted`); the fold has its own copy.
+   */
+  kept?: Float32Array;
   /** Its fold's acknowledgement (runs that fold); a group commits only folds that succeeded. */
   folded?: Promise<void>;
   done: Promise<void>;
@@ -44,6 +49,11 @@ export interface GlobalAdapter {
   v: Float32Array;
   c: Uint32Array;
   gen: string | null;
+  /**
+   * Own-weighted methods: each position's total weight in the round that made this generation (0
+   * where that round had no holder), which the slices reweigh with (server/own_weighted.ts).
+   */
+  w?: Float32Array;
 }
 
 /** In-memory view of one run. */

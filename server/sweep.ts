@@ -3,7 +3,8 @@
  * when an instance first loads a run. Clean-up after a close is best effort (see `cleanUp` in
  * coordinator.ts); this is what bounds the garbage anyway. It only deletes what no record can name
  * again:
- *  - accumulator slots and held upload values of closed rounds (a closed round never reopens);
+ *  - accumulator slots and held upload values of closed rounds (a closed round never reopens),
+ *    except an own-weighted run's uploads of the round that made its global, which its slices read;
  *  - masks stored under a closed round that neither the client's `lastmask` pointer nor an upload
  *    of the open round names (a pointer only ever moves to the open round, never back);
  *  - global generations other than the current one that are older than SWEEP_GRACE_MS: a younger one
@@ -15,6 +16,7 @@
 import { childParts, deletePrefix } from "./kv_chunks.ts";
 import { K, type LastMask, type RunRecord, type UploadRecord } from "./records.ts";
 import { genTime } from "./round_close.ts";
+import { strategyFor } from "../runtime/federation/strategies.ts";
 
 /** How old a global generation must be before the sweep may take it for an orphan. */
 export const SWEEP_GRACE_MS = 10 * 60_000;
@@ -32,8 +34,10 @@ export async function sweepRun(
   for await (const r of childParts(kv, K.accsOf(id))) {
     if (typeof r === "number" && r < open) await deletePrefix(kv, K.accRound(id, r));
   }
+  // An own-weighted run's slices still read the uploads of the round that made its global.
+  const served = strategyFor(run.config.method).ownWeighted ? run.globalRound : -1;
   for await (const r of childParts(kv, K.heldOf(id))) {
-    if (typeof r === "number" && r < open) await deletePrefix(kv, K.heldRound(id, r));
+    if (typeof r === "number" && r < open && r !== served) await deletePrefix(kv, K.heldRound(id, r));
   }
 
   const named = new Map<string, Set<number>>();

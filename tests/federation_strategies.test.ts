@@ -23,6 +23,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "feddpa",
     "perfit-sa",
     "perfit-mix",
+    "perfit-own",
     "perfit-e1",
     "hetlora",
     "flora",
@@ -38,6 +39,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "feddpa",
     "perfit-sa",
     "perfit-mix",
+    "perfit-own",
     "perfit-e1",
     "hetlora",
     "flora",
@@ -59,6 +61,8 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
   assert.deepEqual(plans("perfit", 2).map((p) => p.search), [true, false, true, false, true]);
   assert.deepEqual(plans("perfit-sa", 0), plans("perfit", 0));
   assert.deepEqual(plans("perfit-mix", 0), plans("perfit", 0));
+  assert.deepEqual(plans("perfit-own", 2), plans("perfit", 2));
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].ownWeighted), ["perfit-own"]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].mixes), ["perfit-mix"]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].shares === "A"), ["fedsa", "perfit-sa"]);
   assert.deepEqual(plans("perfit-random-mask", 0).map((p) => [p.search, p.randomMask]), [
@@ -80,6 +84,7 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
     "perfit-random-mask",
     "perfit-sa",
     "perfit-mix",
+    "perfit-own",
     "hetlora",
     "flora",
   ]);
@@ -88,6 +93,7 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
     "perfit-random-mask",
     "perfit-sa",
     "perfit-mix",
+    "perfit-own",
     "perfit-e1",
   ]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].aggregation.name !== "holders"), ["hetlora", "flora"]);

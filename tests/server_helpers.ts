@@ -118,7 +118,9 @@ export function fakeTrainer(idx: number, calls?: number[]) {
 
 /**
  * The federation the server should compute, in f64: every client trains every round on its own
- * values with the aggregated ones merged at its mask; returns each client's final adapter.
+ * values with the aggregated ones merged at its mask; returns each client's final adapter. With
+ * `ownWeight` s ≠ 1 (perfit-own) a client merges the last round's mean with its own upload weighing
+ * s times its samples, written out from the sums: (Σ nⱼvⱼ + (s − 1)·n·v) / (Σ nⱼ + (s − 1)·n).
  */
 export function referenceFederation(
   method: "perfit" | "fedit" | "local",
@@ -126,21 +128,29 @@ export function referenceFederation(
   rounds: number,
   n: number,
   budget: number,
+  ownWeight = 1,
 ): Float32Array[] {
   const own: Float32Array[] = Array.from({ length: clients }, (_, c) => fakeInit(c, n));
   const masks: (Uint8Array | null)[] = Array(clients).fill(null);
   const global = new Float64Array(n);
   const covered = new Uint8Array(n);
+  let sum = new Float64Array(n);
+  let w = new Float64Array(n);
   const merge = (c: number) => {
     const m = method === "fedit" ? new Uint8Array(n).fill(1) : masks[c];
     if (!m || method === "local") return;
-    for (let p = 0; p < n; p++) if (m[p] && covered[p]) own[c][p] = global[p];
+    // A client merges right after its upload: own[c] still holds what it uploaded.
+    const extra = (ownWeight - 1) * fakeSamples(c);
+    for (let p = 0; p < n; p++) {
+      if (m[p] && covered[p]) own[c][p] = (sum[p] + extra * own[c][p]) / (w[p] + extra);
+    }
   };
   for (let r = 1; r <= rounds; r++) {
-    const sum = new Float64Array(n);
-    const w = new Float64Array(n);
+    // Every client merges the last round's sums before any of this round's enter them.
+    for (let c = 0; c < clients; c++) merge(c);
+    sum = new Float64Array(n);
+    w = new Float64Array(n);
     for (let c = 0; c < clients; c++) {
-      merge(c);
       const m = masks[c] ?? fakeMask(c, n, budget, method === "fedit");
       own[c] = fakeTrain(c, r, own[c], m);
       masks[c] = m;

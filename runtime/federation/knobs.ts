@@ -3,7 +3,7 @@
  * split, bench/tune.ts), as opposed to the settings every method shares (rounds, steps, data, model).
  */
 import type { DualSettings, SimConfig } from "./types.ts";
-import { type Method, METHODS } from "./strategies.ts";
+import { type Method, METHODS, OWN_WEIGHT_RANGE } from "./strategies.ts";
 import { settingProblem } from "../client/train_settings.ts";
 
 /** The knobs a tuning grid may set; everything else of a `SimConfig` stays the run's. */
@@ -23,6 +23,8 @@ export interface Knobs {
   finetuneLrScale?: number;
   /** A client's AdamW moments: fresh every round, or kept across its rounds. */
   optimizerState?: "round" | "kept";
+  /** perfit-own: the weight of a client's own upload in its slice, in multiples of its weight. */
+  ownWeight?: number;
   /** Expansion factor of each tier (low, mid, high): PerFIT's tiers, the same table for every client. */
   tiers?: Record<string, number>;
 }
@@ -44,6 +46,10 @@ const CHECKS: Record<keyof Knobs, Check> = {
   finetuneSteps: (v) => settingProblem("finetuneSteps", v),
   finetuneLrScale: (v) => settingProblem("finetuneLrScale", v),
   optimizerState: (v) => settingProblem("optimizerState", v),
+  ownWeight: num(
+    (x) => x >= OWN_WEIGHT_RANGE.min && x <= OWN_WEIGHT_RANGE.max,
+    `a number in [${OWN_WEIGHT_RANGE.min}, ${OWN_WEIGHT_RANGE.max}]`,
+  ),
   tiers: (v) => {
     if (typeof v !== "object" || v === null || Array.isArray(v)) return "must be an object of tier: factor";
     const entries = Object.entries(v);
@@ -143,6 +149,7 @@ export function withKnobs(cfg: SimConfig, k: Knobs): SimConfig {
     ...(k.finetuneSteps === undefined ? {} : { finetuneSteps: k.finetuneSteps }),
     ...(k.finetuneLrScale === undefined ? {} : { finetuneLrScale: k.finetuneLrScale }),
     ...(k.optimizerState === undefined ? {} : { optimizerState: k.optimizerState }),
+    ...(k.ownWeight === undefined ? {} : { ownWeight: k.ownWeight }),
     tiers,
   };
 }

@@ -301,6 +301,7 @@ async function createRun(
       budget,
       ...(strategyFor(cfg.method).aggregation.needsLayout ? { model: modelConfigFor(cfg.method, inp) } : {}),
       maxNorm: 1e9,
+      ...(cfg.ownWeight !== undefined ? { ownWeight: cfg.ownWeight } : {}),
       maxClients: clients,
       seed: cfg.seed,
       train: trainSettings(cfg, inp),

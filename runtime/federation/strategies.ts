@@ -24,7 +24,8 @@ export type Method =
   | "flora"
   | "feddpa"
   | "perfit-sa"
-  | "perfit-mix";
+  | "perfit-mix"
+  | "perfit-own";
 /** The methods a coordinator serves: all but the frozen base, which has nothing to federate. */
 export type DeployedMethod = Exclude<Method, "base">;
 
@@ -83,6 +84,13 @@ export interface MethodStrategy {
    */
   readonly mixes?: boolean;
   /**
+   * `perfit-own`: a client's slice is the mean over its positions' holders of the last aggregated
+   * round in which its own upload weighs `ownWeight` times its samples (the run's setting) and every
+   * other upload as in PerFIT (server/own_weighted.ts). The coordinator keeps each upload's values
+   * until the next round closes, and the round's per-position weights with its global.
+   */
+  readonly ownWeighted?: boolean;
+  /**
    * FLoRA's stacking: the run's layout holds one slot of r·max e rank components per client (its
    * join order), a client receives every slot, merges their product into its own copy of the base
    * and starts a fresh LoRA in its slot every round.
@@ -104,6 +112,11 @@ export interface MethodStrategy {
   /** How an accepted upload is folded into the round (runtime/federation/aggregation.ts). */
   readonly aggregation: RoundAggregation;
 }
+
+/** The default weight of a client's own upload in its slice under an own-weighted method (a run's `ownWeight`). */
+export const OWN_WEIGHT_DEFAULT = 3;
+/** The range a run's `ownWeight` may take. */
+export const OWN_WEIGHT_RANGE = { min: 1, max: 1000 } as const;
 
 /**
  * Sample-weighted means of every metric that some upload reported. Metric names are clients' data,
@@ -228,6 +241,20 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     prunes: true,
     personalMask: true,
     mixes: true,
+    configure: perfitPlan,
+  },
+  // PerFIT's search and holders mean, with the client's own upload weighing more in its own slice:
+  // #14's "aggregation weighted by mask overlap" measured on validation gained only through the weight
+  // the overlap gave a client's own upload (1 against the others' Jaccard, about 0.3), as a constant
+  // weight of the others did as well (bench/results/perfit-own.md).
+  "perfit-own": {
+    ...base,
+    name: "perfit-own",
+    deployed: true,
+    expands: true,
+    prunes: true,
+    personalMask: true,
+    ownWeighted: true,
     configure: perfitPlan,
   },
   // PerFIT with every client at e = 1: nothing to prune, so it must equal FedIT (a code-path check).

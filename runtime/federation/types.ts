@@ -89,6 +89,11 @@ export interface SimConfig {
    * afresh every round, `kept` carries them over from the client's last round; absent: `round`, no key.
    */
   optimizerState?: "round" | "kept";
+  /**
+   * perfit-own: how many times its weight a client's own upload counts in its slice (the run's
+   * `ownWeight`); absent: the coordinator's default, and the run is created without the key.
+   */
+  ownWeight?: number;
   /** Tier table and the tier of each client (cycled when shorter than the client list). */
   tiers: TierTable;
   clientTiers: string[];
