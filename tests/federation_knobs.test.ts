@@ -23,6 +23,10 @@ Deno.test("knobs: parsed values pass, unknown names and bad values are refused",
   assert.throws(() => parseKnobs({ pruneStages: 1.5 }), /pruneStages/);
   assert.throws(() => parseKnobs({ importanceBeta: 1 }), /importanceBeta/);
   assert.throws(() => parseKnobs({ tiers: { high: 0 } }), /tier high/);
+  assert.deepEqual(parseKnobs({ ownWeight: 5 }), { ownWeight: 5 });
+  for (const bad of [0.5, 1001, "5", NaN]) {
+    assert.throws(() => parseKnobs({ ownWeight: bad }), /ownWeight must be/);
+  }
   assert.throws(() => parseKnobs([1]), /must be an object/);
   assert.throws(() => parseKnobsTable({ fedx: {} }), /unknown method "fedx"/);
   assert.deepEqual(parseKnobsTable({ fedit: { lr: 0.01 } }), { fedit: { lr: 0.01 } });
@@ -40,6 +44,8 @@ Deno.test("knobs: applied to a run's config, nested settings merged, the clients
   assert.equal(c.dpa.combine, DEFAULT_SIM.dpa.combine);
   assert.equal(c.searchFraction, 0.25);
   assert.deepEqual(withKnobs(cfg, {}), cfg);
+  assert.equal(withKnobs(cfg, { ownWeight: 5 }).ownWeight, 5);
+  assert.equal(withKnobs(cfg, {}).ownWeight, undefined);
   assert.throws(() => withKnobs(cfg, { tiers: { high: 4 } }), /lack the clients' tiers low/);
   assert.equal(knobsLabel({}), "default");
   assert.equal(knobsLabel({ lr: 0.01, tiers: { low: 1, high: 3 } }), "lr=0.01 tiers=low:1,high:3");

@@ -103,6 +103,16 @@ Deno.test("federation: end-to-end PerFIT on a tiny model: exact budgets, ref upl
   );
 });
 
+Deno.test("federation: perfit-own at ownWeight 1 is PerFIT; above it each client's slice leans to its own upload", async () => {
+  const ppl = (r: Awaited<ReturnType<typeof run>>) => r.rounds.map((x) => x.clients.map((c) => c.perplexity));
+  const perfit = await run("perfit");
+  assert.deepEqual(ppl(await run("perfit-own", { ownWeight: 1 })), ppl(perfit));
+  const own = await run("perfit-own", { ownWeight: 5 });
+  // Round 1's evaluation already holds the reweighed slice: the simulation's run carried the setting.
+  assert.notDeepEqual(ppl(own)[0], ppl(perfit)[0]);
+  assert.deepEqual(own.clients.map((c) => c.trainableParams), perfit.clients.map((c) => c.trainableParams));
+});
+
 Deno.test("federation: FedIT gives every client the same adapter; base never changes; local beats base", async () => {
   const adapters: Float32Array[] = [];
   const fedit = await run(
