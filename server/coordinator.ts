@@ -13,7 +13,7 @@
  *   run_admin.ts     cancel and delete a run, and its global adapter for the admin (`admin`)
  *   run_life.ts      the run's live key: once a delete has begun, no write of the run lands
  */
-import { chunkCount, MissingBlobError } from "./kv_chunks.ts";
+import { chunkCount } from "./kv_chunks.ts";
 import type { TaskInfo } from "../runtime/client/federated_client.ts";
 import { OWN_WEIGHT_DEFAULT, strategyFor } from "../runtime/federation/strategies.ts";
 import { type ClientRecord, K, type RoundRecord, type RunRecord, type UploadRecord } from "./records.ts";
@@ -45,12 +45,12 @@ import { issueInvites, joinKeyFor } from "./enrollment.ts";
 import { GroupCommit } from "./group_commit.ts";
 import { MaskStore } from "./mask_store.ts";
 import { openRound, RoundCloser } from "./round_close.ts";
-import { deferred, type Pending, readHeld, RetryableError, RunCache, type RunState } from "./run_state.ts";
+import { deferred, type Pending, RetryableError, RunCache, type RunState } from "./run_state.ts";
 import { claimUpload } from "./shards.ts";
 import { sweepRun } from "./sweep.ts";
 import { RunAdmin } from "./run_admin.ts";
 import { LIVE } from "./run_life.ts";
-import { type HeldUpdate, ruleFor } from "./robust.ts";
+import { ruleFor } from "./robust.ts";
 import { ownWeightedValues } from "./own_weighted.ts";
 import { accepted, type EventLog, joined, runCreated, silentLog } from "./event_log.ts";
 
@@ -281,25 +281,11 @@ export class Coordinator {
         g.v,
         g.w,
         covered,
-        await this.ownUpload(st, clientId),
+        await this.runs.ownUpload(st, clientId),
         st.run.config.ownWeight ?? OWN_WEIGHT_DEFAULT,
       )
       : gatherBits(g.v, covered, popcountBits(covered));
     return { ...base, maskBits: mask.bits, coveredBits: covered, values };
-  }
-
-  /** The client's accepted upload in the round that made the run's global (null: it had none). */
-  private async ownUpload(st: RunState, clientId: string): Promise<HeldUpdate | null> {
-    const rec = (await this.kv.get<UploadRecord>(K.upload(st.run.id, st.run.globalRound, clientId))).value;
-    if (!rec) return null;
-    try {
-      return (await readHeld(this.kv, st.run, [rec])).get(clientId) ?? null;
-    } catch (e) {
-      // A close in flight on another instance moved the run on and dropped what this state names.
-      if (!(e instanceof MissingBlobError)) throw e;
-      this.runs.kill(st, e);
-      throw new RetryableError("the run moved on while reading the client's upload, retry");
-    }
   }
 
   // ---------- uploads ----------

@@ -231,6 +231,20 @@ export class RunCache {
     return p;
   }
 
+  /** The client's accepted upload in the round that made the run's global (null: it had none). */
+  async ownUpload(st: RunState, clientId: string): Promise<HeldUpdate | null> {
+    const rec = (await this.kv.get<UploadRecord>(K.upload(st.run.id, st.run.globalRound, clientId))).value;
+    if (!rec) return null;
+    try {
+      return (await readHeld(this.kv, st.run, [rec])).get(clientId) ?? null;
+    } catch (e) {
+      // A close in flight on another instance moved the run on and dropped what this state names.
+      if (!(e instanceof MissingBlobError)) throw e;
+      this.kill(st, e);
+      throw new RetryableError("the run moved on while reading the client's upload, retry");
+    }
+  }
+
   /** Drops a state whose memory may disagree with KV; everything waiting on it is told to retry. */
   kill(st: RunState, why: unknown): void {
     st.dead = true;
