@@ -12,7 +12,8 @@
  */
 import { forEachBit, popcountBits } from "../runtime/kernels/bits.ts";
 import type { HeldUpdate } from "./robust.ts";
-import { OWN_WEIGHT_RANGE } from "../runtime/federation/strategies.ts";
+import { ownWeightProblem } from "../runtime/federation/strategies.ts";
+import { denseValues } from "../runtime/federation/aggregation.ts";
 
 /**
  * The slice's values at the set bits of `covered`, in bit order: `global` reweighed by the client's
@@ -29,24 +30,9 @@ export function ownWeightedValues(
 ): Float32Array {
   const n = global.length;
   if (weight.length !== n) throw new RangeError(`weights hold ${weight.length} values, the global ${n}`);
-  if (!(ownWeight >= OWN_WEIGHT_RANGE.min && ownWeight <= OWN_WEIGHT_RANGE.max)) {
-    throw new RangeError(
-      `ownWeight must be in [${OWN_WEIGHT_RANGE.min}, ${OWN_WEIGHT_RANGE.max}], got ${ownWeight}`,
-    );
-  }
-  let ownDense: Float32Array | null = null;
-  if (own) {
-    ownDense = new Float32Array(n);
-    let count = 0;
-    forEachBit(own.bits, (p, r) => {
-      if (p >= n) throw new RangeError(`own upload's bit ${p} is outside the adapter of ${n}`);
-      ownDense![p] = own.values[r];
-      count = r + 1;
-    });
-    if (count !== own.values.length) {
-      throw new RangeError(`own upload's mask selects ${count} positions, its values ${own.values.length}`);
-    }
-  }
+  const bad = ownWeightProblem(ownWeight);
+  if (bad) throw new RangeError(`ownWeight ${bad}, got ${ownWeight}`);
+  const ownDense = own ? denseValues(own, n) : null;
   const extra = own ? (ownWeight - 1) * own.weight : 0;
   const out = new Float32Array(popcountBits(covered));
   forEachBit(covered, (p, r) => {

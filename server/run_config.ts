@@ -11,7 +11,7 @@ import {
   DEPLOYED_METHODS,
   type DeployedMethod,
   OWN_WEIGHT_DEFAULT,
-  OWN_WEIGHT_RANGE,
+  ownWeightProblem,
   strategyFor,
 } from "../runtime/federation/strategies.ts";
 import { type Aggregation, AGGREGATIONS, type Weighting, WEIGHTINGS, WIRE_MAX_SAMPLES } from "./robust.ts";
@@ -263,15 +263,9 @@ export function parseRunConfig(raw: unknown): RunConfig {
       );
     }
     const v = o.ownWeight === undefined ? OWN_WEIGHT_DEFAULT : o.ownWeight;
-    if (typeof v !== "number" || !(v >= OWN_WEIGHT_RANGE.min && v <= OWN_WEIGHT_RANGE.max)) {
-      throw invalid(
-        "invalid_config",
-        `ownWeight must be a number in [${OWN_WEIGHT_RANGE.min}, ${OWN_WEIGHT_RANGE.max}], got ${
-          JSON.stringify(o.ownWeight)
-        }`,
-      );
-    }
-    ownWeight = v;
+    const bad = ownWeightProblem(v);
+    if (bad) throw invalid("invalid_config", `ownWeight ${bad}, got ${JSON.stringify(o.ownWeight)}`);
+    ownWeight = v as number;
   } else if (o.ownWeight !== undefined) {
     throw invalid(
       "invalid_config",

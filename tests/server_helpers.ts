@@ -142,7 +142,9 @@ export function referenceFederation(
     // A client merges right after its upload: own[c] still holds what it uploaded.
     const extra = (ownWeight - 1) * fakeSamples(c);
     for (let p = 0; p < n; p++) {
-      if (m[p] && covered[p]) own[c][p] = (sum[p] + extra * own[c][p]) / (w[p] + extra);
+      if (!m[p] || !covered[p]) continue;
+      // Where the last round had no holder the global stands, as for PerFIT.
+      own[c][p] = w[p] > 0 ? (sum[p] + extra * own[c][p]) / (w[p] + extra) : global[p];
     }
   };
   for (let r = 1; r <= rounds; r++) {

@@ -3,7 +3,7 @@
  * split, bench/tune.ts), as opposed to the settings every method shares (rounds, steps, data, model).
  */
 import type { DualSettings, SimConfig } from "./types.ts";
-import { type Method, METHODS, OWN_WEIGHT_RANGE } from "./strategies.ts";
+import { type Method, METHODS, ownWeightProblem } from "./strategies.ts";
 import { settingProblem } from "../client/train_settings.ts";
 
 /** The knobs a tuning grid may set; everything else of a `SimConfig` stays the run's. */
@@ -46,10 +46,7 @@ const CHECKS: Record<keyof Knobs, Check> = {
   finetuneSteps: (v) => settingProblem("finetuneSteps", v),
   finetuneLrScale: (v) => settingProblem("finetuneLrScale", v),
   optimizerState: (v) => settingProblem("optimizerState", v),
-  ownWeight: num(
-    (x) => x >= OWN_WEIGHT_RANGE.min && x <= OWN_WEIGHT_RANGE.max,
-    `a number in [${OWN_WEIGHT_RANGE.min}, ${OWN_WEIGHT_RANGE.max}]`,
-  ),
+  ownWeight: ownWeightProblem,
   tiers: (v) => {
     if (typeof v !== "object" || v === null || Array.isArray(v)) return "must be an object of tier: factor";
     const entries = Object.entries(v);

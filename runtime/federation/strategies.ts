@@ -118,6 +118,13 @@ export const OWN_WEIGHT_DEFAULT = 3;
 /** The range a run's `ownWeight` may take. */
 export const OWN_WEIGHT_RANGE = { min: 1, max: 1000 } as const;
 
+/** Why `v` is no `ownWeight` ("must be …"), or undefined: the one check of the run config, the knob and the rule. */
+export function ownWeightProblem(v: unknown): string | undefined {
+  return typeof v === "number" && v >= OWN_WEIGHT_RANGE.min && v <= OWN_WEIGHT_RANGE.max
+    ? undefined
+    : `must be a number in [${OWN_WEIGHT_RANGE.min}, ${OWN_WEIGHT_RANGE.max}]`;
+}
+
 /**
  * Sample-weighted means of every metric that some upload reported. Metric names are clients' data,
  * so they key a Map, never a plain object ("constructor" or "__proto__" would find Object.prototype's
