@@ -136,6 +136,20 @@ Deno.test("cli flags: bad values and unknown flags throw one line naming what is
   assert.doesNotMatch(m, /abc/);
 });
 
+Deno.test("cli flags: simulate's --own-weight takes perfit-own's range and refuses the rest", () => {
+  const parse = (v: string) =>
+    simulateCli.tryParse(["--method", "perfit-own", "--own-weight", v], () => undefined);
+  assert.equal(parse("5").values["own-weight"], 5);
+  for (const bad of ["0.5", "1001", "abc", "NaN"]) {
+    assert.throws(
+      () => parse(bad),
+      (e) => e instanceof UsageError && /--own-weight must be/.test(e.message),
+      bad,
+    );
+  }
+  assert.equal(simulateCli.tryParse([], () => undefined).values["own-weight"], undefined);
+});
+
 Deno.test("cli flags: --help lists every flag with its default (and env var), in-process", () => {
   for (const [name, { cli }] of Object.entries(CLIS)) {
     const text = cli.help();
