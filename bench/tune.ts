@@ -5,7 +5,7 @@
  *
  *   deno task tune [--methods fedit,perfit] [--seeds 0] [--partition category] [--cache bench/results/runs]
  *                  [--out bench/results/tuning-category.md] [--knobs-out bench/results/knobs-category.json] [--cached-only]
- *                  [--plan FILE]
+ *                  [--plan FILE] [--rounds 4]
  *
  * Each setting is one results run (bench/results_table.ts) scored on the validation split, cached under
  * `--cache` with the knobs and the split in its key, so a tuning can be resumed or split over processes.
@@ -53,6 +53,7 @@ export const TUNING_GRID: Record<Method, TuningPlan> = (() => {
     "perfit-sa": search,
     // Its own knob, either side of the default weight 3 of a client's own upload.
     "perfit-own": { lr, own: [{ ownWeight: 2 }, { ownWeight: 5 }] },
+    "flora-own": { lr, own: [{ ownWeight: 2 }, { ownWeight: 5 }] },
     "perfit-random-mask": prox,
     "perfit-e1": search,
     fedit: prox,
@@ -194,6 +195,12 @@ export const tuneCli = defineCli({
       help: "category, category:K, or dirichlet:ALPHA (with --clients)",
     },
     clients: { type: "int", min: 2, default: 16, help: "clients of a Dirichlet partition" },
+    rounds: {
+      type: "int",
+      min: 1,
+      default: DEFAULT_RESULTS.rounds,
+      help: "federated rounds of every setting",
+    },
     backend: {
       type: "string",
       choices: BACKENDS,
@@ -236,6 +243,7 @@ if (import.meta.main) {
     seeds: f.seeds.map(Number),
     methods: f.methods,
     backend: f.backend,
+    rounds: f.rounds,
     partition: parsePartition(f.partition, f.clients),
     cacheDir: f.cache ?? here("./results/runs"),
     cachedOnly: f["cached-only"],
@@ -243,6 +251,7 @@ if (import.meta.main) {
   };
   const command = ["deno task tune", `--methods ${f.methods.join(",")}`, `--seeds ${f.seeds.join(",")}`]
     .concat(o.backend === DEFAULT_RESULTS.backend ? [] : [`--backend ${o.backend}`])
+    .concat(o.rounds === DEFAULT_RESULTS.rounds ? [] : [`--rounds ${o.rounds}`])
     .concat(o.partition.kind === "dirichlet" ? [`--partition ${f.partition} --clients ${f.clients}`] : [])
     .concat(f.plan === undefined ? [] : [`--plan ${f.plan}`])
     .join(" ");

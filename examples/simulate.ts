@@ -132,7 +132,7 @@ export const simulateCli = defineCli({
       min: OWN_WEIGHT_RANGE.min,
       max: OWN_WEIGHT_RANGE.max,
       help:
-        `perfit-own: how many times its weight a client's own upload counts in its slice (default ${OWN_WEIGHT_DEFAULT})`,
+        `perfit-own, flora-own: how many times its weight a client's own upload counts in its slice (default ${OWN_WEIGHT_DEFAULT})`,
     },
     "rank-pruning": {
       type: "boolean",

@@ -281,7 +281,7 @@ export class Coordinator {
         g.v,
         g.w,
         covered,
-        await this.runs.ownUpload(st, clientId),
+        await this.runs.ownTerms(st, clientId),
         st.run.config.ownWeight ?? OWN_WEIGHT_DEFAULT,
       )
       : gatherBits(g.v, covered, popcountBits(covered));

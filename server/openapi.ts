@@ -145,7 +145,7 @@ export const openapi = {
             minimum: OWN_WEIGHT_RANGE.min,
             maximum: OWN_WEIGHT_RANGE.max,
             description:
-              `perfit-own only (default ${OWN_WEIGHT_DEFAULT}): how many times its weight a client's own ` +
+              `perfit-own and flora-own only (default ${OWN_WEIGHT_DEFAULT}): how many times its weight a client's own ` +
               "upload counts in its slice, against the holders' mean (server/own_weighted.ts).",
           },
           enrollment: {

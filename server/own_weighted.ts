@@ -1,54 +1,71 @@
 /**
- * perfit-own's slice: the holders mean of the round that made the global, with the asking client's
- * own upload weighing `ownWeight` (s) times what it weighed in that mean. At a position p where the
- * round's holders have total weight W and mean g, and the client's own upload (weight w, value v)
- * holds p, the slice value is
+ * An own-weighted slice (perfit-own, flora-own): the round that made the global, folded again with
+ * the asking client's own fold terms counted `ownWeight` (s) times. At a position p where the round's
+ * terms have total weight W and mean g, and the client's own terms there weigh w in all and add up to
+ * Σ w·v, the slice value is
  *
- *     (g·W + (s − 1)·w·v) / (W + (s − 1)·w)  =  (s·w·v + Σ_others wⱼ·vⱼ) / (s·w + Σ_others wⱼ)
+ *     (g·W + (s − 1)·Σ w·v) / (W + (s − 1)·w)
  *
- * so s = 1 is PerFIT's mean and s → ∞ the client's own value. Elsewhere (positions its upload did
- * not hold, or a client absent from that round) it is the global, as for PerFIT. Pure: the
- * coordinator reads the global, its weights and the client's upload (server/coordinator.ts `slice`).
+ * so s = 1 is the method's own fold and s → ∞ the client's own terms alone. Under PerFIT's holders
+ * mean the own terms are the upload's mask (its values, weighing its samples); under FLoRA's stacking
+ * they also cover every other slot's A with zeros, so those shrink by W / (W + (s − 1)·w) while the
+ * client's own A grows, and the stack's weights still sum to 1. Elsewhere (positions no own term
+ * covers, or a client absent from that round) it is the global. Pure: the coordinator reads the
+ * global, its weights and the client's upload (server/coordinator.ts `slice`).
  */
 import { forEachBit, popcountBits } from "../runtime/kernels/bits.ts";
-import type { HeldUpdate } from "./robust.ts";
 import { ownWeightProblem } from "../runtime/federation/strategies.ts";
-import { denseValues } from "../runtime/federation/aggregation.ts";
+import type { FoldTerm } from "../runtime/federation/aggregation.ts";
 
 /**
  * The slice's values at the set bits of `covered`, in bit order: `global` reweighed by the client's
- * own upload `own` (null: absent from the round, the global as it is). `weight` is each position's
- * total weight in that round. Refuses arrays that do not fit and an own upload heavier than its
- * position's total, which only a global not made from that upload can have.
+ * own fold terms `own` (null: absent from the round, the global as it is). `weight` is each
+ * position's total weight in that round. Refuses arrays that do not fit and own terms heavier than
+ * their position's total, which only a global not made from that upload can have.
  */
 export function ownWeightedValues(
   global: Float32Array,
   weight: Float32Array,
   covered: Uint32Array,
-  own: HeldUpdate | null,
+  own: readonly FoldTerm[] | null,
   ownWeight: number,
 ): Float32Array {
   const n = global.length;
   if (weight.length !== n) throw new RangeError(`weights hold ${weight.length} values, the global ${n}`);
   const bad = ownWeightProblem(ownWeight);
   if (bad) throw new RangeError(`ownWeight ${bad}, got ${ownWeight}`);
-  const ownDense = own ? denseValues(own, n) : null;
-  const extra = own ? (ownWeight - 1) * own.weight : 0;
+  const extra = ownWeight - 1;
+  // The own terms, dense: what they add at each position and what they weigh there.
+  const ownSum = own ? new Float64Array(n) : null;
+  const ownW = own ? new Float64Array(n) : null;
+  for (const t of own ?? []) {
+    const count = popcountBits(t.bits);
+    if (t.values.length !== count) {
+      throw new RangeError(`an own term selects ${count} positions but holds ${t.values.length} values`);
+    }
+    if (t.start < 0 || t.start + t.length > n) {
+      throw new RangeError(
+        `an own term spans ${t.start}..${t.start + t.length}, outside the adapter of ${n}`,
+      );
+    }
+    forEachBit(t.bits, (i, r) => {
+      if (i >= t.length) throw new RangeError(`an own term's bit ${i} is outside its ${t.length} positions`);
+      ownSum![t.start + i] += t.weight * t.values[r];
+      ownW![t.start + i] += t.weight;
+    });
+  }
   const out = new Float32Array(popcountBits(covered));
   forEachBit(covered, (p, r) => {
     if (p >= n) throw new RangeError(`covered bit ${p} is outside the adapter of ${n}`);
-    const holds = ownDense !== null && ((own!.bits[p >>> 5] >>> (p & 31)) & 1) === 1;
-    if (!holds || extra === 0) {
+    const w = ownW === null ? 0 : ownW[p];
+    if (w === 0 || extra === 0) {
       out[r] = global[p];
       return;
     }
-    const w = weight[p];
-    if (!(w >= own!.weight * (1 - 1e-6))) {
-      throw new RangeError(
-        `position ${p} weighs ${w} in the round, less than the own upload's ${own!.weight}`,
-      );
+    if (!(weight[p] >= w * (1 - 1e-6))) {
+      throw new RangeError(`position ${p} weighs ${weight[p]} in the round, less than the own upload's ${w}`);
     }
-    out[r] = (global[p] * w + extra * ownDense![p]) / (w + extra);
+    out[r] = (global[p] * weight[p] + extra * ownSum![p]) / (weight[p] + extra * w);
   });
   return out;
 }

@@ -259,7 +259,7 @@ export function parseRunConfig(raw: unknown): RunConfig {
     if (aggregation !== "mean" && aggregation !== "clipped-mean") {
       throw invalid(
         "invalid_config",
-        `${method} reweighs the holders' mean in each slice: aggregation must be mean or clipped-mean`,
+        `${method} reweighs the round's fold in each slice: aggregation must be mean or clipped-mean`,
       );
     }
     const v = o.ownWeight === undefined ? OWN_WEIGHT_DEFAULT : o.ownWeight;
@@ -269,7 +269,7 @@ export function parseRunConfig(raw: unknown): RunConfig {
   } else if (o.ownWeight !== undefined) {
     throw invalid(
       "invalid_config",
-      `ownWeight is the setting of own-weighted methods (perfit-own), not ${method}`,
+      `ownWeight is the setting of own-weighted methods (perfit-own, flora-own), not ${method}`,
     );
   }
   const enrollment = oneOf(o, "enrollment", ENROLLMENTS, "open");

@@ -17,6 +17,7 @@ import {
 } from "./records.ts";
 import { bitWords, forEachBit, fullBits } from "../runtime/kernels/bits.ts";
 import { runLayout } from "./run_config.ts";
+import { type FoldTerm, foldTerms } from "../runtime/federation/aggregation.ts";
 import { liveCheck, liveStamp } from "./run_life.ts";
 import type { Accumulators, Folder } from "./folder.ts";
 import { type HeldUpdate, ruleFor, weightOf } from "./robust.ts";
@@ -231,12 +232,19 @@ export class RunCache {
     return p;
   }
 
-  /** The client's accepted upload in the round that made the run's global (null: it had none). */
-  async ownUpload(st: RunState, clientId: string): Promise<HeldUpdate | null> {
+  /**
+   * The fold terms of the client's accepted upload in the round that made the run's global, as the
+   * method folded them (null: it had none): what an own-weighted slice counts again.
+   */
+  async ownTerms(st: RunState, clientId: string): Promise<FoldTerm[] | null> {
     const rec = (await this.kv.get<UploadRecord>(K.upload(st.run.id, st.run.globalRound, clientId))).value;
     if (!rec) return null;
     try {
-      return (await readHeld(this.kv, st.run, [rec])).get(clientId) ?? null;
+      const own = (await readHeld(this.kv, st.run, [rec])).get(clientId);
+      const cfg = st.run.config;
+      return own
+        ? foldTerms(strategyFor(cfg.method).aggregation, own, cfg.adapterSize, runLayout(cfg))
+        : null;
     } catch (e) {
       // A close in flight on another instance moved the run on and dropped what this state names.
       if (!(e instanceof MissingBlobError)) throw e;

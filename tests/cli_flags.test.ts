@@ -235,6 +235,7 @@ Deno.test("cli flags: the issue's bad flags answer one line and exit 2 in every 
     ["tune", ["--seeds", "0,-1"], /--seeds must be a comma-separated list of integers/],
     ["tune", ["--partition", "dirichlet:0"], /--partition must be category, category:K or dirichlet:ALPHA/],
     ["tune", ["--bogus"], /unknown flag --bogus; valid flags: --methods,/],
+    ["tune", ["--rounds", "0"], /--rounds must be an integer ≥ 1, got "0"/],
     ["generate", ["--category", "nope"], /--category must be one of acronyms, computing, .*, got "nope"/],
     ["generate", ["--max-new-tokens=0"], /--max-new-tokens must be an integer in \[1, 4096\], got "0"/],
     ["generate", ["--steps", "-3"], /--steps must be an integer ≥ 1, got "-3"/],

@@ -113,6 +113,19 @@ Deno.test("federation: perfit-own at ownWeight 1 is PerFIT; above it each client
   assert.deepEqual(own.clients.map((c) => c.trainableParams), perfit.clients.map((c) => c.trainableParams));
 });
 
+Deno.test("federation: flora-own at ownWeight 1 is FLoRA; above it each client merges a stack of its own", async () => {
+  const ppl = (r: Awaited<ReturnType<typeof run>>) => r.rounds.map((x) => x.clients.map((c) => c.perplexity));
+  const flora = await run("flora", { rounds: 2 });
+  assert.deepEqual(ppl(await run("flora-own", { rounds: 2, ownWeight: 1 })), ppl(flora));
+  const own = await run("flora-own", { rounds: 2, ownWeight: 5 });
+  // Round 1's evaluation is on the merged base, so it already holds the reweighed stack.
+  assert.notDeepEqual(ppl(own)[0], ppl(flora)[0]);
+  // The stack travels as FLoRA's: the same bytes each way.
+  const bytes = (r: typeof flora) =>
+    r.rounds.map((x) => x.clients.map((c) => [c.uploadBytes, c.downloadBytes]));
+  assert.deepEqual(bytes(own), bytes(flora));
+});
+
 Deno.test("federation: FedIT gives every client the same adapter; base never changes; local beats base", async () => {
   const adapters: Float32Array[] = [];
   const fedit = await run(

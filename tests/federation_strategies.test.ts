@@ -27,6 +27,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "perfit-e1",
     "hetlora",
     "flora",
+    "flora-own",
   ]);
   // Everything but the frozen base is served: the simulation runs each method through the coordinator.
   assert.deepEqual(DEPLOYED_METHODS, [
@@ -43,6 +44,7 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "perfit-e1",
     "hetlora",
     "flora",
+    "flora-own",
   ]);
   for (const m of METHODS) assert.equal(strategyFor(m).name, m);
   for (const bad of ["", "FedIT", "__proto__", "constructor", "toString"]) {
@@ -62,7 +64,8 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
   assert.deepEqual(plans("perfit-sa", 0), plans("perfit", 0));
   assert.deepEqual(plans("perfit-mix", 0), plans("perfit", 0));
   assert.deepEqual(plans("perfit-own", 2), plans("perfit", 2));
-  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].ownWeighted), ["perfit-own"]);
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].ownWeighted), ["perfit-own", "flora-own"]);
+  assert.deepEqual(plans("flora-own", 0), plans("flora", 0));
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].mixes), ["perfit-mix"]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].shares === "A"), ["fedsa", "perfit-sa"]);
   assert.deepEqual(plans("perfit-random-mask", 0).map((p) => [p.search, p.randomMask]), [
@@ -87,6 +90,7 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
     "perfit-own",
     "hetlora",
     "flora",
+    "flora-own",
   ]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].prunes), [
     "perfit",
@@ -96,7 +100,11 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
     "perfit-own",
     "perfit-e1",
   ]);
-  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].aggregation.name !== "holders"), ["hetlora", "flora"]);
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].aggregation.name !== "holders"), [
+    "hetlora",
+    "flora",
+    "flora-own",
+  ]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].denseMask), ["fedit"]);
   assert.deepEqual(METHODS.filter((m) => !STRATEGIES[m].aggregates), ["local", "base"]);
 });

@@ -1,6 +1,10 @@
 /** perfit-own: a client's slice weighs its own upload `ownWeight` times, through the deployed coordinator. */
 import assert from "node:assert/strict";
 import { ownWeightedValues } from "../server/own_weighted.ts";
+import { foldTerms, HOLDERS, STACKED } from "../runtime/federation/aggregation.ts";
+import { adapterLayout } from "../runtime/model/lora.ts";
+import { rankLayout } from "../runtime/perfit/layout.ts";
+import { slotMask } from "../runtime/client/flora.ts";
 import { parseRunConfig } from "../server/run_config.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
 import {
@@ -25,7 +29,8 @@ Deno.test("own-weighted slice: the holders' mean with the own upload counted s t
   const sum = new Float64Array(4), weight = new Float32Array(4), global = new Float32Array(4);
   masks.forEach((m, j) => m.forEach((b, p) => b && ((sum[p] += ws[j] * vals[j][p]), (weight[p] += ws[j]))));
   sum.forEach((x, p) => (global[p] = x / weight[p]));
-  const own = { bits: bits(masks[0]), values: Float32Array.of(1, 2, 3), weight: 2 };
+  const upload = { bits: bits(masks[0]), values: Float32Array.of(1, 2, 3), weight: 2 };
+  const own = foldTerms(HOLDERS, upload, 4, null);
   const covered = bits([1, 1, 1, 1]);
   for (const s of [1, 3, 10]) {
     const got = ownWeightedValues(global, weight, covered, own, s);
@@ -58,14 +63,85 @@ Deno.test("own-weighted slice: the holders' mean with the own upload counted s t
   assert.throws(() => ownWeightedValues(global, weight, covered, own, NaN), /ownWeight/);
   assert.throws(() => ownWeightedValues(global, weight.subarray(0, 3), covered, own, 3), /weights hold/);
   assert.throws(
-    () => ownWeightedValues(global, weight, covered, { ...own, values: Float32Array.of(1) }, 3),
+    () => ownWeightedValues(global, weight, covered, [{ ...own[0], values: Float32Array.of(1) }], 3),
     /selects 3/,
   );
   assert.throws(
-    () => ownWeightedValues(global, weight, covered, { ...own, weight: 50 }, 3),
+    () =>
+      ownWeightedValues(global, weight, covered, foldTerms(HOLDERS, { ...upload, weight: 50 }, 4, null), 3),
     /less than the own/,
   );
 });
+
+Deno.test("own-weighted stack (flora-own): the own slot's A ×s·p/(1+(s−1)p), every other A ×1/(1+(s−1)p), B as is", () => {
+  const layout = adapterLayout({
+    modelType: "llama",
+    vocabSize: 50,
+    hiddenSize: 8,
+    intermediateSize: 16,
+    numLayers: 1,
+    numHeads: 2,
+    numKvHeads: 1,
+    headDim: 4,
+    rmsNormEps: 1e-5,
+    ropeTheta: 10000,
+    maxPositionEmbeddings: 64,
+    tieWordEmbeddings: true,
+    qkvBias: false,
+    oBias: false,
+    mlpBias: false,
+  }, { rank: 6, alpha: 4, targets: ["q", "v"] });
+  const slotLayout = rankLayout(layout, 2);
+  const n = layout.size;
+  // Three clients in slots 0, 2, 4 with 10, 30 and 60 samples: p = 0.1, 0.3, 0.6.
+  const clients = [10, 30, 60].map((samples, k) => {
+    const mask = slotMask(slotLayout, layout, 2 * k);
+    const count = mask.reduce((a, b) => a + b, 0);
+    const values = Float32Array.from({ length: count }, (_, i) => Math.sin(7 * k + i) + 1.5);
+    const dense = new Float32Array(n);
+    let r = 0;
+    mask.forEach((m, p) => m && (dense[p] = values[r++]));
+    return {
+      samples,
+      mask,
+      dense,
+      upload: { bits: scalarKernels.maskToBits(mask), values, weight: samples },
+    };
+  });
+  const sum = new Float64Array(n), weight = new Float32Array(n), global = new Float32Array(n);
+  for (const c of clients) {
+    for (const t of foldTerms(STACKED, c.upload, n, layout)) {
+      forTerm(t, (p, v) => ((sum[p] += t.weight * v), (weight[p] += t.weight)));
+    }
+  }
+  sum.forEach((x, p) => (global[p] = weight[p] > 0 ? x / weight[p] : 0));
+  const isA = new Uint8Array(n);
+  for (const e of layout.entries) if (e.kind === "A") isA.fill(1, e.offset, e.offset + e.size);
+  const all = bits(Array.from({ length: n }, () => 1));
+  for (const [k, s] of [[0, 5], [1, 3], [2, 1]]) {
+    const p = clients[k].samples / 100;
+    const got = ownWeightedValues(global, weight, all, foldTerms(STACKED, clients[k].upload, n, layout), s);
+    for (let q = 0; q < n; q++) {
+      const holder = clients.find((c) => c.mask[q]);
+      let want = holder ? holder.dense[q] : 0;
+      if (isA[q] && holder) {
+        const pj = holder.samples / 100;
+        want = (holder === clients[k] ? s * pj : pj) * holder.dense[q] / (1 + (s - 1) * p);
+      }
+      assert.ok(Math.abs(got[q] - want) < 1e-5, `client ${k}, s ${s}, position ${q}: ${got[q]} vs ${want}`);
+    }
+  }
+});
+
+function forTerm(
+  t: { start: number; bits: Uint32Array; values: Float32Array },
+  f: (p: number, v: number) => void,
+) {
+  let r = 0;
+  for (let w = 0; w < t.bits.length; w++) {
+    for (let b = 0; b < 32; b++) if ((t.bits[w] >>> b) & 1) f(t.start + 32 * w + b, t.values[r++]);
+  }
+}
 
 Deno.test("perfit-own config: ownWeight is its own, ranged, and needs a streamed mean", () => {
   const own = (over: Record<string, unknown>) => ({ ...runBody("perfit"), method: "perfit-own", ...over });

@@ -23,7 +23,7 @@ export interface Knobs {
   finetuneLrScale?: number;
   /** A client's AdamW moments: fresh every round, or kept across its rounds. */
   optimizerState?: "round" | "kept";
-  /** perfit-own: the weight of a client's own upload in its slice, in multiples of its weight. */
+  /** perfit-own, flora-own: the weight of a client's own upload in its slice, in multiples of its weight. */
   ownWeight?: number;
   /** Expansion factor of each tier (low, mid, high): PerFIT's tiers, the same table for every client. */
   tiers?: Record<string, number>;
