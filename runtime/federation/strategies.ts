@@ -320,8 +320,8 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
   // FLoRA's exact stacking with perfit-own's rule (#14): the stack a client merges counts its own
   // slot `ownWeight` times against the others' (its A scaled s·p_k / (1 + (s − 1)·p_k), every other
   // slot's by 1 / (1 + (s − 1)·p_k), so the weights still sum to 1), so each client's merged base
-  // leans to its own updates (server/own_weighted.ts). On the category partition's validation split
-  // this beat every other method, where plain FLoRA was among the worst (bench/results/flora-own.md).
+  // leans to its own updates (server/own_weighted.ts). FLoRA's exactness is what wins where clients
+  // mix categories, the own weight what wins where they differ (bench/results/flora-own.md).
   "flora-own": {
     ...base,
     name: "flora-own",
