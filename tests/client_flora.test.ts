@@ -14,7 +14,7 @@ import { freshAdapter, MergedBase, slotMask } from "../runtime/client/flora.ts";
 import { rankLayout } from "../runtime/perfit/layout.ts";
 import { foldTerms, STACKED } from "../runtime/federation/aggregation.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
-import { perturbedAdapter, randomBatch, tinyModel } from "./model_fixtures.ts";
+import { perturbedAdapter, randomBatch, tinyConfigLike, tinyModel } from "./model_fixtures.ts";
 
 Deno.test("flora: the base with the stack merged equals the original base with the stack as one LoRA", async () => {
   const { model } = await tinyModel({ seed: 5 });
@@ -147,23 +147,3 @@ Deno.test("flora: the stacked fold gives each slot p_k·A_k and B_k; an absent s
     }
   }
 });
-
-function tinyConfigLike() {
-  return {
-    modelType: "llama" as const,
-    vocabSize: 50,
-    hiddenSize: 8,
-    intermediateSize: 16,
-    numLayers: 2,
-    numHeads: 2,
-    numKvHeads: 1,
-    headDim: 4,
-    rmsNormEps: 1e-5,
-    ropeTheta: 10000,
-    maxPositionEmbeddings: 64,
-    tieWordEmbeddings: true,
-    qkvBias: false,
-    oBias: false,
-    mlpBias: false,
-  };
-}

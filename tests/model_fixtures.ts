@@ -3,6 +3,7 @@ import { generateTinyModel, type TinyModelOptions } from "../runtime/model/tiny.
 import { type LoadedModel, loadModel } from "../runtime/model/load.ts";
 import type { Batch } from "../runtime/model/engine.ts";
 import { Rng } from "../runtime/model/rng.ts";
+import type { ModelConfig } from "../runtime/model/config.ts";
 
 /** Generates a tiny model into a fresh temp folder and loads it. */
 export async function tinyModel(opts: TinyModelOptions = {}): Promise<{ dir: string; model: LoadedModel }> {
@@ -92,4 +93,25 @@ export function reachableBuffers(
     if (walk) todo.push(...Object.values(v as object));
   }
   return buffers;
+}
+
+/** A two-layer llama shape small enough to write adapter layouts out by hand (no weights behind it). */
+export function tinyConfigLike(): ModelConfig {
+  return {
+    modelType: "llama",
+    vocabSize: 50,
+    hiddenSize: 8,
+    intermediateSize: 16,
+    numLayers: 2,
+    numHeads: 2,
+    numKvHeads: 1,
+    headDim: 4,
+    rmsNormEps: 1e-5,
+    ropeTheta: 10000,
+    maxPositionEmbeddings: 64,
+    tieWordEmbeddings: true,
+    qkvBias: false,
+    oBias: false,
+    mlpBias: false,
+  };
 }

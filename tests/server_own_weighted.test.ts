@@ -1,9 +1,9 @@
-/** perfit-own: a client's slice weighs its own upload `ownWeight` times, through the deployed coordinator. */
+/** perfit-own, flora-own: a client's slice weighs its own upload `ownWeight` times, through the deployed coordinator. */
 import assert from "node:assert/strict";
 import { ownWeightedValues } from "../server/own_weighted.ts";
 import { foldTerms, HOLDERS, STACKED } from "../runtime/federation/aggregation.ts";
 import { adapterLayout } from "../runtime/model/lora.ts";
-import { rankLayout } from "../runtime/perfit/layout.ts";
+import { kindMask, rankLayout } from "../runtime/perfit/layout.ts";
 import { slotMask } from "../runtime/client/flora.ts";
 import { parseRunConfig } from "../server/run_config.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
@@ -18,6 +18,7 @@ import {
   referenceFederation,
   runBody,
 } from "./server_helpers.ts";
+import { tinyConfigLike } from "./model_fixtures.ts";
 
 const bits = (m: number[]) => scalarKernels.maskToBits(Uint8Array.from(m));
 
@@ -74,23 +75,7 @@ Deno.test("own-weighted slice: the holders' mean with the own upload counted s t
 });
 
 Deno.test("own-weighted stack (flora-own): the own slot's A ×s·p/(1+(s−1)p), every other A ×1/(1+(s−1)p), B as is", () => {
-  const layout = adapterLayout({
-    modelType: "llama",
-    vocabSize: 50,
-    hiddenSize: 8,
-    intermediateSize: 16,
-    numLayers: 1,
-    numHeads: 2,
-    numKvHeads: 1,
-    headDim: 4,
-    rmsNormEps: 1e-5,
-    ropeTheta: 10000,
-    maxPositionEmbeddings: 64,
-    tieWordEmbeddings: true,
-    qkvBias: false,
-    oBias: false,
-    mlpBias: false,
-  }, { rank: 6, alpha: 4, targets: ["q", "v"] });
+  const layout = adapterLayout(tinyConfigLike(), { rank: 6, alpha: 4, targets: ["q", "v"] });
   const slotLayout = rankLayout(layout, 2);
   const n = layout.size;
   // Three clients in slots 0, 2, 4 with 10, 30 and 60 samples: p = 0.1, 0.3, 0.6.
@@ -108,15 +93,16 @@ Deno.test("own-weighted stack (flora-own): the own slot's A ×s·p/(1+(s−1)p),
       upload: { bits: scalarKernels.maskToBits(mask), values, weight: samples },
     };
   });
-  const sum = new Float64Array(n), weight = new Float32Array(n), global = new Float32Array(n);
+  // The round as the coordinator folds it: the method's terms through the fold kernel, then sum / weight.
+  const sum = new Float32Array(n), weight = new Float32Array(n), global = new Float32Array(n);
   for (const c of clients) {
     for (const t of foldTerms(STACKED, c.upload, n, layout)) {
-      forTerm(t, (p, v) => ((sum[p] += t.weight * v), (weight[p] += t.weight)));
+      const range = (a: Float32Array) => a.subarray(t.start, t.start + t.length);
+      scalarKernels.accumulateSparse(range(sum), range(weight), t.bits, t.values, t.weight);
     }
   }
-  sum.forEach((x, p) => (global[p] = weight[p] > 0 ? x / weight[p] : 0));
-  const isA = new Uint8Array(n);
-  for (const e of layout.entries) if (e.kind === "A") isA.fill(1, e.offset, e.offset + e.size);
+  scalarKernels.finalize(sum, weight, new Float32Array(n), global);
+  const isA = kindMask(layout, "A");
   const all = bits(Array.from({ length: n }, () => 1));
   for (const [k, s] of [[0, 5], [1, 3], [2, 1]]) {
     const p = clients[k].samples / 100;
@@ -132,16 +118,6 @@ Deno.test("own-weighted stack (flora-own): the own slot's A ×s·p/(1+(s−1)p),
     }
   }
 });
-
-function forTerm(
-  t: { start: number; bits: Uint32Array; values: Float32Array },
-  f: (p: number, v: number) => void,
-) {
-  let r = 0;
-  for (let w = 0; w < t.bits.length; w++) {
-    for (let b = 0; b < 32; b++) if ((t.bits[w] >>> b) & 1) f(t.start + 32 * w + b, t.values[r++]);
-  }
-}
 
 Deno.test("perfit-own config: ownWeight is its own, ranged, and needs a streamed mean", () => {
   const own = (over: Record<string, unknown>) => ({ ...runBody("perfit"), method: "perfit-own", ...over });

@@ -153,6 +153,13 @@ const perfitPlan = (round: number, firstTime: boolean, every: number): ClientPla
   randomMask: false,
 });
 
+/** FLoRA's: no search; the client trains its slot of the stacked layout. */
+const slotPlan = (_round: number, _first: boolean, _every: number, slot: number): ClientPlan => ({
+  search: false,
+  randomMask: false,
+  slot,
+});
+
 const base = {
   deployed: false,
   trains: true,
@@ -314,7 +321,7 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     expands: true,
     personalMask: true,
     stacks: true,
-    configure: (_round, _first, _every, slot) => ({ search: false, randomMask: false, slot }),
+    configure: slotPlan,
     aggregation: STACKED,
   },
   // FLoRA's exact stacking with perfit-own's rule (#14): the stack a client merges counts its own
@@ -330,7 +337,7 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     personalMask: true,
     stacks: true,
     ownWeighted: true,
-    configure: (_round, _first, _every, slot) => ({ search: false, randomMask: false, slot }),
+    configure: slotPlan,
     aggregation: STACKED,
   },
 };
