@@ -6,6 +6,7 @@ import { adapterLayout } from "../runtime/model/lora.ts";
 import { kindMask, rankLayout } from "../runtime/perfit/layout.ts";
 import { slotMask } from "../runtime/client/flora.ts";
 import { parseRunConfig } from "../server/run_config.ts";
+import { toHfConfig } from "../runtime/model/config.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
 import {
   ADMIN,
@@ -134,6 +135,34 @@ Deno.test("perfit-own config: ownWeight is its own, ranged, and needs a streamed
   }
   assert.throws(() => parseRunConfig({ ...runBody("perfit"), ownWeight: 3 }), isApiError("invalid_config"));
   assert.throws(() => parseRunConfig(own({ aggregation: "median" })), isApiError("invalid_config"));
+});
+
+Deno.test("flora-own config: the same ownWeight and refusals; plain FLoRA refuses the key", () => {
+  const flora = (method: string, over: Record<string, unknown> = {}) => ({
+    ...runBody("perfit"),
+    method,
+    model: toHfConfig(tinyConfigLike()),
+    adapterSize: undefined,
+    budget: undefined,
+    maxClients: 8,
+    expansionTiers: { low: 1, high: 2 },
+    ...over,
+  });
+  assert.equal(parseRunConfig(flora("flora-own")).ownWeight, 3);
+  assert.equal(parseRunConfig(flora("flora-own", { ownWeight: 5 })).ownWeight, 5);
+  for (const bad of [0.5, 1001, "5", null, NaN]) {
+    assert.throws(
+      () => parseRunConfig(flora("flora-own", { ownWeight: bad })),
+      isApiError("invalid_config"),
+      String(bad),
+    );
+  }
+  assert.throws(
+    () => parseRunConfig(flora("flora-own", { aggregation: "median" })),
+    isApiError("invalid_config"),
+  );
+  assert.throws(() => parseRunConfig(flora("flora", { ownWeight: 3 })), isApiError("invalid_config"));
+  assert.equal(parseRunConfig(flora("flora")).ownWeight, undefined);
 });
 
 async function federate(kv: Deno.Kv, ownWeight: number | undefined) {
