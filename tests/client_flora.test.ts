@@ -10,7 +10,7 @@ import { toKernelLayout } from "../runtime/model/train_step.ts";
 import { loadWeights } from "../runtime/model/weights.ts";
 import { baseWeightName, mergeAdapter } from "../runtime/export/merge.ts";
 import { adapterLayout } from "../runtime/model/lora.ts";
-import { freshAdapter, MergedBase, slotMask } from "../runtime/client/flora.ts";
+import { freshAdapter, MergedBase, slotMask, stackedDelta } from "../runtime/client/flora.ts";
 import { rankLayout } from "../runtime/perfit/layout.ts";
 import { foldTerms, STACKED } from "../runtime/federation/aggregation.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
@@ -46,6 +46,46 @@ Deno.test("flora: the base with the stack merged equals the original base with t
   assert.notEqual(plain.nllSum, got.nllSum);
   assert.equal(await base.engineFor(1, stacked.layout, stack, alpha / r), merged);
   await assert.rejects(() => base.engineFor(0, stacked.layout, stack, alpha / r), /older/);
+});
+
+Deno.test("flora: the export is every merged stack side by side: base + it = the base with both rounds merged", async () => {
+  const { model } = await tinyModel({ seed: 8 });
+  const spec = { rank: 2, alpha: 4, targets: ["q", "down"] as ("q" | "down")[], baseRank: 2 };
+  const stacked = adapterLayout(model.config, { ...spec, rank: 6 });
+  const own = await Engine.create(model, spec, { backend: "node" });
+  const base = new MergedBase(own);
+  const s1 = perturbedAdapter(stacked.size, 31), s2 = perturbedAdapter(stacked.size, 32);
+  await base.engineFor(1, stacked, s1, 2);
+  // The stack already merged is not counted twice; one that arrived since is.
+  assert.equal(base.delta(stacked, s1).layout.rank, 6);
+  const pending = base.delta(stacked, s2);
+  const merged = await base.engineFor(2, stacked, s2, 2);
+  const d = base.delta(stacked, s2);
+  assert.equal(d.layout.rank, 12);
+  assert.deepEqual(d.adapter, pending.adapter);
+  assert.deepEqual(d, stackedDelta(stacked, [s1, s2]));
+  // Round 2's stack sits at rank components 6..11: A's rows, B's columns.
+  const [A, B] = d.layout.entries, [gA, gB] = stacked.entries;
+  const row = (flat: Float32Array, at: number) => flat.subarray(at, at + A.shape[1]);
+  assert.deepEqual(row(d.adapter, A.offset + 6 * A.shape[1]), row(s2, gA.offset));
+  assert.deepEqual(row(d.adapter, A.offset), row(s1, gA.offset));
+  assert.equal(d.adapter[B.offset + 6], s2[gB.offset]);
+  assert.equal(d.adapter[B.offset], s1[gB.offset]);
+  const batch = randomBatch(model.config.vocabSize, [9, 7], 10, 4);
+  const want = await merged.evalNll(batch, new Float32Array(own.layout.size));
+  const wide = await Engine.create(model, { ...spec, rank: 12 }, { backend: "node" });
+  const got = await wide.evalNll(batch, d.adapter);
+  assert.ok(
+    Math.abs(got.nllSum - want.nllSum) < 1e-4 * Math.abs(want.nllSum),
+    `${got.nllSum} vs ${want.nllSum}`,
+  );
+  // Only the last stack would be another model.
+  const last = await (await Engine.create(model, { ...spec, rank: 6 }, { backend: "node" })).evalNll(
+    batch,
+    s2,
+  );
+  assert.ok(Math.abs(last.nllSum - want.nllSum) > 1e-3 * Math.abs(want.nllSum));
+  assert.throws(() => stackedDelta(stacked, []), /no stack/);
 });
 
 Deno.test("flora: the merged base copies only the adapted matrices, with the bits of the HF-layout merge", async () => {

@@ -5,6 +5,7 @@ import { type SimClientView, simulate } from "../runtime/federation/simulate.ts"
 import type { SimConfig } from "../runtime/federation/types.ts";
 import type { Method } from "../runtime/federation/strategies.ts";
 import { toHfConfig } from "../runtime/model/config.ts";
+import { makeBatches } from "../runtime/data/batches.ts";
 import { embed, rankLayout } from "../runtime/perfit/layout.ts";
 import { heldRank, leadingMask, prunedRank } from "../runtime/client/hetlora_prune.ts";
 import * as clientLib from "../runtime/client/mod.ts";
@@ -277,6 +278,37 @@ Deno.test("federation: FLoRA uploads its slot, every client downloads the whole 
   assert.ok(down[0] > 4 * (3 * 8 / 2 + (8 + 4 + 2) / 2) * unit, `${down[0]}`);
   // The merged base moves the model: round 2 is better than round 1 on average.
   assert.ok(r2.meanPerplexity < r1.meanPerplexity, `${r2.meanPerplexity} vs ${r1.meanPerplexity}`);
+});
+
+Deno.test("federation: a FLoRA client exports its merged base as one LoRA of every stack, and that is the model scored", async () => {
+  const m = await tiny();
+  let views: readonly SimClientView[] = [];
+  const r = await run("flora", { rounds: 2 }, (round, c) => {
+    if (round === 2) views = c;
+  });
+  const cfg = smallSimConfig("flora", { rounds: 2 });
+  const clients = partitionByCategory(data, 1, { seed: 1, testFraction: 0.15 });
+  const stackRank = 3 * 8; // 3 slots of the widest tier's 8 components
+  for (const [i, v] of views.entries()) {
+    const x = v.exported!;
+    assert.equal(x.layout.rank, 2 * stackRank, "two rounds' stacks side by side");
+    assert.equal(x.scale, cfg.alpha / cfg.rank);
+    const wide = await Engine.create(m, { rank: x.layout.rank, alpha: cfg.alpha, targets: cfg.targets }, {
+      scale: x.scale,
+    });
+    const test = clients.find((c) => c.id === v.id)!.test;
+    let nll = 0, tokens = 0;
+    for (const b of makeBatches(test, m.tokenizer!, { maxLen: 48, batchSize: 4, shuffle: false })) {
+      const e = await wide.evalNll(b, x.adapter);
+      nll += e.nllSum;
+      tokens += e.tokens;
+    }
+    const want = r.rounds[1].clients[i].perplexity;
+    assert.ok(
+      Math.abs(Math.exp(nll / tokens) - want) < 1e-4 * want,
+      `${v.id}: ${Math.exp(nll / tokens)} vs ${want}`,
+    );
+  }
 });
 
 Deno.test("federation: perfit-sa searches like PerFIT, shares its mask's A positions and keeps its B", async () => {

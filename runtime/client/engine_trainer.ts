@@ -17,7 +17,7 @@ import type { Allocation, PruneSchedule } from "../perfit/prune.ts";
 import { deriveSeed } from "../data/rng.ts";
 import { parseTrainSettings } from "./train_settings.ts";
 import { LocalLearner } from "./local_update.ts";
-import { freshAdapter, MergedBase, slotMask } from "./flora.ts";
+import { freshAdapter, MergedBase, slotMask, stackedDelta } from "./flora.ts";
 import {
   DEFAULT_SIM,
   type DualSettings,
@@ -185,6 +185,8 @@ export type EngineTrainer = Trainer & {
   /**
    * The personalized adapter in the client's own layout, for export: of `adapter`/`mask` (global
    * layout, e.g. the `FederatedClient`'s after the last slice) when given, else of the last round.
+   * A stacking method's (FLoRA) is its merged base as one LoRA of every stack's rank over the original
+   * base (runtime/client/flora.ts `stackedDelta`), so its layout is not the client's own.
    */
   personalized(
     adapter?: Float32Array | null,
@@ -503,8 +505,15 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     personalized(adapter?: Float32Array | null, mask?: Uint8Array | null) {
       if (!fl || !lastTask) return null;
       const global = globalLayoutOf(lastTask, fl.layout);
-      const own = adapter ? extract(global, adapter, fl.layout) : fl.adapter;
       const { rank, alpha } = lastTask.lora;
+      if (strategyFor(lastTask.method).stacks) {
+        // The model is the merged base: exported as its stacks side by side, one LoRA of their whole rank.
+        const d = merged ? merged.delta(global, adapter) : stackedDelta(global, [
+          adapter ?? embed(fl.layout, fl.adapter, global, undefined, lastTask.plan.slot ?? 0),
+        ]);
+        return { ...d, mask: new Uint8Array(d.layout.size).fill(1), scale: alpha / rank };
+      }
+      const own = adapter ? extract(global, adapter, fl.layout) : fl.adapter;
       return {
         layout: fl.layout,
         // FedDPA exports its fixed mix (an instance-wise weight has no single adapter to write).

@@ -5,17 +5,21 @@
  *
  * The merged base lives in memory: a client that restarts cannot rebuild it (it would need every
  * earlier round's stack), and a client that joins late starts from the latest round's stack only.
+ * Its export is every merged stack side by side as one LoRA (`stackedDelta`): base + that LoRA is the
+ * merged base, so the personalized model travels as a PEFT adapter like every other method's.
  */
 import { mergeAdapter } from "../export/merge.ts";
 import { type AdapterLayout, initAdapter } from "../model/lora.ts";
 import { deriveSeed } from "../data/rng.ts";
-import { embed } from "../perfit/layout.ts";
+import { embed, LayoutError, rankLayout } from "../perfit/layout.ts";
 import type { TrainEngine } from "../federation/types.ts";
 
 /** The client's base with every stack merged up to `round`, and the engine over it. */
 export class MergedBase {
   private round = 0;
   private engine: TrainEngine;
+  /** Every stack merged so far, in round order (the export needs them all). */
+  private readonly stacks: Float32Array[] = [];
 
   constructor(private readonly original: TrainEngine) {
     if (!original.model || !original.rebased) {
@@ -39,14 +43,51 @@ export class MergedBase {
       const kernelWeights = mergeAdapter(base.kernelWeights, global, stack, scale, undefined, "kernel");
       this.engine = await this.original.rebased!({ ...base, kernelWeights });
       this.round = globalRound;
+      this.stacks.push(stack.slice());
     }
     return this.engine;
+  }
+
+  /**
+   * The personalized model as one LoRA over the original base: the merged stacks, and `latest` too when
+   * it is a stack not merged yet (a slice that arrived before the next train or evaluate merges it).
+   */
+  delta(
+    global: AdapterLayout,
+    latest?: Float32Array | null,
+  ): { layout: AdapterLayout; adapter: Float32Array } {
+    const last = this.stacks.at(-1);
+    const pending = latest && !(last && sameValues(last, latest)) ? [latest] : [];
+    return stackedDelta(global, [...this.stacks, ...pending]);
   }
 
   /** The global round whose stack is merged last (0: the original base). */
   get mergedRound(): number {
     return this.round;
   }
+}
+
+/**
+ * Stacks of one stacked layout side by side, round t's at rank components t·R on (R the stacked rank):
+ * one LoRA whose B·A is the sum of every stack's, at the same scale. Exact, so the merged base and the
+ * original base with this LoRA are one model (up to float summation order).
+ */
+export function stackedDelta(
+  global: AdapterLayout,
+  stacks: readonly Float32Array[],
+): { layout: AdapterLayout; adapter: Float32Array } {
+  if (stacks.length === 0) throw new LayoutError("no stack to export: no round was merged");
+  const layout = rankLayout(global, global.rank * stacks.length);
+  const adapter = new Float32Array(layout.size);
+  stacks.forEach((s, t) => {
+    const part = embed(global, s, layout, undefined, t * global.rank);
+    for (let i = 0; i < part.length; i++) adapter[i] += part[i];
+  });
+  return { layout, adapter };
+}
+
+function sameValues(a: Float32Array, b: Float32Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
 }
 
 /** A fresh LoRA (A random, B zero) for `round`, as FLoRA re-initializes every round. */

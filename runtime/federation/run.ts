@@ -12,7 +12,6 @@ import { remoteCoordinator } from "./coordinator_link.ts";
 import { writePeftAdapter } from "../export/write.ts";
 import { toHfConfig } from "../model/config.ts";
 import { strategyFor } from "./strategies.ts";
-import { combineDual } from "../client/feddpa.ts";
 import type { SimConfig, SimResult, SimRound } from "./types.ts";
 
 /** Where the bundled base model and data live, relative to this module. */
@@ -118,24 +117,15 @@ export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<Si
     onEval: (id) => bar?.tick(`${cfg.method} round ${round}/${cfg.rounds} eval ${id}`),
     coordinator: opts.server ? remoteCoordinator(opts.server.url, opts.server.adminToken) : undefined,
     baseModel: modelDir,
-    // A stacking method's model is its merged base, which no LoRA adapter holds: nothing to save.
-    inspect: opts.saveAdapters === undefined || strategyFor(cfg.method).stacks
-      ? undefined
-      : async (r, views) => {
-        if (r !== cfg.rounds) return;
-        for (const v of views) {
-          await writePeftAdapter(`${opts.saveAdapters}/${v.id}`, {
-            layout: v.layout,
-            // FedDPA's personalized model is its fixed mix of the two adapters, one rank-2r LoRA.
-            adapter: strategyFor(cfg.method).dual
-              ? combineDual(v.layout, v.adapter, cfg.rank, cfg.dpa.localWeight)
-              : v.adapter,
-            mask: v.mask,
-            scale: cfg.alpha / cfg.rank,
-            baseModel: modelDir,
-          });
+    inspect: opts.saveAdapters === undefined ? undefined : async (r, views) => {
+      if (r !== cfg.rounds) return;
+      for (const v of views) {
+        // The model each client would export (FedDPA's fixed mix, FLoRA's merged stacks), as a PEFT folder.
+        if (v.exported) {
+          await writePeftAdapter(`${opts.saveAdapters}/${v.id}`, { ...v.exported, baseModel: modelDir });
         }
-      },
+      }
+    },
     onRound: (r) => {
       bar?.clear();
       round = r.round + 1;

@@ -27,6 +27,8 @@ export interface SimClientView {
   plan: PrunePlan;
   adapter: Float32Array;
   mask: Uint8Array;
+  /** What the client exports as its personalized model (engineTrainer's `personalized`); null before training. */
+  exported: ReturnType<EngineTrainer["personalized"]>;
 }
 
 /** Everything a simulation needs besides its config. */
@@ -443,6 +445,7 @@ async function viewOf(
     plan,
     adapter: extract(global, adapter, layout),
     mask: mask ? extract(global, mask, layout) : new Uint8Array(layout.size).fill(1),
+    exported: o.trainer.personalized(o.client?.adapter, o.client?.mask),
   };
 }
 
