@@ -153,8 +153,15 @@ export class RoundCloser {
       const me = this.runs.instance;
       const others = closedUploads.filter((u) => u.shard !== me);
       if ((st.acc || st.held) && closedUploads.length > 0) {
-        const old = await this.loadGlobal(st);
-        newGlobal = { v: old.v.slice(), c: old.c.slice(), gen: newGen(t) };
+        // A stack is one round's update, merged into the clients' bases: nothing of an earlier one
+        // carries over (a position no upload reached this round is zero, not last round's value).
+        const fresh = strategyFor(cfg.method).stacks;
+        const old = fresh ? null : await this.loadGlobal(st);
+        newGlobal = old ? { v: old.v.slice(), c: old.c.slice(), gen: newGen(t) } : {
+          v: new Float32Array(cfg.adapterSize),
+          c: new Uint32Array(bitWords(cfg.adapterSize)),
+          gen: newGen(t),
+        };
         if (st.acc) {
           // Our shard is in memory; the others' sums are read and their weights rebuilt.
           const sum = st.acc.sum.slice();

@@ -407,8 +407,9 @@ export class FederatedClient {
     if (s.adapterSize !== n || s.coveredBits.length !== bitWords(n)) {
       throw new Error("slice does not match the run");
     }
-    // Merged into a copy: the adapter in memory stays what it was until the merge is saved.
-    let a: Float32Array = this.adapterBuf.slice();
+    // Merged into a copy: the adapter in memory stays what it was until the merge is saved. A stack
+    // is the whole update (FLoRA): where it holds nothing, nothing of this client's own stays.
+    let a: Float32Array = strategyFor(task.method).stacks ? new Float32Array(n) : this.adapterBuf.slice();
     forEachBit(s.coveredBits, (p, r) => (a[p] = s.values[r]));
     // A mixing method weighs what it trained against the average (the trainer's `mixSlice`).
     const mixer = strategyFor(task.method).mixes
