@@ -487,9 +487,11 @@ export function renderResults(
   if (mixing.length) {
     lines.push(
       "",
-      "## Mixing methods: each client's own-B weight λ in its last-round model, per seed",
+      "## Mixing methods: each client's pick in its last-round model, per seed",
       "",
-      "Picked by the client on its validation split (carved from its training data); 0 = the average, 1 = its own.",
+      "Picked by the client on its validation split (carved from its training data). perfit-mix: the weight λ " +
+        "of its own B (0 = the average, 1 = its own); flora-mix: the weight s of its own slot in the stack it " +
+        "merges (1 = FLoRA's stack).",
       "",
     );
     lines.push(`| client | ${mixing.map((x) => x.method).join(" | ")} |`);
@@ -501,7 +503,8 @@ export function renderResults(
       lines.push(`| ${c.id} | ${cells.join(" | ")} |`);
     }
   }
-  const withMasks = s.filter((x) => strategyFor(x.method).personalMask);
+  // A stacking method's slots are disjoint and its LoRA fresh every round: no position means the same in two clients.
+  const withMasks = s.filter((x) => strategyFor(x.method).personalMask && !strategyFor(x.method).stacks);
   if (withMasks.length) {
     lines.push(
       "",

@@ -54,6 +54,7 @@ export const TUNING_GRID: Record<Method, TuningPlan> = (() => {
     // Its own knob, either side of the default weight 3 of a client's own upload.
     "perfit-own": { lr, own: [{ ownWeight: 2 }, { ownWeight: 5 }] },
     "flora-own": { lr, own: [{ ownWeight: 2 }, { ownWeight: 5 }] },
+    "perfit-stack": { lr, own: [{ ownWeight: 2 }, { ownWeight: 5 }] },
     "perfit-random-mask": prox,
     "perfit-e1": search,
     fedit: prox,
@@ -63,6 +64,8 @@ export const TUNING_GRID: Record<Method, TuningPlan> = (() => {
     ffa: prox,
     hetlora: prox,
     flora: prox,
+    // Its own knob: how much of each client's data it holds out to pick the weight on.
+    "flora-mix": { lr, own: [{ validationShare: 0.05 }, { validationShare: 0.2 }] },
     feddpa: { lr, own: [{ dpaLocalWeight: 0.3 }, { dpaLocalWeight: 0.7 }] },
   };
 })();

@@ -19,6 +19,7 @@ import {
   METHODS,
   OWN_WEIGHT_DEFAULT,
   OWN_WEIGHT_RANGE,
+  OWN_WEIGHTED,
   parsePartition,
   resultToCsv,
   runFederated,
@@ -131,8 +132,9 @@ export const simulateCli = defineCli({
       type: "number",
       min: OWN_WEIGHT_RANGE.min,
       max: OWN_WEIGHT_RANGE.max,
-      help:
-        `perfit-own, flora-own: how many times its weight a client's own upload counts in its slice (default ${OWN_WEIGHT_DEFAULT})`,
+      help: `${
+        OWN_WEIGHTED.join(", ")
+      }: how many times its weight a client's own upload counts in its slice (default ${OWN_WEIGHT_DEFAULT})`,
     },
     "rank-pruning": {
       type: "boolean",

@@ -1,5 +1,10 @@
 /** The OpenAPI 3.1 description served at `/openapi.json` (hand-written; mirrors app.ts). */
-import { DEPLOYED_METHODS, OWN_WEIGHT_DEFAULT, OWN_WEIGHT_RANGE } from "../runtime/federation/strategies.ts";
+import {
+  DEPLOYED_METHODS,
+  OWN_WEIGHT_DEFAULT,
+  OWN_WEIGHT_RANGE,
+  OWN_WEIGHTED,
+} from "../runtime/federation/strategies.ts";
 
 const err = { $ref: "#/components/responses/Error" };
 const bin = {
@@ -145,7 +150,9 @@ export const openapi = {
             minimum: OWN_WEIGHT_RANGE.min,
             maximum: OWN_WEIGHT_RANGE.max,
             description:
-              `perfit-own and flora-own only (default ${OWN_WEIGHT_DEFAULT}): how many times its weight a client's own ` +
+              `${
+                OWN_WEIGHTED.join(", ")
+              } only (default ${OWN_WEIGHT_DEFAULT}): how many times its weight a client's own ` +
               "upload counts in its slice, against the holders' mean (server/own_weighted.ts).",
           },
           enrollment: {

@@ -11,6 +11,7 @@ import {
   DEPLOYED_METHODS,
   type DeployedMethod,
   OWN_WEIGHT_DEFAULT,
+  OWN_WEIGHTED,
   ownWeightProblem,
   strategyFor,
 } from "../runtime/federation/strategies.ts";
@@ -269,7 +270,7 @@ export function parseRunConfig(raw: unknown): RunConfig {
   } else if (o.ownWeight !== undefined) {
     throw invalid(
       "invalid_config",
-      `ownWeight is the setting of own-weighted methods (perfit-own, flora-own), not ${method}`,
+      `ownWeight is the setting of own-weighted methods (${OWN_WEIGHTED.join(", ")}), not ${method}`,
     );
   }
   const enrollment = oneOf(o, "enrollment", ENROLLMENTS, "open");

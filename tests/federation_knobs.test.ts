@@ -13,6 +13,7 @@ import { loadClients } from "../runtime/federation/run.ts";
 import { cacheKey, DEFAULT_RESULTS, type ResultsOptions } from "../bench/results_table.ts";
 import { chooseKnobs, parsePlans, tune, TUNING_GRID } from "../bench/tune.ts";
 import { METHODS } from "../runtime/federation/strategies.ts";
+import { trainSettings } from "../runtime/federation/simulate.ts";
 
 Deno.test("knobs: parsed values pass, unknown names and bad values are refused", () => {
   assert.deepEqual(parseKnobs({ lr: 0.01, importanceBeta: 0.5 }), { lr: 0.01, importanceBeta: 0.5 });
@@ -26,6 +27,11 @@ Deno.test("knobs: parsed values pass, unknown names and bad values are refused",
   assert.deepEqual(parseKnobs({ ownWeight: 5 }), { ownWeight: 5 });
   for (const bad of [0.5, 1001, "5", NaN]) {
     assert.throws(() => parseKnobs({ ownWeight: bad }), /ownWeight must be/);
+  }
+  // The train setting's own range, (0, 0.5].
+  assert.deepEqual(parseKnobs({ validationShare: 0.05 }), { validationShare: 0.05 });
+  for (const bad of [0, 0.6, "0.1", NaN]) {
+    assert.throws(() => parseKnobs({ validationShare: bad }), /validationShare/);
   }
   assert.throws(() => parseKnobs([1]), /must be an object/);
   assert.throws(() => parseKnobsTable({ fedx: {} }), /unknown method "fedx"/);
@@ -46,6 +52,12 @@ Deno.test("knobs: applied to a run's config, nested settings merged, the clients
   assert.deepEqual(withKnobs(cfg, {}), cfg);
   assert.equal(withKnobs(cfg, { ownWeight: 5 }).ownWeight, 5);
   assert.equal(withKnobs(cfg, {}).ownWeight, undefined);
+  assert.equal(withKnobs(cfg, { validationShare: 0.2 }).validationShare, 0.2);
+  assert.equal(withKnobs(cfg, {}).validationShare, undefined);
+  // It travels to the clients as the train setting; unset, the run's settings carry no key.
+  const io = { batchSize: 4, maxLen: 48 };
+  assert.equal(trainSettings(withKnobs(cfg, { validationShare: 0.2 }), io).validationShare, 0.2);
+  assert.ok(!("validationShare" in trainSettings(cfg, io)));
   assert.throws(() => withKnobs(cfg, { tiers: { high: 4 } }), /lack the clients' tiers low/);
   assert.equal(knobsLabel({}), "default");
   assert.equal(knobsLabel({ lr: 0.01, tiers: { low: 1, high: 3 } }), "lr=0.01 tiers=low:1,high:3");

@@ -6,7 +6,8 @@ import type { SimConfig } from "../runtime/federation/types.ts";
 import type { Method } from "../runtime/federation/strategies.ts";
 import { toHfConfig } from "../runtime/model/config.ts";
 import { makeBatches } from "../runtime/data/batches.ts";
-import { embed, rankLayout } from "../runtime/perfit/layout.ts";
+import { OWN_SLOT_GRID } from "../runtime/client/flora.ts";
+import { embed, extract, kindMask, rankLayout } from "../runtime/perfit/layout.ts";
 import { heldRank, leadingMask, prunedRank } from "../runtime/client/hetlora_prune.ts";
 import * as clientLib from "../runtime/client/mod.ts";
 import { engineTrainer, FederatedClient, MemoryStorage } from "../runtime/client/mod.ts";
@@ -125,6 +126,85 @@ Deno.test("federation: flora-own at ownWeight 1 is FLoRA; above it each client m
   const bytes = (r: typeof flora) =>
     r.rounds.map((x) => x.clients.map((c) => [c.uploadBytes, c.downloadBytes]));
   assert.deepEqual(bytes(own), bytes(flora));
+});
+
+Deno.test("federation: flora-mix picks each client's own-slot weight from the grid, merges that stack, and moves FLoRA's bytes", async () => {
+  const m = await tiny();
+  let views: readonly SimClientView[] = [];
+  const mix = await run("flora-mix", { rounds: 2 }, (round, c) => {
+    if (round === 2) views = c;
+  });
+  const flora = await run("flora", { rounds: 2 });
+  for (const r of mix.rounds) {
+    for (const c of r.clients) assert.ok(OWN_SLOT_GRID.includes(c.mix!), `${c.clientId}: ${c.mix}`);
+  }
+  const down = (r: typeof flora) => r.rounds.map((x) => x.clients.map((c) => c.downloadBytes));
+  assert.deepEqual(down(mix), down(flora));
+  // The same slot goes up; from round 2 on the upload also reports the weight picked (`mix`).
+  mix.rounds.forEach((r, k) =>
+    r.clients.forEach((c, i) => {
+      const extra = c.uploadBytes - flora.rounds[k].clients[i].uploadBytes;
+      assert.ok(k === 0 ? extra === 0 : extra > 0 && extra <= 32, `round ${k + 1} ${c.clientId}: ${extra}`);
+    })
+  );
+  assert.deepEqual(mix.clients.map((c) => c.trainableParams), flora.clients.map((c) => c.trainableParams));
+  // What a client merged is the stack it picked: its export scores the perplexity reported.
+  const clients = partitionByCategory(data, 1, { seed: 1, testFraction: 0.15 });
+  for (const [i, v] of views.entries()) {
+    const x = v.exported!;
+    const wide = await Engine.create(m, { rank: x.layout.rank, alpha: 4, targets: mix.config.targets }, {
+      scale: x.scale,
+    });
+    let nll = 0, tokens = 0;
+    const test = clients.find((c) => c.id === v.id)!.test;
+    for (const b of makeBatches(test, m.tokenizer!, { maxLen: 48, batchSize: 4, shuffle: false })) {
+      const e = await wide.evalNll(b, x.adapter);
+      nll += e.nllSum;
+      tokens += e.tokens;
+    }
+    const want = mix.rounds[1].clients[i].perplexity;
+    assert.ok(
+      Math.abs(Math.exp(nll / tokens) - want) < 1e-4 * want,
+      `${v.id}: ${Math.exp(nll / tokens)} vs ${want}`,
+    );
+  }
+});
+
+Deno.test("federation: perfit-stack searches a fresh LoRA to the budget every round, stacks the kept slots, and merges its own", async () => {
+  let views: readonly SimClientView[] = [];
+  const firstMask: Uint8Array[] = [];
+  const r = await run("perfit-stack", { rounds: 2, ownWeight: 3 }, (round, c) => {
+    if (round === 1) firstMask.push(c[0].mask.slice());
+    if (round === 2) views = c;
+  });
+  const flora = await run("flora-own", { rounds: 2, ownWeight: 3 });
+  // Every client trains the budget, whatever its tier, and uploads only the kept positions, every round.
+  assert.ok(r.clients.every((c) => c.trainableParams === r.budget), JSON.stringify(r.clients));
+  // Only the kept positions travel (with the round's new mask): the expanded tiers send far less than
+  // flora-own's whole slot, and the B's nobody kept are not in the stack.
+  r.rounds.forEach((x, k) =>
+    x.clients.forEach((c, i) => {
+      const other = flora.rounds[k].clients[i];
+      assert.ok(c.uploadBytes > 4 * r.budget, `${c.uploadBytes}`);
+      if (c.expansion > 1) {
+        assert.ok(c.uploadBytes < 0.7 * other.uploadBytes, `${c.uploadBytes} vs ${other.uploadBytes}`);
+      }
+      assert.ok(c.downloadBytes <= other.downloadBytes);
+    })
+  );
+  assert.ok(r.rounds[1].meanPerplexity < r.rounds[0].meanPerplexity);
+  assert.ok(views.every((v) => v.exported!.layout.rank === 2 * 3 * 8));
+  // A stack is one round's update: a B position the first client kept in round 1 and pruned in round 2
+  // is zero in round 2's stack, not round 1's value carried over (its slot is slot 0, the leading one).
+  const v0 = views[0], global = rankLayout(v0.layout, 3 * 8), x = v0.exported!;
+  const stack2 = extract(x.layout, x.adapter, global, undefined, 3 * 8);
+  const own2 = extract(global, stack2, v0.layout);
+  const isB = kindMask(v0.layout, "B");
+  assert.equal(v0.mask.reduce((a, b) => a + b, 0), r.budget);
+  const dropped = [...isB.keys()].filter((i) => isB[i] && firstMask[0][i] && !v0.mask[i]);
+  assert.ok(dropped.length > 0, "the second search dropped some B position of the first");
+  assert.ok(dropped.every((i) => own2[i] === 0), "nothing of round 1's B is left in round 2's stack");
+  assert.ok([...isB.keys()].some((i) => isB[i] && v0.mask[i] && own2[i] !== 0));
 });
 
 Deno.test("federation: FedIT gives every client the same adapter; base never changes; local beats base", async () => {

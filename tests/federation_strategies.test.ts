@@ -28,6 +28,8 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "hetlora",
     "flora",
     "flora-own",
+    "flora-mix",
+    "perfit-stack",
   ]);
   // Everything but the frozen base is served: the simulation runs each method through the coordinator.
   assert.deepEqual(DEPLOYED_METHODS, [
@@ -45,6 +47,8 @@ Deno.test("strategies: one object per method; unknown names (and prototype keys)
     "hetlora",
     "flora",
     "flora-own",
+    "flora-mix",
+    "perfit-stack",
   ]);
   for (const m of METHODS) assert.equal(strategyFor(m).name, m);
   for (const bad of ["", "FedIT", "__proto__", "constructor", "toString"]) {
@@ -64,9 +68,19 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
   assert.deepEqual(plans("perfit-sa", 0), plans("perfit", 0));
   assert.deepEqual(plans("perfit-mix", 0), plans("perfit", 0));
   assert.deepEqual(plans("perfit-own", 2), plans("perfit", 2));
-  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].ownWeighted), ["perfit-own", "flora-own"]);
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].ownWeighted), [
+    "perfit-own",
+    "flora-own",
+    "perfit-stack",
+  ]);
+  // perfit-stack searches every round (its LoRA is fresh every round), in its slot.
+  assert.deepEqual(
+    plans("perfit-stack", 0).map((p) => [p.search, p.slot]),
+    [1, 2, 3, 4, 5].map(() => [true, 40]),
+  );
   assert.deepEqual(plans("flora-own", 0), plans("flora", 0));
-  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].mixes), ["perfit-mix"]);
+  assert.deepEqual(plans("flora-mix", 0), plans("flora", 0));
+  assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].mixes), ["perfit-mix", "flora-mix"]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].shares === "A"), ["fedsa", "perfit-sa"]);
   assert.deepEqual(plans("perfit-random-mask", 0).map((p) => [p.search, p.randomMask]), [
     [false, true],
@@ -91,6 +105,8 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
     "hetlora",
     "flora",
     "flora-own",
+    "flora-mix",
+    "perfit-stack",
   ]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].prunes), [
     "perfit",
@@ -99,11 +115,14 @@ Deno.test("strategies: what a sampled client does per method and round", () => {
     "perfit-mix",
     "perfit-own",
     "perfit-e1",
+    "perfit-stack",
   ]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].aggregation.name !== "holders"), [
     "hetlora",
     "flora",
     "flora-own",
+    "flora-mix",
+    "perfit-stack",
   ]);
   assert.deepEqual(METHODS.filter((m) => STRATEGIES[m].denseMask), ["fedit"]);
   assert.deepEqual(METHODS.filter((m) => !STRATEGIES[m].aggregates), ["local", "base"]);

@@ -4,7 +4,7 @@ import { ownWeightedValues } from "../server/own_weighted.ts";
 import { foldTerms, HOLDERS, STACKED } from "../runtime/federation/aggregation.ts";
 import { adapterLayout } from "../runtime/model/lora.ts";
 import { kindMask, rankLayout } from "../runtime/perfit/layout.ts";
-import { slotMask } from "../runtime/client/flora.ts";
+import { reweighOwnSlot, slotMask, slotShare } from "../runtime/client/flora.ts";
 import { parseRunConfig } from "../server/run_config.ts";
 import { toHfConfig } from "../runtime/model/config.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
@@ -117,7 +117,21 @@ Deno.test("own-weighted stack (flora-own): the own slot's A ×s·p/(1+(s−1)p),
       }
       assert.ok(Math.abs(got[q] - want) < 1e-5, `client ${k}, s ${s}, position ${q}: ${got[q]} vs ${want}`);
     }
+    // flora-mix's client, from the plain stack and its own upload, makes the coordinator's stack.
+    const ownA = clients[k].mask.map((m, q) => m & isA[q]);
+    const share = slotShare(global, clients[k].dense, ownA);
+    assert.ok(Math.abs(share - p) < 1e-6, `client ${k}: share ${share} vs ${p}`);
+    const mine = reweighOwnSlot(global, ownA, isA, share, s);
+    mine.forEach((v, q) => assert.ok(Math.abs(v - got[q]) < 1e-5, `client ${k}, s ${s}, position ${q}`));
   }
+  // A slot left empty this round has share 0; an upload with no A, or one not in this stack, is refused.
+  const ownA = clients[0].mask.map((m, q) => m & isA[q]);
+  assert.equal(slotShare(new Float32Array(n), clients[0].dense, ownA), 0);
+  assert.throws(() => slotShare(global, new Float32Array(n), ownA), /no A/);
+  assert.throws(() => slotShare(global, clients[0].dense.map((v) => v / 20), ownA), /outside/);
+  assert.throws(() => reweighOwnSlot(global, ownA, isA, 0.1, 0.5), /≥ 1/);
+  assert.throws(() => reweighOwnSlot(global, ownA, isA, 1.5, 2), /share/);
+  assert.throws(() => reweighOwnSlot(global, ownA.subarray(1), isA, 0.1, 2), /masks/);
 });
 
 Deno.test("perfit-own config: ownWeight is its own, ranged, and needs a streamed mean", () => {

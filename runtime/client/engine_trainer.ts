@@ -17,7 +17,15 @@ import type { Allocation, PruneSchedule } from "../perfit/prune.ts";
 import { deriveSeed } from "../data/rng.ts";
 import { parseTrainSettings } from "./train_settings.ts";
 import { LocalLearner } from "./local_update.ts";
-import { freshAdapter, MergedBase, slotMask, stackedDelta } from "./flora.ts";
+import {
+  freshAdapter,
+  MergedBase,
+  OWN_SLOT_GRID,
+  reweighOwnSlot,
+  slotMask,
+  slotShare,
+  stackedDelta,
+} from "./flora.ts";
 import {
   DEFAULT_SIM,
   type DualSettings,
@@ -207,6 +215,8 @@ export type EngineTrainer = Trainer & {
   ): Promise<Float32Array>;
   /** perfit-mix: the weight of the last slice's mix; null before one (or for other methods). */
   mixWeight(): number | null;
+  /** A stacking method's slot: the first rank component of this client's in the stacked layout (0 before a task, or unstacked). */
+  slot(): number;
   /**
    * Local fine-tuning once the run is done: `finetuneSteps` masked AdamW steps on the client's own
    * training data from `adapter` (global layout, the final personalized model), under `mask`, with the
@@ -384,6 +394,40 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       task.lora.alpha / task.lora.rank,
     );
   };
+  /**
+   * flora-mix: the plain stack with this client's slot reweighed at the s its validation split prefers,
+   * each candidate scored over the merged base with it merged (runtime/client/flora.ts).
+   */
+  const pickOwnSlot = async (
+    task: TaskInfo,
+    learner: LocalLearner,
+    global: AdapterLayout,
+    layout: AdapterLayout,
+    trained: Float32Array,
+    stack: Float32Array,
+  ) => {
+    const isA = kindMask(global, "A");
+    const ownA = slotMask(layout, global, task.plan.slot ?? 0).map((m, i) => m & isA[i]);
+    // Before its first upload (the run's initial adapter) the client has no slot in any stack.
+    if (!trained.some((v, i) => ownA[i] && v !== 0)) return stack;
+    const p = slotShare(stack, trained, ownA);
+    // An empty slot (not sampled this round): every s gives the plain stack.
+    if (p === 0) return stack;
+    merged ??= new MergedBase(learner.engine);
+    const zero = new Float32Array(layout.size), all = new Uint8Array(layout.size).fill(1);
+    const scale = task.lora.alpha / task.lora.rank;
+    const kept = learner.engine;
+    try {
+      const best = await pickMix(OWN_SLOT_GRID, async (s) => {
+        learner.engine = await merged!.engineWith(global, reweighOwnSlot(stack, ownA, isA, p, s), scale);
+        return await learner.validate(zero, all);
+      });
+      lastMix = best.lambda;
+      return reweighOwnSlot(stack, ownA, isA, p, best.lambda);
+    } finally {
+      learner.engine = kept;
+    }
+  };
   const trainer = async (
     task: TaskInfo,
     adapter: Float32Array,
@@ -463,10 +507,12 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     opts.onMetrics?.(task.round, metrics);
     if (stacks) {
       const own = slotMask(layout, global, slot);
+      // A pruning method's slot holds its kept positions only (the rest are zero and do not travel).
+      const kept = strategy.prunes ? embed(layout, learner.mask, global, undefined, slot) : own;
       return {
         values: embed(layout, learner.adapter, global, undefined, slot),
-        mask: own,
-        share: own,
+        mask: kept,
+        share: kept,
         support: own,
         samples: Math.max(1, learner.samples),
         metrics,
@@ -526,6 +572,7 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
     },
     learner: () => fl,
     mixWeight: () => lastMix,
+    slot: () => lastTask?.plan.slot ?? 0,
     optimizerState: () => fl?.optimizerState() ?? null,
     restoreOptimizerState(bytes: Uint8Array) {
       savedOptimizer = bytes.slice();
@@ -556,6 +603,9 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       if (!strategyFor(task.method).mixes || own.every((v, i) => v === mergedIn[i])) return mergedIn;
       const h = localHyper(task.train);
       const { learner, global, layout } = await learnerFor(task, h);
+      if (strategyFor(task.method).stacks) {
+        return await pickOwnSlot(task, learner, global, layout, own, mergedIn);
+      }
       const ownL = extract(global, own, layout);
       const globalL = extract(global, mergedIn, layout);
       const m = mask ? extract(global, mask, layout) : learner.mask;

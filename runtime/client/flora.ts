@@ -38,14 +38,19 @@ export class MergedBase {
       throw new RangeError(`stack of round ${globalRound} is older than the merged round ${this.round}`);
     }
     if (globalRound > this.round) {
-      const base = this.engine.model!;
-      // Merged in the engine's own layout: only the adapted matrices are copied, the rest is shared.
-      const kernelWeights = mergeAdapter(base.kernelWeights, global, stack, scale, undefined, "kernel");
-      this.engine = await this.original.rebased!({ ...base, kernelWeights });
+      this.engine = await this.engineWith(global, stack, scale);
       this.round = globalRound;
       this.stacks.push(stack.slice());
     }
     return this.engine;
+  }
+
+  /** The engine over the merged base with `stack` merged too, leaving the merged base as it is. */
+  async engineWith(global: AdapterLayout, stack: Float32Array, scale: number): Promise<TrainEngine> {
+    const base = this.engine.model!;
+    // Merged in the engine's own layout: only the adapted matrices are copied, the rest is shared.
+    const kernelWeights = mergeAdapter(base.kernelWeights, global, stack, scale, undefined, "kernel");
+    return await this.original.rebased!({ ...base, kernelWeights });
   }
 
   /**
@@ -84,6 +89,50 @@ export function stackedDelta(
     for (let i = 0; i < part.length; i++) adapter[i] += part[i];
   });
   return { layout, adapter };
+}
+
+/** The own-slot weights `flora-mix` picks from on each client's validation split (1: FLoRA's stack). */
+export const OWN_SLOT_GRID: readonly number[] = [1, 2, 3, 5, 10];
+
+/**
+ * The share p the coordinator gave a client's slot in a plain FLoRA stack: the stack holds p·A of the
+ * A the client uploaded (`trained`), at the positions `ownA`. 0 when the slot is empty (not sampled).
+ * Refuses an upload with no A there, whose share no stack can tell.
+ */
+export function slotShare(stack: Float32Array, trained: Float32Array, ownA: Uint8Array): number {
+  let dot = 0, norm = 0;
+  for (let i = 0; i < ownA.length; i++) {
+    if (!ownA[i]) continue;
+    dot += stack[i] * trained[i];
+    norm += trained[i] * trained[i];
+  }
+  if (!(norm > 0)) throw new RangeError("the client's slot holds no A to find its share by");
+  const p = dot / norm;
+  if (!(p >= 0 && p <= 1 + 1e-6)) {
+    throw new RangeError(`slot share ${p} is outside [0, 1]: not this client's stack`);
+  }
+  return Math.min(p, 1);
+}
+
+/**
+ * flora-own's rule applied by the client to the plain stack (flora-mix): its own slot counted `s`
+ * times, so its A ×s/(1 + (s − 1)·p) and every other slot's A ×1/(1 + (s − 1)·p), B as is; the
+ * products' weights still sum to 1. The same stack as the coordinator's flora-own at that s.
+ */
+export function reweighOwnSlot(
+  stack: Float32Array,
+  ownA: Uint8Array,
+  isA: Uint8Array,
+  p: number,
+  s: number,
+): Float32Array {
+  if (!(s >= 1 && Number.isFinite(s))) throw new RangeError(`own-slot weight must be ≥ 1, got ${s}`);
+  if (!(p >= 0 && p <= 1)) throw new RangeError(`slot share must be in [0, 1], got ${p}`);
+  if (ownA.length !== stack.length || isA.length !== stack.length) {
+    throw new RangeError(`masks of ${ownA.length}/${isA.length} positions for a stack of ${stack.length}`);
+  }
+  const d = 1 + (s - 1) * p;
+  return stack.map((v, i) => (ownA[i] ? (v * s) / d : isA[i] ? v / d : v));
 }
 
 function sameValues(a: Float32Array, b: Float32Array): boolean {

@@ -213,7 +213,7 @@ export const TRAIN_SETTINGS: { readonly [K in keyof TrainSettings]: TrainSetting
     minExclusive: true,
     default: 0.1,
     doc:
-      "perfit-mix: share of a client's training examples held out (never trained on) to pick its mix weight",
+      "perfit-mix, flora-mix: share of a client's training examples held out (never trained on) to pick its mix weight",
   },
   mixPart: {
     type: "enum",

@@ -23,8 +23,10 @@ export interface Knobs {
   finetuneLrScale?: number;
   /** A client's AdamW moments: fresh every round, or kept across its rounds. */
   optimizerState?: "round" | "kept";
-  /** perfit-own, flora-own: the weight of a client's own upload in its slice, in multiples of its weight. */
+  /** The own-weighted methods (perfit-own, flora-own, perfit-stack): the weight of a client's own upload in its slice, in multiples of its weight. */
   ownWeight?: number;
+  /** The mixing methods (perfit-mix, flora-mix): the share of a client's training data held out to pick its mix on. */
+  validationShare?: number;
   /** Expansion factor of each tier (low, mid, high): PerFIT's tiers, the same table for every client. */
   tiers?: Record<string, number>;
 }
@@ -47,6 +49,7 @@ const CHECKS: Record<keyof Knobs, Check> = {
   finetuneLrScale: (v) => settingProblem("finetuneLrScale", v),
   optimizerState: (v) => settingProblem("optimizerState", v),
   ownWeight: ownWeightProblem,
+  validationShare: (v) => settingProblem("validationShare", v),
   tiers: (v) => {
     if (typeof v !== "object" || v === null || Array.isArray(v)) return "must be an object of tier: factor";
     const entries = Object.entries(v);
@@ -147,6 +150,7 @@ export function withKnobs(cfg: SimConfig, k: Knobs): SimConfig {
     ...(k.finetuneLrScale === undefined ? {} : { finetuneLrScale: k.finetuneLrScale }),
     ...(k.optimizerState === undefined ? {} : { optimizerState: k.optimizerState }),
     ...(k.ownWeight === undefined ? {} : { ownWeight: k.ownWeight }),
+    ...(k.validationShare === undefined ? {} : { validationShare: k.validationShare }),
     tiers,
   };
 }

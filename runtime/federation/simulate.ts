@@ -91,6 +91,7 @@ export function trainSettings(cfg: SimConfig, inp: Pick<SimulationInputs, "batch
     ...(cfg.proximalMu > 0 ? { proximalMu: cfg.proximalMu } : {}),
     ...(strategyFor(cfg.method).dual ? cfg.dpa : {}),
     ...(cfg.mixPart && cfg.mixPart !== "B" ? { mixPart: cfg.mixPart } : {}),
+    ...(cfg.validationShare !== undefined ? { validationShare: cfg.validationShare } : {}),
     ...(cfg.finetuneSteps ? { finetuneSteps: cfg.finetuneSteps } : {}),
     ...(cfg.finetuneLrScale !== undefined && cfg.finetuneLrScale !== 1
       ? { finetuneLrScale: cfg.finetuneLrScale }
@@ -443,8 +444,11 @@ async function viewOf(
     id: o.data.id,
     layout,
     plan,
-    adapter: extract(global, adapter, layout),
-    mask: mask ? extract(global, mask, layout) : new Uint8Array(layout.size).fill(1),
+    // A stacking client's own positions are its slot's.
+    adapter: extract(global, adapter, layout, undefined, o.trainer.slot()),
+    mask: mask
+      ? extract(global, mask, layout, undefined, o.trainer.slot())
+      : new Uint8Array(layout.size).fill(1),
     exported: o.trainer.personalized(o.client?.adapter, o.client?.mask),
   };
 }

@@ -25,6 +25,8 @@ export type Method =
   | "feddpa"
   | "perfit-sa"
   | "perfit-mix"
+  | "flora-mix"
+  | "perfit-stack"
   | "perfit-own"
   | "flora-own";
 /** The methods a coordinator serves: all but the frozen base, which has nothing to federate. */
@@ -340,6 +342,38 @@ export const STRATEGIES: Readonly<Record<Method, MethodStrategy>> = {
     configure: slotPlan,
     aggregation: STACKED,
   },
+  // flora-own with a weight per client: the coordinator serves FLoRA's plain stack, and each client
+  // reweighs its own slot for s in OWN_SLOT_GRID (runtime/client/flora.ts) and merges the stack its
+  // validation split (carved from its training data, as perfit-mix's) prefers, so a client whose data
+  // sits with the others' can stay near FLoRA (s = 1) and one far from them can lean to its own.
+  "flora-mix": {
+    ...base,
+    name: "flora-mix",
+    deployed: true,
+    expands: true,
+    personalMask: true,
+    stacks: true,
+    mixes: true,
+    configure: slotPlan,
+    aggregation: STACKED,
+  },
+  // PerFIT's search inside flora-own's exact stacking: every round a fresh LoRA of the client's
+  // expanded rank r·e in its slot, pruned by Taylor importance back to the rank-r budget during the
+  // round's search share, uploaded as the kept positions only; the coordinator stacks the slots and
+  // weighs the asking client's own slot `ownWeight` times, as flora-own's (server/own_weighted.ts).
+  "perfit-stack": {
+    ...base,
+    name: "perfit-stack",
+    deployed: true,
+    expands: true,
+    prunes: true,
+    personalMask: true,
+    stacks: true,
+    ownWeighted: true,
+    // A fresh LoRA every round has no searched mask to keep: every round searches.
+    configure: (_round, _first, _every, slot) => ({ search: true, randomMask: false, slot }),
+    aggregation: STACKED,
+  },
 };
 
 /**
@@ -356,6 +390,8 @@ export function sampleClients<T>(clients: readonly T[], fraction: number, seed: 
 
 /** Every method name, for CLI validation. */
 export const METHODS = Object.keys(STRATEGIES) as Method[];
+/** The methods whose slices weigh the asking client's own upload (a run's `ownWeight`). */
+export const OWN_WEIGHTED = METHODS.filter((m) => STRATEGIES[m].ownWeighted);
 /** The methods a coordinator serves. */
 export const DEPLOYED_METHODS = METHODS.filter((m) => STRATEGIES[m].deployed) as DeployedMethod[];
 

@@ -77,6 +77,11 @@ export interface SimConfig {
   /** perfit-mix's mixed positions (the `train` key `mixPart`); absent: B only, and the settings carry no key. */
   mixPart?: "B" | "all";
   /**
+   * The mixing methods' held-out share of each client's training data (the `train` key `validationShare`);
+   * absent: the setting's default, and the settings carry no key.
+   */
+  validationShare?: number;
+  /**
    * Local fine-tuning once the run is done (the `train` key `finetuneSteps`): each client trains its
    * final personalized model this many steps on its own data and keeps it; absent or 0: off, and the
    * settings carry no key.
