@@ -50,6 +50,21 @@ async function run(
   });
 }
 
+/** Perplexity of a client's export over the original base on its test split (what the run reported, if exact). */
+async function exportedPerplexity(v: SimClientView, targets: SimConfig["targets"]): Promise<number> {
+  const m = await tiny();
+  const x = v.exported!;
+  const wide = await Engine.create(m, { rank: x.layout.rank, alpha: 4, targets }, { scale: x.scale });
+  const test = partitionByCategory(data, 1, { seed: 1, testFraction: 0.15 }).find((c) => c.id === v.id)!.test;
+  let nll = 0, tokens = 0;
+  for (const b of makeBatches(test, m.tokenizer!, { maxLen: 48, batchSize: 4, shuffle: false })) {
+    const e = await wide.evalNll(b, x.adapter);
+    nll += e.nllSum;
+    tokens += e.tokens;
+  }
+  return Math.exp(nll / tokens);
+}
+
 Deno.test("federation: end-to-end PerFIT on a tiny model: exact budgets, ref uploads, deterministic", async () => {
   const finalMasks: number[][] = [];
   let embedded: Uint8Array[] = [];
@@ -129,7 +144,6 @@ Deno.test("federation: flora-own at ownWeight 1 is FLoRA; above it each client m
 });
 
 Deno.test("federation: flora-mix picks each client's own-slot weight from the grid, merges that stack, and moves FLoRA's bytes", async () => {
-  const m = await tiny();
   let views: readonly SimClientView[] = [];
   const mix = await run("flora-mix", { rounds: 2 }, (round, c) => {
     if (round === 2) views = c;
@@ -149,24 +163,9 @@ Deno.test("federation: flora-mix picks each client's own-slot weight from the gr
   );
   assert.deepEqual(mix.clients.map((c) => c.trainableParams), flora.clients.map((c) => c.trainableParams));
   // What a client merged is the stack it picked: its export scores the perplexity reported.
-  const clients = partitionByCategory(data, 1, { seed: 1, testFraction: 0.15 });
   for (const [i, v] of views.entries()) {
-    const x = v.exported!;
-    const wide = await Engine.create(m, { rank: x.layout.rank, alpha: 4, targets: mix.config.targets }, {
-      scale: x.scale,
-    });
-    let nll = 0, tokens = 0;
-    const test = clients.find((c) => c.id === v.id)!.test;
-    for (const b of makeBatches(test, m.tokenizer!, { maxLen: 48, batchSize: 4, shuffle: false })) {
-      const e = await wide.evalNll(b, x.adapter);
-      nll += e.nllSum;
-      tokens += e.tokens;
-    }
-    const want = mix.rounds[1].clients[i].perplexity;
-    assert.ok(
-      Math.abs(Math.exp(nll / tokens) - want) < 1e-4 * want,
-      `${v.id}: ${Math.exp(nll / tokens)} vs ${want}`,
-    );
+    const got = await exportedPerplexity(v, mix.config.targets), want = mix.rounds[1].clients[i].perplexity;
+    assert.ok(Math.abs(got - want) < 1e-4 * want, `${v.id}: ${got} vs ${want}`);
   }
 });
 
@@ -361,33 +360,18 @@ Deno.test("federation: FLoRA uploads its slot, every client downloads the whole 
 });
 
 Deno.test("federation: a FLoRA client exports its merged base as one LoRA of every stack, and that is the model scored", async () => {
-  const m = await tiny();
   let views: readonly SimClientView[] = [];
   const r = await run("flora", { rounds: 2 }, (round, c) => {
     if (round === 2) views = c;
   });
   const cfg = smallSimConfig("flora", { rounds: 2 });
-  const clients = partitionByCategory(data, 1, { seed: 1, testFraction: 0.15 });
   const stackRank = 3 * 8; // 3 slots of the widest tier's 8 components
   for (const [i, v] of views.entries()) {
     const x = v.exported!;
     assert.equal(x.layout.rank, 2 * stackRank, "two rounds' stacks side by side");
     assert.equal(x.scale, cfg.alpha / cfg.rank);
-    const wide = await Engine.create(m, { rank: x.layout.rank, alpha: cfg.alpha, targets: cfg.targets }, {
-      scale: x.scale,
-    });
-    const test = clients.find((c) => c.id === v.id)!.test;
-    let nll = 0, tokens = 0;
-    for (const b of makeBatches(test, m.tokenizer!, { maxLen: 48, batchSize: 4, shuffle: false })) {
-      const e = await wide.evalNll(b, x.adapter);
-      nll += e.nllSum;
-      tokens += e.tokens;
-    }
-    const want = r.rounds[1].clients[i].perplexity;
-    assert.ok(
-      Math.abs(Math.exp(nll / tokens) - want) < 1e-4 * want,
-      `${v.id}: ${Math.exp(nll / tokens)} vs ${want}`,
-    );
+    const got = await exportedPerplexity(v, cfg.targets), want = r.rounds[1].clients[i].perplexity;
+    assert.ok(Math.abs(got - want) < 1e-4 * want, `${v.id}: ${got} vs ${want}`);
   }
 });
 
