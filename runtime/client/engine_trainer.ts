@@ -17,15 +17,7 @@ import type { Allocation, PruneSchedule } from "../perfit/prune.ts";
 import { deriveSeed } from "../data/rng.ts";
 import { parseTrainSettings } from "./train_settings.ts";
 import { LocalLearner } from "./local_update.ts";
-import {
-  freshAdapter,
-  MergedBase,
-  OWN_SLOT_GRID,
-  reweighOwnSlot,
-  slotMask,
-  slotShare,
-  stackedDelta,
-} from "./flora.ts";
+import { freshAdapter, MergedBase, pickOwnSlot, slotMask, stackedDelta } from "./flora.ts";
 import {
   DEFAULT_SIM,
   type DualSettings,
@@ -394,40 +386,6 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       task.lora.alpha / task.lora.rank,
     );
   };
-  /**
-   * flora-mix: the plain stack with this client's slot reweighed at the s its validation split prefers,
-   * each candidate scored over the merged base with it merged (runtime/client/flora.ts).
-   */
-  const pickOwnSlot = async (
-    task: TaskInfo,
-    learner: LocalLearner,
-    global: AdapterLayout,
-    layout: AdapterLayout,
-    trained: Float32Array,
-    stack: Float32Array,
-  ) => {
-    const isA = kindMask(global, "A");
-    const ownA = slotMask(layout, global, task.plan.slot ?? 0).map((m, i) => m & isA[i]);
-    // Before its first upload (the run's initial adapter) the client has no slot in any stack.
-    if (!trained.some((v, i) => ownA[i] && v !== 0)) return stack;
-    const p = slotShare(stack, trained, ownA);
-    // An empty slot (not sampled this round): every s gives the plain stack.
-    if (p === 0) return stack;
-    merged ??= new MergedBase(learner.engine);
-    const zero = new Float32Array(layout.size), all = new Uint8Array(layout.size).fill(1);
-    const scale = task.lora.alpha / task.lora.rank;
-    const kept = learner.engine;
-    try {
-      const best = await pickMix(OWN_SLOT_GRID, async (s) => {
-        learner.engine = await merged!.engineWith(global, reweighOwnSlot(stack, ownA, isA, p, s), scale);
-        return await learner.validate(zero, all);
-      });
-      lastMix = best.lambda;
-      return reweighOwnSlot(stack, ownA, isA, p, best.lambda);
-    } finally {
-      learner.engine = kept;
-    }
-  };
   const trainer = async (
     task: TaskInfo,
     adapter: Float32Array,
@@ -604,7 +562,26 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       const h = localHyper(task.train);
       const { learner, global, layout } = await learnerFor(task, h);
       if (strategyFor(task.method).stacks) {
-        return await pickOwnSlot(task, learner, global, layout, own, mergedIn);
+        // flora-mix: candidates are scored over the merged base, the learner's own engine put back after.
+        merged ??= new MergedBase(learner.engine);
+        const kept = learner.engine;
+        const zero = new Float32Array(layout.size), all = new Uint8Array(layout.size).fill(1);
+        try {
+          const pick = await pickOwnSlot(
+            merged,
+            (e) => {
+              learner.engine = e;
+              return learner.validate(zero, all);
+            },
+            mergedIn,
+            own,
+            { own: layout, global, slot: task.plan.slot ?? 0, scale: task.lora.alpha / task.lora.rank },
+          );
+          if (pick.s !== null) lastMix = pick.s;
+          return pick.stack;
+        } finally {
+          learner.engine = kept;
+        }
       }
       const ownL = extract(global, own, layout);
       const globalL = extract(global, mergedIn, layout);

@@ -11,7 +11,8 @@
 import { mergeAdapter } from "../export/merge.ts";
 import { type AdapterLayout, initAdapter } from "../model/lora.ts";
 import { deriveSeed } from "../data/rng.ts";
-import { embed, LayoutError, rankLayout } from "../perfit/layout.ts";
+import { embed, kindMask, LayoutError, rankLayout } from "../perfit/layout.ts";
+import { pickMix } from "../perfit/mix.ts";
 import type { TrainEngine } from "../federation/types.ts";
 
 /** The client's base with every stack merged up to `round`, and the engine over it. */
@@ -133,6 +134,32 @@ export function reweighOwnSlot(
   }
   const d = 1 + (s - 1) * p;
   return stack.map((v, i) => (ownA[i] ? (v * s) / d : isA[i] ? v / d : v));
+}
+
+/**
+ * flora-mix's pick: the plain stack with the client's slot reweighed at the s its validation loss
+ * (`validate`, of an engine over the merged base with a candidate merged) prefers, ties to the smaller
+ * s; the stack as it is, and no s, when the client has no part in it (before its first upload, or not
+ * sampled this round). `trained` is the client's upload (global layout), `own` its layout.
+ */
+export async function pickOwnSlot(
+  merged: MergedBase,
+  validate: (engine: TrainEngine) => Promise<number>,
+  stack: Float32Array,
+  trained: Float32Array,
+  at: { own: AdapterLayout; global: AdapterLayout; slot: number; scale: number },
+): Promise<{ stack: Float32Array; s: number | null }> {
+  const isA = kindMask(at.global, "A");
+  const ownA = slotMask(at.own, at.global, at.slot).map((m, i) => m & isA[i]);
+  if (!trained.some((v, i) => ownA[i] && v !== 0)) return { stack, s: null };
+  const p = slotShare(stack, trained, ownA);
+  if (p === 0) return { stack, s: null };
+  const best = await pickMix(
+    OWN_SLOT_GRID,
+    async (s) =>
+      await validate(await merged.engineWith(at.global, reweighOwnSlot(stack, ownA, isA, p, s), at.scale)),
+  );
+  return { stack: reweighOwnSlot(stack, ownA, isA, p, best.lambda), s: best.lambda };
 }
 
 function sameValues(a: Float32Array, b: Float32Array): boolean {
