@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { client, Engine, engineTrainer, FederatedClient, loadModel, makeBatches } from "../mod.ts";
 import { generateTinyModel } from "../runtime/model/tiny.ts";
 import { toHfConfig } from "../runtime/model/config.ts";
-import { ADMIN, makeApp } from "./server_helpers.ts";
+import { appFetch, createRun, makeApp } from "./server_helpers.ts";
 
 const WORDS = ["cache", "kludge", "house", "tree", "fox", "dog"];
 const examples = (i: number, k: number) =>
@@ -16,43 +16,72 @@ const examples = (i: number, k: number) =>
     response: `${WORDS[(i + j) % WORDS.length]} is a word number ${i}.`,
   }));
 
+/** The tiny model of this file's runs, loaded from a folder that is gone once it is loaded. */
+async function tinyModel(seed: number) {
+  const dir = await Deno.makeTempDir({ prefix: "perfit-client-" });
+  const cfg = await generateTinyModel(`${dir}/model`, { seed });
+  const model = await loadModel(`${dir}/model`);
+  await Deno.remove(dir, { recursive: true });
+  return { cfg, model };
+}
+
+/** A 2-round run of this file's two clients (tiers high ×2 and low) on the tiny model, with `over` on top. */
+const twoClientRun = (cfg: Parameters<typeof toHfConfig>[0], over: Record<string, unknown>) => ({
+  baseModel: "tiny",
+  model: toHfConfig(cfg),
+  lora: { rank: 2, alpha: 4, targets: ["q", "v"] },
+  rounds: 2,
+  clientsPerRound: 2,
+  quorum: 2,
+  roundDeadlineMs: 600_000,
+  expansionTiers: { low: 1, high: 2 },
+  seed: 4,
+  ...over,
+});
+
+/** One FederatedClient per trainer in `runId`, the first one high tier and the others low. */
+function joinAll(
+  trainers: ReturnType<typeof engineTrainer>[],
+  runId: string,
+  fetch: typeof globalThis.fetch,
+) {
+  return Promise.all(trainers.map((trainer, i) =>
+    FederatedClient.create({
+      serverUrl: "http://perfit.test",
+      runId,
+      trainer,
+      tier: i === 0 ? "high" : "low",
+      initAdapter: trainer.initAdapter,
+      pollMs: 1,
+      sleep: () => new Promise((r) => setTimeout(r, 0)),
+      fetch,
+    })
+  ));
+}
+
 Deno.test({
   name:
     "client: a PerFIT client from mod.ts (FederatedClient + engineTrainer) trains expanded tiers to the budget",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "perfit-client-" });
-    const cfg = await generateTinyModel(`${dir}/model`, { seed: 5 });
-    const model = await loadModel(`${dir}/model`);
-    await Deno.remove(dir, { recursive: true });
+    const { cfg, model } = await tinyModel(5);
     const kv = await Deno.openKv(":memory:");
     const app = makeApp(kv);
     try {
-      const res = await app.request("/v1/runs", {
-        method: "POST",
-        headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
-        body: JSON.stringify({
-          baseModel: "tiny",
-          model: toHfConfig(cfg),
-          lora: { rank: 2, alpha: 4, targets: ["q", "v"] },
+      const runId = await createRun(
+        app,
+        twoClientRun(cfg, {
           method: "perfit",
-          rounds: 2,
-          clientsPerRound: 2,
-          quorum: 2,
-          roundDeadlineMs: 600_000,
-          expansionTiers: { low: 1, high: 2 },
           train: { localSteps: 4, batchSize: 2, maxLen: 32, pruneStages: 2 },
-          seed: 4,
         }),
-      });
-      assert.equal(res.status, 201, await res.clone().text());
-      const run = (await res.json()).run;
+      );
+      const { adapterSize, budget } = (await app.coordinator.getRun(runId)).run.config;
       const sent: { round: number; ref: boolean }[] = [];
       const route: typeof fetch = async (input, init) => {
         const m = /\/rounds\/(\d+)\/update$/.exec(String(input));
         if (m) {
-          const u = client.decodeUpdate(init!.body as Uint8Array, run.config.adapterSize);
+          const u = client.decodeUpdate(init!.body as Uint8Array, adapterSize);
           sent.push({ round: Number(m[1]), ref: client.isMaskRef(u) });
         }
         return await app.request(input as string, init);
@@ -67,24 +96,13 @@ Deno.test({
           backend: "node",
         })
       );
-      const clients = await Promise.all(trainers.map((trainer, i) =>
-        FederatedClient.create({
-          serverUrl: "http://perfit.test",
-          runId: run.id,
-          trainer,
-          tier: i === 0 ? "high" : "low",
-          initAdapter: trainer.initAdapter,
-          pollMs: 1,
-          sleep: () => new Promise((r) => setTimeout(r, 0)),
-          fetch: route,
-        })
-      ));
+      const clients = await joinAll(trainers, runId, route);
       await Promise.all(clients.map((c) => c.run({ maxSteps: 500 })));
-      const { run: done } = await app.coordinator.getRun(run.id);
+      const { run: done } = await app.coordinator.getRun(runId);
       assert.equal(done.status, "done");
       for (const [i, c] of clients.entries()) {
         // Every client keeps exactly the rank-r budget in the run's global layout (rank r · 2).
-        assert.equal(c.mask!.reduce((a, b) => a + b, 0), run.config.budget, `client ${i}`);
+        assert.equal(c.mask!.reduce((a, b) => a + b, 0), budget, `client ${i}`);
         const p = trainers[i].personalized(c.adapter, c.mask)!;
         assert.equal(p.layout.rank, i === 0 ? 4 : 2);
         assert.ok(p.adapter.every(Number.isFinite));
@@ -106,33 +124,18 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "perfit-client-" });
-    const cfg = await generateTinyModel(`${dir}/model`, { seed: 6 });
-    const model = await loadModel(`${dir}/model`);
-    await Deno.remove(dir, { recursive: true });
+    const { cfg, model } = await tinyModel(6);
     const kv = await Deno.openKv(":memory:");
     const app = makeApp(kv);
     try {
-      const res = await app.request("/v1/runs", {
-        method: "POST",
-        headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
-        body: JSON.stringify({
-          baseModel: "tiny",
-          model: toHfConfig(cfg),
-          lora: { rank: 2, alpha: 4, targets: ["q", "v"] },
+      const runId = await createRun(
+        app,
+        twoClientRun(cfg, {
           method: "flora",
-          rounds: 2,
-          clientsPerRound: 2,
-          quorum: 2,
           maxClients: 2,
-          roundDeadlineMs: 600_000,
-          expansionTiers: { low: 1, high: 2 },
           train: { localSteps: 4, batchSize: 2, maxLen: 32 },
-          seed: 4,
         }),
-      });
-      assert.equal(res.status, 201, await res.clone().text());
-      const run = (await res.json()).run;
+      );
       const data = [0, 1].map((i) => ({ id: `c${i}`, train: examples(i, 6), test: examples(i + 3, 3) }));
       const trainers = data.map((d) =>
         engineTrainer({
@@ -143,20 +146,9 @@ Deno.test({
           evaluateAfterTraining: false,
         })
       );
-      const clients = await Promise.all(trainers.map((trainer, i) =>
-        FederatedClient.create({
-          serverUrl: "http://perfit.test",
-          runId: run.id,
-          trainer,
-          tier: i === 0 ? "high" : "low",
-          initAdapter: trainer.initAdapter,
-          pollMs: 1,
-          sleep: () => new Promise((r) => setTimeout(r, 0)),
-          fetch: async (input, init) => await app.request(input as string, init),
-        })
-      ));
+      const clients = await joinAll(trainers, runId, appFetch(() => app));
       await Promise.all(clients.map((c) => c.run({ maxSteps: 500 })));
-      assert.equal((await app.coordinator.getRun(run.id)).run.status, "done");
+      assert.equal((await app.coordinator.getRun(runId)).run.status, "done");
       const slots = 2, stackRank = slots * 2 * 2; // two slots of the widest tier's rank r·2
       for (const [i, c] of clients.entries()) {
         // What a deployed client writes (runtime/client/data_owner.ts) once the last slice is in.
