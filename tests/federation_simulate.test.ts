@@ -51,11 +51,11 @@ async function run(
 }
 
 /** Perplexity of a client's export over the original base on its test split (what the run reported, if exact). */
-async function exportedPerplexity(v: SimClientView, targets: SimConfig["targets"]): Promise<number> {
+type Export = NonNullable<ReturnType<SimClientView["exported"]>>;
+async function exportedPerplexity(id: string, x: Export, targets: SimConfig["targets"]): Promise<number> {
   const m = await tiny();
-  const x = v.exported!;
   const wide = await Engine.create(m, { rank: x.layout.rank, alpha: 4, targets }, { scale: x.scale });
-  const test = partitionByCategory(data, 1, { seed: 1, testFraction: 0.15 }).find((c) => c.id === v.id)!.test;
+  const test = partitionByCategory(data, 1, { seed: 1, testFraction: 0.15 }).find((c) => c.id === id)!.test;
   let nll = 0, tokens = 0;
   for (const b of makeBatches(test, m.tokenizer!, { maxLen: 48, batchSize: 4, shuffle: false })) {
     const e = await wide.evalNll(b, x.adapter);
@@ -144,9 +144,9 @@ Deno.test("federation: flora-own at ownWeight 1 is FLoRA; above it each client m
 });
 
 Deno.test("federation: flora-mix picks each client's own-slot weight from the grid, merges that stack, and moves FLoRA's bytes", async () => {
-  let views: readonly SimClientView[] = [];
+  let views: readonly SimClientView[] = [], exports: Export[] = [];
   const mix = await run("flora-mix", { rounds: 2 }, (round, c) => {
-    if (round === 2) views = c;
+    if (round === 2) [views, exports] = [c, c.map((v) => v.exported()!)];
   });
   const flora = await run("flora", { rounds: 2 });
   for (const r of mix.rounds) {
@@ -164,17 +164,18 @@ Deno.test("federation: flora-mix picks each client's own-slot weight from the gr
   assert.deepEqual(mix.clients.map((c) => c.trainableParams), flora.clients.map((c) => c.trainableParams));
   // What a client merged is the stack it picked: its export scores the perplexity reported.
   for (const [i, v] of views.entries()) {
-    const got = await exportedPerplexity(v, mix.config.targets), want = mix.rounds[1].clients[i].perplexity;
+    const got = await exportedPerplexity(v.id, exports[i], mix.config.targets);
+    const want = mix.rounds[1].clients[i].perplexity;
     assert.ok(Math.abs(got - want) < 1e-4 * want, `${v.id}: ${got} vs ${want}`);
   }
 });
 
 Deno.test("federation: perfit-stack searches a fresh LoRA to the budget every round, stacks the kept slots, and merges its own", async () => {
-  let views: readonly SimClientView[] = [];
+  let views: readonly SimClientView[] = [], exports: Export[] = [];
   const firstMask: Uint8Array[] = [];
   const r = await run("perfit-stack", { rounds: 2, ownWeight: 3 }, (round, c) => {
     if (round === 1) firstMask.push(c[0].mask.slice());
-    if (round === 2) views = c;
+    if (round === 2) [views, exports] = [c, c.map((v) => v.exported()!)];
   });
   const flora = await run("flora-own", { rounds: 2, ownWeight: 3 });
   // Every client trains the budget, whatever its tier, and uploads only the kept positions, every round.
@@ -192,10 +193,10 @@ Deno.test("federation: perfit-stack searches a fresh LoRA to the budget every ro
     })
   );
   assert.ok(r.rounds[1].meanPerplexity < r.rounds[0].meanPerplexity);
-  assert.ok(views.every((v) => v.exported!.layout.rank === 2 * 3 * 8));
+  assert.ok(exports.length === 3 && exports.every((x) => x.layout.rank === 2 * 3 * 8));
   // A stack is one round's update: a B position the first client kept in round 1 and pruned in round 2
   // is zero in round 2's stack, not round 1's value carried over (its slot is slot 0, the leading one).
-  const v0 = views[0], global = rankLayout(v0.layout, 3 * 8), x = v0.exported!;
+  const v0 = views[0], global = rankLayout(v0.layout, 3 * 8), x = exports[0];
   const stack2 = extract(x.layout, x.adapter, global, undefined, 3 * 8);
   const own2 = extract(global, stack2, v0.layout);
   const isB = kindMask(v0.layout, "B");
@@ -360,17 +361,17 @@ Deno.test("federation: FLoRA uploads its slot, every client downloads the whole 
 });
 
 Deno.test("federation: a FLoRA client exports its merged base as one LoRA of every stack, and that is the model scored", async () => {
-  let views: readonly SimClientView[] = [];
+  let views: readonly SimClientView[] = [], exports: Export[] = [];
   const r = await run("flora", { rounds: 2 }, (round, c) => {
-    if (round === 2) views = c;
+    if (round === 2) [views, exports] = [c, c.map((v) => v.exported()!)];
   });
   const cfg = smallSimConfig("flora", { rounds: 2 });
   const stackRank = 3 * 8; // 3 slots of the widest tier's 8 components
   for (const [i, v] of views.entries()) {
-    const x = v.exported!;
+    const x = exports[i];
     assert.equal(x.layout.rank, 2 * stackRank, "two rounds' stacks side by side");
     assert.equal(x.scale, cfg.alpha / cfg.rank);
-    const got = await exportedPerplexity(v, cfg.targets), want = r.rounds[1].clients[i].perplexity;
+    const got = await exportedPerplexity(v.id, x, cfg.targets), want = r.rounds[1].clients[i].perplexity;
     assert.ok(Math.abs(got - want) < 1e-4 * want, `${v.id}: ${got} vs ${want}`);
   }
 });

@@ -121,8 +121,9 @@ export async function runFederated(cfg: SimConfig, opts: RunOptions): Promise<Si
       if (r !== cfg.rounds) return;
       for (const v of views) {
         // The model each client would export (FedDPA's fixed mix, FLoRA's merged stacks), as a PEFT folder.
-        if (v.exported) {
-          await writePeftAdapter(`${opts.saveAdapters}/${v.id}`, { ...v.exported, baseModel: modelDir });
+        const exported = v.exported();
+        if (exported) {
+          await writePeftAdapter(`${opts.saveAdapters}/${v.id}`, { ...exported, baseModel: modelDir });
         }
       }
     },

@@ -27,8 +27,12 @@ export interface SimClientView {
   plan: PrunePlan;
   adapter: Float32Array;
   mask: Uint8Array;
-  /** What the client exports as its personalized model (engineTrainer's `personalized`); null before training. */
-  exported: ReturnType<EngineTrainer["personalized"]>;
+  /**
+   * What the client exports as its personalized model (engineTrainer's `personalized`; null before
+   * training), built when called from the client's state then: a stacking method's is every stack it
+   * merged, too large to build for every view nobody exports.
+   */
+  exported: () => ReturnType<EngineTrainer["personalized"]>;
 }
 
 /** Everything a simulation needs besides its config. */
@@ -440,16 +444,15 @@ async function viewOf(
   const adapter = o.client?.adapter ??
     await o.trainer.initAdapter(standaloneTask(cfg, o, global.size, base.size));
   const mask = o.client?.mask;
+  // A stacking client's own positions are its slot's.
+  const slot = o.trainer.slot();
   return {
     id: o.data.id,
     layout,
     plan,
-    // A stacking client's own positions are its slot's.
-    adapter: extract(global, adapter, layout, undefined, o.trainer.slot()),
-    mask: mask
-      ? extract(global, mask, layout, undefined, o.trainer.slot())
-      : new Uint8Array(layout.size).fill(1),
-    exported: o.trainer.personalized(o.client?.adapter, o.client?.mask),
+    adapter: extract(global, adapter, layout, undefined, slot),
+    mask: mask ? extract(global, mask, layout, undefined, slot) : new Uint8Array(layout.size).fill(1),
+    exported: () => o.trainer.personalized(o.client?.adapter, o.client?.mask),
   };
 }
 
