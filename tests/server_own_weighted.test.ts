@@ -151,7 +151,7 @@ Deno.test("perfit-own config: ownWeight is its own, ranged, and needs a streamed
   assert.throws(() => parseRunConfig(own({ aggregation: "median" })), isApiError("invalid_config"));
 });
 
-Deno.test("flora-own config: the same ownWeight and refusals; plain FLoRA refuses the key", () => {
+Deno.test("stacked own-weighted configs (flora-own, perfit-stack): the same ownWeight and refusals; FLoRA and flora-mix refuse the key", () => {
   const flora = (method: string, over: Record<string, unknown> = {}) => ({
     ...runBody("perfit"),
     method,
@@ -162,21 +162,34 @@ Deno.test("flora-own config: the same ownWeight and refusals; plain FLoRA refuse
     expansionTiers: { low: 1, high: 2 },
     ...over,
   });
-  assert.equal(parseRunConfig(flora("flora-own")).ownWeight, 3);
-  assert.equal(parseRunConfig(flora("flora-own", { ownWeight: 5 })).ownWeight, 5);
-  for (const bad of [0.5, 1001, "5", null, NaN]) {
+  for (const method of ["flora-own", "perfit-stack"]) {
+    assert.equal(parseRunConfig(flora(method)).ownWeight, 3, method);
+    assert.equal(parseRunConfig(flora(method, { ownWeight: 5 })).ownWeight, 5, method);
+    for (const bad of [0.5, 1001, "5", null, NaN]) {
+      assert.throws(
+        () => parseRunConfig(flora(method, { ownWeight: bad })),
+        isApiError("invalid_config"),
+        `${method} ${String(bad)}`,
+      );
+    }
     assert.throws(
-      () => parseRunConfig(flora("flora-own", { ownWeight: bad })),
+      () => parseRunConfig(flora(method, { aggregation: "median" })),
       isApiError("invalid_config"),
-      String(bad),
+      method,
     );
   }
-  assert.throws(
-    () => parseRunConfig(flora("flora-own", { aggregation: "median" })),
-    isApiError("invalid_config"),
-  );
-  assert.throws(() => parseRunConfig(flora("flora", { ownWeight: 3 })), isApiError("invalid_config"));
-  assert.equal(parseRunConfig(flora("flora")).ownWeight, undefined);
+  // perfit-stack prunes each slot to the rank-r budget; flora-own trains its whole slot.
+  const stack = parseRunConfig(flora("perfit-stack")), own = parseRunConfig(flora("flora-own"));
+  assert.equal(own.budget, own.adapterSize / 8);
+  assert.ok(stack.budget < stack.adapterSize / 8 && stack.adapterSize === own.adapterSize);
+  for (const method of ["flora", "flora-mix"]) {
+    assert.throws(
+      () => parseRunConfig(flora(method, { ownWeight: 3 })),
+      isApiError("invalid_config"),
+      method,
+    );
+    assert.equal(parseRunConfig(flora(method)).ownWeight, undefined, method);
+  }
 });
 
 async function federate(kv: Deno.Kv, ownWeight: number | undefined) {
