@@ -9,8 +9,15 @@ import { resolveSource } from "../runtime/model/hub.ts";
 import { toKernelLayout } from "../runtime/model/train_step.ts";
 import { loadWeights } from "../runtime/model/weights.ts";
 import { baseWeightName, mergeAdapter } from "../runtime/export/merge.ts";
-import { adapterLayout } from "../runtime/model/lora.ts";
-import { freshAdapter, MergedBase, slotMask, stackedDelta } from "../runtime/client/flora.ts";
+import { type AdapterLayout, adapterLayout } from "../runtime/model/lora.ts";
+import {
+  denseDelta,
+  denseRank,
+  freshAdapter,
+  MergedBase,
+  slotMask,
+  stackedDelta,
+} from "../runtime/client/flora.ts";
 import { rankLayout } from "../runtime/perfit/layout.ts";
 import { foldTerms, STACKED } from "../runtime/federation/aggregation.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
@@ -48,44 +55,79 @@ Deno.test("flora: the base with the stack merged equals the original base with t
   await assert.rejects(() => base.engineFor(0, stacked.layout, stack, alpha / r), /older/);
 });
 
-Deno.test("flora: the export is every merged stack side by side: base + it = the base with both rounds merged", async () => {
+Deno.test("flora: the export is the merged stacks side by side, then the dense change: base + it = the merged base", async () => {
   const { model } = await tinyModel({ seed: 8 });
   const spec = { rank: 2, alpha: 4, targets: ["q", "down"] as ("q" | "down")[], baseRank: 2 };
-  const stacked = adapterLayout(model.config, { ...spec, rank: 6 });
+  const stacked = adapterLayout(model.config, { ...spec, rank: 12 });
+  // q is [32, 32], down [32, 64]: any change of either has rank ≤ 32, so two stacks of rank 12 fit side by side.
+  assert.equal(denseRank(stacked), 32);
   const own = await Engine.create(model, spec, { backend: "node" });
   const base = new MergedBase(own);
-  const s1 = perturbedAdapter(stacked.size, 31), s2 = perturbedAdapter(stacked.size, 32);
-  await base.engineFor(1, stacked, s1, 2);
-  // The stack already merged is not counted twice; one that arrived since is.
-  assert.equal(base.delta(stacked, s1).layout.rank, 6);
-  const pending = base.delta(stacked, s2);
-  const merged = await base.engineFor(2, stacked, s2, 2);
-  const d = base.delta(stacked, s2);
-  assert.equal(d.layout.rank, 12);
-  assert.deepEqual(d.adapter, pending.adapter);
-  assert.deepEqual(d, stackedDelta(stacked, [s1, s2]));
-  // Round 2's stack sits at rank components 6..11: A's rows, B's columns.
-  const [A, B] = d.layout.entries, [gA, gB] = stacked.entries;
-  const row = (flat: Float32Array, at: number) => flat.subarray(at, at + A.shape[1]);
-  assert.deepEqual(row(d.adapter, A.offset + 6 * A.shape[1]), row(s2, gA.offset));
-  assert.deepEqual(row(d.adapter, A.offset), row(s1, gA.offset));
-  assert.equal(d.adapter[B.offset + 6], s2[gB.offset]);
-  assert.equal(d.adapter[B.offset], s1[gB.offset]);
+  // Large enough that one stack more or less moves the loss well past the tolerance.
+  const s = [31, 32, 33].map((seed) => perturbedAdapter(stacked.size, seed, 0.5));
   const batch = randomBatch(model.config.vocabSize, [9, 7], 10, 4);
-  const want = await merged.evalNll(batch, new Float32Array(own.layout.size));
-  const wide = await Engine.create(model, { ...spec, rank: 12 }, { backend: "node" });
-  const got = await wide.evalNll(batch, d.adapter);
-  assert.ok(
-    Math.abs(got.nllSum - want.nllSum) < 1e-4 * Math.abs(want.nllSum),
-    `${got.nllSum} vs ${want.nllSum}`,
+  const score = async (d: { layout: { rank: number }; adapter: Float32Array }) =>
+    (await (await Engine.create(model, { ...spec, rank: d.layout.rank }, { backend: "node" })).evalNll(
+      batch,
+      d.adapter,
+    ))
+      .nllSum;
+  const close = (got: number, want: number, what: string) =>
+    assert.ok(Math.abs(got - want) < 1e-4 * Math.abs(want), `${what}: ${got} vs ${want}`);
+  await base.engineFor(1, stacked, s[0], 2);
+  // The stack already merged is not counted twice; one that arrived since is.
+  assert.deepEqual(base.delta(stacked, 2, s[0]), stackedDelta(stacked, [s[0]]));
+  const pending = base.delta(stacked, 2, s[1]);
+  const merged2 = await base.engineFor(2, stacked, s[1], 2);
+  const d2 = base.delta(stacked, 2, s[1]);
+  assert.deepEqual(d2, stackedDelta(stacked, [s[0], s[1]]));
+  assert.deepEqual(pending, d2);
+  // Round 2's stack sits at rank components 12..23: A's rows, B's columns.
+  const [A, B] = d2.layout.entries, [gA, gB] = stacked.entries;
+  const row = (flat: Float32Array, at: number) => flat.subarray(at, at + A.shape[1]);
+  assert.deepEqual(row(d2.adapter, A.offset + 12 * A.shape[1]), row(s[1], gA.offset));
+  assert.deepEqual(row(d2.adapter, A.offset), row(s[0], gA.offset));
+  assert.equal(d2.adapter[B.offset + 12], s[1][gB.offset]);
+  const nothing = new Float32Array(own.layout.size);
+  close(await score(d2), (await merged2.evalNll(batch, nothing)).nllSum, "two stacks");
+  // A third stack would make rank 36: the export becomes the dense change at rank 32 and stays there.
+  const pending3 = base.delta(stacked, 2, s[2]);
+  const merged3 = await base.engineFor(3, stacked, s[2], 2);
+  const d3 = base.delta(stacked, 2);
+  assert.equal(pending3.layout.rank, 32);
+  assert.equal(d3.layout.rank, 32);
+  assert.equal(
+    base.delta(stacked, 2, s[2]).adapter.length,
+    d3.adapter.length,
+    "the merged stack is not added twice",
   );
-  // Only the last stack would be another model.
-  const last = await (await Engine.create(model, { ...spec, rank: 6 }, { backend: "node" })).evalNll(
-    batch,
-    s2,
-  );
-  assert.ok(Math.abs(last.nllSum - want.nllSum) > 1e-3 * Math.abs(want.nllSum));
+  assert.deepEqual(base.delta(stacked, 2, s[2]), d3);
+  const want3 = (await merged3.evalNll(batch, nothing)).nllSum;
+  close(await score(d3), want3, "dense after merging");
+  close(await score(pending3), want3, "dense with the stack pending");
+  // The factor on the smaller side is the identity (q: A = I), the other the change / scale.
+  const qA = d3.layout.entries[0];
+  assert.equal(d3.adapter[qA.offset], 1);
+  assert.equal(d3.adapter[qA.offset + 1], 0);
+  assert.equal(d3.adapter[qA.offset + qA.shape[1] + 1], 1);
+  // Merged into the original base, the export gives the merged base's weights; the last stack alone,
+  // or the first two, give others.
+  const gap = (d: { layout: AdapterLayout; adapter: Float32Array }) => {
+    const w = mergeAdapter(model.kernelWeights, d.layout, d.adapter, 2, undefined, "kernel");
+    let worst = 0;
+    for (const [name, t] of merged3.model!.kernelWeights) {
+      const got = w.get(name)!.data;
+      t.data.forEach((v, i) => worst = Math.max(worst, Math.abs(v - got[i])));
+    }
+    return worst;
+  };
+  assert.ok(gap(d3) < 1e-5, `dense export off the merged base by ${gap(d3)}`);
+  assert.ok(gap(pending3) < 1e-5, `pending dense export off by ${gap(pending3)}`);
+  assert.ok(gap({ layout: stacked, adapter: s[2] }) > 0.1);
+  assert.ok(gap(d2) > 0.1);
   assert.throws(() => stackedDelta(stacked, []), /no stack/);
+  assert.throws(() => denseDelta(stacked, 0, () => new Float32Array(1024)), /scale/);
+  assert.throws(() => denseDelta(stacked, 2, () => new Float32Array(3)), /change of 3 values/);
 });
 
 Deno.test("flora: the merged base copies only the adapted matrices, with the bits of the HF-layout merge", async () => {

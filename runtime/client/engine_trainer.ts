@@ -511,8 +511,8 @@ export function engineTrainer(opts: EngineTrainerOptions): EngineTrainer {
       const global = globalLayoutOf(lastTask, fl.layout);
       const { rank, alpha } = lastTask.lora;
       if (strategyFor(lastTask.method).stacks) {
-        // The model is the merged base: exported as its stacks side by side, one LoRA of their whole rank.
-        const d = merged ? merged.delta(global, adapter) : stackedDelta(global, [
+        // The model is the merged base: exported as its stacks side by side, or its dense change once wider.
+        const d = merged ? merged.delta(global, alpha / rank, adapter) : stackedDelta(global, [
           adapter ?? embed(fl.layout, fl.adapter, global, undefined, lastTask.plan.slot ?? 0),
         ]);
         return { ...d, mask: new Uint8Array(d.layout.size).fill(1), scale: alpha / rank };

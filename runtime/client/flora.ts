@@ -5,10 +5,12 @@
  *
  * The merged base lives in memory: a client that restarts cannot rebuild it (it would need every
  * earlier round's stack), and a client that joins late starts from the latest round's stack only.
- * Its export is every merged stack side by side as one LoRA (`stackedDelta`): base + that LoRA is the
- * merged base, so the personalized model travels as a PEFT adapter like every other method's.
+ * Its export is one LoRA over the original base whose product is the merged base's change, so the
+ * personalized model travels as a PEFT adapter like every other method's: every merged stack side by
+ * side (`stackedDelta`) while their rank is below the projections' own, the dense change after
+ * (`denseDelta`), so the export and the stacks kept for it stop growing after a few rounds.
  */
-import { mergeAdapter } from "../export/merge.ts";
+import { addLowRank, baseWeightName, mergeAdapter } from "../export/merge.ts";
 import { type AdapterLayout, initAdapter } from "../model/lora.ts";
 import { deriveSeed } from "../data/rng.ts";
 import { embed, kindMask, LayoutError, rankLayout } from "../perfit/layout.ts";
@@ -19,8 +21,12 @@ import type { TrainEngine } from "../federation/types.ts";
 export class MergedBase {
   private round = 0;
   private engine: TrainEngine;
-  /** Every stack merged so far, in round order (the export needs them all). */
-  private readonly stacks: Float32Array[] = [];
+  /**
+   * Every stack merged so far, in round order, while their rank is within `denseRank` (the export is
+   * them side by side); null once past it (the export is the merged weights' change).
+   */
+  private stacks: Float32Array[] | null = [];
+  private last: Float32Array | null = null;
 
   constructor(private readonly original: TrainEngine) {
     if (!original.model || !original.rebased) {
@@ -41,7 +47,9 @@ export class MergedBase {
     if (globalRound > this.round) {
       this.engine = await this.engineWith(global, stack, scale);
       this.round = globalRound;
-      this.stacks.push(stack.slice());
+      this.last = stack.slice();
+      this.stacks?.push(this.last);
+      if (this.stacks && this.stacks.length * global.rank > denseRank(global)) this.stacks = null;
     }
     return this.engine;
   }
@@ -56,15 +64,43 @@ export class MergedBase {
 
   /**
    * The personalized model as one LoRA over the original base: the merged stacks, and `latest` too when
-   * it is a stack not merged yet (a slice that arrived before the next train or evaluate merges it).
+   * it is a stack not merged yet (a slice that arrived before the next train or evaluate merges it);
+   * side by side while their rank is within `denseRank`, else the dense change at that rank. `scale`
+   * is the merges' (alpha / r), and the export's.
    */
   delta(
     global: AdapterLayout,
+    scale: number,
     latest?: Float32Array | null,
   ): { layout: AdapterLayout; adapter: Float32Array } {
-    const last = this.stacks.at(-1);
-    const pending = latest && !(last && sameValues(last, latest)) ? [latest] : [];
-    return stackedDelta(global, [...this.stacks, ...pending]);
+    const pending = latest && !(this.last && sameValues(this.last, latest)) ? latest : null;
+    const count = (this.stacks?.length ?? Infinity) + (pending ? 1 : 0);
+    if (this.stacks && count * global.rank <= denseRank(global)) {
+      return stackedDelta(global, pending ? [...this.stacks, pending] : this.stacks);
+    }
+    const before = this.original.model!.kernelWeights, after = this.engine.model!.kernelWeights;
+    return denseDelta(global, scale, (e, out, inDim) => {
+      // The merged base's change, in HF layout [out, in] (the engine holds Wᵀ), and the pending stack's.
+      const name = baseWeightName(e.layer, e.module);
+      const w0 = before.get(name)!.data, w1 = after.get(name)!.data;
+      const d = new Float32Array(out * inDim);
+      for (let i = 0; i < inDim; i++) {
+        for (let o = 0; o < out; o++) d[o * inDim + i] = w1[i * out + o] - w0[i * out + o];
+      }
+      if (pending) {
+        const a = pairOf(global, e, "A"), b = pairOf(global, e, "B");
+        addLowRank(
+          d,
+          pending.subarray(b.offset, b.offset + b.size),
+          pending.subarray(a.offset, a.offset + a.size),
+          out,
+          inDim,
+          global.rank,
+          scale,
+        );
+      }
+      return d;
+    });
   }
 
   /** The global round whose stack is merged last (0: the original base). */
@@ -89,6 +125,64 @@ export function stackedDelta(
     const part = embed(global, s, layout, undefined, t * global.rank);
     for (let i = 0; i < part.length; i++) adapter[i] += part[i];
   });
+  return { layout, adapter };
+}
+
+/**
+ * The rank at which any change of the layout's projections is exact: the largest min(in, out) of its
+ * projections (a change of W [out, in] has rank at most min(in, out)).
+ */
+export function denseRank(layout: AdapterLayout): number {
+  let rank = 0;
+  for (const e of layout.entries) {
+    if (e.kind === "B") rank = Math.max(rank, Math.min(e.shape[0], pairOf(layout, e, "A").shape[1]));
+  }
+  return rank;
+}
+
+type Entry = AdapterLayout["entries"][number];
+
+/** The `kind` matrix of `e`'s projection in `layout`. */
+const pairOf = (layout: AdapterLayout, e: Entry, kind: "A" | "B"): Entry =>
+  layout.entries.find((x) => x.kind === kind && x.layer === e.layer && x.module === e.module)!;
+
+/**
+ * A dense change ΔW [out, in] of each adapted projection (`change`, HF layout) as one LoRA of rank
+ * `denseRank` at `scale`, exact: scale·B·A = ΔW with the smaller side's factor the identity (A = I
+ * where in ≤ out, B = I where out < in) and the other ΔW / scale; rank components past a projection's
+ * min(in, out) are zero.
+ */
+export function denseDelta(
+  global: AdapterLayout,
+  scale: number,
+  change: (b: Entry, out: number, inDim: number) => Float32Array,
+): { layout: AdapterLayout; adapter: Float32Array } {
+  if (!(Number.isFinite(scale) && scale > 0)) throw new RangeError(`scale must be > 0, got ${scale}`);
+  const layout = rankLayout(global, denseRank(global));
+  const adapter = new Float32Array(layout.size);
+  const k = layout.rank;
+  for (const b of layout.entries) {
+    if (b.kind !== "B") continue;
+    const a = pairOf(layout, b, "A");
+    const out = b.shape[0], inDim = a.shape[1];
+    const d = change(b, out, inDim);
+    if (d.length !== out * inDim) {
+      throw new LayoutError(`${b.name}: change of ${d.length} values for [${out}, ${inDim}]`);
+    }
+    if (inDim <= out) {
+      // A = I (rows 0..in-1), B = ΔW / scale in columns 0..in-1.
+      for (let i = 0; i < inDim; i++) adapter[a.offset + i * inDim + i] = 1;
+      for (let o = 0; o < out; o++) {
+        for (let i = 0; i < inDim; i++) adapter[b.offset + o * k + i] = d[o * inDim + i] / scale;
+      }
+    } else {
+      // B = I (columns 0..out-1), A = ΔW / scale in rows 0..out-1.
+      for (let o = 0; o < out; o++) adapter[b.offset + o * k + o] = 1;
+      for (let o = 0; o < out; o++) {
+        for (let i = 0; i < inDim; i++) adapter[a.offset + o * inDim + i] = d[o * inDim + i] / scale;
+      }
+    }
+  }
   return { layout, adapter };
 }
 
