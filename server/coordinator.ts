@@ -24,7 +24,14 @@ import {
   isMaskRef,
   type MaskRefUpdate,
 } from "../runtime/client/wire.ts";
-import { andBits, bitWords, gatherBits, maskRef, popcountBits } from "../runtime/kernels/bits.ts";
+import {
+  andBits,
+  bitWords,
+  gatherBits,
+  maskRef,
+  popcountBits,
+  withoutZeros,
+} from "../runtime/kernels/bits.ts";
 import { b64url } from "./tokens.ts";
 import { checksum128 } from "./checksum.ts";
 import { BoundedCache } from "./bounded_cache.ts";
@@ -256,7 +263,8 @@ export class Coordinator {
 
   /**
    * The client's personalized slice: aggregated values at the positions of its latest mask that
-   * some round has aggregated (`covered`); the client keeps its own values elsewhere.
+   * some round has aggregated (`covered`); the client keeps its own values elsewhere. A stacking
+   * method's is the whole stack, less its exact zeros.
    */
   async slice(runId: string, clientId: string): Promise<DecodedSlice> {
     let st = await this.runs.get(runId);
@@ -266,26 +274,22 @@ export class Coordinator {
       await st.chain;
       st = await this.runs.get(runId);
     }
-    const n = st.run.config.adapterSize;
-    const empty = new Uint32Array(bitWords(n));
+    const n = st.run.config.adapterSize, strategy = strategyFor(st.run.config.method);
     const mask = await this.maskStore.maskOf(st, clientId);
     const base = { run: runId, round: st.run.globalRound, adapterSize: n };
-    if (!strategyFor(st.run.config.method).aggregates || !mask) {
+    if (!strategy.aggregates || !mask) {
+      const empty = new Uint32Array(bitWords(n));
       return { ...base, maskBits: mask?.bits ?? empty, coveredBits: empty, values: new Float32Array(0) };
     }
     const g = await this.closer.loadGlobal(st);
-    const strategy = strategyFor(st.run.config.method);
     const covered = strategy.stacks ? g.c.slice() : andBits(mask.bits, g.c);
-    const values = strategy.ownWeighted && g.w
-      ? ownWeightedValues(
-        g.v,
-        g.w,
-        covered,
-        await this.runs.ownTerms(st, clientId),
-        st.run.config.ownWeight ?? OWN_WEIGHT_DEFAULT,
-      )
+    const terms = strategy.ownWeighted && g.w ? await this.runs.ownTerms(st, clientId) : null;
+    const values = terms && g.w
+      ? ownWeightedValues(g.v, g.w, covered, terms, st.run.config.ownWeight ?? OWN_WEIGHT_DEFAULT)
       : gatherBits(g.v, covered, popcountBits(covered));
-    return { ...base, maskBits: mask.bits, coveredBits: covered, values };
+    // A client merges a stack from zero (FederatedClient), so its exact zeros need not travel.
+    const out = strategy.stacks ? withoutZeros(covered, values) : { bits: covered, values };
+    return { ...base, maskBits: mask.bits, coveredBits: out.bits, values: out.values };
   }
 
   // ---------- uploads ----------

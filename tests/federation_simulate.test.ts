@@ -193,8 +193,16 @@ Deno.test("federation: perfit-stack searches a fresh LoRA to the budget every ro
     })
   );
   assert.ok(r.rounds[1].meanPerplexity < r.rounds[0].meanPerplexity);
-  // Two stacks of rank 24 are wider than the projections' 32: the export is the dense change.
+  // The stack travels without its zeros: at most the clients' kept values and two bitmasks, where every
+  // slot's A rows alone are wider.
   const v0 = views[0], global = rankLayout(v0.layout, 3 * 8);
+  const stackBound = 4 * 3 * r.budget + 2 * 4 * Math.ceil(global.size / 32) + HEADER_MAX;
+  assert.ok(global.entries.filter((e) => e.kind === "A").reduce((a, e) => a + 4 * e.size, 0) > stackBound);
+  assert.ok(
+    r.rounds.every((x) => x.clients.every((c) => c.downloadBytes <= stackBound)),
+    `${r.rounds.map((x) => x.clients.map((c) => c.downloadBytes))} vs ${stackBound}`,
+  );
+  // Two stacks of rank 24 are wider than the projections' 32: the export is the dense change.
   assert.ok(2 * global.rank > denseRank(global));
   assert.ok(exports.length === 3 && exports.every((x) => x.layout.rank === denseRank(global)));
   // A stack is one round's update: a B position the first client kept in round 1 and pruned in round 2
@@ -354,10 +362,12 @@ Deno.test("federation: FLoRA uploads its slot, every client downloads the whole 
     assert.ok(up > 4 * units * unit && up <= 4 * units * unit + HEADER_MAX + 64, `${i}: ${up}`);
   }
   assert.ok(r2.clients.every((c) => c.maskMode === "ref"));
-  // Everyone receives the same stack: every slot's A (3 slots of 8 components) and the used B's.
+  // Everyone receives the same stack: the used components (8 + 4 + 2 of 3 slots of 8) and two
+  // bitmasks over all of them; a slot's unused A rows are zeros and do not travel.
   const down = r1.clients.map((c) => c.downloadBytes);
   assert.ok(down.every((d) => d === down[0]));
-  assert.ok(down[0] > 4 * (3 * 8 / 2 + (8 + 4 + 2) / 2) * unit, `${down[0]}`);
+  const used = 4 * (8 + 4 + 2) * unit, masks = 2 * 4 * Math.ceil(3 * 8 * unit / 32);
+  assert.ok(down[0] >= used && down[0] <= used + masks + HEADER_MAX, `${down[0]}`);
   // The merged base moves the model: round 2 is better than round 1 on average.
   assert.ok(r2.meanPerplexity < r1.meanPerplexity, `${r2.meanPerplexity} vs ${r1.meanPerplexity}`);
 });

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { adminTokenMatches, sha256Hex, timingSafeEqual, TokenSigner } from "../server/tokens.ts";
 import { TokenBuckets } from "../server/ratelimit.ts";
 import { finalizeInto, foldSparse } from "../server/aggregate.ts";
-import { andBits, fullBits, gatherBits } from "../runtime/kernels/bits.ts";
+import { andBits, forEachBit, fullBits, gatherBits, withoutZeros } from "../runtime/kernels/bits.ts";
 import { CHUNK_BYTES, readChunks, writeBlobs, writeChunks } from "../server/kv_chunks.ts";
 import { parseSettings } from "../server/settings.ts";
 import { parseRunConfig } from "../server/run_config.ts";
@@ -115,6 +115,28 @@ Deno.test("wire: updates round-trip in sparse and dense form; slices round-trip"
   );
   assert.deepEqual(s.values, u.values);
   assert.equal(s.round, 3);
+});
+
+Deno.test("bits: withoutZeros keeps each nonzero value at its position and drops the zeros, -0 too", () => {
+  const n = 75;
+  const bits = new Uint32Array(3);
+  const dense = new Float32Array(n);
+  for (let p = 0; p < n; p += 2) {
+    bits[p >>> 5] |= 1 << (p & 31);
+    dense[p] = p % 3 === 0 ? 0 : p % 5 === 0 ? -0 : p - 30;
+  }
+  const values = gatherBits(dense, bits, popcountBits(bits));
+  const out = withoutZeros(bits, values);
+  const back = new Float32Array(n);
+  forEachBit(out.bits, (p, r) => back[p] = out.values[r]);
+  assert.deepEqual(Array.from(back), Array.from(dense).map((v) => v === 0 ? 0 : v));
+  assert.ok(out.values.every((v) => v !== 0));
+  assert.equal(popcountBits(out.bits), out.values.length);
+  for (let p = 0; p < n; p++) {
+    const kept = (out.bits[p >>> 5] >>> (p & 31)) & 1;
+    assert.equal(kept, p % 2 === 0 && dense[p] !== 0 ? 1 : 0, `position ${p}`);
+  }
+  assert.throws(() => withoutZeros(bits, values.subarray(1)), RangeError);
 });
 
 Deno.test("server kv chunks: blobs larger than one KV value round-trip; batched writes too", async () => {

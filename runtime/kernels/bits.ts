@@ -42,6 +42,23 @@ export function gatherBits(dense: Float32Array, bits: Uint32Array, count = popco
   return out;
 }
 
+/**
+ * The set bits of `bits` whose value (`values`, one per set bit in index order) is not exactly zero,
+ * and those values: a sparse vector without its stored zeros (−0 counts as zero).
+ */
+export function withoutZeros(
+  bits: Uint32Array,
+  values: Float32Array,
+): { bits: Uint32Array; values: Float32Array } {
+  const count = popcountBits(bits);
+  if (count !== values.length) throw new RangeError(`${values.length} values for ${count} set bits`);
+  const out = new Uint32Array(bits.length);
+  forEachBit(bits, (p, r) => {
+    if (values[r] !== 0) out[p >>> 5] |= 1 << (p & 31);
+  });
+  return { bits: out, values: values.filter((v) => v !== 0) };
+}
+
 /** Bitwise AND of two equally long bitmasks. */
 export function andBits(a: Uint32Array, b: Uint32Array): Uint32Array {
   const out = new Uint32Array(a.length);
