@@ -2,7 +2,8 @@
  * Upload bytes of the deployed system, measured on the HTTP bodies that reach the coordinator: the
  * simulation (8 `FederatedClient`s + `engineTrainer` against the coordinator's Hono app, bundled tiny
  * model, lexicon-instruct, one client per category, tiers high/mid/low) runs PerFIT and FedIT at the
- * same budget. Reports the mean body per round and PerFIT's ratio to FedIT.
+ * same budget. Reports the mean upload body per round and PerFIT's ratio to FedIT, and the mean slice
+ * (download) body.
  *
  *   deno run -A --unstable-kv bench/http_bytes.ts [--rounds=3] [--steps=8]
  */
@@ -31,14 +32,15 @@ function federate(method: Method, rounds: number, steps: number): Promise<SimRes
   });
 }
 
-/** Mean upload body per round, and how many named their mask by reference. */
-function perRound(r: SimResult): { bytes: number; refs: number; n: number }[] {
+/** Mean upload body per round, how many named their mask by reference, and the mean slice body. */
+function perRound(r: SimResult): { bytes: number; refs: number; n: number; down: number }[] {
   return r.rounds.map((rd) => {
     const up = rd.clients.filter((c) => c.trained);
     return {
       bytes: up.reduce((a, c) => a + c.uploadBytes, 0) / up.length,
       refs: up.filter((c) => c.maskMode === "ref").length,
       n: up.length,
+      down: rd.clients.reduce((a, c) => a + c.downloadBytes, 0) / rd.clients.length,
     };
   });
 }
@@ -57,13 +59,14 @@ export async function run(): Promise<string> {
     `bundled tiny model, r = 4 on q,k,v,o,gate,up,down (budget B = ${perfit.budget}), tiers high/mid/low ` +
     `(e = 4/2/1), ${steps} local steps per round.`,
     ``,
-    `| round | PerFIT mean body | by reference | FedIT mean body | by reference | PerFIT / FedIT |`,
-    `|---:|---:|---:|---:|---:|---:|`,
+    `| round | PerFIT mean body | by reference | FedIT mean body | by reference | PerFIT / FedIT | PerFIT mean slice | FedIT mean slice |`,
+    `|---:|---:|---:|---:|---:|---:|---:|---:|`,
   ];
   for (let i = 0; i < rounds; i++) {
     lines.push(
       `| ${i + 1} | ${p[i].bytes.toFixed(0)} B | ${p[i].refs}/${p[i].n} | ${f[i].bytes.toFixed(0)} B | ` +
-        `${f[i].refs}/${f[i].n} | ${(p[i].bytes / f[i].bytes).toFixed(4)}x |`,
+        `${f[i].refs}/${f[i].n} | ${(p[i].bytes / f[i].bytes).toFixed(4)}x | ${p[i].down.toFixed(0)} B | ` +
+        `${f[i].down.toFixed(0)} B |`,
     );
   }
   return lines.join("\n");

@@ -392,7 +392,8 @@ export const openapi = {
     },
     "/v1/runs/{run}/clients/{client}/slice": {
       get: {
-        summary: "The client's personalized adapter slice (safetensors: mask, covered, values)",
+        summary: "The client's personalized adapter slice (safetensors: values, and the mask and covered " +
+          "bitmasks, each as U32 or in its smallest mask code; runtime/client/wire.ts)",
         security: [{ client: [] }],
         parameters: [runId, clientId],
         responses: { 200: { description: "slice", content: bin }, 401: err, 403: err },

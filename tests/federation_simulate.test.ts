@@ -363,11 +363,12 @@ Deno.test("federation: FLoRA uploads its slot, every client downloads the whole 
   }
   assert.ok(r2.clients.every((c) => c.maskMode === "ref"));
   // Everyone receives the same stack: the used components (8 + 4 + 2 of 3 slots of 8) and two
-  // bitmasks over all of them; a slot's unused A rows are zeros and do not travel.
-  const down = r1.clients.map((c) => c.downloadBytes);
-  assert.ok(down.every((d) => d === down[0]));
+  // bitmasks over all of them (each client's own in its code); a slot's unused A rows are zeros and
+  // do not travel.
   const used = 4 * (8 + 4 + 2) * unit, masks = 2 * 4 * Math.ceil(3 * 8 * unit / 32);
-  assert.ok(down[0] >= used && down[0] <= used + masks + HEADER_MAX, `${down[0]}`);
+  for (const { downloadBytes: d } of r1.clients) {
+    assert.ok(d >= used && d <= used + masks + HEADER_MAX, `${d}`);
+  }
   // The merged base moves the model: round 2 is better than round 1 on average.
   assert.ok(r2.meanPerplexity < r1.meanPerplexity, `${r2.meanPerplexity} vs ${r1.meanPerplexity}`);
 });

@@ -12,7 +12,7 @@ import {
   unpackMask,
 } from "../runtime/client/wire.ts";
 import { maskRef } from "../runtime/kernels/bits.ts";
-import { decodeMask, encodeMaskAs, MASK_CODE_MODES } from "../runtime/kernels/mask_code.ts";
+import { decodeMask, encodeMask, encodeMaskAs, MASK_CODE_MODES } from "../runtime/kernels/mask_code.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
 import { makePrunePlan, pruneToBudget, rankLayout } from "../runtime/perfit/mod.ts";
 import { adapterLayout } from "../runtime/model/lora.ts";
@@ -51,6 +51,33 @@ Deno.test("mask codes: every mode round-trips empty, dense-tailed and single-bit
       }
     }
   }
+});
+
+Deno.test("mask codes: encodeMask picks what the search over every mode picks, though it skips modes that cannot win", () => {
+  const r = mulberry32(7);
+  const masks: Uint8Array[] = [new Uint8Array(0), new Uint8Array(50), new Uint8Array(50).fill(1)];
+  for (const p of [0.001, 0.02, 0.3, 0.7, 0.99]) {
+    masks.push(Uint8Array.from({ length: 4000 }, () => (r() < p ? 1 : 0)));
+  }
+  // Runs (rank components of rows), repeated runs, and runs with holes.
+  masks.push(Uint8Array.from({ length: 8192 }, (_, i) => ((i >> 6) % 4 === 0 ? 1 : 0)));
+  masks.push(Uint8Array.from({ length: 8192 }, (_, i) => ((i >> 6) % 4 === 0 && r() < 0.8 ? 1 : 0)));
+  masks.push(Uint8Array.from({ length: 8192 }, (_, i) => (i % 97 < 3 + (i >> 10) ? 1 : 0)));
+  const modesWon = new Set<string>();
+  for (const m of masks) {
+    const all = MASK_CODE_MODES.map((mode) => encodeMaskAs(m, mode, scalarKernels));
+    const want = all.reduce((a, b) => (b.bytes.length < a.bytes.length ? b : a));
+    const got = encodeMask(m, scalarKernels);
+    assert.deepEqual([got.mode, got.k1, got.k2, got.k3, got.bytes], [
+      want.mode,
+      want.k1,
+      want.k2,
+      want.k3,
+      want.bytes,
+    ]);
+    modesWon.add(got.mode);
+  }
+  assert.ok(modesWon.size >= 3, `masks won by ${[...modesWon]}`);
 });
 
 Deno.test("wire bytes: after the search a PerFIT upload is within 1.01x of FedIT's at the same budget", async () => {

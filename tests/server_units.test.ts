@@ -17,13 +17,19 @@ import {
   popcountBits,
   sumSquares,
   unpackMask,
+  WireError,
 } from "../runtime/client/wire.ts";
 import { checksum128 } from "../server/checksum.ts";
 import { readBody } from "../server/body.ts";
 import { ApiError } from "../server/errors.ts";
 import { Coordinator } from "../server/coordinator.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
-import { encodeSafetensors } from "../runtime/io/safetensors.ts";
+import {
+  decodeSafetensors,
+  encodeSafetensors,
+  type TensorIn,
+  type TensorOut,
+} from "../runtime/io/safetensors.ts";
 import { tinyConfig } from "../runtime/model/tiny.ts";
 import { toHfConfig } from "../runtime/model/config.ts";
 import { adapterLayout } from "../runtime/model/lora.ts";
@@ -115,6 +121,75 @@ Deno.test("wire: updates round-trip in sparse and dense form; slices round-trip"
   );
   assert.deepEqual(s.values, u.values);
   assert.equal(s.round, 3);
+});
+
+Deno.test("wire: a slice's bitmasks travel in their smallest code and decode to the same bits; bad forms are refused", () => {
+  const n = 200_000;
+  // A run-structured mask (as the coordinator's are: whole rank components) and a sparse subset of it.
+  const mask = new Uint8Array(n), covered = new Uint8Array(n);
+  for (let p = 0; p < n; p++) mask[p] = (p >> 10) % 3 === 0 ? 1 : 0;
+  for (let p = 0; p < n; p += 7) covered[p] = mask[p];
+  const maskBits = packMask(mask), coveredBits = packMask(covered);
+  const values = new Float32Array(popcountBits(coveredBits)).map((_, i) => i + 1);
+  const slice = { run: "r", round: 4, adapterSize: n, maskBits, coveredBits, values };
+  const body = encodeSlice(slice);
+  const plain = encodeSafetensors(
+    {
+      mask: { dtype: "U32", shape: [maskBits.length], data: maskBits },
+      covered: { dtype: "U32", shape: [coveredBits.length], data: coveredBits },
+      values: { dtype: "F32", shape: [values.length], data: values },
+    },
+    { format: "perfit-slice/1", run: "r", round: "4", adapterSize: String(n) },
+  );
+  assert.ok(body.length < plain.length - 2 * n / 8 + 4096, `${body.length} vs plain ${plain.length}`);
+  for (const b of [body, plain]) {
+    const s = decodeSlice(b);
+    assert.deepEqual(s.maskBits, maskBits);
+    assert.deepEqual(s.coveredBits, coveredBits);
+    assert.deepEqual(s.values, values);
+    assert.deepEqual([s.run, s.round, s.adapterSize], ["r", 4, n]);
+  }
+  // An empty slice (no mask yet) round-trips too.
+  const none = new Uint32Array(maskBits.length);
+  const e = decodeSlice(
+    encodeSlice({ ...slice, maskBits: none, coveredBits: none, values: new Float32Array(0) }),
+  );
+  assert.equal(popcountBits(e.maskBits) + popcountBits(e.coveredBits) + e.values.length, 0);
+
+  const dec = decodeSafetensors(body);
+  const tensorsOf = (drop: string[] = [], add: Record<string, TensorOut> = {}) => {
+    const out: Record<string, TensorIn> = {};
+    for (const [k, t] of [...dec.tensors, ...Object.entries(add)]) {
+      if (!drop.includes(k)) out[k] = { dtype: t.dtype, shape: t.shape, data: t.bytes };
+    }
+    return out;
+  };
+  const refused = (tensors: ReturnType<typeof tensorsOf>, meta: Record<string, string>, code: string) =>
+    assert.throws(
+      () => decodeSlice(encodeSafetensors(tensors, meta)),
+      (err) => err instanceof WireError && err.status === 422 && err.code === code,
+      code,
+    );
+  const meta = dec.metadata;
+  const plainMask = decodeSafetensors(plain).tensors.get("mask")!;
+  refused(tensorsOf([], { mask: plainMask }), meta, "missing_tensor"); // both forms of one bitmask
+  refused(tensorsOf(["mask_code"]), meta, "missing_tensor"); // neither
+  refused(tensorsOf([], { extra: plainMask }), meta, "unknown_tensor");
+  refused(tensorsOf(), { ...meta, maskCode: "zip" }, "bad_metadata");
+  refused(tensorsOf(), { ...meta, maskCount: String(popcountBits(maskBits) + 1) }, "bad_mask");
+  refused(tensorsOf(), { ...meta, maskCount: "many" }, "bad_mask");
+  const cut = dec.tensors.get("covered_code")!;
+  refused(
+    tensorsOf([], { covered_code: { ...cut, shape: [cut.bytes.length - 9], bytes: cut.bytes.subarray(9) } }),
+    meta,
+    "bad_mask",
+  );
+  const { maskCount: _, ...noCount } = meta;
+  refused(tensorsOf(), noCount, "missing_metadata");
+  assert.throws(
+    () => decodeSlice(new Uint8Array([1, 2, 3])),
+    (err) => err instanceof WireError && err.status === 400,
+  );
 });
 
 Deno.test("bits: withoutZeros keeps each nonzero value at its position and drops the zeros, -0 too", () => {

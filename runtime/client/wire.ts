@@ -23,6 +23,9 @@
  * Slice (server -> client), format "perfit-slice/1":
  *   - `covered`: U32 bitmask of the positions the server has an aggregate for (subset of the client's
  *     mask); `values`: F32 `[popcount(covered)]`; `mask`: U32 bitmask the server holds for the client.
+ *   - either bitmask may instead come as `covered_code` / `mask_code` (U8) in a mask code named by
+ *     `__metadata__.coveredCode` / `maskCode`, the mask's count in `maskCount` (covered's is the
+ *     values'): the coordinator sends whichever form is smaller.
  *   - `__metadata__`: `format`, `run`, `round` (last aggregated round, 0 = none), `adapterSize`.
  */
 import {
@@ -540,33 +543,81 @@ function codedForms(
   return out;
 }
 
-/** Encodes a personalized slice (server side). */
+/** Encodes a personalized slice (server side); each bitmask in its smallest form. */
 export function encodeSlice(s: DecodedSlice): Uint8Array {
-  return encodeSafetensors(
-    {
-      mask: { dtype: "U32", shape: [s.maskBits.length], data: s.maskBits },
-      covered: { dtype: "U32", shape: [s.coveredBits.length], data: s.coveredBits },
-      values: { dtype: "F32", shape: [s.values.length], data: s.values },
-    },
-    { format: "perfit-slice/1", run: s.run, round: String(s.round), adapterSize: String(s.adapterSize) },
+  const tensors: Record<string, TensorIn> = {
+    values: { dtype: "F32", shape: [s.values.length], data: s.values },
+  };
+  const meta: Record<string, string> = {
+    format: "perfit-slice/1",
+    run: s.run,
+    round: String(s.round),
+    adapterSize: String(s.adapterSize),
+  };
+  for (const [name, bits] of [["mask", s.maskBits], ["covered", s.coveredBits]] as const) {
+    const code = encodeMask(unpackMask(bits, s.adapterSize), scalarKernels);
+    if (code.bytes.length < bits.byteLength) {
+      tensors[`${name}_code`] = { dtype: "U8", shape: [code.bytes.length], data: code.bytes };
+      meta[`${name}Code`] = maskCodeName(code);
+      if (name === "mask") meta.maskCount = String(popcountBits(bits));
+    } else {
+      tensors[name] = { dtype: "U32", shape: [bits.length], data: bits };
+    }
+  }
+  return encodeSafetensors(tensors, meta);
+}
+
+const SLICE_TENSORS = new Set(["mask", "mask_code", "covered", "covered_code", "values"]);
+
+/** One of a slice's bitmasks, from its U32 form or its code with `count` ones (`count` null: the metadata's). */
+function sliceBits(
+  dec: { tensors: Map<string, TensorOut>; metadata: Record<string, string> },
+  name: "mask" | "covered",
+  n: number,
+  count: number | null,
+): Uint32Array {
+  const plain = dec.tensors.get(name), coded = dec.tensors.get(`${name}_code`);
+  if ((plain ? 1 : 0) + (coded ? 1 : 0) !== 1) {
+    throw new WireError(422, "missing_tensor", `slice needs exactly one of ${name} and ${name}_code`);
+  }
+  if (plain) {
+    if (plain.dtype !== "U32" || plain.bytes.length !== 4 * bitWords(n)) {
+      throw new WireError(422, "bad_shape", "slice bitmasks do not match adapterSize");
+    }
+    return u32Of(plain);
+  }
+  const code = parseMaskCode(
+    parseMeta(dec.metadata, `${name}Code`),
+    codeBytes(coded!, `${name}_code`),
+    `${name}Code`,
   );
+  const c = count ?? Number(parseMeta(dec.metadata, "maskCount"));
+  try {
+    return packMask(decodeMaskCode(code, n, c, scalarKernels));
+  } catch (e) {
+    throw new WireError(422, "bad_mask", `${name}_code (${code.mode}): ${(e as Error).message}`);
+  }
 }
 
 /** Decodes a slice (client side) and checks it is self-consistent. */
 export function decodeSlice(body: Uint8Array): DecodedSlice {
-  const dec = decodeSafetensors(body);
-  const n = Number(dec.metadata.adapterSize);
-  const get = (k: string) => {
-    const t = dec.tensors.get(k);
-    if (!t) throw new WireError(422, "missing_tensor", `slice lacks ${k}`);
-    return t;
-  };
-  const maskBits = u32Of(get("mask"));
-  const coveredBits = u32Of(get("covered"));
-  const values = f32Of(get("values"));
-  if (!Number.isSafeInteger(n) || maskBits.length !== bitWords(n) || coveredBits.length !== bitWords(n)) {
-    throw new WireError(422, "bad_shape", "slice bitmasks do not match adapterSize");
+  let dec;
+  try {
+    dec = decodeSafetensors(body);
+  } catch (e) {
+    if (e instanceof SafetensorsError) throw new WireError(400, "malformed_safetensors", e.message);
+    throw e;
   }
+  for (const name of dec.tensors.keys()) {
+    if (!SLICE_TENSORS.has(name)) throw new WireError(422, "unknown_tensor", `unexpected tensor ${name}`);
+  }
+  const n = Number(dec.metadata.adapterSize);
+  if (!Number.isSafeInteger(n) || n < 0) throw new WireError(422, "bad_metadata", "slice adapterSize");
+  const valuesT = dec.tensors.get("values");
+  if (!valuesT) throw new WireError(422, "missing_tensor", "slice lacks values");
+  const values = f32Of(valuesT);
+  const maskBits = sliceBits(dec, "mask", n, null);
+  const coveredBits = sliceBits(dec, "covered", n, values.length);
   if (values.length !== popcountBits(coveredBits)) {
     throw new WireError(422, "bad_shape", "slice values/covered mismatch");
   }

@@ -213,11 +213,37 @@ export function encodeMaskAs(mask: Uint8Array, mode: MaskCodeMode, k: Kernels): 
   }
 }
 
-/** The smallest code of the mask over every mode. */
+/**
+ * The fewest bytes a mode can take for `ones` set positions out of n: a byte per position for LEB128
+ * gaps, a bit per position for Rice gaps (its unary end), nothing known for runs.
+ */
+function floorBytes(mode: MaskCodeMode, n: number, ones: number): number {
+  return mode === "bits"
+    ? Math.ceil(n / 8)
+    : mode === "deltas"
+    ? ones
+    : mode === "rice-gaps"
+    ? Math.ceil(ones / 8)
+    : 0;
+}
+
+/** The cheap modes first, so that a slow one that cannot beat them is not computed (Rice gaps ~10×). */
+const TRY_ORDER: readonly MaskCodeMode[] = ["bits", "rice-runs-rle", "rice-runs", "deltas", "rice-gaps"];
+
+/** The smallest code of the mask over every mode; a tie goes to the first in `MASK_CODE_MODES`. */
 export function encodeMask(mask: Uint8Array, k: Kernels): MaskCode {
-  return MASK_CODE_MODES.map((m) => encodeMaskAs(mask, m, k)).reduce((a, b) =>
-    b.bytes.length < a.bytes.length ? b : a
-  );
+  let ones = 0;
+  for (let i = 0; i < mask.length; i++) ones += mask[i] === 0 ? 0 : 1;
+  const rank = (m: MaskCodeMode) => MASK_CODE_MODES.indexOf(m);
+  let best: MaskCode | null = null;
+  for (const m of TRY_ORDER) {
+    // A skipped mode is longer than the best so far, so the full search would not pick it either.
+    if (best && floorBytes(m, mask.length, ones) > best.bytes.length) continue;
+    const c = encodeMaskAs(mask, m, k);
+    const [a, b] = [c.bytes.length, best?.bytes.length ?? Infinity];
+    if (a < b || (a === b && rank(m) < rank(best!.mode))) best = c;
+  }
+  return best!;
 }
 
 /**

@@ -1,0 +1,65 @@
+/**
+ * What a slice's two bitmasks cost the coordinator: `encodeSlice` codes each in its smallest mask
+ * code, and `encodeMask` skips the modes that cannot beat the cheap ones. Measured interleaved
+ * against the search over every mode (`MASK_CODE_MODES`), on masks shaped as the coordinator's are:
+ * whole rank components of rows (a PerFIT client's mask in the results layout, n = 217088) and a
+ * FLoRA stack's positions with some slots' components unused (n = 1736704).
+ *
+ *   deno run -A bench/wire_slice.ts [--pairs=5]
+ */
+import { decodeSlice, encodeSlice, packMask } from "../runtime/client/wire.ts";
+import { encodeMask, encodeMaskAs, MASK_CODE_MODES } from "../runtime/kernels/mask_code.ts";
+import { scalarKernels } from "../runtime/kernels/mod.ts";
+
+const pairsFlag = Deno.args.find((a) => a.startsWith("--pairs="));
+const PAIRS = pairsFlag ? Number(pairsFlag.slice(8)) : 5;
+
+const everyMode = (m: Uint8Array) =>
+  MASK_CODE_MODES.map((mode) => encodeMaskAs(m, mode, scalarKernels)).reduce((a, b) =>
+    b.bytes.length < a.bytes.length ? b : a
+  );
+
+function stat(xs: number[]): string {
+  const s = [...xs].sort((a, b) => a - b);
+  return `${s[s.length >> 1].toFixed(1)} (${s[0].toFixed(1)}–${s[s.length - 1].toFixed(1)})`;
+}
+
+function timed(f: () => unknown): number {
+  const t = performance.now();
+  f();
+  return performance.now() - t;
+}
+
+/** The Markdown section. */
+export function run(): Promise<string> {
+  const lines = [
+    `### A slice's bitmasks in their smallest code (bench/wire_slice.ts)`,
+    ``,
+    `Two masks per slice (the client's and the covered positions), ${PAIRS} interleaved pairs, ms per slice.`,
+    ``,
+    `| n | plain slice B | coded slice B | code: every mode, ms | code: encodeMask, ms | decode ms |`,
+    `|---:|---:|---:|---:|---:|---:|`,
+  ];
+  for (const n of [217088, 1736704]) {
+    const mask = new Uint8Array(n), covered = new Uint8Array(n);
+    for (let p = 0; p < n; p++) {
+      mask[p] = (p >> 9) % 4 === 0 ? 1 : 0;
+      covered[p] = mask[p] && p % 5 !== 0 ? 1 : 0;
+    }
+    const maskBits = packMask(mask), coveredBits = packMask(covered);
+    const values = new Float32Array(covered.reduce((a, v) => a + v, 0)).fill(1);
+    const slice = { run: "r", round: 1, adapterSize: n, maskBits, coveredBits, values };
+    const body = encodeSlice(slice);
+    const plain = 8 * maskBits.length + 4 * values.length;
+    const all: number[] = [], fast: number[] = [], dec: number[] = [];
+    for (let i = 0; i < PAIRS; i++) {
+      all.push(timed(() => [everyMode(mask), everyMode(covered)]));
+      fast.push(timed(() => [encodeMask(mask, scalarKernels), encodeMask(covered, scalarKernels)]));
+      dec.push(timed(() => decodeSlice(body)));
+    }
+    lines.push(`| ${n} | ${plain} | ${body.length} | ${stat(all)} | ${stat(fast)} | ${stat(dec)} |`);
+  }
+  return Promise.resolve(lines.join("\n"));
+}
+
+if (import.meta.main) console.log(await run());
