@@ -18,6 +18,7 @@
  * exist, with or without `--rouge`.
  */
 import { defineCli, isDirectory } from "../runtime/cli/flags.ts";
+import { SLICE_REVISION } from "../runtime/client/wire.ts";
 import { BACKENDS, partitionCheck, seedsCheck, TARGET_CHOICES } from "../runtime/cli/common.ts";
 import {
   DEFAULT_SIM,
@@ -161,6 +162,10 @@ function uploadStats(r: SimResult): { first: number; steady: number } {
   const per = r.rounds.map((rd) => mean(rd.clients.filter((c) => c.trained).map((c) => c.uploadBytes)));
   return { first: per[0] ?? 0, steady: per.length > 1 ? mean(per.slice(1)) : per[0] ?? 0 };
 }
+
+/** Whether any of the runs measured its downloads on a slice body older than today's. */
+export const staleDownload = (runs: readonly Pick<SimResult, "sliceRevision">[]): boolean =>
+  runs.some((r) => (r.sliceRevision ?? 1) < SLICE_REVISION);
 
 /** Mean bytes a client downloads per round (its slice bodies). */
 const downloadPerRound = (r: SimResult): number =>
@@ -446,9 +451,9 @@ export function renderResults(
         withRouge ? ` ${rougeCell(x)} |` : ""
       } ${vs} | ${train} | ${space} | ${fmtBytes(up.first)} | ${fmtBytes(up.steady)} | ${
         fmtBytes(downloadPerRound(r))
-      } | ${compute === null ? "-" : compute.toFixed(1)} | ${
-        mean(x.runs.map((q) => q.wallSeconds)).toFixed(0)
-      } |`,
+      }${staleDownload([r]) && downloadPerRound(r) > 0 ? " †" : ""} | ${
+        compute === null ? "-" : compute.toFixed(1)
+      } | ${mean(x.runs.map((q) => q.wallSeconds)).toFixed(0)} |`,
     );
   }
   lines.push(
@@ -460,6 +465,13 @@ export function renderResults(
       `("-" for runs cached before it was recorded).`,
     "",
   );
+  if (s.some((x) => staleDownload([x.runs[0]]) && downloadPerRound(x.runs[0]) > 0)) {
+    lines.push(
+      `† Measured on an older slice body (revision ${SLICE_REVISION} drops a stack's exact zeros and codes its ` +
+        `bitmasks, wire.ts \`SLICE_REVISION\`): larger than today's; a rerun without the cache measures it anew.`,
+      "",
+    );
+  }
   lines.push("## Per-client personalized perplexity (last round)", "");
   lines.push(`| client | e (PerFIT) | ${s.map((x) => x.method).join(" | ")} |`);
   lines.push(`|---|---:|${s.map(() => "---:").join("|")}|`);

@@ -7,6 +7,7 @@ import type { Method } from "../runtime/federation/strategies.ts";
 import { toHfConfig } from "../runtime/model/config.ts";
 import { makeBatches } from "../runtime/data/batches.ts";
 import { denseRank, OWN_SLOT_GRID } from "../runtime/client/flora.ts";
+import { SLICE_REVISION } from "../runtime/client/wire.ts";
 import { embed, kindMask, rankLayout } from "../runtime/perfit/layout.ts";
 import { heldRank, leadingMask, prunedRank } from "../runtime/client/hetlora_prune.ts";
 import * as clientLib from "../runtime/client/mod.ts";
@@ -202,6 +203,8 @@ Deno.test("federation: perfit-stack searches a fresh LoRA to the budget every ro
     r.rounds.every((x) => x.clients.every((c) => c.downloadBytes <= stackBound)),
     `${r.rounds.map((x) => x.clients.map((c) => c.downloadBytes))} vs ${stackBound}`,
   );
+  // And the result says which slice body those bytes were measured on.
+  assert.equal(r.sliceRevision, SLICE_REVISION);
   // Two stacks of rank 24 are wider than the projections' 32: the export is the dense change.
   assert.ok(2 * global.rank > denseRank(global));
   assert.ok(exports.length === 3 && exports.every((x) => x.layout.rank === denseRank(global)));

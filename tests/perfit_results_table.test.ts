@@ -1,5 +1,14 @@
 import assert from "node:assert/strict";
-import { cacheKey, commandLine, DEFAULT_RESULTS, geoMean, meanSd, stdDev } from "../bench/results_table.ts";
+import {
+  cacheKey,
+  commandLine,
+  DEFAULT_RESULTS,
+  geoMean,
+  meanSd,
+  staleDownload,
+  stdDev,
+} from "../bench/results_table.ts";
+import { SLICE_REVISION } from "../runtime/client/wire.ts";
 
 Deno.test("results table: the default options print as the bare command", () => {
   assert.equal(commandLine(DEFAULT_RESULTS), "deno task results");
@@ -40,4 +49,14 @@ Deno.test("results table: mean ± sd over seeds, and the geometric mean that one
   assert.equal(meanSd([71.5]), "71.500");
   assert.equal(meanSd([1, 3]), "2.000 ± 1.414");
   assert.equal(DEFAULT_RESULTS.seeds.length, 3);
+});
+
+Deno.test("results table: downloads measured on an older slice body are marked, today's are not", () => {
+  assert.equal(staleDownload([{ sliceRevision: SLICE_REVISION }]), false);
+  assert.equal(staleDownload([{}]), true, "a run cached before the revision was recorded");
+  assert.equal(
+    staleDownload([{ sliceRevision: SLICE_REVISION }, { sliceRevision: SLICE_REVISION - 1 }]),
+    true,
+  );
+  assert.equal(staleDownload([]), false);
 });

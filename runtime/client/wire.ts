@@ -543,6 +543,14 @@ function codedForms(
   return out;
 }
 
+/**
+ * Revisions of the slice body that change its size, not its meaning (every revision decodes): 1, plain
+ * bitmasks and a stack with its zeros; 2 (2026-12-04), a stack's exact zeros dropped and both bitmasks
+ * in their smallest code. A simulation records the one its download bytes were measured on, so a
+ * table built from older cached runs can say which of its download figures are stale.
+ */
+export const SLICE_REVISION = 2;
+
 /** Encodes a personalized slice (server side); each bitmask in its smallest form. */
 export function encodeSlice(s: DecodedSlice): Uint8Array {
   const tensors: Record<string, TensorIn> = {

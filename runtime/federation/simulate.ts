@@ -11,7 +11,7 @@ import { expansionFactor } from "../perfit/expansion.ts";
 import { type AdapterLayout, embed, extract, rankLayout } from "../perfit/layout.ts";
 import { makePrunePlan, type PrunePlan } from "../perfit/prune.ts";
 import { kernels } from "../kernels/mod.ts";
-import { maskFormOf } from "../client/wire.ts";
+import { maskFormOf, SLICE_REVISION } from "../client/wire.ts";
 import { FederatedClient, type TaskInfo } from "../client/federated_client.ts";
 import { type EngineTrainer, engineTrainer, type TrainProgress } from "../client/engine_trainer.ts";
 import type { StepHook } from "../client/local_update.ts";
@@ -272,6 +272,7 @@ export async function simulate(cfg: SimConfig, inp: SimulationInputs): Promise<S
       budget: base.size,
       rounds,
       wallSeconds: (performance.now() - t0) / 1000,
+      sliceRevision: SLICE_REVISION,
     };
   } finally {
     if (link && !inp.coordinator) await link.close();

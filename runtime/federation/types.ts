@@ -225,4 +225,6 @@ export interface SimResult {
   maskStats: { id: string; fractionInA: number; jaccard: number[]; meanJaccard: number }[];
   rounds: SimRound[];
   wallSeconds: number;
+  /** The slice body revision its download bytes were measured on (wire.ts `SLICE_REVISION`); absent: 1. */
+  sliceRevision?: number;
 }
