@@ -63,6 +63,7 @@ export {
   type MaskRefUpdate,
   packMask,
   resolveMaskRef,
+  SLICE_REVISION,
   unpackMask,
   WireError,
 } from "./wire.ts";
