@@ -171,6 +171,9 @@ export const staleDownload = (runs: readonly Pick<SimResult, "sliceRevision">[])
 const downloadPerRound = (r: SimResult): number =>
   mean(r.rounds.flatMap((rd) => rd.clients.map((c) => c.downloadBytes)));
 
+/** Whether the table marks a run's download figure (†): it downloaded something, on an older slice body. */
+const staleMark = (r: SimResult): boolean => staleDownload([r]) && downloadPerRound(r) > 0;
+
 /** Mean wall seconds of a sampled client's round, over the runs that recorded it (null: none did). */
 function computePerRound(runs: SimResult[]): number | null {
   const xs = runs.flatMap((r) =>
@@ -451,9 +454,9 @@ export function renderResults(
         withRouge ? ` ${rougeCell(x)} |` : ""
       } ${vs} | ${train} | ${space} | ${fmtBytes(up.first)} | ${fmtBytes(up.steady)} | ${
         fmtBytes(downloadPerRound(r))
-      }${staleDownload([r]) && downloadPerRound(r) > 0 ? " †" : ""} | ${
-        compute === null ? "-" : compute.toFixed(1)
-      } | ${mean(x.runs.map((q) => q.wallSeconds)).toFixed(0)} |`,
+      }${staleMark(r) ? " †" : ""} | ${compute === null ? "-" : compute.toFixed(1)} | ${
+        mean(x.runs.map((q) => q.wallSeconds)).toFixed(0)
+      } |`,
     );
   }
   lines.push(
@@ -465,7 +468,7 @@ export function renderResults(
       `("-" for runs cached before it was recorded).`,
     "",
   );
-  if (s.some((x) => staleDownload([x.runs[0]]) && downloadPerRound(x.runs[0]) > 0)) {
+  if (s.some((x) => staleMark(x.runs[0]))) {
     lines.push(
       `† Measured on an older slice body (revision ${SLICE_REVISION} drops a stack's exact zeros and codes its ` +
         `bitmasks, wire.ts \`SLICE_REVISION\`): larger than today's; a rerun without the cache measures it anew.`,

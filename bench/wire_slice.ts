@@ -7,35 +7,29 @@
  *
  *   deno run -A bench/wire_slice.ts [--pairs=5]
  */
+import { parseArgs } from "node:util";
 import { decodeSlice, encodeSlice, packMask } from "../runtime/client/wire.ts";
 import { encodeMask, encodeMaskAs, MASK_CODE_MODES } from "../runtime/kernels/mask_code.ts";
 import { scalarKernels } from "../runtime/kernels/mod.ts";
-
-const pairsFlag = Deno.args.find((a) => a.startsWith("--pairs="));
-const PAIRS = pairsFlag ? Number(pairsFlag.slice(8)) : 5;
+import { fmtSpread, interleave, loadAverages } from "./machine.ts";
 
 const everyMode = (m: Uint8Array) =>
   MASK_CODE_MODES.map((mode) => encodeMaskAs(m, mode, scalarKernels)).reduce((a, b) =>
     b.bytes.length < a.bytes.length ? b : a
   );
 
-function stat(xs: number[]): string {
-  const s = [...xs].sort((a, b) => a - b);
-  return `${s[s.length >> 1].toFixed(1)} (${s[0].toFixed(1)}–${s[s.length - 1].toFixed(1)})`;
-}
-
-function timed(f: () => unknown): number {
-  const t = performance.now();
-  f();
-  return performance.now() - t;
-}
+const ms = (seconds: number[]) => fmtSpread(seconds.map((t) => t * 1000), 1);
 
 /** The Markdown section. */
-export function run(): Promise<string> {
+export function run(pairs = 5): Promise<string> {
+  if (!(Number.isInteger(pairs) && pairs >= 1)) {
+    throw new RangeError(`--pairs must be a whole number ≥ 1, got ${pairs}`);
+  }
   const lines = [
     `### A slice's bitmasks in their smallest code (bench/wire_slice.ts)`,
     ``,
-    `Two masks per slice (the client's and the covered positions), ${PAIRS} interleaved pairs, ms per slice.`,
+    `Two masks per slice (the client's and the covered positions), ${pairs} interleaved pairs after a warm-up, ` +
+    `ms per slice, median (range); load average before: ${loadAverages()}.`,
     ``,
     `| n | plain slice B | coded slice B | code: every mode, ms | code: encodeMask, ms | decode ms |`,
     `|---:|---:|---:|---:|---:|---:|`,
@@ -51,15 +45,18 @@ export function run(): Promise<string> {
     const slice = { run: "r", round: 1, adapterSize: n, maskBits, coveredBits, values };
     const body = encodeSlice(slice);
     const plain = 8 * maskBits.length + 4 * values.length;
-    const all: number[] = [], fast: number[] = [], dec: number[] = [];
-    for (let i = 0; i < PAIRS; i++) {
-      all.push(timed(() => [everyMode(mask), everyMode(covered)]));
-      fast.push(timed(() => [encodeMask(mask, scalarKernels), encodeMask(covered, scalarKernels)]));
-      dec.push(timed(() => decodeSlice(body)));
-    }
-    lines.push(`| ${n} | ${plain} | ${body.length} | ${stat(all)} | ${stat(fast)} | ${stat(dec)} |`);
+    const t = interleave({
+      all: () => [everyMode(mask), everyMode(covered)],
+      fast: () => [encodeMask(mask, scalarKernels), encodeMask(covered, scalarKernels)],
+      decode: () => decodeSlice(body),
+    }, pairs);
+    lines.push(`| ${n} | ${plain} | ${body.length} | ${ms(t.all)} | ${ms(t.fast)} | ${ms(t.decode)} |`);
   }
+  lines.push(``, `Load average after: ${loadAverages()}.`);
   return Promise.resolve(lines.join("\n"));
 }
 
-if (import.meta.main) console.log(await run());
+if (import.meta.main) {
+  const { values } = parseArgs({ args: Deno.args, options: { pairs: { type: "string", default: "5" } } });
+  console.log(await run(Number(values.pairs)));
+}

@@ -254,6 +254,15 @@ function codeBytes(t: TensorOut, name: string): Uint8Array {
   return t.bytes;
 }
 
+/** A parsed code's mask of n positions with `count` ones; a code that does not decode is a 422 naming `tensor`. */
+function decodeCodeOf(code: MaskCode, tensor: string, n: number, count: number): Uint8Array {
+  try {
+    return decodeMaskCode(code, n, count, scalarKernels);
+  } catch (e) {
+    throw new WireError(422, "bad_mask", `${tensor} (${code.mode}): ${(e as Error).message}`);
+  }
+}
+
 /** The mask of a `mask_code` body (maybe relative to a `support_code`) with `count` ones. */
 function decodeCodedMask(
   meta: Record<string, string>,
@@ -267,11 +276,7 @@ function decodeCodedMask(
     if (meta.supportCode !== undefined || meta.supportSize !== undefined) {
       throw new WireError(422, "bad_metadata", "supportCode and supportSize need a `support_code` tensor");
     }
-    try {
-      return decodeMaskCode(code, n, count, scalarKernels);
-    } catch (e) {
-      throw new WireError(422, "bad_mask", `mask_code (${code.mode}): ${(e as Error).message}`);
-    }
+    return decodeCodeOf(code, "mask_code", n, count);
   }
   const sc = parseMaskCode(
     parseMeta(meta, "supportCode"),
@@ -600,11 +605,7 @@ function sliceBits(
     `${name}Code`,
   );
   const c = count ?? Number(parseMeta(dec.metadata, "maskCount"));
-  try {
-    return packMask(decodeMaskCode(code, n, c, scalarKernels));
-  } catch (e) {
-    throw new WireError(422, "bad_mask", `${name}_code (${code.mode}): ${(e as Error).message}`);
-  }
+  return packMask(decodeCodeOf(code, `${name}_code`, n, c));
 }
 
 /** Decodes a slice (client side) and checks it is self-consistent. */

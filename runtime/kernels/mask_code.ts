@@ -214,8 +214,8 @@ export function encodeMaskAs(mask: Uint8Array, mode: MaskCodeMode, k: Kernels): 
 }
 
 /**
- * The fewest bytes a mode can take for `ones` set positions out of n: a byte per position for LEB128
- * gaps, a bit per position for Rice gaps (its unary end), nothing known for runs.
+ * The fewest bytes a mode can take for `ones` set positions out of n: a byte per set position for LEB128
+ * gaps, a bit per set position for Rice gaps (its unary end), nothing known for runs.
  */
 function floorBytes(mode: MaskCodeMode, n: number, ones: number): number {
   return mode === "bits"
@@ -232,8 +232,7 @@ const TRY_ORDER: readonly MaskCodeMode[] = ["bits", "rice-runs-rle", "rice-runs"
 
 /** The smallest code of the mask over every mode; a tie goes to the first in `MASK_CODE_MODES`. */
 export function encodeMask(mask: Uint8Array, k: Kernels): MaskCode {
-  let ones = 0;
-  for (let i = 0; i < mask.length; i++) ones += mask[i] === 0 ? 0 : 1;
+  const ones = k.popcount(mask);
   const rank = (m: MaskCodeMode) => MASK_CODE_MODES.indexOf(m);
   let best: MaskCode | null = null;
   for (const m of TRY_ORDER) {
