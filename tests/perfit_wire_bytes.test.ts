@@ -141,3 +141,10 @@ Deno.test("wire: metrics outside the rule are refused when encoding, so a client
   assert.throws(() => encodeUpdate({ ...base, metrics: { loss: NaN } }), /finite/);
   assert.ok(encodeUpdate({ ...base, metrics: { loss: 1, ppl: 2 } }).length > 0);
 });
+
+Deno.test("bench/wire_slice.ts: --pairs must be a whole number ≥ 1", async () => {
+  const { run } = await import("../bench/wire_slice.ts");
+  for (const bad of [0, -1, 2.5, NaN]) {
+    assert.throws(() => run(bad), (e) => e instanceof RangeError && /--pairs/.test(e.message), String(bad));
+  }
+});
